@@ -1,0 +1,35 @@
+"""Defaults and locations: the cache directory, the default model, the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_EMBEDDER = "efficientnet-lite2"
+
+
+def cache_dir() -> Path:
+    """Where exported models and downloads are cached.
+
+    ``$PRODUCTLENS_CACHE`` if set, else the platform's user cache directory.
+    """
+    env = os.environ.get("PRODUCTLENS_CACHE")
+    if env:
+        path = Path(env)
+    else:
+        from platformdirs import user_cache_dir
+
+        path = Path(user_cache_dir("productlens"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def num_threads() -> int:
+    """Threads for inference: ``$PRODUCTLENS_THREADS`` or the number of usable cores."""
+    env = os.environ.get("PRODUCTLENS_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,170 @@
+"""Dataset download into a local cache, with checksum and safe archive extraction.
+
+Files land in ``productlens.config.cache_dir() / "downloads" / <url hash> / <name>``
+through a temporary file and an atomic rename, so the cache never holds a
+half-written file; a second call returns the cached path without any network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
+
+from productlens.config import cache_dir
+from productlens.types import ProductLensError
+
+TIMEOUT = 60.0  # seconds without data before a download fails
+PROGRESS_MIN_BYTES = 8 * 1024 * 1024  # show a progress bar from this size on
+_CHUNK = 1024 * 1024
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
+
+
+def fetch(
+    url: str,
+    *,
+    sha256: str | None = None,
+    cache: Path | None = None,
+    extract: bool = False,
+) -> Path:
+    """Download ``url`` (``http(s)://`` or ``file://``) once and return its cached path.
+
+    ``sha256`` is checked on download (a mismatch raises and caches nothing) and
+    against the recorded hash of a cached file. ``cache`` overrides the downloads
+    folder. With ``extract=True`` a zip or tar(.gz/.bz2/.xz) is unpacked into a
+    sibling folder, which is returned; members with absolute paths or ``..`` are
+    refused.
+    """
+    expected = sha256.strip().lower() if sha256 else None
+    folder = Path(cache) if cache is not None else cache_dir() / "downloads"
+    target = folder / hashlib.sha256(url.encode()).hexdigest()[:16] / _file_name(url)
+    if not (target.is_file() and _cached_hash_ok(target, expected)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _download(url, target, expected)
+    return _extract(target) if extract else target
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_name(url: str) -> str:
+    name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+    return name if name not in ("", ".", "..") else "download"
+
+
+def _hash_file(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _cached_hash_ok(target: Path, expected: str | None) -> bool:
+    """True when a cached file may be used (always, unless its hash differs)."""
+    if expected is None:
+        return True
+    record = _hash_file(target)
+    actual = record.read_text().strip() if record.is_file() else sha256_of(target)
+    return actual == expected
+
+
+def _download(url: str, target: Path, expected: str | None) -> None:
+    """Stream ``url`` to a temp file next to ``target``, verify, then rename into place."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https", "file"):
+        raise ProductLensError(f"{url}: only http(s):// and file:// URLs can be fetched")
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=target.name, disable=total is None or total < PROGRESS_MIN_BYTES,
+            ) as bar:
+                for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        actual = digest.hexdigest()
+        if expected is not None and actual != expected:
+            raise ProductLensError(
+                f"{url}: sha256 mismatch: expected {expected}, got {actual}; nothing cached"
+            )
+        os.replace(tmp, target)
+        _write_atomic(_hash_file(target), actual + "\n")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ProductLensError(f"{url}: download failed ({exc})") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _extract(archive: Path) -> Path:
+    """Unpack ``archive`` into a sibling folder (once, atomically) and return it."""
+    name = archive.name
+    stem = next((name[: -len(s)] for s in _ARCHIVE_SUFFIXES if name.lower().endswith(s)), "")
+    dest = archive.with_name((stem or name) + ("" if stem else ".d"))
+    if dest.is_dir():
+        return dest
+    tmp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=".extract-"))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for member in zf.namelist():
+                    _check_member(member, archive)
+                zf.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                for member in tf.getmembers():
+                    _check_member(member.name, archive)
+                    if member.issym() or member.islnk():
+                        _check_member(member.linkname, archive, link=True)
+                if hasattr(tarfile, "data_filter"):
+                    tf.extractall(tmp, filter="data")
+                else:  # pragma: no cover - Python without extraction filters
+                    tf.extractall(tmp)
+        else:
+            raise ProductLensError(f"{archive}: not a zip or tar archive, cannot extract")
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # another process may have finished first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _check_member(name: str, archive: Path, *, link: bool = False) -> None:
+    """Refuse absolute paths and ``..`` components (path traversal)."""
+    norm = name.replace("\\", "/")
+    what = "link target" if link else "member"
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        raise ProductLensError(f"{archive}: refusing {what} with an absolute path: {name!r}")
+    if ".." in norm.split("/"):
+        raise ProductLensError(f"{archive}: refusing {what} with '..' in its path: {name!r}")

@@ -1,0 +1,317 @@
+"""Catalog and query readers: csv manifests, ImageFolder trees, products.jsonl.
+
+Relative image paths are resolved against the folder that holds the manifest;
+absolute paths and URLs are kept as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from productlens.types import Box, BoxError, Item, ProductLensError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+_GALLERY_COLUMNS = ("seller_img_id", "img_path")
+_QUERY_COLUMNS = ("user_img_id", "img_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
+_BOX_COLUMNS = _QUERY_COLUMNS[2:]
+_URL_PREFIXES = ("http://", "https://", "file://")
+
+
+def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
+    """Read an AIcrowd gallery csv: ``seller_img_id, img_path[, product_id]``.
+
+    ``product_id`` is optional (-1 marks a distractor); other columns go to ``extra``.
+    """
+    path = Path(csv_path)
+    items = []
+    for line, row in _rows(path, _GALLERY_COLUMNS):
+        items.append(
+            Item(
+                id=_int(row["seller_img_id"], "seller_img_id", path, line),
+                image=_image(row["img_path"], path, line),
+                product_id=_opt_int(row.get("product_id"), "product_id", path, line),
+                extra=_extra(row, {*_GALLERY_COLUMNS, "product_id"}),
+            )
+        )
+    return items
+
+
+def read_queries(csv_path: str | os.PathLike[str]) -> list[Item]:
+    """Read an AIcrowd queries csv: ``user_img_id, img_path, bbox_x, bbox_y, bbox_w, bbox_h[, product_id]``.
+
+    Empty box cells mean the whole image (``box=None``).
+    """
+    path = Path(csv_path)
+    items = []
+    for line, row in _rows(path, _QUERY_COLUMNS):
+        try:
+            box = Box.parse([row[c] for c in _BOX_COLUMNS])
+        except BoxError as exc:
+            raise ProductLensError(f"{path}, line {line}: bad box: {exc}") from None
+        items.append(
+            Item(
+                id=_int(row["user_img_id"], "user_img_id", path, line),
+                image=_image(row["img_path"], path, line),
+                product_id=_opt_int(row.get("product_id"), "product_id", path, line),
+                box=box,
+                extra=_extra(row, {*_QUERY_COLUMNS, "product_id"}),
+            )
+        )
+    return items
+
+
+def read_labelled_csv(
+    csv_path: str | os.PathLike[str],
+    label: str | None = "product_id",
+    image_column: str = "image",
+) -> list[Item]:
+    """Read a generic csv with an image column and a label column.
+
+    ``Item.id`` is the row number (from 0). Integer labels become ``product_id``;
+    text labels are numbered in sorted order and the text is kept as the title
+    (when there is no title column) and in ``extra[label]``. ``label=None`` reads
+    unlabelled images. ``title`` comes from ``title``/``product_name`` and
+    ``category`` from ``category_name`` (or ``category``) when present.
+    """
+    path = Path(csv_path)
+    required = (image_column,) if label is None else (image_column, label)
+    rows = list(_rows(path, required))
+    header = set(_header(path))
+    title_col = next((c for c in ("title", "product_name") if c in header), None)
+    category_col = next((c for c in ("category_name", "category") if c in header), None)
+    used = {image_column, label, title_col, category_col} - {None}
+
+    raw_labels = [row[label].strip() for _, row in rows] if label else []
+    numbering: dict[str, int] | None = None
+    if label and not all(_is_int(v) for v in raw_labels if v):
+        numbering = {v: i for i, v in enumerate(sorted({v for v in raw_labels if v}))}
+
+    items = []
+    for i, (line, row) in enumerate(rows):
+        product_id: int | None = None
+        title = row[title_col].strip() if title_col else ""
+        extra = _extra(row, used)
+        if label:
+            value = raw_labels[i]
+            if numbering is not None:
+                product_id = numbering.get(value)
+                extra[label] = value
+                title = title or value
+            else:
+                product_id = _opt_int(value, label, path, line)
+        items.append(
+            Item(
+                id=i,
+                image=_image(row[image_column], path, line),
+                product_id=product_id,
+                title=title,
+                category=row[category_col].strip() if category_col else "",
+                extra=extra,
+            )
+        )
+    return items
+
+
+def read_folder(root: str | os.PathLike[str]) -> list[Item]:
+    """Read an ImageFolder tree ``root/<category>/<image>``.
+
+    Categories are numbered in sorted order (``product_id``); ``category`` is the
+    folder name. Hidden files and non-image files are skipped.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise ProductLensError(f"{root_path}: not a directory")
+    folders = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items: list[Item] = []
+    for class_index, folder in enumerate(folders):
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and not file.name.startswith(".") and _is_image_name(file.name):
+                items.append(
+                    Item(
+                        id=len(items),
+                        image=str(file.resolve()),
+                        product_id=class_index,
+                        category=folder.name,
+                    )
+                )
+    if not items:
+        raise ProductLensError(
+            f"{root_path}: no images found in the layout root/<category>/<image> "
+            f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return items
+
+
+def read_products_jsonl(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Read ``products.jsonl`` into ``{product_id: fields}``; ``shop_image`` made absolute."""
+    file = Path(path)
+    products: dict[int, dict[str, Any]] = {}
+    for line, record in _json_lines(file):
+        if "product_id" not in record:
+            raise ProductLensError(f"{file}, line {line}: no 'product_id' field")
+        pid = _int(record["product_id"], "product_id", file, line)
+        if pid in products:
+            raise ProductLensError(f"{file}, line {line}: duplicate product_id {pid}")
+        if record.get("shop_image"):
+            record["shop_image"] = _image(str(record["shop_image"]), file, line)
+        record["product_id"] = pid
+        products[pid] = record
+    return products
+
+
+def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
+    """Read a catalog, detecting its layout.
+
+    A directory (holding ``gallery.csv``, else an ImageFolder tree), a gallery csv
+    (``seller_img_id``), a labelled csv (``image``, labelled by ``product_id`` when
+    present) or a ``products.jsonl`` (one item per product's shop image).
+    """
+    p = Path(path)
+    if p.is_dir():
+        return read_gallery(p / "gallery.csv") if (p / "gallery.csv").is_file() else read_folder(p)
+    if not p.is_file():
+        raise ProductLensError(f"{p}: no such catalog file or directory")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        header = _header(p)
+        if "seller_img_id" in header:
+            return read_gallery(p)
+        if "image" in header:
+            return read_labelled_csv(p, label="product_id" if "product_id" in header else None)
+        hint = " (this looks like a queries csv: use read_queries)" if "user_img_id" in header else ""
+        raise ProductLensError(
+            f"{p}: unknown csv layout{hint}; expected a 'seller_img_id' or an 'image' "
+            f"column, found {', '.join(header) or 'no columns'}"
+        )
+    if suffix == ".jsonl":
+        return _products_catalog(p)
+    raise ProductLensError(
+        f"{p}: unknown catalog format; expected a directory, a .csv or a products.jsonl"
+    )
+
+
+def _products_catalog(path: Path) -> list[Item]:
+    """One item per product of a products.jsonl, from its shop image."""
+    items = []
+    for pid, record in read_products_jsonl(path).items():
+        if not record.get("shop_image"):
+            raise ProductLensError(f"{path}: product {pid} has no 'shop_image'")
+        extra = {k: v for k, v in record.items()
+                 if k not in ("product_id", "shop_image", "title", "category_name")}
+        items.append(
+            Item(
+                id=pid,
+                image=record["shop_image"],
+                product_id=pid,
+                title=str(record.get("title") or record.get("name") or ""),
+                category=str(record.get("category_name") or ""),
+                extra=extra,
+            )
+        )
+    return items
+
+
+def _header(path: Path) -> list[str]:
+    """The column names of a csv (stripped)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        first = next(csv.reader(f), [])
+    return [c.strip() for c in first]
+
+
+def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line number, row)`` of a csv after checking the required columns."""
+    if not path.is_file():
+        raise ProductLensError(f"{path}: csv file not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise ProductLensError(
+                f"{path}: missing column(s) {', '.join(missing)}; "
+                f"the csv has {', '.join(columns) or 'no columns'}"
+            )
+        reader.fieldnames = columns
+        for row in reader:
+            if not any((v or "").strip() for k, v in row.items() if k is not None):
+                continue  # blank line
+            yield reader.line_num, {k: (v or "") for k, v in row.items() if k is not None}
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, object)`` of a JSON-lines file, skipping blank lines."""
+    if not path.is_file():
+        raise ProductLensError(f"{path}: file not found")
+    with path.open(encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ProductLensError(f"{path}, line {line}: invalid JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ProductLensError(f"{path}, line {line}: expected a JSON object")
+            yield line, record
+
+
+def _image(value: str, manifest: Path, line: int) -> str:
+    """Resolve an image path against the manifest's folder; URLs are kept."""
+    value = (value or "").strip()
+    if not value:
+        raise ProductLensError(f"{manifest}, line {line}: missing image path")
+    if value.lower().startswith(_URL_PREFIXES):
+        return value
+    return str((manifest.absolute().parent / Path(value).expanduser()).resolve())
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_int(value: str) -> bool:
+    try:
+        _parse_int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_int(value: Any) -> int:
+    """Parse ``3``, ``"3"`` or ``"3.0"`` (as pandas writes integers with gaps)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():
+            raise
+        return int(number)
+
+
+def _int(value: Any, column: str, path: Path, line: int) -> int:
+    try:
+        return _parse_int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ProductLensError(
+            f"{path}, line {line}: {column} must be an integer, got {value!r}"
+        ) from None
+
+
+def _opt_int(value: Any, column: str, path: Path, line: int) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _int(value, column, path, line)
+
+
+def _extra(row: dict[str, str], used: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in used}

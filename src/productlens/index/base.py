@@ -1,0 +1,300 @@
+"""The catalog store interface: vectors plus product metadata, backend-neutral.
+
+Every backend (the embedded SQLite + files default, Milvus later) implements
+:class:`Store` and passes the same congruence tests (``tests/test_store.py``).
+
+Conventions shared by all backends:
+
+* ids are non-negative int64; ``-1`` is reserved for padding in search results.
+* vectors are float32 of shape ``(n, dim)``; scores are inner products (callers
+  L2-normalise, so scores are cosine similarities), higher is better.
+* metadata is a flat JSON-able dict per item. The fields ``product_id`` (int),
+  ``image``, ``title`` and ``category`` (str) are first-class columns in every
+  backend; any other field is kept as well and can be filtered on.
+* ``where`` filters (see :func:`parse_where`)::
+
+      {"category": "shoes"}                      # equality
+      {"product_id": [3, 7, 9]}                  # membership
+      {"price": {"gte": 10, "lt": 20}}           # range (gt, gte, lt, lte)
+      {"category": "shoes", "price": {"lte": 5}} # conditions are ANDed
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..types import Hit, ProductLensError
+
+#: metadata fields stored as first-class columns by every backend
+CORE_FIELDS: tuple[str, ...] = ("product_id", "image", "title", "category")
+
+_RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One parsed ``where`` condition: ``field op value``.
+
+    ``op`` is ``"eq"`` (value is a scalar or None), ``"in"`` (value is a tuple of
+    scalars) or one of ``"gt" "gte" "lt" "lte"`` (value is a scalar).
+    """
+
+    field: str
+    op: str
+    value: Any
+
+
+def _scalar(value: Any, field: str) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProductLensError(f"where: field {field!r} compares with a non-finite number {value!r}")
+        return value
+    raise ProductLensError(f"where: field {field!r} compares with {value!r}; only str, int, float, bool or None work")
+
+
+def parse_where(where: dict | None) -> list[Condition]:
+    """Validate a ``where`` filter and return its conditions (ANDed)."""
+    if where is None:
+        return []
+    if not isinstance(where, dict):
+        raise ProductLensError(f"where must be a dict of field -> condition, got {type(where).__name__}")
+    out: list[Condition] = []
+    for field, cond in where.items():
+        if not isinstance(field, str) or not _FIELD_RE.match(field):
+            raise ProductLensError(f"where: bad field name {field!r} (letters, digits and _ only)")
+        if isinstance(cond, dict):
+            if not cond:
+                raise ProductLensError(f"where: empty range for field {field!r}")
+            for op, value in cond.items():
+                if op not in _RANGE_OPS:
+                    raise ProductLensError(
+                        f"where: unknown operator {op!r} for field {field!r}; use {sorted(_RANGE_OPS)}"
+                    )
+                value = _scalar(value, field)
+                if value is None:
+                    raise ProductLensError(f"where: range bound {op!r} of field {field!r} is None")
+                out.append(Condition(field, op, value))
+        elif isinstance(cond, (list, tuple, set, frozenset, np.ndarray)):
+            values = tuple(_scalar(v, field) for v in (cond.tolist() if isinstance(cond, np.ndarray) else cond))
+            out.append(Condition(field, "in", values))
+        else:
+            out.append(Condition(field, "eq", _scalar(cond, field)))
+    return out
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` helper that accepts numpy scalars and arrays."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def check_ids(ids: Sequence[int] | np.ndarray, *, unique: bool = False, what: str = "ids") -> np.ndarray:
+    """Return ``ids`` as a 1-d int64 array; refuse negatives (and duplicates if ``unique``)."""
+    try:
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise ValueError
+        elif arr.dtype.kind not in "iub":
+            arr = np.asarray([int(i) for i in np.ravel(arr)])
+        arr = arr.astype(np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise ProductLensError(f"{what} must be integers") from None
+    if arr.size and arr.min() < 0:
+        raise ProductLensError(f"{what} must be >= 0 (-1 marks padding); got {int(arr.min())}")
+    if unique and arr.size > 1:
+        s = np.sort(arr)
+        dup = s[1:][s[1:] == s[:-1]]
+        if dup.size:
+            raise ProductLensError(f"{what} repeat within one call: {dup[:5].tolist()}")
+    return arr
+
+
+def check_vectors(vectors: np.ndarray, dim: int, n: int | None = None, what: str = "vectors") -> np.ndarray:
+    """Return ``vectors`` as a C-contiguous float32 ``(n, dim)`` array, refusing bad shapes/values."""
+    arr = np.asarray(vectors)
+    if arr.ndim == 1 and n is None:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ProductLensError(f"{what} must have shape (n, {dim}), got {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise ProductLensError(f"{what}: got {arr.shape[0]} rows for {n} ids")
+    if arr.dtype.kind not in "fiu":
+        raise ProductLensError(f"{what} must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.size and not np.all(np.isfinite(arr)):
+        raise ProductLensError(f"{what} contain NaN or inf")
+    return arr
+
+
+def check_metadata(metadata: Sequence[dict] | None, ids: np.ndarray) -> list[dict] | None:
+    """Validate per-item metadata: one dict per id, JSON-able, ``id`` (if given) matching."""
+    if metadata is None:
+        return None
+    metadata = list(metadata)
+    if len(metadata) != len(ids):
+        raise ProductLensError(f"metadata: got {len(metadata)} dicts for {len(ids)} ids")
+    out = []
+    for i, md in zip(ids.tolist(), metadata):
+        if md is None:
+            md = {}
+        if not isinstance(md, dict):
+            raise ProductLensError(f"metadata of id {i} must be a dict, got {type(md).__name__}")
+        md = dict(md)
+        if "id" in md:
+            if md.pop("id") != i:
+                raise ProductLensError(f"metadata of id {i} carries a different id")
+        for key in md:
+            if not isinstance(key, str):
+                raise ProductLensError(f"metadata of id {i}: field names must be str, got {key!r}")
+        try:
+            json.dumps(md, default=json_default)
+        except (TypeError, ValueError) as e:
+            raise ProductLensError(f"metadata of id {i} is not JSON-able: {e}") from None
+        out.append(md)
+    return out
+
+
+def pad_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Empty search results: scores -inf, ids -1."""
+    return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
+
+
+class Store(abc.ABC):
+    """A catalog of vectors with product metadata, searchable by inner product.
+
+    Use as a context manager or call :meth:`close`. Create one with
+    :func:`productlens.index.open_store`.
+    """
+
+    #: vector dimension, fixed when the store is created
+    dim: int
+
+    # ----------------------------------------------------------------- size
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of items (live vectors)."""
+
+    @abc.abstractmethod
+    def ids(self) -> np.ndarray:
+        """All item ids, sorted ascending, int64."""
+
+    def __contains__(self, item_id: object) -> bool:
+        try:
+            return self.get([int(item_id)])[0] is not None  # type: ignore[call-overload]
+        except (TypeError, ValueError, ProductLensError):
+            return False
+
+    # --------------------------------------------------------------- writes
+    @abc.abstractmethod
+    def upsert(self, ids: Sequence[int], vectors: np.ndarray, metadata: Sequence[dict] | None = None) -> None:
+        """Add items or replace existing ones, atomically.
+
+        ``vectors`` is float32 ``(n, dim)``. With ``metadata`` (one dict per id)
+        the items' metadata is replaced; with ``metadata=None`` new items get
+        empty metadata and existing items keep theirs. Ids must be unique
+        within one call.
+        """
+
+    @abc.abstractmethod
+    def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
+        """Merge ``metadata`` into the items' metadata (given fields overwrite), atomically.
+
+        Raises ProductLensError (changing nothing) when an id is not in the store.
+        """
+
+    @abc.abstractmethod
+    def remove(self, ids: Sequence[int]) -> int:
+        """Remove items atomically; unknown ids are ignored. Returns how many were removed."""
+
+    @abc.abstractmethod
+    def set_info(self, key: str, value: Any) -> None:
+        """Persist a JSON-able ``value`` under ``key`` in the store's info (e.g. the embedder name)."""
+
+    @abc.abstractmethod
+    def get_info(self, key: str, default: Any = None) -> Any:
+        """Read a value stored with :meth:`set_info`."""
+
+    # ---------------------------------------------------------------- reads
+    @abc.abstractmethod
+    def search(
+        self, queries: np.ndarray, k: int, where: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items by inner product for each query row.
+
+        Returns ``(scores, ids)``: float32 and int64 arrays of shape ``(nq, k)``,
+        best first, padded with ``-inf`` / ``-1`` when fewer than ``k`` items
+        match. A 1-d query is treated as one row. ``where`` filters on metadata
+        (see :func:`parse_where`).
+        """
+
+    @abc.abstractmethod
+    def get(self, ids: Sequence[int]) -> list[dict | None]:
+        """Metadata (including ``"id"``) for each id; None for ids not in the store."""
+
+    @abc.abstractmethod
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored float32 vectors ``(n, dim)``; raises ProductLensError for unknown ids."""
+
+    def hits(self, queries: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
+        """:meth:`search` results as :class:`~productlens.types.Hit` lists (padding dropped)."""
+        scores, ids = self.search(queries, k, where)
+        valid = ids[ids >= 0]
+        meta = dict(zip(valid.tolist(), self.get(valid))) if valid.size else {}
+        out: list[list[Hit]] = []
+        for srow, irow in zip(scores, ids):
+            row = []
+            for s, i in zip(srow.tolist(), irow.tolist()):
+                if i < 0:
+                    continue
+                md = meta.get(i) or {}
+                row.append(
+                    Hit(
+                        id=i,
+                        score=float(s),
+                        product_id=md.get("product_id"),
+                        title=md.get("title") or "",
+                        image=md.get("image") or "",
+                    )
+                )
+            out.append(row)
+        return out
+
+    # ------------------------------------------------------------ lifecycle
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release files, connections and memory. Idempotent."""
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        try:
+            n = len(self)
+        except Exception:  # closed
+            n = "?"
+        return f"<{type(self).__name__} dim={getattr(self, 'dim', '?')} n={n}>"
+
+
+def iter_chunks(n: int, size: int) -> Iterable[tuple[int, int]]:
+    """``(start, stop)`` pairs covering ``range(n)`` in steps of ``size``."""
+    for start in range(0, n, size):
+        yield start, min(n, start + size)

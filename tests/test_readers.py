@@ -1,0 +1,177 @@
+"""Tests for productlens.data.readers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from productlens.data.readers import (
+    read_catalog,
+    read_folder,
+    read_gallery,
+    read_labelled_csv,
+    read_products_jsonl,
+    read_queries,
+)
+from productlens.types import Box, ProductLensError
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> Path:
+    """A dataset folder with manifests in a sub-folder pointing to ../images."""
+    _write(
+        tmp_path / "retrieval" / "gallery.csv",
+        "seller_img_id,img_path,product_id,source\n"
+        "0,../images/a.jpg,7,shop\n"
+        "1,../images/b.jpg,-1,web\n"
+        "2,/abs/c.jpg,,shop\n",
+    )
+    _write(
+        tmp_path / "retrieval" / "queries.csv",
+        "user_img_id,img_path,bbox_x,bbox_y,bbox_w,bbox_h,product_id\n"
+        "10,../images/q1.jpg,,,,,7\n"
+        "11,../images/q2.jpg,1,2.5,30,40,\n",
+    )
+    return tmp_path
+
+
+def test_read_gallery(manifests: Path) -> None:
+    items = read_gallery(manifests / "retrieval" / "gallery.csv")
+    assert [i.id for i in items] == [0, 1, 2]
+    assert items[0].image == str((manifests / "images" / "a.jpg").resolve())
+    assert [i.product_id for i in items] == [7, -1, None]
+    assert items[2].image == str(Path("/abs/c.jpg").resolve())
+    assert items[1].extra == {"source": "web"}
+
+
+def test_read_gallery_without_product_id(tmp_path: Path) -> None:
+    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\n5,x.png\n")
+    (item,) = read_gallery(csv)
+    assert item.id == 5 and item.product_id is None and item.image == str((tmp_path / "x.png").resolve())
+
+
+def test_read_queries(manifests: Path) -> None:
+    q1, q2 = read_queries(manifests / "retrieval" / "queries.csv")
+    assert q1.box is None and q1.product_id == 7 and q1.id == 10
+    assert q2.box == Box(1, 2.5, 30, 40) and q2.product_id is None
+    assert q2.image == str((manifests / "images" / "q2.jpg").resolve())
+
+
+def test_missing_column_names_existing_columns(tmp_path: Path) -> None:
+    csv = _write(tmp_path / "bad.csv", "id,path\n0,a.jpg\n")
+    with pytest.raises(ProductLensError, match=r"seller_img_id.*id, path"):
+        read_gallery(csv)
+    with pytest.raises(ProductLensError, match=r"missing column\(s\) image, product_id"):
+        read_labelled_csv(csv)
+
+
+def test_missing_image_path_names_csv_and_row(tmp_path: Path) -> None:
+    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\n0,a.jpg\n1,\n")
+    with pytest.raises(ProductLensError, match=r"g.csv, line 3: missing image path"):
+        read_gallery(csv)
+
+
+def test_bad_values(tmp_path: Path) -> None:
+    csv = _write(tmp_path / "q.csv", "user_img_id,img_path,bbox_x,bbox_y,bbox_w,bbox_h\n0,a.jpg,1,2,,\n")
+    with pytest.raises(ProductLensError, match="line 2: bad box"):
+        read_queries(csv)
+    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\nfoo,a.jpg\n")
+    with pytest.raises(ProductLensError, match="seller_img_id must be an integer"):
+        read_gallery(csv)
+
+
+def test_read_labelled_csv(tmp_path: Path) -> None:
+    csv = _write(
+        tmp_path / "data" / "train.csv",
+        "image,product_id,product_name,category_id,category_name\n"
+        "img/1.jpg,3,Oat milk,2,Milk\n"
+        "https://example.com/2.jpg,4.0,Juice,1,Juice\n",
+    )
+    a, b = read_labelled_csv(csv)
+    assert (a.id, a.product_id, a.title, a.category) == (0, 3, "Oat milk", "Milk")
+    assert a.image == str((tmp_path / "data" / "img" / "1.jpg").resolve())
+    assert a.extra == {"category_id": "2"}
+    assert (b.id, b.product_id, b.image) == (1, 4, "https://example.com/2.jpg")
+
+
+def test_read_labelled_csv_text_labels_and_custom_columns(tmp_path: Path) -> None:
+    csv = _write(tmp_path / "l.csv", "path,brand,title\na.jpg,zeta,\nb.jpg,alpha,Alpha can\nc.jpg,,\n")
+    items = read_labelled_csv(csv, label="brand", image_column="path")
+    assert [i.product_id for i in items] == [1, 0, None]
+    assert [i.title for i in items] == ["zeta", "Alpha can", ""]
+    assert items[0].extra == {"brand": "zeta"}
+    unlabelled = read_labelled_csv(csv, label=None, image_column="path")
+    assert all(i.product_id is None for i in unlabelled)
+
+
+def test_read_folder(tmp_path: Path) -> None:
+    for rel in ["b_cat/2.jpg", "b_cat/1.PNG", "a_cat/x.webp", "a_cat/notes.txt", "a_cat/.hidden.jpg"]:
+        _write(tmp_path / "root" / rel, "")
+    _write(tmp_path / "root" / "top.jpg", "")
+    items = read_folder(tmp_path / "root")
+    assert [(Path(i.image).name, i.category, i.product_id) for i in items] == [
+        ("x.webp", "a_cat", 0),
+        ("1.PNG", "b_cat", 1),
+        ("2.jpg", "b_cat", 1),
+    ]
+    assert [i.id for i in items] == [0, 1, 2]
+    with pytest.raises(ProductLensError, match="no images"):
+        read_folder(tmp_path / "root" / "a_cat")
+
+
+def test_products_jsonl_and_catalog_detection(tmp_path: Path, manifests: Path) -> None:
+    records = [
+        {"product_id": 0, "name": "apple", "title": "Apple", "category_name": "Fruit", "shop_image": "img/0.jpg"},
+        {"product_id": 1, "name": "milk", "title": "Milk", "category_name": "Dairy", "shop_image": "img/1.jpg"},
+    ]
+    path = _write(tmp_path / "shop" / "products.jsonl", "\n".join(json.dumps(r) for r in records) + "\n\n")
+    products = read_products_jsonl(path)
+    assert sorted(products) == [0, 1]
+    assert products[1]["shop_image"] == str((tmp_path / "shop" / "img" / "1.jpg").resolve())
+    items = read_catalog(path)
+    assert [(i.id, i.product_id, i.title, i.category) for i in items] == [
+        (0, 0, "Apple", "Fruit"),
+        (1, 1, "Milk", "Dairy"),
+    ]
+    assert items[0].extra == {"name": "apple"}
+
+    assert len(read_catalog(manifests / "retrieval")) == 3  # a folder holding gallery.csv
+    assert len(read_catalog(manifests / "retrieval" / "gallery.csv")) == 3
+    labelled = _write(tmp_path / "l.csv", "image,title\na.jpg,A\n")
+    (item,) = read_catalog(labelled)
+    assert item.product_id is None and item.title == "A"
+    _write(tmp_path / "tree" / "cat" / "a.jpg", "")
+    assert read_catalog(tmp_path / "tree")[0].category == "cat"
+
+
+def test_catalog_errors(tmp_path: Path, manifests: Path) -> None:
+    with pytest.raises(ProductLensError, match="read_queries"):
+        read_catalog(manifests / "retrieval" / "queries.csv")
+    with pytest.raises(ProductLensError, match="unknown catalog format"):
+        read_catalog(_write(tmp_path / "x.txt", "hi"))
+    with pytest.raises(ProductLensError, match="no such catalog"):
+        read_catalog(tmp_path / "missing.csv")
+    with pytest.raises(ProductLensError, match="line 1: invalid JSON"):
+        read_products_jsonl(_write(tmp_path / "bad.jsonl", "{nope\n"))
+
+
+@pytest.mark.shared
+def test_shared_grocery_retrieval_vpr(shared_data: Path) -> None:
+    folder = shared_data / "grocery" / "retrieval-vpr"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    gallery = read_gallery(folder / "gallery.csv")
+    queries = read_queries(folder / "queries.csv")
+    assert len(gallery) == 2721 == 81 + 2640
+    assert len(queries) == 296
+    assert all(q.box is None for q in queries)
+    missing = [i.image for i in gallery + queries if not Path(i.image).is_file()]
+    assert not missing, missing[:5]

@@ -1,0 +1,743 @@
+"""Congruence tests for catalog stores.
+
+Every backend runs the same cases against a tiny in-memory reference
+(:class:`ReferenceStore`, brute-force numpy + Python filters), in the style of
+qdrant-client's congruence tests. Add a backend to ``BACKENDS`` (and its
+options to ``BACKEND_OPTIONS``) to run them all on it. Cases that only make
+sense for one backend (kill -9 crash safety of the embedded files, its file
+clean-up) say so with ``embedded_only``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+try:
+    import productlens  # noqa: F401
+except ImportError:  # not installed: use the checkout
+    sys.path.insert(0, str(SRC))
+
+from productlens.index import Store, open_store  # noqa: E402
+from productlens.types import Hit, ProductLensError  # noqa: E402
+
+BACKENDS = ["embedded"]
+
+#: per backend: options for the default store, and for one that must use its approximate index
+BACKEND_OPTIONS = {
+    "embedded": {"default": {}, "approximate": {"exact_max": 2_000, "subset_exact_max": 1_000}},
+}
+
+
+# =================================================================== fixtures
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_factory(backend, tmp_path):
+    """``factory(dim=None, name="store", kind="default", **options)`` opens a store by name.
+
+    Calling it again with the same name opens the same store (a second handle,
+    or a reopen after ``close()``).
+    """
+    opened: list[Store] = []
+
+    def factory(dim: int | None = None, name: str = "store", kind: str = "default", **options) -> Store:
+        opts = dict(BACKEND_OPTIONS[backend][kind]) | options
+        store = open_store(tmp_path / name, dim=dim, backend=backend, **opts)
+        opened.append(store)
+        return store
+
+    factory.backend = backend  # type: ignore[attr-defined]
+    factory.root = tmp_path  # type: ignore[attr-defined]
+    yield factory
+    for s in opened:
+        s.close()
+
+
+def embedded_only(factory) -> None:
+    if factory.backend != "embedded":
+        pytest.skip("embedded backend only")
+
+
+# ================================================================== reference
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, spread: float = 0.8) -> np.ndarray:
+    """Unit vectors scattered around the given cluster centres."""
+    n_clusters, dim = centres.shape
+    c = rng.integers(0, n_clusters, n)
+    x = centres[c] + spread * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _eq(a, b) -> bool:
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _match(value, cond) -> bool:
+    """Python semantics of a where condition (what every backend must agree with)."""
+    if isinstance(cond, dict):
+        if value is None or isinstance(value, str) != isinstance(next(iter(cond.values())), str):
+            return False
+        ops = {"gt": value.__gt__, "gte": value.__ge__, "lt": value.__lt__, "lte": value.__le__}
+        return all(ops[op](b) for op, b in cond.items())
+    if isinstance(cond, (list, tuple)):
+        return any(_match(value, c) for c in cond)
+    if cond is None:
+        return value is None
+    return value is not None and _eq(value, cond)
+
+
+class ReferenceStore:
+    """What every backend must be congruent with: a dict and brute force."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.items: dict[int, tuple[np.ndarray, dict]] = {}
+        self.info: dict = {}
+
+    def copy(self) -> "ReferenceStore":
+        r = ReferenceStore(self.dim)
+        r.items = {i: (v, dict(m)) for i, (v, m) in self.items.items()}
+        r.info = dict(self.info)
+        return r
+
+    def upsert(self, ids, vectors, metadata=None) -> None:
+        for j, i in enumerate(np.asarray(ids).tolist()):
+            if metadata is not None:
+                md = {k: v for k, v in metadata[j].items() if v is not None and k != "id"}
+            else:
+                md = self.items[i][1] if i in self.items else {}
+            self.items[i] = (np.asarray(vectors[j], dtype=np.float32), md)
+
+    def update_metadata(self, ids, metadata) -> None:
+        for i, md in zip(np.asarray(ids).tolist(), metadata):
+            merged = dict(self.items[i][1]) | md
+            self.items[i] = (self.items[i][0], {k: v for k, v in merged.items() if v is not None})
+
+    def remove(self, ids) -> int:
+        n = 0
+        for i in set(np.asarray(ids).tolist()):
+            n += self.items.pop(i, None) is not None
+        return n
+
+    def ids(self) -> np.ndarray:
+        return np.array(sorted(self.items), dtype=np.int64)
+
+    def get(self, ids) -> list:
+        return [None if i not in self.items else {"id": i} | self.items[i][1] for i in np.asarray(ids).tolist()]
+
+    def matches(self, where: dict | None) -> np.ndarray:
+        if not where:
+            return self.ids()
+        keep = []
+        for i in self.ids().tolist():
+            md = {"id": i} | self.items[i][1]
+            if all(_match(md.get(f), c) for f, c in where.items()):
+                keep.append(i)
+        return np.array(keep, dtype=np.int64)
+
+    def search(self, queries, k, where=None):
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        ids = self.matches(where)
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        out = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if ids.size:
+            x = np.stack([self.items[i][0] for i in ids.tolist()])
+            s = q @ x.T
+            order = np.lexsort((np.broadcast_to(ids, s.shape), -s), axis=1)[:, :k]
+            m = order.shape[1]
+            scores[:, :m] = np.take_along_axis(s, order, axis=1)
+            out[:, :m] = ids[order]
+        return scores, out
+
+
+def assert_same_search(got, want, *, atol=1e-5) -> None:
+    (gs, gi), (ws, wi) = got, want
+    assert gs.shape == ws.shape and gi.shape == wi.shape
+    assert gs.dtype == np.float32 and gi.dtype == np.int64
+    np.testing.assert_allclose(gs, ws, atol=atol, rtol=0)
+    # ids must agree except where two candidates tie (within rounding)
+    differ = gi != wi
+    if differ.any():
+        near_tie = np.zeros_like(differ)
+        near_tie[:, 1:] |= np.abs(np.diff(ws, axis=1)) < 1e-5
+        near_tie[:, :-1] |= np.abs(np.diff(ws, axis=1)) < 1e-5
+        assert not (differ & ~near_tie).any(), f"ids differ: {gi[differ][:5]} vs {wi[differ][:5]}"
+
+
+def assert_congruent(store: Store, ref: ReferenceStore, rng: np.random.Generator, wheres=(None,)) -> None:
+    np.testing.assert_array_equal(store.ids(), ref.ids())
+    assert len(store) == len(ref.items)
+    ids = ref.ids()
+    assert store.get(ids) == ref.get(ids)
+    if ids.size:
+        np.testing.assert_array_equal(store.vectors(ids), np.stack([ref.items[i][0] for i in ids.tolist()]))
+    q = unit(rng, 5, ref.dim)
+    for where in wheres:
+        for k in (1, 7, 50):
+            assert_same_search(store.search(q, k, where), ref.search(q, k, where))
+
+
+def catalog_metadata(ids, rng) -> list[dict]:
+    cats = ["shoes", "bags", "hats", "shirts"]
+    out = []
+    for i in np.asarray(ids).tolist():
+        md = {"product_id": int(i // 3), "image": f"img/{i}.jpg", "title": f"item {i}",
+              "category": cats[int(rng.integers(len(cats)))], "price": float(rng.integers(1, 100)),
+              "brand": ["acme", "globex", "initech"][int(rng.integers(3))]}
+        if rng.random() < 0.2:
+            del md["brand"]
+        out.append(md)
+    return out
+
+
+WHERES = [
+    None,
+    {"category": "shoes"},
+    {"category": ["bags", "hats"]},
+    {"price": {"gte": 20, "lt": 60}},
+    {"category": "shoes", "price": {"lte": 50}},
+    {"brand": "acme"},
+    {"brand": None},
+    {"brand": ["globex", None]},
+    {"product_id": [1, 2, 3, 40, 41]},
+    {"id": {"gt": 100}},
+    {"category": "nope"},
+]
+
+
+# ============================================================ open / lifecycle
+def test_create_needs_dim(store_factory):
+    with pytest.raises(ProductLensError, match="dim"):
+        store_factory()
+
+
+def test_dim_mismatch_refused_and_dim_remembered(store_factory):
+    s = store_factory(dim=8)
+    s.upsert([1], np.ones((1, 8), np.float32))
+    s.close()
+    with pytest.raises(ProductLensError, match="8"):
+        store_factory(dim=16)
+    with store_factory() as s2:
+        assert s2.dim == 8 and len(s2) == 1
+    with store_factory(dim=8) as s3:
+        assert s3.dim == 8
+
+
+def test_unknown_backend_refused(tmp_path):
+    with pytest.raises(ProductLensError, match="unknown store backend"):
+        open_store(tmp_path / "x", dim=4, backend="nope")
+    with pytest.raises(ProductLensError, match="dim"):
+        open_store(tmp_path / "x", dim=0)
+
+
+def test_backends_imported_lazily():
+    code = "import sys, productlens.index; print('productlens.index.embedded' in sys.modules or 'faiss' in sys.modules)"
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_context_manager_and_close(store_factory):
+    with store_factory(dim=4) as s:
+        s.upsert([1], np.ones((1, 4)))
+    with pytest.raises(ProductLensError, match="closed"):
+        s.search(np.ones(4), 1)
+    s.close()  # idempotent
+
+
+# ===================================================================== basics
+def test_add_search_matches_bruteforce(store_factory):
+    rng = np.random.default_rng(0)
+    s = store_factory(dim=32)
+    ref = ReferenceStore(32)
+    ids = rng.permutation(10_000)[:700]
+    x = unit(rng, 700, 32)
+    md = catalog_metadata(ids, rng)
+    s.upsert(ids[:300], x[:300], md[:300])  # two writes: two segments
+    s.upsert(ids[300:], x[300:], md[300:])
+    ref.upsert(ids, x, md)
+    q = unit(rng, 25, 32)
+    for k in (1, 10, 100):
+        assert_same_search(s.search(q, k), ref.search(q, k))
+    assert_congruent(s, ref, rng)
+
+
+def test_padding_when_fewer_than_k(store_factory):
+    s = store_factory(dim=4)
+    s.upsert([5, 6, 7], np.eye(4, dtype=np.float32)[:3], [{"category": "a"}, {"category": "b"}, {"category": "a"}])
+    scores, ids = s.search(np.eye(4, dtype=np.float32)[:2], 5)
+    assert ids.shape == (2, 5) and scores.shape == (2, 5)
+    assert ids[0, :3].tolist() == [5, 6, 7] and ids[1, 0] == 6
+    assert (ids[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+    scores, ids = s.search(np.eye(4, dtype=np.float32)[1], 3, where={"category": "a"})
+    assert ids.tolist() == [[5, 7, -1]] and np.isneginf(scores[0, 2])
+    scores, ids = s.search(np.ones(4), 2, where={"category": "zzz"})
+    assert ids.tolist() == [[-1, -1]]
+
+
+def test_empty_store(store_factory):
+    s = store_factory(dim=4)
+    assert len(s) == 0 and s.ids().tolist() == [] and s.ids().dtype == np.int64
+    scores, ids = s.search(np.ones((3, 4), np.float32), 4)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+    assert s.get([1]) == [None]
+    assert s.remove([1, 2]) == 0
+
+
+def test_upsert_replaces(store_factory):
+    rng = np.random.default_rng(1)
+    s = store_factory(dim=8)
+    x = unit(rng, 3, 8)
+    s.upsert([1, 2, 3], x, [{"title": "a", "price": 1}, {"title": "b"}, {"title": "c"}])
+    y = unit(rng, 2, 8)
+    s.upsert([2, 3], y, [{"title": "B"}, None])  # replaces vectors and metadata
+    assert s.get([1, 2, 3]) == [{"id": 1, "title": "a", "price": 1}, {"id": 2, "title": "B"}, {"id": 3}]
+    np.testing.assert_array_equal(s.vectors([1, 2, 3]), np.stack([x[0], y[0], y[1]]))
+    z = unit(rng, 1, 8)
+    s.upsert([1], z)  # no metadata: keeps it
+    assert s.get([1]) == [{"id": 1, "title": "a", "price": 1}]
+    np.testing.assert_array_equal(s.vectors([1]), z)
+    assert len(s) == 3
+    _, ids = s.search(z, 1)
+    assert ids[0, 0] == 1
+
+
+def test_remove(store_factory):
+    rng = np.random.default_rng(2)
+    s = store_factory(dim=8)
+    x = unit(rng, 50, 8)
+    s.upsert(np.arange(50), x)
+    assert s.remove([3, 4, 4, 999]) == 2
+    assert s.remove([3]) == 0
+    assert len(s) == 48 and 3 not in s and 5 in s
+    assert s.get([3, 5]) == [None, {"id": 5}]
+    _, ids = s.search(x[3], 50)
+    assert 3 not in ids and 4 not in ids and ids[0, -1] == -1 and ids[0, -3] >= 0
+    with pytest.raises(ProductLensError):
+        s.vectors([3])
+
+
+def test_update_metadata(store_factory):
+    s = store_factory(dim=4)
+    s.upsert([1, 2], np.eye(4)[:2], [{"title": "a", "category": "x", "price": 5}, {"title": "b"}])
+    s.update_metadata([1], [{"title": "A", "price": None, "color": "red"}])
+    assert s.get([1, 2]) == [{"id": 1, "title": "A", "category": "x", "color": "red"}, {"id": 2, "title": "b"}]
+    with pytest.raises(ProductLensError, match="not in the store"):
+        s.update_metadata([2, 77], [{"title": "nope"}, {"title": "nope"}])
+    assert s.get([2]) == [{"id": 2, "title": "b"}]  # nothing changed
+    _, ids = s.search(np.eye(4)[0], 2, where={"color": "red"})
+    assert ids.tolist() == [[1, -1]]
+
+
+def test_get_vectors_and_hits(store_factory):
+    rng = np.random.default_rng(3)
+    s = store_factory(dim=16)
+    x = unit(rng, 10, 16)
+    s.upsert(np.arange(10) * 10, x, [{"product_id": i, "title": f"t{i}", "image": f"{i}.jpg"} for i in range(10)])
+    assert s.get([20, 5]) == [{"id": 20, "product_id": 2, "title": "t2", "image": "2.jpg"}, None]
+    np.testing.assert_array_equal(s.vectors([90, 0]), x[[9, 0]])
+    assert s.vectors([]).shape == (0, 16)
+    with pytest.raises(ProductLensError, match="not in the store"):
+        s.vectors([0, 1])
+    hits = s.hits(x[:2], 3)
+    assert len(hits) == 2 and all(isinstance(h, Hit) for h in hits[0])
+    assert hits[0][0].id == 0 and hits[0][0].product_id == 0 and hits[0][0].title == "t0"
+    assert hits[1][0].image == "1.jpg" and hits[0][0].score == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_array_equal(s.ids(), np.arange(10) * 10)
+
+
+def test_one_dimensional_query_and_validation(store_factory):
+    s = store_factory(dim=4)
+    s.upsert([1], np.ones((1, 4)))
+    scores, ids = s.search(np.array([1, 0, 0, 0], np.float32), 1)
+    assert ids.shape == (1, 1) and ids[0, 0] == 1
+    with pytest.raises(ProductLensError):
+        s.upsert([1, 2], np.ones((2, 5)))
+    with pytest.raises(ProductLensError):
+        s.upsert([1, 2], np.ones((3, 4)))
+    with pytest.raises(ProductLensError):
+        s.upsert([2, 2], np.ones((2, 4)))
+    with pytest.raises(ProductLensError):
+        s.upsert([-1], np.ones((1, 4)))
+    with pytest.raises(ProductLensError):
+        s.upsert([3], np.full((1, 4), np.nan))
+    with pytest.raises(ProductLensError):
+        s.upsert([3], np.ones((1, 4)), [{"x": object()}])
+    with pytest.raises(ProductLensError):
+        s.upsert([3], np.ones((1, 4)), [{"product_id": "abc"}])
+    with pytest.raises(ProductLensError):
+        s.search(np.ones((2, 3)), 1)
+    with pytest.raises(ProductLensError):
+        s.search(np.ones(4), 0)
+    for bad in ({"a": {"between": 1}}, {"a b": 1}, {"a": {}}, {"a": [object()]}, "category=x"):
+        with pytest.raises(ProductLensError):
+            s.search(np.ones(4), 1, where=bad)
+    assert len(s) == 1 and s.get([1]) == [{"id": 1}]
+
+
+# ==================================================================== filters
+@pytest.mark.parametrize("where", WHERES, ids=lambda w: json.dumps(w))
+def test_filters_match_reference(store_factory, where):
+    rng = np.random.default_rng(4)
+    s = store_factory(dim=16)
+    ref = ReferenceStore(16)
+    ids = np.arange(400)
+    x = unit(rng, 400, 16)
+    md = catalog_metadata(ids, rng)
+    s.upsert(ids, x, md)
+    ref.upsert(ids, x, md)
+    q = unit(rng, 6, 16)
+    for k in (3, 40, 400):
+        got = s.search(q, k, where)
+        assert_same_search(got, ref.search(q, k, where))
+        allowed = set(ref.matches(where).tolist())
+        assert all(i in allowed for i in got[1][got[1] >= 0].tolist())
+
+
+# ============================================================= reopen / info
+def test_reopen_gives_identical_results(store_factory):
+    rng = np.random.default_rng(5)
+    s = store_factory(dim=24)
+    ids = np.arange(1000)
+    s.upsert(ids, unit(rng, 1000, 24), catalog_metadata(ids, rng))
+    s.upsert(ids[::7], unit(rng, ids[::7].size, 24))
+    s.remove(ids[::5])
+    s.update_metadata([1, 2], [{"title": "new"}, {"category": "hats"}])
+    q = unit(rng, 10, 24)
+    before = [s.search(q, 20, w) for w in WHERES[:5]]
+    before_ids, before_get = s.ids(), s.get(ids)
+    s.close()
+    s2 = store_factory()
+    after = [s2.search(q, 20, w) for w in WHERES[:5]]
+    for (a_s, a_i), (b_s, b_i) in zip(after, before):
+        np.testing.assert_array_equal(a_i, b_i)
+        np.testing.assert_array_equal(a_s, b_s)
+    np.testing.assert_array_equal(s2.ids(), before_ids)
+    assert s2.get(ids) == before_get
+
+
+def test_info_persists(store_factory):
+    s = store_factory(dim=4)
+    assert s.get_info("embedder") is None and s.get_info("embedder", "x") == "x"
+    s.set_info("embedder", {"name": "efficientnet_lite0", "dim": 1280})
+    s.set_info("head", "proj-v1")
+    s.set_info("head", "proj-v2")
+    s.set_info("scale", np.float32(0.5))
+    s.close()
+    s2 = store_factory()
+    assert s2.get_info("embedder") == {"name": "efficientnet_lite0", "dim": 1280}
+    assert s2.get_info("head") == "proj-v2" and s2.get_info("scale") == 0.5
+    with pytest.raises(ProductLensError):
+        s2.set_info("bad", object())
+
+
+# ================================================================ congruence
+def test_random_operations_congruent(store_factory):
+    """A random mix of writes; after each, the store equals the reference."""
+    rng = np.random.default_rng(6)
+    dim = 16
+    s = store_factory(dim=dim)
+    ref = ReferenceStore(dim)
+    for step in range(40):
+        r = rng.random()
+        if r < 0.5 or not ref.items:
+            n = int(rng.integers(1, 60))
+            ids = rng.choice(300, n, replace=False)
+            x = unit(rng, n, dim)
+            md = catalog_metadata(ids, rng) if rng.random() < 0.7 else None
+            s.upsert(ids, x, md)
+            ref.upsert(ids, x, md)
+        elif r < 0.8:
+            ids = rng.choice(300, int(rng.integers(1, 40)), replace=False)
+            assert s.remove(ids) == ref.remove(ids)
+        else:
+            ids = rng.choice(ref.ids(), min(len(ref.items), int(rng.integers(1, 20))), replace=False)
+            md = [{"title": f"s{step}", "price": float(rng.integers(100))} for _ in ids]
+            s.update_metadata(ids, md)
+            ref.update_metadata(ids, md)
+        if step % 8 == 7:
+            assert_congruent(s, ref, rng, wheres=(None, {"category": "shoes"}, {"price": {"lt": 30}}))
+    assert_congruent(s, ref, rng, wheres=WHERES)
+    s.close()
+    assert_congruent(store_factory(), ref, rng)
+
+
+def test_second_handle_sees_writes(store_factory):
+    rng = np.random.default_rng(7)
+    w = store_factory(dim=8)
+    w.upsert(np.arange(100), unit(rng, 100, 8))
+    r = store_factory()
+    assert len(r) == 100
+    x = unit(rng, 1, 8)
+    w.upsert([500], x, [{"title": "new"}])
+    _, ids = r.search(x, 1)
+    assert ids[0, 0] == 500 and r.get([500])[0]["title"] == "new"
+    for _ in range(30):  # many dead rows: compactions delete segment files under the reader
+        w.upsert(np.arange(100), unit(rng, 100, 8))
+    w.remove(np.arange(50))
+    assert len(r) == 51 and r.ids().tolist() == list(range(50, 100)) + [500]
+    np.testing.assert_array_equal(r.vectors([500]), x)
+
+
+def test_readers_see_consistent_snapshots(store_factory):
+    """A writer keeps giving all items one new shared vector; every search sees one write, whole."""
+    dim = 8
+    w = store_factory(dim=dim)
+    r = store_factory(dim=dim)
+    rng = np.random.default_rng(8)
+    w.upsert(np.arange(200), np.tile(unit(rng, 1, dim), (200, 1)))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write():
+        try:
+            wr = np.random.default_rng(9)
+            while not stop.is_set():
+                w.upsert(np.arange(200), np.tile(unit(wr, 1, dim), (200, 1)))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        deadline = time.time() + 1.0
+        checks = 0
+        while time.time() < deadline:
+            scores, ids = r.search(unit(rng, 1, dim), 200)
+            assert (ids >= 0).all()
+            assert np.ptp(scores) < 1e-5, "a search mixed two writes"
+            checks += 1
+    finally:
+        stop.set()
+        t.join()
+    assert not errors and checks > 5
+
+
+# ============================================================ approximate path
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([np.intersect1d(f[f >= 0], t[t >= 0]).size / max(1, (t >= 0).sum())
+                          for f, t in zip(found, truth)]))
+
+
+def test_approximate_recall_and_updates(store_factory):
+    rng = np.random.default_rng(10)
+    n, dim, k = 20_000, 64, 100
+    centres = unit(rng, 400, dim)
+    x = clustered(rng, n, centres)
+    ids = np.arange(n) * 3
+    md = [{"category": f"c{i % 10}", "price": float(i % 100)} for i in range(n)]
+    s = store_factory(dim=dim, kind="approximate")
+    ref = ReferenceStore(dim)
+    for a in range(0, n, 5000):
+        s.upsert(ids[a : a + 5000], x[a : a + 5000], md[a : a + 5000])
+    ref.upsert(ids, x, md)
+    q = clustered(np.random.default_rng(11), 100, centres, spread=0.9)
+    q = np.concatenate([q, x[rng.choice(n, 50)]])  # held-out-like and stored queries
+
+    scores, found = s.search(q, k)
+    _, truth = ref.search(q, k)
+    print("approximate recall@100", _recall(found, truth))
+    assert _recall(found, truth) >= 0.98
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    if s.__class__.__name__ == "EmbeddedStore":
+        assert s._ann is not None and any(s.path.glob("ann-*.faiss"))
+
+    # filtered approximate search: only allowed ids, high recall
+    where = {"category": ["c1", "c2", "c3"], "price": {"lt": 80}}
+    _, found_f = s.search(q, k, where)
+    _, truth_f = ref.search(q, k, where)
+    assert set(found_f[found_f >= 0].tolist()) <= set(ref.matches(where).tolist())
+    print("filtered approximate recall@100", _recall(found_f, truth_f))
+    assert _recall(found_f, truth_f) >= 0.95
+
+    # writes after the index was built: new vectors are found, removed ones never returned
+    new = clustered(np.random.default_rng(12), 300, centres)
+    new_ids = np.arange(300) * 3 + 1
+    s.upsert(new_ids, new)
+    ref.upsert(new_ids, new)
+    gone = ids[:2000]
+    s.remove(gone)
+    ref.remove(gone)
+    _, top = s.search(new[:50], 1)
+    assert (top[:, 0] == new_ids[:50]).mean() >= 0.98
+    scores, found = s.search(q, k)
+    assert not np.isin(found, gone).any()
+    assert _recall(found, ref.search(q, k)[1]) >= 0.98
+    s.close()
+    s2 = store_factory(kind="approximate")
+    scores2, found2 = s2.search(q, k)
+    np.testing.assert_array_equal(found2, found)
+    np.testing.assert_array_equal(scores2, scores)
+
+    # a small change (patched in memory only), then a reopen that patches the saved index the same way
+    s2.upsert(new_ids[:10], new[10:20])
+    s2.remove(ids[2000:2010])
+    ref.upsert(new_ids[:10], new[10:20])
+    ref.remove(ids[2000:2010])
+    scores3, found3 = s2.search(q, k)
+    assert not np.isin(found3, ids[2000:2010]).any()
+    assert _recall(found3, ref.search(q, k)[1]) >= 0.98
+    s2.close()
+    scores4, found4 = store_factory(kind="approximate").search(q, k)
+    np.testing.assert_array_equal(found4, found3)
+    np.testing.assert_array_equal(scores4, scores3)
+
+
+# ======================================================= embedded: files, crash
+def test_compaction_bounds_files(store_factory):
+    embedded_only(store_factory)
+    rng = np.random.default_rng(13)
+    s = store_factory(dim=8, max_segments=8)
+    ref = ReferenceStore(8)
+    for _ in range(40):
+        ids = rng.choice(200, 50, replace=False)
+        x = unit(rng, 50, 8)
+        s.upsert(ids, x)
+        ref.upsert(ids, x)
+    segs = list(s.path.glob("seg-*.npy"))
+    assert 1 <= len(segs) <= 9
+    assert_congruent(s, ref, rng)
+    s.compact()
+    assert len(list(s.path.glob("seg-*.npy"))) == 1
+    assert_congruent(s, ref, rng)
+
+
+def test_orphan_files_removed_on_open(store_factory):
+    embedded_only(store_factory)
+    s = store_factory(dim=4)
+    s.upsert([1, 2], np.eye(4)[:2])
+    path = s.path
+    s.close()
+    dead_pid = 2**22 + 12345  # above the default pid_max: never alive
+    (path / "seg-999.npy").write_bytes(b"junk")
+    (path / f".tmp-{dead_pid}-abcd-seg-3.npy").write_bytes(b"junk")
+    (path / f".tmp-{os.getpid()}-abcd-ann-3.faiss").write_bytes(b"in progress")
+    s2 = store_factory()
+    assert not (path / "seg-999.npy").exists()
+    assert not (path / f".tmp-{dead_pid}-abcd-seg-3.npy").exists()
+    assert (path / f".tmp-{os.getpid()}-abcd-ann-3.faiss").exists()  # a live writer's file is kept
+    assert len(s2) == 2 and s2.search(np.eye(4)[1], 1)[1][0, 0] == 2
+
+
+CRASH_OPS = textwrap.dedent(
+    '''
+    import numpy as np
+
+    DIM, UNIVERSE = 32, 400
+
+    def make_op(seed, i, present):
+        """Operation i of the crash test: deterministic given the store's ids before it."""
+        rng = np.random.default_rng([seed, i])
+        r = rng.random()
+        if r < 0.55 or present.size == 0:
+            n = int(rng.integers(1, 300))
+            ids = rng.choice(UNIVERSE, n, replace=False)
+            x = rng.standard_normal((n, DIM)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            md = [{"product_id": int(j % 17), "category": "c%d" % (j % 5), "step": i} for j in ids.tolist()]
+            return "upsert", (ids, x, md if rng.random() < 0.7 else None)
+        if r < 0.8:
+            return "remove", (rng.choice(UNIVERSE, int(rng.integers(1, 80)), replace=False),)
+        ids = rng.choice(present, min(present.size, int(rng.integers(1, 40))), replace=False)
+        return "update_metadata", (ids, [{"title": "t%d" % i, "step": i} for _ in ids.tolist()])
+
+    def apply(store, op):
+        kind, args = op
+        getattr(store, kind)(*args)
+    '''
+)
+
+CRASH_WRITER = (
+    CRASH_OPS
+    + textwrap.dedent(
+        '''
+    import sys
+    from productlens.index import open_store
+
+    path, seed, i = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    store = open_store(path, dim=DIM, max_segments=6)
+    while True:
+        apply(store, make_op(seed, i, store.ids()))
+        i += 1
+        print(i, flush=True)
+    '''
+    )
+)
+
+
+def same_state(store: Store, ref: ReferenceStore) -> bool:
+    ids = store.ids()
+    if not np.array_equal(ids, ref.ids()) or store.get(ids) != ref.get(ids):
+        return False
+    return not ids.size or np.array_equal(store.vectors(ids), np.stack([ref.items[i][0] for i in ids.tolist()]))
+
+
+def test_kill_9_leaves_a_committed_state(store_factory, tmp_path):
+    """SIGKILL a writer at random moments; the store must open as exactly a committed state."""
+    embedded_only(store_factory)
+    ns: dict = {}
+    exec(CRASH_OPS, ns)
+    make_op, dim = ns["make_op"], ns["DIM"]
+    script = tmp_path / "writer.py"
+    script.write_text(CRASH_WRITER)
+    path = tmp_path / "crash-store"
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rng = np.random.default_rng(14)
+    seed = 99
+    model, done = ReferenceStore(dim), 0  # the verified state and its number of ops
+    q = unit(rng, 4, dim)
+    for rnd in range(20):
+        log = tmp_path / f"writer-{rnd}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, str(script), str(path), str(seed), str(done)],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            t0 = time.time()
+            while not log.read_text().strip():  # wait for the first committed op
+                assert proc.poll() is None, log.read_text()
+                assert time.time() - t0 < 30
+                time.sleep(0.005)
+            time.sleep(float(rng.uniform(0.0, 0.25)))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        last = int(log.read_text().split()[-1])  # ops 0..last-1 are committed
+        # committed states the store may be in: after `last` ops, or after one more (in flight)
+        state = model.copy()
+        for j in range(done, last):
+            ns["apply"](state, make_op(seed, j, state.ids()))
+        nxt = state.copy()
+        ns["apply"](nxt, make_op(seed, last, nxt.ids()))
+        candidates = {last: state, last + 1: nxt}
+        with open_store(path) as s:
+            match = [j for j, st in candidates.items() if same_state(s, st)]
+            assert match, f"round {rnd}: the store after the kill is neither state {last} nor {last + 1}"
+            model, done = candidates[match[0]], match[0]
+            assert_congruent(s, model, rng, wheres=(None, {"category": "c1"}))
+            assert_same_search(s.search(q, 10), model.search(q, 10))
+            assert not list(path.glob(".tmp-*")), "a dead writer's temp file was left behind"
+            live = {p.name for p in path.glob("seg-*.npy")}
+            assert len(live) <= 8
+    assert done > 20
