@@ -117,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     chunk = args.chunk or n
     bare_t = pipe_t = 0.0
     bare_n = pipe_n = 0
-    rounds, flip = [], 0
+    rounds, pairs, flip = [], [], 0
     for r in range(args.rounds):
         rec = {"bare": [0.0, 0], "pipe": [0.0, 0]}
         for c in range(0, n, chunk):
             part = paths[c:c + chunk]
+            times = {}
             for what in (("bare", "pipe") if flip % 2 == 0 else ("pipe", "bare")):
                 if what == "bare":
                     t, k = bare_rate(embedder, batches, len(part))
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                     t, k = pipeline_rate(embedder, part, bs, workers)
                 rec[what][0] += t
                 rec[what][1] += k
+                times[what] = t
+            pairs.append(times["bare"] / times["pipe"])  # same images, adjacent in time
             flip += 1
         bare_r, pipe_r = rec["bare"][1] / rec["bare"][0], rec["pipe"][1] / rec["pipe"][0]
         bare_t, bare_n = bare_t + rec["bare"][0], bare_n + rec["bare"][1]
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     bare = bare_n / bare_t
     pipe = pipe_n / pipe_t
     ratio = pipe / bare
+    median_pair = float(np.median(pairs))
     table = "\n".join([
         f"Embedding {n} images ({args.images.name}), {args.model}, batch {bs}, "
         f"{num_threads()} inference threads, {workers} decode thread(s), "
@@ -153,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         f"| bare model (baseline) | `embedder.run` on preprocessed batches in memory | {bare:.2f} | 1.00 |",
         f"| productlens | `embed_items` from the files: decode + preprocess + run + pool + L2 | "
         f"{pipe:.2f} | {ratio:.3f} |",
+        "",
+        f"Ratio of the totals: {ratio:.3f}; median over the {len(pairs)} adjacent "
+        f"(bare, productlens) chunk pairs: {median_pair:.3f} "
+        f"(range {min(pairs):.3f}-{max(pairs):.3f}).",
     ])
     print(table)
     if args.json:
@@ -162,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "inference_threads": num_threads(), "decode_workers": workers,
             "cores": os.cpu_count(), "chunk": chunk, "rounds": rounds,
             "bare_img_s": bare, "productlens_img_s": pipe, "ratio": ratio,
+            "chunk_pair_ratios": pairs, "median_chunk_pair_ratio": median_pair,
         }, indent=2) + "\n")
     return 0
 

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = data.queries(args.queries)
     tmp = None
     store_dir = Path(args.store_dir) if args.store_dir else Path(tmp := tempfile.mkdtemp(prefix="bench-index-"))
+    load_start = os.getloadavg()[0]
     log = lambda *a: print(f"[{time.strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)  # noqa: E731
     rows: list[dict] = []
     try:
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.n:,} x {args.dim} float32 clustered vectors ({args.clusters} products), "
         f"{args.queries} single queries, k={args.k}, {threads} threads, "
         f"{platform.processor() or platform.machine()}, faiss {faiss.__version__}; "
-        f"store ingest {ingest_s:.0f}s"
+        f"store ingest {ingest_s:.0f}s; load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end"
     )
     print(setup)
     print()

@@ -645,21 +645,20 @@ CRASH_OPS = textwrap.dedent(
     '''
     import numpy as np
 
-    DIM, UNIVERSE = 32, 400
-
-    def make_op(seed, i, present):
+    def make_op(seed, i, present, dim, max_batch):
         """Operation i of the crash test: deterministic given the store's ids before it."""
+        universe = 4 * max_batch // 3
         rng = np.random.default_rng([seed, i])
         r = rng.random()
         if r < 0.55 or present.size == 0:
-            n = int(rng.integers(1, 300))
-            ids = rng.choice(UNIVERSE, n, replace=False)
-            x = rng.standard_normal((n, DIM)).astype(np.float32)
+            n = int(rng.integers(1, max_batch))
+            ids = rng.choice(universe, n, replace=False)
+            x = rng.standard_normal((n, dim)).astype(np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
             md = [{"product_id": int(j % 17), "category": "c%d" % (j % 5), "step": i} for j in ids.tolist()]
             return "upsert", (ids, x, md if rng.random() < 0.7 else None)
         if r < 0.8:
-            return "remove", (rng.choice(UNIVERSE, int(rng.integers(1, 80)), replace=False),)
+            return "remove", (rng.choice(universe, int(rng.integers(1, max_batch // 4)), replace=False),)
         ids = rng.choice(present, min(present.size, int(rng.integers(1, 40))), replace=False)
         return "update_metadata", (ids, [{"title": "t%d" % i, "step": i} for _ in ids.tolist()])
 
@@ -669,21 +668,18 @@ CRASH_OPS = textwrap.dedent(
     '''
 )
 
-CRASH_WRITER = (
-    CRASH_OPS
-    + textwrap.dedent(
-        '''
+CRASH_WRITER = CRASH_OPS + textwrap.dedent(
+    '''
     import sys
     from productlens.index import open_store
 
-    path, seed, i = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    store = open_store(path, dim=DIM, max_segments=6)
+    path, seed, i, dim, max_batch = sys.argv[1], *map(int, sys.argv[2:])
+    store = open_store(path, dim=dim, max_segments=6)
     while True:
-        apply(store, make_op(seed, i, store.ids()))
+        apply(store, make_op(seed, i, store.ids(), dim, max_batch))
         i += 1
         print(i, flush=True)
     '''
-    )
 )
 
 
@@ -694,12 +690,19 @@ def same_state(store: Store, ref: ReferenceStore) -> bool:
     return not ids.size or np.array_equal(store.vectors(ids), np.stack([ref.items[i][0] for i in ids.tolist()]))
 
 
-def test_kill_9_leaves_a_committed_state(store_factory, tmp_path):
+@pytest.mark.parametrize(
+    "rounds,dim,max_batch",
+    [(20, 32, 300), pytest.param(60, 512, 3000, marks=pytest.mark.slow, id="big-writes")],
+)
+def test_kill_9_leaves_a_committed_state(store_factory, tmp_path, rounds, dim, max_batch):
     """SIGKILL a writer at random moments; the store must open as exactly a committed state."""
     embedded_only(store_factory)
     ns: dict = {}
     exec(CRASH_OPS, ns)
-    make_op, dim = ns["make_op"], ns["DIM"]
+
+    def make_op(seed, i, present):
+        return ns["make_op"](seed, i, present, dim, max_batch)
+
     script = tmp_path / "writer.py"
     script.write_text(CRASH_WRITER)
     path = tmp_path / "crash-store"
@@ -708,11 +711,13 @@ def test_kill_9_leaves_a_committed_state(store_factory, tmp_path):
     seed = 99
     model, done = ReferenceStore(dim), 0  # the verified state and its number of ops
     q = unit(rng, 4, dim)
-    for rnd in range(20):
+    for rnd in range(rounds):
         log = tmp_path / f"writer-{rnd}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, str(script), str(path), str(seed), str(done)],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, str(script), str(path), str(seed), str(done), str(dim), str(max_batch)],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )
         try:
             t0 = time.time()
             while not log.read_text().strip():  # wait for the first committed op
@@ -740,4 +745,4 @@ def test_kill_9_leaves_a_committed_state(store_factory, tmp_path):
             assert not list(path.glob(".tmp-*")), "a dead writer's temp file was left behind"
             live = {p.name for p in path.glob("seg-*.npy")}
             assert len(live) <= 8
-    assert done > 20
+    assert done >= rounds

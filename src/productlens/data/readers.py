@@ -167,13 +167,18 @@ def read_products_jsonl(path: str | os.PathLike[str]) -> dict[int, dict[str, Any
 def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
     """Read a catalog, detecting its layout.
 
-    A directory (holding ``gallery.csv``, else an ImageFolder tree), a gallery csv
+    A directory (holding ``gallery.csv``, else ``products.jsonl``, else an
+    ImageFolder tree), a gallery csv
     (``seller_img_id``), a labelled csv (``image``, labelled by ``product_id`` when
     present) or a ``products.jsonl`` (one item per product's shop image).
     """
     p = Path(path)
     if p.is_dir():
-        return read_gallery(p / "gallery.csv") if (p / "gallery.csv").is_file() else read_folder(p)
+        if (p / "gallery.csv").is_file():
+            return read_gallery(p / "gallery.csv")
+        if (p / "products.jsonl").is_file():
+            return _products_catalog(p / "products.jsonl")
+        return read_folder(p)
     if not p.is_file():
         raise ProductLensError(f"{p}: no such catalog file or directory")
     suffix = p.suffix.lower()

@@ -1,0 +1,25 @@
+"""Shared CLI helpers: clean error messages instead of tracebacks."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import typer
+
+from productlens.types import ProductLensError
+
+
+def fail_cleanly(fn: Callable) -> Callable:
+    """Turn productlens's own errors into a one-line message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ProductLensError, FileNotFoundError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+
+    return wrapper

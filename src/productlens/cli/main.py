@@ -1,0 +1,38 @@
+"""The ``productlens`` command: thin wrappers over library functions."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from productlens.cli import eval_cmd, index_cmd, search_cmd
+from productlens.cli.common import fail_cleanly
+
+app = typer.Typer(help="Identify products in photos: index a catalog, search it, evaluate.",
+                  no_args_is_help=True, add_completion=False)
+app.add_typer(index_cmd.app, name="index")
+app.add_typer(eval_cmd.app, name="eval")
+app.command("search")(fail_cleanly(search_cmd.search))
+app.command("rank")(fail_cleanly(search_cmd.rank))
+app.command("demo")(fail_cleanly(search_cmd.demo))
+
+
+@app.command("models")
+def models() -> None:
+    """List the registered image embedders."""
+    from productlens.models.embedders import list_embedders
+
+    for name in list_embedders():
+        typer.echo(name)
+    typer.echo("onnx:PATH  (your own ONNX model with PATH.json preprocessing beside it)")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,100 @@
+"""``productlens search``, ``rank`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from productlens.config import DEFAULT_EMBEDDER
+
+
+def search(
+    catalog_dir: Path = typer.Argument(..., help="A catalog folder (from `productlens index build`)."),
+    image: str = typer.Argument(..., help="Query image: a path or an http(s) URL."),
+    box: Optional[str] = typer.Option(None, help="Product box in pixels: x,y,w,h (clipped to the image)."),
+    k: int = typer.Option(10, "-k", help="Number of results."),
+    rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Rank the catalog for one query photo."""
+    from productlens.pipeline.catalog import Catalog
+    from productlens.types import Box
+
+    with Catalog.open(catalog_dir) as cat:
+        hits = cat.search(image, box=Box.parse(box), k=k, rerank=rerank)
+    if as_json:
+        typer.echo(json.dumps([h.__dict__ for h in hits]))
+        return
+    for rank, h in enumerate(hits, 1):
+        typer.echo(f"{rank:3d}  {h.score:.4f}  id={h.id}  product={h.product_id}  {h.title or h.image}")
+
+
+def rank(
+    catalog_dir: Path = typer.Argument(..., help="A catalog folder built from gallery.csv."),
+    queries: Path = typer.Argument(..., help="AIcrowd queries.csv (user_img_id, img_path, bbox_x..bbox_h)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the N x k int32 .npy."),
+    k: int = typer.Option(1000, "-k"),
+    rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
+) -> None:
+    """Write the AIcrowd Visual Product Recognition submission array (seller_img_id, best first)."""
+    from productlens.data.readers import read_queries
+    from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.rank import rank_queries, save_rankings
+
+    with Catalog.open(catalog_dir) as cat:
+        rankings, errors = rank_queries(cat, read_queries(queries), k, rerank=rerank)
+    save_rankings(rankings, out)
+    typer.echo(f"wrote {rankings.shape[0]} x {rankings.shape[1]} rankings to {out}; {len(errors)} queries unreadable")
+
+
+def default_catalog() -> Path | None:
+    """``$CATALOG``, else ../shared/data/grocery beside the project, else None."""
+    env = os.environ.get("CATALOG")
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        cand = base.parent / "shared" / "data" / "grocery"
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def demo(
+    catalog: Optional[Path] = typer.Option(None, help="Catalog folder/csv/jsonl; default $CATALOG or ../shared/data/grocery."),
+    out: Path = typer.Option(Path("runs/catalog"), help="Where the catalog index is written."),
+    model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
+    queries: int = typer.Option(5, help="How many example queries to answer."),
+    seed: int = typer.Option(0, help="Seed for picking the example queries."),
+) -> None:
+    """Index a catalog and answer example queries (the main job of `make run`)."""
+    from productlens.data.readers import read_catalog, read_labelled_csv
+    from productlens.pipeline.catalog import build_catalog
+    from productlens.types import ProductLensError
+
+    src = catalog or default_catalog()
+    if src is None or not Path(src).exists():
+        raise ProductLensError("no catalog: ../shared/data/grocery is absent and CATALOG is not set; "
+                               "run `make run CATALOG=/path/to/folder-or.csv`")
+    src = Path(src)
+    items = read_catalog(src)
+    base = src if src.is_dir() else src.parent
+    train = read_labelled_csv(base / "train.csv") if (base / "train.csv").is_file() else None
+    typer.echo(f"indexing {len(items)} catalog items from {src}" + (f", adapting on {len(train)} labelled photos" if train else ""))
+    cat, errors = build_catalog(items, out, embedder=model, train=train, overwrite=True)
+    typer.echo(f"catalog written to {out} ({len(cat)} items, skipped {len(errors)})")
+    pool = read_labelled_csv(base / "val.csv") if (base / "val.csv").is_file() else items
+    rng = random.Random(seed)
+    with cat:
+        for q in rng.sample(list(pool), min(queries, len(pool))):
+            hits = cat.search(q.image, k=3)
+            truth = f" (true product {q.product_id}: {q.title})" if q.product_id is not None else ""
+            typer.echo(f"\nquery {q.image}{truth}")
+            for r, h in enumerate(hits, 1):
+                mark = " ✓" if q.product_id is not None and h.product_id == q.product_id else ""
+                typer.echo(f"  {r}. {h.score:.3f}  {h.title or h.image}{mark}")
+    typer.echo(f"\nsearch it: productlens search {out} PHOTO.jpg")

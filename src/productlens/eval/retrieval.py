@@ -1,0 +1,58 @@
+"""``productlens eval retrieval``: build a catalog, rank the queries, score mAP@1000.
+
+Challenge mode (default) never shows the gallery's product_id to the system:
+the gallery items are handed over with their labels stripped, and the labels
+are used only by the scorer. Catalog mode hands them over (the catalog knows
+which seller photo shows which product).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from productlens.config import DEFAULT_EMBEDDER
+from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
+from productlens.eval.metrics import retrieval_metrics
+from productlens.pipeline.catalog import build_catalog
+from productlens.pipeline.rank import rank_queries
+
+
+def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, train_csv: str | Path | None = None,
+                       catalog_mode: bool = False, embedder: str = DEFAULT_EMBEDDER, rerank: bool = True,
+                       k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None) -> dict:
+    """Evaluate retrieval end to end and return the metrics dict.
+
+    Keys: ``map@1000``, ``top1``, ``top5``, ``recall@10``, ``queries``, ``gallery``,
+    ``seconds`` (wall time including training and embedding), ``skipped``.
+    """
+    t0 = time.perf_counter()
+    gallery = read_gallery(gallery_csv)
+    queries = read_queries(queries_csv)
+    truth = {g.id: (-1 if g.product_id is None else int(g.product_id)) for g in gallery}
+    if not catalog_mode:  # the system never sees the gallery's labels
+        gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
+    train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
+    with tempfile.TemporaryDirectory(prefix="productlens-eval-") as tmp:
+        catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
+                                         use_gallery_labels=catalog_mode, progress=progress)
+        with catalog:
+            rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
+                                             group_by_product=catalog_mode, progress=progress)
+    if rankings_out:
+        from productlens.pipeline.rank import save_rankings
+
+        save_rankings(rankings, rankings_out)
+    gallery_ids = np.array(sorted(truth))
+    pos = {gid: j for j, gid in enumerate(gallery_ids.tolist())}
+    gallery_labels = np.array([truth[g] for g in gallery_ids.tolist()])
+    as_index = np.vectorize(lambda i: pos.get(int(i), -1), otypes=[np.int64])(rankings) if rankings.size else rankings
+    query_labels = np.array([-1 if q.product_id is None else int(q.product_id) for q in queries])
+    metrics = retrieval_metrics(as_index, gallery_labels, query_labels, k)
+    metrics.update(queries=len(queries), gallery=len(gallery), skipped=len(gerrors) + len(qerrors),
+                   seconds=round(time.perf_counter() - t0, 1))
+    return metrics

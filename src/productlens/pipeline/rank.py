@@ -1,0 +1,54 @@
+"""Batch ranking in the AIcrowd Visual Product Recognition 2023 format.
+
+``queries.csv`` (user_img_id, img_path, bbox_x, bbox_y, bbox_w, bbox_h) against a
+catalog built from ``gallery.csv`` -> an N x k int32 array of seller_img_id,
+best first, one row per query in file order (the challenge's submission .npy).
+A query image that cannot be read is reported and its row filled with -1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from productlens.pipeline.catalog import Catalog
+from productlens.types import Item
+
+log = logging.getLogger(__name__)
+
+
+def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, rerank: bool = True,
+                 group_by_product: bool = False, progress: bool = True,
+                 batch: int = 256) -> tuple[np.ndarray, list]:
+    """Rank the catalog for every query; returns (N x k int32 ids padded with -1, errors)."""
+    k_eff = min(k, len(catalog))
+    out = np.full((len(queries), k), -1, dtype=np.int32)
+    res = catalog.embed_queries(queries, [q.box for q in queries], progress=progress)
+    for start in range(0, len(res.ok), batch):
+        rows = res.ok[start:start + batch]
+        _, ids = catalog.search_vectors(res.vectors[start:start + batch], k_eff, rerank=rerank,
+                                        group_by_product=group_by_product)
+        out[rows, :k_eff] = ids
+    return out, res.errors
+
+
+def save_rankings(rankings: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write the rankings .npy atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, rankings.astype(np.int32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,101 @@
+"""Catalog build, search, incremental changes, reopen, batch ranking, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from helpers import product_photo, write_dataset
+from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
+from productlens.pipeline.catalog import Catalog, build_catalog
+from productlens.pipeline.rank import rank_queries, save_rankings
+from productlens.types import BoxError, Item, ProductLensError
+
+MODEL = "efficientnet-lite0"  # the smallest bundled backbone keeps tests fast
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("ds"))
+
+
+@pytest.mark.parametrize("adapted", [False, True])
+def test_build_search_reopen(dataset, tmp_path, adapted: bool) -> None:
+    gallery = read_gallery(dataset["gallery"])
+    train = read_labelled_csv(dataset["train"]) if adapted else None
+    cat, errors = build_catalog(gallery, tmp_path / "cat", embedder=MODEL, train=train, progress=False)
+    assert errors == [] and len(cat) == 4 and (cat.adapter is not None) == adapted
+    query = read_queries(dataset["queries"])[0]
+    hits = cat.search(query.image, k=3)
+    assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
+    # the shop photo of the same product is found first (a clean synthetic case)
+    assert hits[0].product_id == query.product_id
+    cat.close()
+    with Catalog.open(tmp_path / "cat") as again:
+        assert [(h.id, round(h.score, 5)) for h in again.search(query.image, k=3)] == \
+               [(h.id, round(h.score, 5)) for h in hits]
+        assert (again.adapter is not None) == adapted
+
+
+def test_incremental_add_update_remove(dataset, tmp_path) -> None:
+    gallery = read_gallery(dataset["gallery"])
+    cat, _ = build_catalog(gallery[:2], tmp_path / "cat", embedder=MODEL, progress=False)
+    with cat:
+        assert cat.add(gallery[2:], progress=False) == [] and len(cat) == 4
+        q = product_photo(3, 50, shop=True)  # a clean photo of product 3
+        path = tmp_path / "q.jpg"
+        q.save(path)
+        assert cat.search(path, k=1)[0].id == 3
+        assert cat.remove([3]) == 1 and len(cat) == 3
+        assert all(h.id != 3 for h in cat.search(path, k=3))
+        # same id replaces: item 0 now shows product 3
+        cat.add([dataclasses.replace(gallery[3], id=0)], progress=False)
+        assert len(cat) == 3 and cat.search(path, k=1)[0].id == 0
+
+
+def test_bad_items_are_skipped_and_reported(dataset, tmp_path) -> None:
+    gallery = read_gallery(dataset["gallery"])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    items = gallery + [Item(id=90, image=str(broken)), Item(id=91, image=str(tmp_path / "missing.jpg"))]
+    cat, errors = build_catalog(items, tmp_path / "cat", embedder=MODEL, progress=False)
+    with cat:
+        assert len(cat) == 4 and len(errors) == 2
+        assert "broken.jpg" in errors[0][2] and "missing.jpg" in errors[1][2]
+        with pytest.raises(BoxError):
+            from productlens.types import Box
+            cat.search(gallery[0].image, box=Box(500, 500, 10, 10))
+
+
+def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path) -> None:
+    gallery = read_gallery(dataset["gallery"])
+    build_catalog(gallery, tmp_path / "cat", embedder=MODEL, progress=False)[0].close()
+    with pytest.raises(ProductLensError, match="exists"):
+        build_catalog(gallery, tmp_path / "cat", embedder=MODEL, progress=False)
+    with pytest.raises(ProductLensError, match="no gallery image"):
+        build_catalog([Item(id=1, image=str(tmp_path / "nope.jpg"))], tmp_path / "empty", embedder=MODEL,
+                      progress=False)
+    assert not (tmp_path / "empty").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]  # no temp folders left behind
+    with pytest.raises(ProductLensError, match="not a productlens catalog"):
+        Catalog.open(tmp_path)
+
+
+def test_rank_queries_aicrowd_array(dataset, tmp_path) -> None:
+    gallery = read_gallery(dataset["gallery"])
+    queries = read_queries(dataset["queries"])
+    queries.append(Item(id=999, image=str(tmp_path / "missing.jpg")))
+    cat, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL,
+                           train=read_labelled_csv(dataset["train"]), progress=False)
+    with cat:
+        ranks, errors = rank_queries(cat, queries, k=1000, progress=False)
+    assert ranks.shape == (len(queries), 1000) and ranks.dtype == np.int32
+    assert (ranks[:-1, :4] >= 0).all() and (ranks[:, 4:] == -1).all() and (ranks[-1] == -1).all()
+    assert len(errors) == 1
+    assert sorted(ranks[0, :4].tolist()) == [0, 1, 2, 3]
+    top1 = np.mean([r[0] == q.product_id for r, q in zip(ranks[:-1], queries[:-1])])
+    assert top1 >= 0.75
+    out = save_rankings(ranks, tmp_path / "sub" / "rankings.npy")
+    assert np.array_equal(np.load(out), ranks)

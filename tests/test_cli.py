@@ -1,0 +1,52 @@
+"""The command line, end to end on a tiny generated dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from helpers import write_dataset
+from productlens.cli.main import app
+
+runner = CliRunner()
+
+
+def test_cli_index_search_rank_eval(tmp_path) -> None:
+    ds = write_dataset(tmp_path / "ds")
+    cat = tmp_path / "cat"
+    r = runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(cat), "--model",
+                            "efficientnet-lite0", "--train", str(ds["train"])])
+    assert r.exit_code == 0, r.output
+    assert "indexed 4 items" in r.output and "adapted" in r.output
+    r = runner.invoke(app, ["index", "info", str(cat)])
+    assert "items: 4" in r.output and "adapter: yes" in r.output
+    q = tmp_path / "ds" / "img" / "q_2_0.jpg"
+    r = runner.invoke(app, ["search", str(cat), str(q), "-k", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output.strip().splitlines()[-1])
+    assert len(hits) == 2 and hits[0]["product_id"] == 2
+    r = runner.invoke(app, ["search", str(cat), str(q), "--box", "0,0,0,5"])
+    assert r.exit_code == 1 and "zero area" in r.output
+    out = tmp_path / "rank.npy"
+    r = runner.invoke(app, ["rank", str(cat), str(ds["queries"]), "--out", str(out), "-k", "1000"])
+    assert r.exit_code == 0, r.output
+    assert np.load(out).shape == (16, 1000)
+    r = runner.invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries", str(ds["queries"]),
+                            "--train", str(ds["train"]), "--model", "efficientnet-lite0", "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output.strip().splitlines()[-1])
+    assert set(m) == {"map@1000", "top1", "top5", "recall@10", "queries", "gallery", "seconds"}
+    assert m["queries"] == 16 and m["gallery"] == 4 and m["map@1000"] > 0.5
+    r = runner.invoke(app, ["index", "remove", str(cat), "0", "1"])
+    assert "removed 2" in r.output
+
+
+def test_cli_clear_errors(tmp_path) -> None:
+    r = runner.invoke(app, ["index", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 1 and "no such catalog" in r.output
+    r = runner.invoke(app, ["search", str(tmp_path), "x.jpg"])
+    assert r.exit_code == 1 and "not a productlens catalog" in r.output
+    r = runner.invoke(app, ["demo", "--catalog", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "no catalog" in r.output

@@ -1,0 +1,101 @@
+"""Every registered embedder runs on random input; onnx:PATH loads a user model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from productlens.models.embedders import create_embedder, list_embedders
+from productlens.models.embedders.base import Preprocess
+from productlens.types import ProductLensError
+
+
+@pytest.mark.parametrize("name", list_embedders())
+def test_registered_embedder_runs_on_random_input(name: str) -> None:
+    emb = create_embedder(name)
+    size = emb.preprocess.size
+    batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
+    vecs = emb.embed(batch)
+    assert vecs.shape == (2, emb.dim) and emb.dim == 1280
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(vecs[0], vecs[1])  # different inputs, different vectors
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 80, 3), dtype=np.uint8))
+    assert emb.embed_images([img]).shape == (1, emb.dim)
+
+
+def test_export_is_cached_by_weight_hash() -> None:
+    a = create_embedder("efficientnet-lite0")
+    b = create_embedder("efficientnet-lite0")
+    assert a.onnx_path == b.onnx_path and a.onnx_path.exists()
+    assert "efficientnet-lite0-" in a.onnx_path.name
+
+
+def test_unknown_embedder_lists_known_names() -> None:
+    with pytest.raises(KeyError, match="efficientnet-lite2"):
+        create_embedder("resnet-9000")
+
+
+def _tiny_onnx(path, out_map: bool = False) -> None:
+    """A 3-channel model: 1x1 conv to 8 channels (+ global average pool unless out_map)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["map"])]
+    nodes.append(helper.make_node("Relu", ["map"], ["relu"]))
+    out_name, out_shape = "relu", ["N", 8, 16, 16]
+    if not out_map:
+        nodes += [helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
+                  helper.make_node("Flatten", ["pool"], ["emb"])]
+        out_name, out_shape = "emb", ["N", 8]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("out_map", [False, True])
+def test_user_onnx_model_with_preprocessing_json(tmp_path, out_map: bool) -> None:
+    model = tmp_path / "tower.onnx"
+    _tiny_onnx(model, out_map)
+    (tmp_path / "tower.json").write_text(json.dumps({"size": 16, "mean": [0.48, 0.46, 0.41],
+                                                      "std": [0.27, 0.26, 0.28], "resize": "crop"}))
+    emb = create_embedder(f"onnx:{model}")
+    assert emb.dim == 8 and emb.preprocess.size == 16 and emb.preprocess.resize == "crop"
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    v = emb.embed_images([img, img.transpose(Image.FLIP_LEFT_RIGHT)])
+    assert v.shape == (2, 8) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+
+
+def test_user_onnx_model_errors(tmp_path) -> None:
+    with pytest.raises(ProductLensError, match="not found"):
+        create_embedder(f"onnx:{tmp_path / 'missing.onnx'}")
+    model = tmp_path / "tower.onnx"
+    _tiny_onnx(model)
+    with pytest.raises(ProductLensError, match="preprocessing"):
+        create_embedder(f"onnx:{model}")
+    (tmp_path / "tower.json").write_text('{"mean": [0.5]}')
+    with pytest.raises(ProductLensError, match="size"):
+        create_embedder(f"onnx:{model}")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    (tmp_path / "bad.json").write_text('{"size": 16}')
+    with pytest.raises(ProductLensError, match="cannot load"):
+        create_embedder(f"onnx:{bad}")
+
+
+@pytest.mark.parametrize("mode", ["squash", "crop", "pad"])
+def test_preprocess_modes_give_model_input(mode: str) -> None:
+    pp = Preprocess(size=32, resize=mode)
+    img = Image.new("RGB", (100, 40), (255, 0, 0))
+    arr = pp(img)
+    assert arr.shape == (3, 32, 32) and arr.dtype == np.float32
+    assert arr.max() <= 1.0 and arr.min() >= -1.0
+    if mode == "pad":  # white padding above and below the wide red image
+        assert np.allclose(arr[:, 0, 16], 1.0)
+    else:
+        assert np.allclose(arr[:, 16, 16], [1.0, -1.0, -1.0])
