@@ -99,9 +99,10 @@ class Adapter:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if folder.exists():
+        if folder.exists():  # swap: the old folder stays whole until the new one is in place
             old = folder.with_name(folder.name + ".old")
-            os.replace(folder, old) if not old.exists() else None
+            _rmtree(old)
+            os.replace(folder, old)
             os.replace(tmp, folder)
             _rmtree(old)
         else:
@@ -125,7 +126,7 @@ class Adapter:
 
 def fit_adapter(backbone: str, train_vectors: np.ndarray, train_labels: np.ndarray, *,
                 gallery_vectors: np.ndarray | None = None, gallery_labels: np.ndarray | None = None,
-                weight: float = 1.0, C: float = 10.0) -> Adapter:
+                weight: float = 1.0, C: float = 30.0) -> Adapter:
     """Fit an :class:`Adapter` on labelled shopper photos (and, in catalog mode, seller photos).
 
     ``train_vectors``: unit backbone vectors of the labelled shopper photos;
@@ -146,19 +147,34 @@ def fit_adapter(backbone: str, train_vectors: np.ndarray, train_labels: np.ndarr
     qmean = X.mean(axis=0)
     gmean = qmean if gallery_vectors is None or len(gallery_vectors) == 0 else \
         np.asarray(gallery_vectors, np.float32).mean(axis=0)
-    feats, labels = [l2_normalize(X - qmean)], [y]
+    feats, labels, weights = [l2_normalize(X - qmean)], [y], [np.ones(len(y))]
     if gallery_vectors is not None and gallery_labels is not None:
         gl = np.asarray(gallery_labels)
         keep = gl != -1
         feats.append(l2_normalize(np.asarray(gallery_vectors, np.float32)[keep] - gmean))
         labels.append(gl[keep])
+        weights.append(domain_balanced_weights(y, gl[keep]))
     clf = LogisticRegression(C=C, max_iter=3000)
-    clf.fit(np.concatenate(feats), np.concatenate(labels))
+    clf.fit(np.concatenate(feats), np.concatenate(labels), sample_weight=np.concatenate(weights))
     coef, intercept = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
     if coef.shape[0] == 1:  # binary: sklearn keeps one row; expand to two classes
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2], np.float32)
     return Adapter(backbone=backbone, query_mean=qmean.astype(np.float32), gallery_mean=gmean.astype(np.float32),
                    coef=coef, intercept=intercept, classes=clf.classes_, weight=weight)
+
+
+def domain_balanced_weights(train_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """Weights of labelled gallery photos so that, per product, the seller photos
+    weigh as much in total as that product's shopper photos (a product with no
+    shopper photos gets the mean count). One seller photo against thirty shopper
+    photos would otherwise barely move the classifier."""
+    ids, counts = np.unique(train_labels, return_counts=True)
+    per_product = dict(zip(ids.tolist(), counts.tolist()))
+    default = float(np.mean(counts)) if len(counts) else 1.0
+    gids, gcounts = np.unique(gallery_labels, return_counts=True)
+    n_gallery = dict(zip(gids.tolist(), gcounts.tolist()))
+    return np.array([per_product.get(p, default) / n_gallery[p] for p in np.asarray(gallery_labels).tolist()],
+                    dtype=np.float64)
 
 
 def _rmtree(path: Path) -> None:

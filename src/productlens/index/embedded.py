@@ -28,8 +28,10 @@ Search is exact (blocked matmul over the memory-mapped segments, no copy of
 the vectors) up to ``exact_max`` items; above that an IVF index with 8-bit
 scalar-quantised residuals (``IndexIVFScalarQuantizer``, inner product,
 spherical k-means) proposes ``rerank * k`` candidates that are re-scored
-exactly from the segments. ``nprobe`` is tuned at build time on a sample of the
-stored vectors for ``target_recall`` at k=100. After writes the index is
+exactly from the segments. ``nprobe`` is tuned at build time: the smallest
+value reaching ``target_recall`` at k=100 with stored vectors as queries, then
+doubled as a margin for real queries (or tuned on real queries passed to
+``build_index``). After writes the index is
 patched (``remove_ids`` + ``add_with_ids`` for the changed ids) rather than
 rebuilt, unless the change is large.
 """
@@ -189,7 +191,7 @@ class EmbeddedStore(Store):
         use the approximate IVF index.
     nlist: IVF lists (default ``2 * sqrt(n)`` clipped to [16, 65536]; trained on 40 vectors a list).
     nprobe: IVF lists probed per query (default: tuned at build for ``target_recall``).
-    target_recall: recall@100 the nprobe tuning aims at on stored vectors (default 0.995).
+    target_recall: recall@100 the nprobe tuning aims at (default 0.995; see ``build_index``).
     rerank: candidates re-scored exactly per result (default 2, i.e. 2*k; 1 = off).
     subset_exact_max: with a filter, search the allowed items exactly when there
         are at most this many (default 20_000).
@@ -887,18 +889,25 @@ class EmbeddedStore(Store):
             return ann.nlist == self.nlist
         return ideal / 4 <= ann.nlist <= ideal * 4
 
-    def build_index(self, force: bool = False) -> None:
-        """Build (or bring up to date) the approximate index now rather than at the first search."""
+    def build_index(self, force: bool = False, queries: np.ndarray | None = None) -> None:
+        """Build (or bring up to date) the approximate index now rather than at the first search.
+
+        ``force`` rebuilds it from scratch. ``queries`` (a sample of real
+        queries, e.g. a validation set) re-tunes ``nprobe`` for
+        ``target_recall`` on them instead of on stored vectors.
+        """
         if faiss is None:  # pragma: no cover
             raise ProductLensError("the approximate index needs faiss (pip install faiss-cpu)")
+        q = None if queries is None else check_vectors(queries, self.dim, what="queries")
         with self._read_txn():
             if self._n_live < 2:
                 return
             if force:
                 self._ann = None
-                self._build_ann()
-            else:
-                self._ensure_ann()
+            ann = self._ensure_ann()
+            if q is not None and q.shape[0] and self.nprobe is None:
+                ann.nprobe = self._tune_nprobe(ann, queries=q)
+                self._save_ann()
 
     def _ensure_ann(self) -> Any:
         if faiss is None:  # pragma: no cover
@@ -999,33 +1008,37 @@ class EmbeddedStore(Store):
         ann.nprobe = self.nprobe if self.nprobe is not None else self._tune_nprobe(ann)
         self._save_ann()
 
-    def _tune_nprobe(self, ann: Any, n_queries: int = 200, k: int = 100) -> int:
-        """Smallest nprobe on a ~sqrt(2) ladder reaching ``target_recall`` at k on stored vectors.
+    def _tune_nprobe(self, ann: Any, queries: np.ndarray | None = None, k: int = 100) -> int:
+        """nprobe for ``target_recall`` at k, from a ~sqrt(2) ladder (1, 2, 3, 4, 6, 8, 11, 16, ...).
 
-        The queries are stored vectors; the query itself is left out of both
-        result lists, so recall is measured on its true neighbours. Real queries
-        lie a little further from the catalog, hence the default target of 0.995
-        for a guaranteed 0.98.
+        With ``queries`` (real ones) it is the smallest nprobe reaching the
+        target on them. Without, 200 stored vectors serve as queries (each left
+        out of both result lists) and the result is taken two ladder steps (2x)
+        higher: real queries lie further from the catalog than its own items,
+        and their recall at the same nprobe is lower.
         """
         ids = self._get_lookup()[0]
-        k = min(k, ids.size - 1)
+        stored = queries is None
+        k = min(k, ids.size - 1 if stored else ids.size)
         if k < 1:
             return min(ann.nlist, 8)
-        rng = np.random.default_rng(4321)
-        qids = np.sort(rng.choice(ids, size=min(n_queries, ids.size), replace=False))
-        q = self._gather(qids)
+        if stored:
+            rng = np.random.default_rng(4321)
+            qids = np.sort(rng.choice(ids, size=min(200, ids.size), replace=False))
+            q = self._gather(qids)
+        else:
+            q, qids = queries, np.full(queries.shape[0], -2, dtype=np.int64)
         _, gt = self._exact_segments(q, k + 1)
-        ladder = sorted({int(round(2 ** (e / 2))) for e in range(0, 2 * int(math.log2(max(2, ann.nlist))) + 1)})
-        for nprobe in ladder + [ann.nlist]:
-            nprobe = min(nprobe, ann.nlist)
+        ladder = sorted({min(ann.nlist, int(round(2 ** (e / 2)))) for e in range(0, 2 * int(math.log2(ann.nlist)) + 3)})
+        for step, nprobe in enumerate(ladder):
             ann.nprobe = nprobe
             _, got = self._ann_search(ann, q, k + 1)
             hits = 0
             for qi, g, r in zip(qids.tolist(), gt, got):
                 hits += np.intersect1d(g[g != qi][:k], r[r != qi][:k]).size
-            if hits / (k * len(qids)) >= self.target_recall or nprobe >= ann.nlist:
-                return nprobe
-        return ann.nlist  # pragma: no cover
+            if hits / (k * len(qids)) >= self.target_recall:
+                break
+        return ladder[min(step + 2, len(ladder) - 1)] if stored else nprobe
 
     def _save_ann(self) -> None:
         final = self.path / f"ann-{self._ann_vgen}.faiss"

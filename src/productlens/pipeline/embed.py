@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from productlens.data.images import load_image
-from productlens.models.embedders.base import Preprocess, l2_normalize
+from productlens.models.embedders.base import Embedder, Preprocess, l2_normalize
 from productlens.types import Box, Item, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,15 @@ def iter_embeddings(
         pending.append((start, buf, futures))
         next_start = stop
 
+    # Embedder.embed is run + pool + L2: the calling thread runs the model and a
+    # worker pools the previous batch while the next one runs. An embedder with
+    # its own ``embed`` is called as it is.
+    split = isinstance(embedder, Embedder) and type(embedder).embed is Embedder.embed
+
     def finish(out: np.ndarray | None) -> np.ndarray:
         if out is None:
             return np.zeros((0, embedder.dim), np.float32)
-        return l2_normalize(embedder.pool(out))
+        return l2_normalize(embedder.pool(out)) if split else out
 
     done = None  # the previous batch: (indices, future of its vectors, errors)
     try:
@@ -145,9 +150,9 @@ def iter_embeddings(
                     errors.append((start + j, src, _message(exc, src)))
             if errors and good:
                 buf = buf[good]  # drop the failed rows (one copy, only when some failed)
-            # The bare model here; pooling + L2 (= the rest of embedder.embed) go to
-            # a worker so they overlap with the next batch's inference.
-            out = embedder.run(buf) if good else None
+            out = None
+            if good:
+                out = embedder.run(buf) if split else embedder.embed(buf)
             del buf
             current = (np.asarray(good, dtype=np.int64) + start, pool.submit(finish, out), errors)
             if done is not None:
@@ -174,7 +179,7 @@ def embed_items(
     ``boxes[i]`` (optional) crops ``sources[i]``. Returns the L2-normalised
     vectors of the images that decoded, their indices, and the errors of those
     that did not (each also logged as a warning). ``workers``: decode threads
-    (default: one per two cores). The progress bar shows only on a terminal.
+    (default: one per four cores). The progress bar shows only on a terminal.
     """
     from tqdm.auto import tqdm
 

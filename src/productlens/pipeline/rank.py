@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from productlens.fileio import atomic_path
 from productlens.pipeline.catalog import Catalog
 from productlens.types import Item
 
@@ -39,16 +39,6 @@ def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, re
 
 def save_rankings(rankings: np.ndarray, path: str | os.PathLike) -> Path:
     """Write the rankings .npy atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, rankings.astype(np.int32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, rankings.astype(np.int32))
+    return Path(path)

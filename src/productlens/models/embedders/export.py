@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from productlens.config import cache_dir
+from productlens.fileio import atomic_path
 
 EXPORT_VERSION = 1  # bump when the exported graph changes
 
@@ -42,20 +42,10 @@ def cached_onnx(name: str, weights: Path, build: Callable[[], "object"], size: i
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, os.cpu_count() or 1))
     module = build()
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        dummy = torch.zeros(1, 3, size, size)
-        with torch.no_grad():
-            torch.onnx.export(
-                module, (dummy,), tmp, input_names=["image"], output_names=["features"],
-                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=17, dynamo=False,
-            )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target) as tmp, torch.no_grad():
+        torch.onnx.export(
+            module, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["image"],
+            output_names=["features"], dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )
     return target

@@ -1,0 +1,77 @@
+"""How productlens's retrieval defaults were chosen: train-only development splits.
+
+    python benchmarks/dev_protocol.py [--data ../shared/data/grocery]
+
+No evaluation query (val photo) is read. Three splits of `train.csv`, all
+against the 81 unlabelled shop photos (the challenge gallery):
+  * dev-closed: half of each product's training photos fit, the other half query;
+  * dev-vpr: same, the gallery also holds the fitting photos;
+  * dev-open: half of the products fit, the other products' photos query.
+It prints mAP@1000 of the plain backbone, domain centring alone, and the adapter
+(centring + product evidence) for a few regularisation strengths C, plus the
+catalog-mode adapter (shop photos labelled) on dev-closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from productlens.config import DEFAULT_EMBEDDER
+from productlens.data.readers import read_gallery, read_labelled_csv
+from productlens.eval.metrics import retrieval_metrics
+from productlens.heads.adapter import fit_adapter
+from productlens.models.embedders import get_embedder
+from productlens.models.embedders.base import l2_normalize
+from productlens.pipeline.embed import embed_items
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def splits(y: np.ndarray, seed: int = 123) -> dict[str, tuple[np.ndarray, np.ndarray, bool]]:
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(y), bool)
+    for p in np.unique(y):
+        w = rng.permutation(np.where(y == p)[0])
+        half[w[: len(w) // 2]] = True
+    prods = rng.permutation(np.unique(y))
+    in_a = np.isin(y, prods[: len(prods) // 2])
+    return {"dev-closed": (half, ~half, False), "dev-vpr": (half, ~half, True), "dev-open": (in_a, ~in_a, False)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "grocery")
+    ap.add_argument("--model", default=DEFAULT_EMBEDDER)
+    args = ap.parse_args()
+    train = read_labelled_csv(args.data / "train.csv")
+    shop = read_gallery(args.data / "retrieval-shop" / "gallery.csv")
+    emb = get_embedder(args.model)
+    T = embed_items(emb, train, desc="train photos").vectors
+    S = embed_items(emb, shop, desc="shop photos").vectors
+    y = np.array([t.product_id for t in train])
+    shop_y = np.array([g.product_id for g in shop])  # used for scoring, and in catalog mode only
+
+    def score(q, g, gy, qy):
+        return retrieval_metrics(np.argsort(-(q @ g.T), 1)[:, :1000], gy, qy)["map@1000"]
+
+    print("| split | plain | centring | adapter C=10 | adapter C=30 | adapter C=100 | catalog mode C=30 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (fit, query, with_fit_photos) in splits(y).items():
+        G, gy = (np.vstack([S, T[fit]]), np.r_[shop_y, y[fit]]) if with_fit_photos else (S, shop_y)
+        Q, qy = T[query], y[query]
+        row = [score(Q, G, gy, qy),
+               score(l2_normalize(Q - T[fit].mean(0)), l2_normalize(G - G.mean(0)), gy, qy)]
+        for C in (10, 30, 100):
+            ad = fit_adapter(emb.name, T[fit], y[fit], gallery_vectors=G, C=C)
+            row.append(score(ad.transform(Q, "query"), ad.transform(G, "gallery"), gy, qy))
+        if name == "dev-closed":
+            ad = fit_adapter(emb.name, T[fit], y[fit], gallery_vectors=G, gallery_labels=gy, C=30)
+            row.append(score(ad.transform(Q, "query"), ad.transform(G, "gallery"), gy, qy))
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + (" | - |" if len(row) == 5 else " |"))
+
+
+if __name__ == "__main__":
+    main()
