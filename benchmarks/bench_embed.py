@@ -13,8 +13,8 @@ Measures, in the same run and on the same images:
 
 Both are warmed up first (and the files read once, so the page cache is warm:
 this measures compute, not the disk). The machine may be shared, so the two
-are timed alternately on chunks of the image list (bare, productlens,
-productlens, bare, ...) and the totals are compared. Default images: the grocery
+are timed alternately (bare, productlens, productlens, bare, ...: ``--rounds``
+passes, optionally in ``--chunk``-image pieces) and the totals are compared. Default images: the grocery
 photos listed in ``../shared/data/grocery/train.csv``.
 """
 
@@ -58,25 +58,27 @@ def list_images(spec: Path, limit: int) -> list[str]:
     return paths[:limit] if limit else paths
 
 
-def bare_rate(embedder, batches: list[np.ndarray], n: int) -> tuple[float, int]:
-    """Images/s of ``embedder.run`` over ``n`` images, cycling the in-memory batches."""
-    done, k = 0, 0
-    t0 = time.perf_counter()
+def bare_run(embedder, batches: list[np.ndarray], n: int, first: int = 0) -> None:
+    """``embedder.run`` over ``n`` images of the in-memory batches, from batch ``first``."""
+    done, k = 0, first
     while done < n:
         batch = batches[k % len(batches)][: n - done]
         embedder.run(batch)
         done += len(batch)
         k += 1
-    return time.perf_counter() - t0, done
 
 
-def pipeline_rate(embedder, paths, batch_size, workers) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def pipeline_run(embedder, paths, batch_size, workers) -> None:
     res = embed_items(embedder, paths, batch_size=batch_size, workers=workers, progress=False)
-    elapsed = time.perf_counter() - t0
     if res.errors:
         print(f"warning: {len(res.errors)} images failed, e.g. {res.errors[0][2]}", file=sys.stderr)
-    return elapsed, len(paths)
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process's threads) of ``fn(*args)``."""
+    w, c = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - w, time.process_time() - c
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,11 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=1000, help="number of images (0: all)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="decode threads (default: cores // 2)")
-    ap.add_argument("--rounds", type=int, default=1, help="timed passes over the images")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="timed passes over the images (the bare/productlens order flips each time)")
     ap.add_argument("--chunk", type=int, default=256,
-                    help="images per alternation between bare and productlens (0: all at once)")
-    ap.add_argument("--bare-batches", type=int, default=8,
-                    help="distinct preprocessed batches kept in memory for the bare model")
+                    help="images per alternation between bare and productlens (one embed_items "
+                         "call each; a multiple of the batch size; 0: all the images at once)")
+    ap.add_argument("--bare-batches", type=int, default=0,
+                    help="preprocessed batches kept in memory for the bare model, cycled "
+                         "(0: all the images; each costs batch x 3 x size^2 x 4 bytes)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -105,62 +110,62 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up: page cache, the pre-decoded batches, and a few batches of each path.
     for p in paths:
         Path(p).read_bytes()
-    pre = [embedder.preprocess(load_image(p, target=embedder.preprocess.size))
-           for p in paths[: bs * args.bare_batches]]
-    batches = [np.stack(pre[i:i + bs]) for i in range(0, len(pre), bs)]
-    del pre
-    bare_rate(embedder, batches, 2 * bs)
-    pipeline_rate(embedder, paths[: 2 * bs], bs, workers)
+    size = embedder.preprocess.size
+    kept = paths[: bs * args.bare_batches] if args.bare_batches else paths
+    batches = [np.stack([embedder.preprocess(load_image(p, target=size)) for p in kept[i:i + bs]])
+               for i in range(0, len(kept), bs)]
+    bare_run(embedder, batches, 2 * bs)
+    pipeline_run(embedder, paths[: 2 * bs], bs, workers)
 
-    # Timed: alternate the two on chunks of the image list (bare, productlens,
-    # productlens, bare, ...) so that load from other processes hits both alike.
+    # Timed: alternate the two (bare, productlens, productlens, bare, ...) on the
+    # same images, so that load from other processes hits both alike.
     chunk = args.chunk or n
-    bare_t = pipe_t = 0.0
-    bare_n = pipe_n = 0
+    tot = {"bare": np.zeros(2), "pipe": np.zeros(2)}  # wall, cpu seconds
     rounds, pairs, flip = [], [], 0
     for r in range(args.rounds):
-        rec = {"bare": [0.0, 0], "pipe": [0.0, 0]}
+        rec = {"bare": np.zeros(2), "pipe": np.zeros(2)}
         for c in range(0, n, chunk):
             part = paths[c:c + chunk]
             times = {}
             for what in (("bare", "pipe") if flip % 2 == 0 else ("pipe", "bare")):
                 if what == "bare":
-                    t, k = bare_rate(embedder, batches, len(part))
+                    times[what] = timed(bare_run, embedder, batches, len(part), c // bs)
                 else:
-                    t, k = pipeline_rate(embedder, part, bs, workers)
-                rec[what][0] += t
-                rec[what][1] += k
-                times[what] = t
-            pairs.append(times["bare"] / times["pipe"])  # same images, adjacent in time
+                    times[what] = timed(pipeline_run, embedder, part, bs, workers)
+                rec[what] += times[what]
+            pairs.append(times["bare"][0] / times["pipe"][0])
             flip += 1
-        bare_r, pipe_r = rec["bare"][1] / rec["bare"][0], rec["pipe"][1] / rec["pipe"][0]
-        bare_t, bare_n = bare_t + rec["bare"][0], bare_n + rec["bare"][1]
-        pipe_t, pipe_n = pipe_t + rec["pipe"][0], pipe_n + rec["pipe"][1]
-        rounds.append({"bare_img_s": bare_r, "productlens_img_s": pipe_r, "ratio": pipe_r / bare_r,
-                       "load_avg_1min": os.getloadavg()[0]})
+        bare_r, pipe_r = n / rec["bare"][0], n / rec["pipe"][0]
+        for what in tot:
+            tot[what] += rec[what]
+        load = os.getloadavg()[0]
+        rounds.append({"bare_img_s": bare_r, "productlens_img_s": pipe_r,
+                       "ratio": pipe_r / bare_r, "load_avg_1min": load})
         print(f"round {r + 1}: bare {bare_r:6.2f} img/s, productlens {pipe_r:6.2f} img/s, "
-              f"ratio {pipe_r / bare_r:.3f} (load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
+              f"ratio {pipe_r / bare_r:.3f} (load average {load:.1f})", file=sys.stderr)
 
-    bare = bare_n / bare_t
-    pipe = pipe_n / pipe_t
+    total = n * args.rounds
+    bare, pipe = total / tot["bare"][0], total / tot["pipe"][0]
+    bare_cpu, pipe_cpu = tot["bare"][1] / total * 1e3, tot["pipe"][1] / total * 1e3
     ratio = pipe / bare
     median_pair = float(np.median(pairs))
     table = "\n".join([
-        f"Embedding {n} images ({args.images.name}), {args.model}, batch {bs}, "
-        f"{num_threads()} inference threads, {workers} decode thread(s), "
-        f"{args.rounds} round(s) alternating every {chunk} images; "
+        f"Embedding {n} images ({args.images.name}) x {args.rounds} rounds, {args.model}, "
+        f"batch {bs}, {num_threads()} inference threads, {workers} decode thread(s), "
+        f"bare/productlens alternating every {chunk} images; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"load average {os.getloadavg()[0]:.1f}",
+        f"load average at the end {os.getloadavg()[0]:.1f}",
         "",
-        "| pipeline | what is timed | images/s | vs bare model |",
-        "|---|---|---:|---:|",
-        f"| bare model (baseline) | `embedder.run` on preprocessed batches in memory | {bare:.2f} | 1.00 |",
-        f"| productlens | `embed_items` from the files: decode + preprocess + run + pool + L2 | "
-        f"{pipe:.2f} | {ratio:.3f} |",
+        "| pipeline | what is timed | images/s | vs bare model | CPU ms/image |",
+        "|---|---|---:|---:|---:|",
+        f"| bare model (baseline) | `embedder.run` on preprocessed batches in memory "
+        f"| {bare:.2f} | 1.000 | {bare_cpu:.1f} |",
+        f"| productlens | `embed_items` from the files: decode + preprocess + run + pool + L2 "
+        f"| {pipe:.2f} | {ratio:.3f} | {pipe_cpu:.1f} |",
         "",
         f"Ratio of the totals: {ratio:.3f}; median over the {len(pairs)} adjacent "
-        f"(bare, productlens) chunk pairs: {median_pair:.3f} "
-        f"(range {min(pairs):.3f}-{max(pairs):.3f}).",
+        f"(bare, productlens) pairs: {median_pair:.3f} "
+        f"(range {min(pairs):.3f}-{max(pairs):.3f}). CPU ms/image: all threads of the process.",
     ])
     print(table)
     if args.json:
@@ -170,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             "inference_threads": num_threads(), "decode_workers": workers,
             "cores": os.cpu_count(), "chunk": chunk, "rounds": rounds,
             "bare_img_s": bare, "productlens_img_s": pipe, "ratio": ratio,
-            "chunk_pair_ratios": pairs, "median_chunk_pair_ratio": median_pair,
+            "bare_cpu_ms_per_image": bare_cpu, "productlens_cpu_ms_per_image": pipe_cpu,
+            "pair_ratios": pairs, "median_pair_ratio": median_pair,
         }, indent=2) + "\n")
     return 0
 

@@ -50,3 +50,24 @@ def test_cli_clear_errors(tmp_path) -> None:
     assert r.exit_code == 1 and "not a productlens catalog" in r.output
     r = runner.invoke(app, ["demo", "--catalog", str(tmp_path / "missing")])
     assert r.exit_code == 1 and "no catalog" in r.output
+
+
+def test_cli_data_fetch_from_local_file(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PRODUCTLENS_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "data.csv"
+    src.write_text("image,product_id\n")
+    r = runner.invoke(app, ["data", "fetch", src.as_uri()])
+    assert r.exit_code == 0, r.output
+    local = r.output.strip().splitlines()[-1]
+    assert local.startswith(str(tmp_path / "cache")) and open(local).read() == "image,product_id\n"
+    r = runner.invoke(app, ["data", "fetch", src.as_uri(), "--sha256", "0" * 64])
+    assert r.exit_code == 1
+
+
+def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
+    ds = write_dataset(tmp_path / "ds")
+    r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
+                            "--model", "efficientnet-lite0", "--queries", "2"])
+    assert r.exit_code == 0, r.output
+    assert "adapting on 16 labelled photos" in r.output and r.output.count("query ") == 2
+    assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()

@@ -168,3 +168,34 @@ def test_empty_and_all_bad(embedder, tmp_path):
 def test_boxes_length_mismatch(embedder):
     with pytest.raises(ValueError):
         embed_items(embedder, ["a.jpg", "b.jpg"], boxes=[None], progress=False)
+
+
+def test_embedder_with_its_own_embed(gallery):
+    """Any object with ``preprocess``, ``dim`` and ``embed`` works (embed is called as is)."""
+    from productlens.models.embedders.base import Preprocess
+
+    class Mean:
+        preprocess = Preprocess(size=16)
+        dim = 3
+
+        def embed(self, batch):
+            return batch.mean(axis=(2, 3))
+
+    sources, boxes, bad = gallery
+    res = embed_items(Mean(), sources, boxes=boxes, batch_size=5, progress=False)
+    assert res.ok.tolist() == [i for i in range(len(sources)) if i not in bad]
+    ref = np.stack([Mean.preprocess(load_image(sources[i], box=boxes[i], target=16)).mean(axis=(1, 2))
+                    for i in res.ok])
+    assert np.abs(res.vectors - ref).max() < 1e-6
+
+
+def test_inplace_gem_is_bit_identical(embedder):
+    from productlens.pipeline.embed import _pool
+
+    feats = np.random.default_rng(1).normal(0, 1, (3, embedder.dim, 7, 7)).astype(np.float32)
+    for p in (3.0, 1.0, 2.5):
+        embedder.gem_p, saved = p, embedder.gem_p
+        try:
+            assert np.array_equal(_pool(embedder, feats.copy()), embedder.pool(feats)), p
+        finally:
+            embedder.gem_p = saved

@@ -449,6 +449,7 @@ def test_info_persists(store_factory):
     s2 = store_factory()
     assert s2.get_info("embedder") == {"name": "efficientnet_lite0", "dim": 1280}
     assert s2.get_info("head") == "proj-v2" and s2.get_info("scale") == 0.5
+    assert s2.info() == {"embedder": {"name": "efficientnet_lite0", "dim": 1280}, "head": "proj-v2", "scale": 0.5}
     with pytest.raises(ProductLensError):
         s2.set_info("bad", object())
 

@@ -6,13 +6,14 @@ import logging
 
 import typer
 
-from productlens.cli import eval_cmd, index_cmd, search_cmd
+from productlens.cli import data_cmd, eval_cmd, index_cmd, search_cmd
 from productlens.cli.common import fail_cleanly
 
 app = typer.Typer(help="Identify products in photos: index a catalog, search it, evaluate.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(index_cmd.app, name="index")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(data_cmd.app, name="data")
 app.command("search")(fail_cleanly(search_cmd.search))
 app.command("rank")(fail_cleanly(search_cmd.rank))
 app.command("demo")(fail_cleanly(search_cmd.demo))

@@ -85,7 +85,9 @@ def demo(
     base = src if src.is_dir() else src.parent
     train = read_labelled_csv(base / "train.csv") if (base / "train.csv").is_file() else None
     typer.echo(f"indexing {len(items)} catalog items from {src}" + (f", adapting on {len(train)} labelled photos" if train else ""))
-    cat, errors = build_catalog(items, out, embedder=model, train=train, overwrite=True)
+    labelled = any(it.product_id is not None for it in items)  # a catalog knows its products
+    cat, errors = build_catalog(items, out, embedder=model, train=train, use_gallery_labels=labelled,
+                                overwrite=True)
     typer.echo(f"catalog written to {out} ({len(cat)} items, skipped {len(errors)})")
     pool = read_labelled_csv(base / "val.csv") if (base / "val.csv").is_file() else items
     rng = random.Random(seed)

@@ -26,7 +26,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -185,6 +185,15 @@ class Store(abc.ABC):
     #: vector dimension, fixed when the store is created
     dim: int
 
+    @classmethod
+    def open(cls, path: Any, dim: int | None = None, **options: Any) -> "Store":
+        """Open or create the store at ``path`` (what that means is the backend's business).
+
+        Backends override this; :func:`productlens.index.open_store` calls it.
+        ``dim`` is required to create a store and must match an existing one.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not implement open()")
+
     # ----------------------------------------------------------------- size
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -229,6 +238,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_info(self, key: str, default: Any = None) -> Any:
         """Read a value stored with :meth:`set_info`."""
+
+    @abc.abstractmethod
+    def info(self) -> dict[str, Any]:
+        """All info keys and values."""
 
     # ---------------------------------------------------------------- reads
     @abc.abstractmethod
@@ -293,8 +306,3 @@ class Store(abc.ABC):
             n = "?"
         return f"<{type(self).__name__} dim={getattr(self, 'dim', '?')} n={n}>"
 
-
-def iter_chunks(n: int, size: int) -> Iterable[tuple[int, int]]:
-    """``(start, stop)`` pairs covering ``range(n)`` in steps of ``size``."""
-    for start in range(0, n, size):
-        yield start, min(n, start + size)

@@ -146,6 +146,16 @@ def _available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _malloc_trim() -> None:
+    """Return freed heap memory to the OS (glibc only; a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 def _ids_json(ids: np.ndarray) -> str:
     return json.dumps(np.asarray(ids, dtype=np.int64).tolist())
 
@@ -1007,6 +1017,7 @@ class EmbeddedStore(Store):
         self._ann, self._ann_vgen, self._ann_ids = ann, self._vgen, ids.copy()
         ann.nprobe = self.nprobe if self.nprobe is not None else self._tune_nprobe(ann)
         self._save_ann()
+        _malloc_trim()  # give the training / encoding buffers back to the OS
 
     def _tune_nprobe(self, ann: Any, queries: np.ndarray | None = None, k: int = 100) -> int:
         """nprobe for ``target_recall`` at k, from a ~sqrt(2) ladder (1, 2, 3, 4, 6, 8, 11, 16, ...).
@@ -1040,7 +1051,8 @@ class EmbeddedStore(Store):
                 break
         return ladder[min(step + 2, len(ladder) - 1)] if stored else nprobe
 
-    def _save_ann(self) -> None:
+    def _save_ann(self) -> Path | None:
+        """Write the index atomically as ``ann-<vgen>.faiss``; returns its path (None on failure)."""
         final = self.path / f"ann-{self._ann_vgen}.faiss"
         tmp = self._tmp_path(final.name)
         try:
@@ -1052,13 +1064,14 @@ class EmbeddedStore(Store):
         except Exception:  # persisting is an optimisation: keep the in-memory index
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            return
+            return None
         self._ann_pending = 0
         for entry in os.scandir(self.path):
             m = _ANN_RE.match(entry.name)
             if m and int(m.group(1)) < self._ann_vgen:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+        return final
 
     def _ann_search(
         self, ann: Any, q: np.ndarray, k: int, sel: Any = None, nprobe: int | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,6 +76,44 @@ def _load_into(preprocess, source: Any, box: Box | None, out: np.ndarray) -> Non
         out[...] = preprocess(img)
 
 
+_spare: list[np.ndarray] = []  # batch arrays of the last call, for the next one
+_spare_lock = threading.Lock()
+
+
+def _take_ring(shape: tuple[int, ...], count: int) -> list[np.ndarray]:
+    with _spare_lock:
+        ring = [a for a in _spare if a.shape == shape][:count]
+        for a in ring:
+            _spare.remove(a)
+    return ring + [np.empty(shape, np.float32) for _ in range(count - len(ring))]
+
+
+def _give_ring(ring: list[np.ndarray]) -> None:
+    """Keep one call's batch arrays (only full-size ones: small calls do not evict them)."""
+    with _spare_lock:
+        if ring and ring[0].shape[0] >= max((a.shape[0] for a in _spare), default=0):
+            _spare[:] = ring
+
+
+def release_buffers() -> None:
+    """Free the batch arrays kept between calls ((PREFETCH + 2) x batch x 3 x size^2 floats)."""
+    with _spare_lock:
+        _spare.clear()
+
+
+def _pool(embedder: Embedder, out: np.ndarray) -> np.ndarray:
+    """``embedder.pool(out)``; the default GeM is done in place on the model's fresh
+    output (the same operations as :func:`~productlens.models.embedders.base.gem`,
+    without two feature-map-sized temporaries)."""
+    if (getattr(embedder.pool, "__func__", None) is not Embedder.pool or out.ndim != 4
+            or out.dtype != np.float32 or not out.flags.writeable):
+        return embedder.pool(out)
+    x = np.maximum(out, 1e-6, out=out)
+    if embedder.gem_p == 1.0:
+        return x.mean(axis=(2, 3))
+    return np.power(np.power(x, embedder.gem_p, out=x).mean(axis=(2, 3)), 1.0 / embedder.gem_p)
+
+
 def _message(exc: BaseException, source: Any) -> str:
     if isinstance(exc, ProductLensError):
         return str(exc)
@@ -97,7 +136,9 @@ def iter_embeddings(
     ``indices`` are the positions in ``sources`` of the rows of ``vectors``;
     ``errors`` holds ``(index, source, message)`` for the batch's skipped items.
     Decode threads write each image straight into its batch's array, up to
-    ``PREFETCH`` batches ahead of the one the calling thread is embedding.
+    ``PREFETCH`` batches ahead of the one the calling thread is embedding; the
+    calling thread decodes the images nobody has started when it needs them
+    (the first batch, or when decoding is the bottleneck) instead of waiting.
     """
     n = len(sources)
     if boxes is not None and len(boxes) != n:
@@ -109,11 +150,15 @@ def iter_embeddings(
                               thread_name_prefix="productlens-decode")
     pending: deque[tuple[int, np.ndarray, list[Future]]] = deque()
     next_start = 0
+    # Batch arrays are reused round-robin (batch b uses ring[b % len]: when it is
+    # submitted, the batch that last used that slot has finished running) and
+    # kept for the next call: a fresh 26 MB array costs a page fault per 4 KiB.
+    ring = _take_ring((min(batch_size, n), 3, size, size), PREFETCH + 2)
 
     def submit_batch() -> None:
         nonlocal next_start
         start, stop = next_start, min(n, next_start + batch_size)
-        buf = np.empty((stop - start, 3, size, size), np.float32)
+        buf = ring[(start // batch_size) % len(ring)][: stop - start]
         futures = [
             pool.submit(_load_into, preprocess, sources[i],
                         boxes[i] if boxes is not None else None, buf[i - start])
@@ -125,12 +170,12 @@ def iter_embeddings(
     # Embedder.embed is run + pool + L2: the calling thread runs the model and a
     # worker pools the previous batch while the next one runs. An embedder with
     # its own ``embed`` is called as it is.
-    split = isinstance(embedder, Embedder) and type(embedder).embed is Embedder.embed
+    split = getattr(embedder.embed, "__func__", None) is Embedder.embed
 
     def finish(out: np.ndarray | None) -> np.ndarray:
         if out is None:
             return np.zeros((0, embedder.dim), np.float32)
-        return l2_normalize(embedder.pool(out)) if split else out
+        return l2_normalize(_pool(embedder, out)) if split else out
 
     done = None  # the previous batch: (indices, future of its vectors, errors)
     try:
@@ -142,12 +187,16 @@ def iter_embeddings(
                 submit_batch()  # keep the decoders busy while this batch runs
             good, errors = [], []
             for j, fut in enumerate(futures):
+                i = start + j
                 try:
-                    fut.result()
+                    if fut.cancel():  # not started (e.g. the first batch): decode it here
+                        _load_into(preprocess, sources[i],
+                                   boxes[i] if boxes is not None else None, buf[j])
+                    else:
+                        fut.result()
                     good.append(j)
                 except Exception as exc:  # one bad image must not stop a gallery
-                    src = sources[start + j]
-                    errors.append((start + j, src, _message(exc, src)))
+                    errors.append((i, sources[i], _message(exc, sources[i])))
             if errors and good:
                 buf = buf[good]  # drop the failed rows (one copy, only when some failed)
             out = None
@@ -162,6 +211,7 @@ def iter_embeddings(
             yield done[0], done[1].result(), done[2]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        _give_ring(ring)
 
 
 def embed_items(
@@ -205,4 +255,4 @@ def embed_items(
     return EmbedResult(np.ascontiguousarray(vectors, dtype=np.float32), ok_idx, errors)
 
 
-__all__ = ["EmbedResult", "embed_items", "iter_embeddings", "default_workers"]
+__all__ = ["EmbedResult", "embed_items", "iter_embeddings", "default_workers", "release_buffers"]
