@@ -32,13 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    from productlens.index import open_store
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from productlens.index import open_store
-
 import faiss
+
+from productlens.index import open_store
 
 
 # ----------------------------------------------------------------------- data
@@ -208,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         store.build_index(force=True)
         build_s = time.perf_counter() - t0
         m1 = rss_mib()
-        ann = store._ann  # noqa: SLF001 - benchmark reports the chosen parameters
+        ann = store._ann.index  # noqa: SLF001 - benchmark reports the chosen parameters
         params = f"IVF{ann.nlist},SQ8 nprobe={ann.nprobe} rerank={store.rerank}x"
         log(f"approximate build {build_s:.1f}s: {params}")
         lat_a, found_a = latencies(store.search, queries, args.k)

@@ -1,0 +1,193 @@
+"""The SQLite side of a store: schema, meta counters, item rows and tombstones, metadata and filters as SQL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...types import ProductLensError
+from ..base import CORE_FIELDS, Condition, json_default
+
+DB_NAME = "store.sqlite"
+FORMAT_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (
+    seg INTEGER PRIMARY KEY, rows INTEGER NOT NULL, dead INTEGER NOT NULL, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY, seg INTEGER NOT NULL, off INTEGER NOT NULL, vgen INTEGER NOT NULL,
+    product_id INTEGER, image TEXT, title TEXT, category TEXT, extra TEXT);
+CREATE INDEX IF NOT EXISTS items_seg ON items(seg);
+CREATE INDEX IF NOT EXISTS items_vgen ON items(vgen);
+CREATE INDEX IF NOT EXISTS items_product ON items(product_id);
+CREATE INDEX IF NOT EXISTS items_category ON items(category);
+CREATE TABLE IF NOT EXISTS tombstones (
+    seg INTEGER NOT NULL, off INTEGER NOT NULL, gen INTEGER NOT NULL, PRIMARY KEY (seg, off));
+CREATE INDEX IF NOT EXISTS tombstones_gen ON tombstones(gen);
+"""
+
+def init_schema(db: sqlite3.Connection, path: Path, dim: int | None) -> int:
+    """Create the schema (needs ``dim``) or check the existing one; returns the store's dim."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        stored_dim = None
+        if has_meta:
+            row = db.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
+            stored_dim = None if row is None else int(row[0])
+        if stored_dim is None:
+            if dim is None:
+                raise ProductLensError(f"no store at {path}; pass dim to create one")
+            # (executescript would COMMIT: run the statements one by one inside our transaction)
+            for stmt in filter(None, (s.strip() for s in SCHEMA.split(";"))):
+                db.execute(stmt)
+            db.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [("dim", int(dim)), ("format", FORMAT_VERSION), ("gen", 0), ("vgen", 0), ("next_seg", 0)],
+            )
+            stored_dim = int(dim)
+        else:
+            fmt = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+            if fmt is None or int(fmt[0]) > FORMAT_VERSION:
+                raise ProductLensError(f"store at {path} has an unknown format {fmt and fmt[0]}")
+            if dim is not None and int(dim) != stored_dim:
+                raise ProductLensError(
+                    f"store at {path} holds {stored_dim}-d vectors; refusing to open it with dim={dim}"
+                )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return stored_dim
+
+
+def get_meta(db: sqlite3.Connection, key: str) -> int:
+    return int(db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+
+def set_meta(db: sqlite3.Connection, **values: int) -> None:
+    db.executemany("UPDATE meta SET value=? WHERE key=?", [(int(v), k) for k, v in values.items()])
+
+
+def upsert_items(
+    db: sqlite3.Connection, ids: np.ndarray, seg: int, gen: int, rows: list[tuple] | None
+) -> None:
+    """Point ``ids`` at rows 0.. of segment ``seg`` (vector generation ``gen``).
+
+    ``rows`` (one :func:`columns` tuple per id) replaces their metadata; with
+    None the metadata of existing ids is kept.
+    """
+    locs = zip(ids.tolist(), itertools.repeat(seg), range(ids.size), itertools.repeat(gen))
+    if rows is None:
+        db.executemany(
+            "INSERT INTO items(id, seg, off, vgen) VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "seg=excluded.seg, off=excluded.off, vgen=excluded.vgen",
+            locs,
+        )
+    else:
+        db.executemany(
+            "INSERT INTO items(id, seg, off, vgen, product_id, image, title, category, extra) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "seg=excluded.seg, off=excluded.off, vgen=excluded.vgen, product_id=excluded.product_id, "
+            "image=excluded.image, title=excluded.title, category=excluded.category, "
+            "extra=excluded.extra",
+            (loc + r for loc, r in zip(locs, rows)),
+        )
+
+
+def tombstone(db: sqlite3.Connection, old: list[tuple[int, int, int]], gen: int) -> list[int]:
+    """Mark old (id, seg, off) locations dead; drop segments left empty. Returns dropped segments."""
+    if not old:
+        return []
+    db.executemany("INSERT OR REPLACE INTO tombstones(seg, off, gen) VALUES (?, ?, ?)",
+                   [(s, o, gen) for _, s, o in old])
+    counts: dict[int, int] = {}
+    for _, s, _ in old:
+        counts[s] = counts.get(s, 0) + 1
+    db.executemany("UPDATE segments SET dead = dead + ? WHERE seg = ?", [(c, s) for s, c in counts.items()])
+    empty = [r[0] for r in db.execute("SELECT seg FROM segments WHERE dead >= rows").fetchall()]
+    if empty:
+        drop_segments(db, empty)
+    return empty
+
+
+def drop_segments(db: sqlite3.Connection, nos: list[int]) -> None:
+    """Unregister segments (and their tombstones); their files are deleted after the commit."""
+    js = json.dumps(nos)
+    db.execute("DELETE FROM tombstones WHERE seg IN (SELECT value FROM json_each(?))", (js,))
+    db.execute("DELETE FROM segments WHERE seg IN (SELECT value FROM json_each(?))", (js,))
+
+
+def ids_json(ids: np.ndarray) -> str:
+    """``ids`` as a JSON list, for ``IN (SELECT value FROM json_each(?))``."""
+    return json.dumps(np.asarray(ids, dtype=np.int64).tolist())
+
+
+def columns(md: dict) -> tuple[Any, Any, Any, Any, str | None]:
+    """Split a metadata dict into (product_id, image, title, category, extra json)."""
+    md = {k: v for k, v in md.items() if v is not None}
+    pid = md.pop("product_id", None)
+    if pid is not None:
+        if isinstance(pid, np.generic):
+            pid = pid.item()
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise ProductLensError(f"product_id must be an int, got {pid!r}")
+    cols = [pid]
+    for f in ("image", "title", "category"):
+        v = md.pop(f, None)
+        if v is not None and not isinstance(v, str):
+            raise ProductLensError(f"metadata field {f!r} must be a str, got {v!r}")
+        cols.append(v)
+    extra = json.dumps(md, default=json_default, sort_keys=True) if md else None
+    return (cols[0], cols[1], cols[2], cols[3], extra)
+
+
+def row_to_dict(row: Sequence[Any]) -> dict:
+    """An ``(id, product_id, image, title, category, extra)`` row as a metadata dict."""
+    i, pid, image, title, category, extra = row
+    d: dict[str, Any] = {"id": int(i)}
+    for key, v in (("product_id", pid), ("image", image), ("title", title), ("category", category)):
+        if v is not None:
+            d[key] = v
+    if extra:
+        d.update(json.loads(extra))
+    return d
+
+
+def where_sql(conds: list[Condition]) -> tuple[str, list[Any]]:
+    """SQL boolean expression (over table ``items``) for parsed where conditions."""
+    if not conds:
+        return "1", []
+    clauses, params = [], []
+    for c in conds:
+        if c.field == "id" or c.field in CORE_FIELDS:
+            col = c.field
+        else:
+            col = f"json_extract(extra, '$.\"{c.field}\"')"
+        if c.op == "eq":
+            if c.value is None:
+                clauses.append(f"{col} IS NULL")
+            else:
+                clauses.append(f"{col} = ?")
+                params.append(c.value)
+        elif c.op == "in":
+            values = [v for v in c.value if v is not None]
+            parts = []
+            if values:
+                parts.append(f"{col} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(values))
+            if len(values) < len(c.value):
+                parts.append(f"{col} IS NULL")
+            clauses.append("(" + " OR ".join(parts) + ")" if parts else "0")
+        else:
+            sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
+            clauses.append(f"{col} {sym} ?")
+            params.append(c.value)
+    return " AND ".join(clauses), params

@@ -1,0 +1,149 @@
+"""Files of a store directory: immutable vector segments, temporary files, orphan clean-up.
+
+A segment ``seg-<n>.npy`` is a plain (rows, dim) little-endian float32 ``.npy``
+file. It is written once under a temporary name, fsynced and renamed into
+place (then the directory is fsynced), and only ever read through a memory map
+afterwards. Which segments are live is recorded in SQLite, not here: see the
+package docstring for how the two are kept consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ...types import ProductLensError
+
+SEG_RE = re.compile(r"^seg-(\d+)\.npy$")
+ANN_RE = re.compile(r"^ann-(\d+)\.faiss$")
+TMP_RE = re.compile(r"^\.tmp-(\d+)-")
+
+BLOCK_ROWS = 65536  # rows of a segment read (scored, copied, indexed) at once
+
+
+class SegmentMissing(Exception):
+    """A file of the snapshot vanished (a concurrent compaction): read again."""
+
+    def __init__(self, path: Path):
+        super().__init__(str(path))
+        self.path = path
+
+
+@dataclass
+class Segment:
+    no: int
+    vecs: np.ndarray  # memory-mapped (rows, dim) float32
+    row_ids: np.ndarray  # (rows,) int64: id of each row, -1 when dead
+
+
+def seg_path(directory: Path, no: int) -> Path:
+    return directory / f"seg-{no}.npy"
+
+
+def tmp_path(directory: Path, token: str, name: str) -> Path:
+    """A fresh temporary name for ``name`` in ``directory``, tagged with this process's pid."""
+    return directory / f".tmp-{os.getpid()}-{token}{secrets.token_hex(2)}-{name}"
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_npy(final: Path, tmp: Path, chunks: Iterator[np.ndarray], rows: int, dim: int) -> None:
+    """Write a (rows, dim) float32 .npy atomically: ``tmp``, fsync, rename to ``final``, fsync dir."""
+    try:
+        with open(tmp, "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                      "shape": (int(rows), int(dim))}
+            np.lib.format.write_array_header_1_0(f, header)
+            written = 0
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype="<f4")
+                f.write(memoryview(chunk).cast("B"))
+                written += chunk.shape[0]
+            if written != rows:
+                raise AssertionError(f"wrote {written} rows, expected {rows}")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+def open_segment(directory: Path, no: int, rows: int, dim: int) -> np.ndarray:
+    """Memory-map segment ``no``; SegmentMissing if it is gone, ProductLensError if it is bad."""
+    path = seg_path(directory, no)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise SegmentMissing(path) from None
+    except (ValueError, OSError) as e:
+        raise ProductLensError(f"store at {directory}: segment {no} is unreadable: {e}") from e
+    if arr.dtype != np.float32 or arr.shape != (rows, dim):
+        raise ProductLensError(
+            f"store at {directory}: segment {no} has {arr.dtype} {arr.shape}, expected float32 ({rows}, {dim})"
+        )
+    return arr
+
+
+def delete_segments(directory: Path, nos: Iterable[int]) -> None:
+    for no in nos:
+        with contextlib.suppress(OSError):
+            seg_path(directory, no).unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(directory: Path, live_segs: set[int], vgen: int) -> None:
+    """Delete files no committed state references (call with the write lock held).
+
+    That is: segments not in ``live_segs``, temporary files of processes that
+    are gone, and every approximate index except the newest (which goes too
+    when it is newer than the committed vector generation ``vgen``).
+    """
+    anns = []
+    for entry in os.scandir(directory):
+        name = entry.name
+        if m := SEG_RE.match(name):
+            if int(m.group(1)) not in live_segs:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        elif m := TMP_RE.match(name):
+            if not _pid_alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        elif m := ANN_RE.match(name):
+            anns.append((int(m.group(1)), entry.path))
+    anns.sort()
+    for _, p in anns[:-1] + [a for a in anns[-1:] if a[0] > vgen]:
+        with contextlib.suppress(OSError):
+            os.unlink(p)

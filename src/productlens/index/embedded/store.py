@@ -1,0 +1,486 @@
+"""The :class:`EmbeddedStore` class: public API, transactions, writes and compaction.
+
+How the files and the SQLite database stay consistent is described in the
+package docstring (:mod:`productlens.index.embedded`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ...types import ProductLensError
+from ..base import Condition, Store, check_ids, check_metadata, check_vectors, json_default, pad_results, parse_where
+from .ann import AnnIndex, require_faiss, set_threads
+from .schema import (
+    DB_NAME,
+    columns,
+    drop_segments,
+    get_meta,
+    ids_json,
+    init_schema,
+    row_to_dict,
+    set_meta,
+    tombstone,
+    upsert_items,
+    where_sql,
+)
+from .search import exact_segments, exact_subset
+from .segments import BLOCK_ROWS, SegmentMissing, delete_segments, remove_orphans, seg_path, tmp_path, write_npy
+from .snapshot import Snapshot
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+class EmbeddedStore(Store):
+    """Default store backend: one directory, no server (see :mod:`productlens.index.embedded`).
+
+    Options (all keyword, passed through :func:`productlens.index.open_store`):
+
+    exact_max: search exactly up to this many items (default 200_000), above it
+        use the approximate IVF index.
+    nlist: IVF lists (default ``2 * sqrt(n)`` clipped to [16, 65536]; trained on 40 vectors a list).
+    nprobe: IVF lists probed per query (default: tuned at build for ``target_recall``).
+    target_recall: recall@100 the nprobe tuning aims at (default 0.995; see ``build_index``).
+    rerank: candidates re-scored exactly per result (default 2, i.e. 2*k; 1 = off).
+    subset_exact_max: with a filter, search the allowed items exactly when there
+        are at most this many (default 20_000).
+    compact_ratio: compact when dead rows exceed this fraction (default 0.3).
+    max_segments: merge the smallest segments when there are more (default 32).
+    threads: faiss threads (default: the cores this process may use).
+    timeout: seconds a writer waits for another writer's lock (default 60).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        dim: int | None = None,
+        *,
+        exact_max: int = 200_000,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        target_recall: float = 0.995,
+        rerank: int = 2,
+        subset_exact_max: int = 20_000,
+        compact_ratio: float = 0.3,
+        max_segments: int = 32,
+        threads: int | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.path = Path(path)
+        self.exact_max = int(exact_max)
+        self.nlist = None if nlist is None else int(nlist)
+        self.nprobe = None if nprobe is None else int(nprobe)
+        self.target_recall = float(target_recall)
+        self.rerank = max(1, int(rerank))
+        self.subset_exact_max = int(subset_exact_max)
+        self.compact_ratio = float(compact_ratio)
+        self.max_segments = max(2, int(max_segments))
+        self.timeout = float(timeout)
+        self.threads = int(threads) if threads else _available_cores()
+        set_threads(self.threads)
+
+        self._lock = threading.RLock()
+        self._token = secrets.token_hex(4)
+        self._db: sqlite3.Connection | None = None
+        self._snap: Snapshot | None = None  # what readers see (set once dim is known)
+        self._ann: AnnIndex | None = None  # the approximate index (ditto)
+
+        if self.path.exists() and not self.path.is_dir():
+            raise ProductLensError(f"store path {self.path} exists and is not a directory")
+        db_path = self.path / DB_NAME
+        if not db_path.exists() and dim is None:
+            raise ProductLensError(f"no store at {self.path}; pass dim to create one")
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                str(db_path), timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self.dim = init_schema(self._db, self.path, dim)
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise ProductLensError(f"cannot open store at {self.path}: {e}") from e
+        except BaseException:
+            self.close()
+            raise
+        self._snap = Snapshot(self.path, self.dim)
+        self._ann = AnnIndex(
+            self.path, self.dim, self._token, nlist=self.nlist, nprobe=self.nprobe,
+            target_recall=self.target_recall, rerank=self.rerank,
+        )
+        self._cleanup()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, dim: int | None = None, **options: Any) -> "EmbeddedStore":
+        return cls(path, dim, **options)
+
+    # ========================================================== transactions
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ProductLensError("store is closed")
+        return self._db
+
+    def _meta(self, key: str) -> int:
+        return get_meta(self._conn(), key)
+
+    @contextlib.contextmanager
+    def _write_txn(self) -> Iterator[sqlite3.Connection]:
+        """Hold the store's write lock inside one SQLite transaction."""
+        with self._lock:
+            db = self._conn()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise ProductLensError(f"store at {self.path} is locked by another writer: {e}") from e
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read_txn(self, refresh: bool = True) -> Iterator[sqlite3.Connection]:
+        """A read transaction on an up-to-date snapshot (retries if files vanish)."""
+        with self._lock:
+            db = self._conn()
+            for attempt in itertools.count():
+                db.execute("BEGIN")
+                try:
+                    if refresh:
+                        self._snap.refresh(db)
+                except SegmentMissing as e:
+                    db.execute("ROLLBACK")
+                    if attempt >= 20:
+                        raise ProductLensError(
+                            f"store at {self.path} is damaged: committed segment file {e.path.name} is missing"
+                        ) from None
+                    self._snap.invalidate()  # full reload next time
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                break
+            try:
+                yield db
+            finally:
+                if db.in_transaction:
+                    db.execute("COMMIT")
+
+    def _refresh_in_txn(self) -> None:
+        db = self._conn()
+        try:
+            self._snap.refresh(db)
+        except SegmentMissing:
+            # inside a write transaction nobody can drop files: retry once from scratch
+            self._snap.invalidate()
+            try:
+                self._snap.refresh(db)
+            except SegmentMissing as e:
+                raise ProductLensError(
+                    f"store at {self.path} is damaged: committed segment file {e.path.name} is missing"
+                ) from None
+
+    # ================================================================ writes
+    def _write_segment(self, no: int, chunks: Iterator[np.ndarray], rows: int) -> None:
+        final = seg_path(self.path, no)
+        write_npy(final, tmp_path(self.path, self._token, final.name), chunks, rows, self.dim)
+
+    def upsert(self, ids: Sequence[int], vectors: np.ndarray, metadata: Sequence[dict] | None = None) -> None:
+        ids_a = check_ids(ids, unique=True)
+        vecs = check_vectors(vectors, self.dim, n=ids_a.size)
+        mds = check_metadata(metadata, ids_a)
+        rows = [columns(md) for md in mds] if mds is not None else None
+        if ids_a.size == 0:
+            return
+        dropped: list[int] = []
+        with self._write_txn() as db:
+            gen = self._meta("gen") + 1
+            seg = self._meta("next_seg")
+            self._write_segment(seg, iter([vecs]), vecs.shape[0])
+            committing = False
+            try:
+                old = db.execute(
+                    "SELECT id, seg, off FROM items WHERE id IN (SELECT value FROM json_each(?))",
+                    (ids_json(ids_a),),
+                ).fetchall()
+                db.execute("INSERT INTO segments(seg, rows, dead, gen) VALUES (?, ?, 0, ?)", (seg, ids_a.size, gen))
+                dropped = tombstone(db, old, gen)
+                upsert_items(db, ids_a, seg, gen, rows)
+                set_meta(db, gen=gen, vgen=gen, next_seg=seg + 1)
+                committing = True
+            finally:
+                if not committing:  # nothing references the file: remove it now
+                    delete_segments(self.path, [seg])
+        delete_segments(self.path, dropped)
+        self._maybe_compact()
+
+    def remove(self, ids: Sequence[int]) -> int:
+        ids_a = np.unique(check_ids(ids))
+        if ids_a.size == 0:
+            return 0
+        with self._write_txn() as db:
+            old = db.execute(
+                "SELECT id, seg, off FROM items WHERE id IN (SELECT value FROM json_each(?))", (ids_json(ids_a),)
+            ).fetchall()
+            if not old:
+                return 0
+            gen = self._meta("gen") + 1
+            db.execute("DELETE FROM items WHERE id IN (SELECT value FROM json_each(?))", (ids_json(ids_a),))
+            dropped = tombstone(db, old, gen)
+            set_meta(db, gen=gen, vgen=gen)
+        delete_segments(self.path, dropped)
+        self._maybe_compact()
+        return len(old)
+
+    def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
+        ids_a = check_ids(ids, unique=True)
+        if metadata is None:
+            raise ProductLensError("update_metadata needs one dict per id")
+        mds = check_metadata(metadata, ids_a)
+        assert mds is not None
+        if ids_a.size == 0:
+            return
+        with self._write_txn() as db:
+            cur = {
+                r[0]: row_to_dict(r)
+                for r in db.execute(
+                    "SELECT id, product_id, image, title, category, extra FROM items "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    (ids_json(ids_a),),
+                )
+            }
+            missing = [i for i in ids_a.tolist() if i not in cur]
+            if missing:
+                raise ProductLensError(f"update_metadata: ids not in the store: {missing[:5]}")
+            params = []
+            for i, md in zip(ids_a.tolist(), mds):
+                merged = cur[i]
+                merged.pop("id")
+                merged.update(md)
+                params.append(columns(merged) + (i,))
+            db.executemany(
+                "UPDATE items SET product_id=?, image=?, title=?, category=?, extra=? WHERE id=?", params
+            )
+
+    def set_info(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key:
+            raise ProductLensError(f"info key must be a non-empty str, got {key!r}")
+        try:
+            text = json.dumps(value, default=json_default)
+        except (TypeError, ValueError) as e:
+            raise ProductLensError(f"info value for {key!r} is not JSON-able: {e}") from None
+        with self._write_txn() as db:
+            db.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, text))
+
+    def get_info(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._conn().execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def info(self) -> dict[str, Any]:
+        """All info key/values."""
+        with self._lock:
+            return {k: json.loads(v) for k, v in self._conn().execute("SELECT key, value FROM info")}
+
+    # ============================================================ compaction
+    def _maybe_compact(self) -> None:
+        db = self._conn()
+        with self._lock:
+            total, dead, nseg = db.execute(
+                "SELECT COALESCE(SUM(rows),0), COALESCE(SUM(dead),0), COUNT(*) FROM segments"
+            ).fetchone()
+        if total and dead > self.compact_ratio * total:
+            self.compact()
+        elif nseg > self.max_segments:
+            self.compact(merge_only=True)
+
+    def compact(self, merge_only: bool = False) -> None:
+        """Rewrite live vectors into one new segment, atomically.
+
+        With ``merge_only`` only the smallest segments are merged (until at most
+        ``max_segments // 2`` remain), which keeps appends cheap.
+        """
+        dropped: list[int] = []
+        with self._write_txn() as db:
+            self._refresh_in_txn()
+            segs = self._snap.segs
+            stats = db.execute("SELECT seg, rows - dead FROM segments ORDER BY rows - dead, seg").fetchall()
+            if merge_only:
+                n_merge = len(stats) - self.max_segments // 2 + 1
+                if n_merge < 2:
+                    return
+                victims = [s for s, _ in stats[:n_merge]]
+            else:
+                if len(stats) <= 1 and not db.execute("SELECT 1 FROM segments WHERE dead > 0").fetchone():
+                    return
+                victims = [s for s, _ in stats]
+            victims.sort()
+            gen = self._meta("gen") + 1
+            seg_no = self._meta("next_seg")
+            parts = [(no, np.flatnonzero(segs[no].row_ids >= 0)) for no in victims]
+            n_live = int(sum(p.size for _, p in parts))
+            committing = False
+            try:
+                if n_live:
+                    def chunks() -> Iterator[np.ndarray]:
+                        for no, live in parts:
+                            vecs = segs[no].vecs
+                            for a in range(0, live.size, BLOCK_ROWS):
+                                yield vecs[live[a : a + BLOCK_ROWS]]
+
+                    self._write_segment(seg_no, chunks(), n_live)
+                    new_ids = np.concatenate([segs[no].row_ids[live] for no, live in parts])
+                    db.execute("INSERT INTO segments(seg, rows, dead, gen) VALUES (?, ?, 0, ?)", (seg_no, n_live, gen))
+                    db.executemany(
+                        "UPDATE items SET seg=?, off=? WHERE id=?",
+                        zip(itertools.repeat(seg_no), range(n_live), new_ids.tolist()),
+                    )
+                drop_segments(db, victims)
+                set_meta(db, gen=gen, next_seg=seg_no + 1)
+                committing = True
+                dropped = victims
+            finally:
+                if not committing:
+                    delete_segments(self.path, [seg_no])
+        delete_segments(self.path, dropped)
+
+    def _cleanup(self) -> None:
+        """Delete files no committed state references (needs the write lock; skipped if busy)."""
+        db = self._conn()
+        with self._lock:
+            try:
+                db.execute("PRAGMA busy_timeout=0")
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                finally:
+                    db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            except sqlite3.OperationalError:
+                return  # a writer is active (or the directory is read-only): try another time
+            try:
+                live = {r[0] for r in db.execute("SELECT seg FROM segments")}
+                remove_orphans(self.path, live, self._meta("vgen"))
+            finally:
+                db.execute("COMMIT")
+
+    # ================================================================= reads
+    def __len__(self) -> int:
+        with self._read_txn():
+            return self._snap.n_live
+
+    def ids(self) -> np.ndarray:
+        with self._read_txn():
+            return self._snap.live_ids().copy()
+
+    def get(self, ids: Sequence[int]) -> list[dict | None]:
+        ids_a = check_ids(ids)
+        if ids_a.size == 0:
+            return []
+        with self._read_txn(refresh=False) as db:
+            found = {
+                r[0]: row_to_dict(r)
+                for r in db.execute(
+                    "SELECT id, product_id, image, title, category, extra FROM items "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    (ids_json(np.unique(ids_a)),),
+                )
+            }
+        return [dict(found[i]) if i in found else None for i in ids_a.tolist()]
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        ids_a = check_ids(ids)
+        with self._read_txn():
+            return self._snap.gather(ids_a)
+
+    def count(self, where: dict | None = None) -> int:
+        """Number of items matching ``where`` (all items without one)."""
+        conds = parse_where(where)
+        with self._read_txn(refresh=False) as db:
+            sql, params = where_sql(conds)
+            return int(db.execute(f"SELECT COUNT(*) FROM items WHERE {sql}", params).fetchone()[0])
+
+    def _allowed_ids(self, conds: list[Condition]) -> np.ndarray:
+        sql, params = where_sql(conds)
+        rows = self._conn().execute(f"SELECT id FROM items WHERE {sql} ORDER BY id", params).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    # ---------------------------------------------------------------- search
+    def search(self, queries: np.ndarray, k: int, where: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        q = check_vectors(queries, self.dim, what="queries")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ProductLensError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        conds = parse_where(where)
+        nq = q.shape[0]
+        with self._read_txn() as db:
+            snap = self._snap
+            allowed = self._allowed_ids(conds) if conds else None
+            if nq == 0 or snap.n_live == 0 or (allowed is not None and allowed.size == 0):
+                return pad_results(nq, k)
+            if snap.n_live <= self.exact_max:
+                if allowed is not None and allowed.size <= max(self.subset_exact_max, snap.n_live // 4):
+                    return exact_subset(snap, q, k, allowed)
+                return exact_segments(snap, q, k, allowed)
+            self._ann.ensure(snap, db)
+            if allowed is None:
+                return self._ann.search(snap, q, k)
+            if allowed.size <= self.subset_exact_max:
+                return exact_subset(snap, q, k, allowed)
+            return self._ann.search_filtered(snap, q, k, allowed)
+
+    def build_index(self, force: bool = False, queries: np.ndarray | None = None) -> None:
+        """Build (or bring up to date) the approximate index now rather than at the first search.
+
+        ``force`` drops the in-memory index first, so it is loaded again from an
+        up-to-date ``ann-*.faiss`` file or, if there is none, rebuilt. ``queries`` (a sample of real
+        queries, e.g. a validation set) re-tunes ``nprobe`` for
+        ``target_recall`` on them instead of on stored vectors.
+        """
+        require_faiss()
+        q = None if queries is None else check_vectors(queries, self.dim, what="queries")
+        with self._read_txn() as db:
+            if self._snap.n_live < 2:
+                return
+            if force:
+                self._ann.index = None
+            index = self._ann.ensure(self._snap, db)
+            if q is not None and q.shape[0] and self.nprobe is None:
+                index.nprobe = self._ann.tune_nprobe(self._snap, queries=q)
+                self._ann.save()
+
+    # ============================================================= lifecycle
+    def close(self) -> None:
+        with self._lock:
+            if self._snap is not None:
+                self._snap.clear()
+            if self._ann is not None:
+                self._ann.clear()
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                self._db.close()
+                self._db = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.close()
