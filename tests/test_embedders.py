@@ -17,13 +17,32 @@ from productlens.types import ProductLensError
 def test_registered_embedder_runs_on_random_input(name: str) -> None:
     emb = create_embedder(name)
     size = emb.preprocess.size
-    batch = np.random.default_rng(0).uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
+    assert emb.preprocess.uint8 and emb.preprocess.shape == (size, size, 3)
+    batch = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     vecs = emb.embed(batch)
     assert vecs.shape == (2, emb.dim) and emb.dim == 1280
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(vecs[0], vecs[1])  # different inputs, different vectors
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 80, 3), dtype=np.uint8))
     assert emb.embed_images([img]).shape == (1, emb.dim)
+
+
+def test_bundled_graph_normalises_and_pools_like_numpy() -> None:
+    """The exported graph (uint8 pixels in, GeM features out) equals the torch backbone
+    on numpy-normalised float input followed by numpy GeM pooling."""
+    torch = pytest.importorskip("torch")
+    from productlens.models.embedders.base import gem, l2_normalize
+    from productlens.models.embedders.efficientnet_lite import build_torch
+
+    emb = create_embedder("efficientnet-lite0")
+    pixels = np.random.default_rng(3).integers(0, 256, (2, *emb.preprocess.shape), dtype=np.uint8)
+    as_float = Preprocess(size=emb.preprocess.size, mean=emb.preprocess.mean, std=emb.preprocess.std)
+    x = np.stack([as_float.to_array(p) for p in pixels])
+    with torch.no_grad():
+        feats = build_torch("efficientnet-lite0")(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(emb.embed(pixels), l2_normalize(gem(feats, 3.0)), atol=2e-5)
+    with pytest.raises(ProductLensError, match="uint8"):
+        emb.run(x.transpose(0, 2, 3, 1))  # float input for a uint8 model
 
 
 def test_export_is_cached_by_weight_hash() -> None:
@@ -71,6 +90,14 @@ def test_user_onnx_model_with_preprocessing_json(tmp_path, out_map: bool) -> Non
     assert v.shape == (2, 8) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
 
 
+def test_user_onnx_model_input_type_must_match_json(tmp_path) -> None:
+    model = tmp_path / "tower.onnx"
+    _tiny_onnx(model)
+    (tmp_path / "tower.json").write_text(json.dumps({"size": 16, "uint8": True}))
+    with pytest.raises(ProductLensError, match="tensor\\(float\\)"):
+        create_embedder(f"onnx:{model}")
+
+
 def test_user_onnx_model_errors(tmp_path) -> None:
     with pytest.raises(ProductLensError, match="not found"):
         create_embedder(f"onnx:{tmp_path / 'missing.onnx'}")
@@ -99,3 +126,28 @@ def test_preprocess_modes_give_model_input(mode: str) -> None:
         assert np.allclose(arr[:, 0, 16], 1.0)
     else:
         assert np.allclose(arr[:, 16, 16], [1.0, -1.0, -1.0])
+
+
+def test_preprocess_float_matches_formula() -> None:
+    pp = Preprocess(size=24, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
+    img = Image.fromarray(np.random.default_rng(4).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    ref = (np.asarray(img, np.float32) / 255 - np.float32(pp.mean)) / np.float32(pp.std)
+    np.testing.assert_allclose(pp(img), ref.transpose(2, 0, 1), atol=1e-5)
+    raw = Preprocess(size=24, uint8=True)
+    assert raw(img).dtype == np.uint8 and np.array_equal(raw(img), np.asarray(img))
+    assert Preprocess.from_json(raw.to_json()) == raw
+
+
+@pytest.mark.parametrize("size", [(260, 260), (300, 200), (150, 90)])
+def test_resize_is_bilinear_with_or_without_opencv(size, monkeypatch) -> None:
+    """OpenCV (optional, used to enlarge) and Pillow agree within one grey level."""
+    from productlens.models.embedders import base
+
+    rng = np.random.default_rng(5)
+    smooth = rng.integers(0, 256, (28, 21, 3)).astype(np.uint8)
+    img = Image.fromarray(smooth).resize((224, 168), Image.BICUBIC)  # a smooth 224 x 168 photo
+    fast = base.resize_rgb(img, size)
+    monkeypatch.setattr(base, "_opencv", lambda: None)
+    slow = base.resize_rgb(img, size)
+    assert fast.shape == slow.shape == (size[1], size[0], 3)
+    assert np.abs(fast.astype(int) - slow).max() <= 1

@@ -113,15 +113,28 @@ def test_matches_embedder_embed(embedder, gallery, result):
 
 
 def test_preprocessing_is_bit_identical(embedder, gallery):
-    """The in-place fast path equals Preprocess.__call__ exactly (boxes, modes, sizes)."""
+    """What the decode threads write into a batch equals Preprocess.__call__ exactly."""
     sources, boxes, bad = gallery
     pre = embedder.preprocess
     for i, (src, box) in enumerate(zip(sources, boxes)):
         if i in bad:
             continue
-        out = np.empty((3, pre.size, pre.size), np.float32)
+        out = np.empty(pre.shape, pre.dtype)
         _load_into(pre, src, box, out)
         assert np.array_equal(out, pre(load_image(src, box=box, target=pre.size))), src
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop", "pad"])
+def test_float_preprocessing_into_batch(gallery, resize):
+    """A float (user-model) Preprocess writes the same array into a batch row as it returns."""
+    from productlens.models.embedders.base import Preprocess
+
+    sources, boxes, bad = gallery
+    pre = Preprocess(size=40, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28), resize=resize)
+    for i in [i for i in range(len(sources)) if i not in bad][:6]:
+        out = np.empty(pre.shape, pre.dtype)
+        _load_into(pre, sources[i], boxes[i], out)
+        assert out.shape == (3, 40, 40) and np.array_equal(out, pre(load_image(sources[i], box=boxes[i], target=40)))
 
 
 def test_bad_files_logged(embedder, gallery, caplog):
@@ -187,15 +200,3 @@ def test_embedder_with_its_own_embed(gallery):
     ref = np.stack([Mean.preprocess(load_image(sources[i], box=boxes[i], target=16)).mean(axis=(1, 2))
                     for i in res.ok])
     assert np.abs(res.vectors - ref).max() < 1e-6
-
-
-def test_inplace_gem_is_bit_identical(embedder):
-    from productlens.pipeline.embed import _pool
-
-    feats = np.random.default_rng(1).normal(0, 1, (3, embedder.dim, 7, 7)).astype(np.float32)
-    for p in (3.0, 1.0, 2.5):
-        embedder.gem_p, saved = p, embedder.gem_p
-        try:
-            assert np.array_equal(_pool(embedder, feats.copy()), embedder.pool(feats)), p
-        finally:
-            embedder.gem_p = saved

@@ -1,9 +1,10 @@
 """Embed many images: decoding overlaps with inference, bad images are skipped.
 
-A small thread pool decodes and preprocesses images (Pillow and numpy release
-the GIL) a bounded number of items ahead, while the calling thread runs the
-ONNX session batch by batch. Images that cannot be read (missing, corrupt,
-bad box...) are reported in ``errors`` and skipped; the rest of the batch goes on.
+A small thread pool decodes and preprocesses images (Pillow, OpenCV and numpy
+release the GIL) a bounded number of batches ahead, while the calling thread
+runs the model batch by batch (``embedder.embed``). Images that cannot be read
+(missing, corrupt, bad box...) are reported in ``errors`` and skipped; the rest
+of the batch goes on.
 
 >>> res = embed_items(embedder, paths)             # doctest: +SKIP
 >>> res.vectors.shape, res.ok, res.errors          # doctest: +SKIP
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,13 +22,14 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from productlens.data.images import load_image
-from productlens.models.embedders.base import Embedder, Preprocess, l2_normalize
+from productlens.models.embedders.base import Preprocess
 from productlens.types import Box, Item, ProductLensError
 
 log = logging.getLogger(__name__)
 
 #: Batches decoded ahead of the one being embedded (bounds memory: about
-#: (PREFETCH + 1) * batch_size preprocessed images are alive at once).
+#: (PREFETCH + 1) * batch_size preprocessed images are alive at once; a
+#: bundled model's are uint8 pixels, 200 kB each at 260 px).
 PREFETCH = 2
 
 ItemError = tuple[int, Any, str]
@@ -49,7 +50,7 @@ class EmbedResult:
 def default_workers() -> int:
     """Decode threads: ``$PRODUCTLENS_DECODE_WORKERS``, else one per four cores (at least one).
 
-    Decoding and preprocessing a photo costs ~1-2 ms of one core against tens of
+    Decoding and resizing a photo costs ~0.5-1 ms of one core against tens of
     ms of inference, so one thread keeps a 2-4 core machine's model fed; more
     would only take cores from the ONNX session.
     """
@@ -61,57 +62,11 @@ def default_workers() -> int:
     return max(1, num_threads() // 4)
 
 
-def _load_into(preprocess, source: Any, box: Box | None, out: np.ndarray) -> None:
-    """Decode ``source`` and write ``preprocess(image)`` into ``out`` (3 x size x size)."""
+def _load_into(preprocess: Preprocess, source: Any, box: Box | None, out: np.ndarray) -> None:
+    """Decode ``source`` and write ``preprocess(image)`` into ``out`` (one row of a batch)."""
     if isinstance(source, Item):
         source, box = source.image, box if box is not None else source.box
-    img = load_image(source, box=box, target=preprocess.size)
-    if type(preprocess) is Preprocess:
-        # Preprocess.to_array, bit for bit, in place: no float HxWx3 temporaries.
-        u8 = np.asarray(preprocess.resize_image(img)).transpose(2, 0, 1)
-        np.multiply(u8, np.float32(1.0 / 255.0), out=out)
-        out -= np.asarray(preprocess.mean, np.float32)[:, None, None]
-        out /= np.asarray(preprocess.std, np.float32)[:, None, None]
-    else:
-        out[...] = preprocess(img)
-
-
-_spare: list[np.ndarray] = []  # batch arrays of the last call, for the next one
-_spare_lock = threading.Lock()
-
-
-def _take_ring(shape: tuple[int, ...], count: int) -> list[np.ndarray]:
-    with _spare_lock:
-        ring = [a for a in _spare if a.shape == shape][:count]
-        for a in ring:
-            _spare.remove(a)
-    return ring + [np.empty(shape, np.float32) for _ in range(count - len(ring))]
-
-
-def _give_ring(ring: list[np.ndarray]) -> None:
-    """Keep one call's batch arrays (only full-size ones: small calls do not evict them)."""
-    with _spare_lock:
-        if ring and ring[0].shape[0] >= max((a.shape[0] for a in _spare), default=0):
-            _spare[:] = ring
-
-
-def release_buffers() -> None:
-    """Free the batch arrays kept between calls ((PREFETCH + 2) x batch x 3 x size^2 floats)."""
-    with _spare_lock:
-        _spare.clear()
-
-
-def _pool(embedder: Embedder, out: np.ndarray) -> np.ndarray:
-    """``embedder.pool(out)``; the default GeM is done in place on the model's fresh
-    output (the same operations as :func:`~productlens.models.embedders.base.gem`,
-    without two feature-map-sized temporaries)."""
-    if (getattr(embedder.pool, "__func__", None) is not Embedder.pool or out.ndim != 4
-            or out.dtype != np.float32 or not out.flags.writeable):
-        return embedder.pool(out)
-    x = np.maximum(out, 1e-6, out=out)
-    if embedder.gem_p == 1.0:
-        return x.mean(axis=(2, 3))
-    return np.power(np.power(x, embedder.gem_p, out=x).mean(axis=(2, 3)), 1.0 / embedder.gem_p)
+    preprocess(load_image(source, box=box, target=preprocess.size), out=out)
 
 
 def _message(exc: BaseException, source: Any) -> str:
@@ -135,83 +90,57 @@ def iter_embeddings(
 
     ``indices`` are the positions in ``sources`` of the rows of ``vectors``;
     ``errors`` holds ``(index, source, message)`` for the batch's skipped items.
-    Decode threads write each image straight into its batch's array, up to
-    ``PREFETCH`` batches ahead of the one the calling thread is embedding; the
-    calling thread decodes the images nobody has started when it needs them
-    (the first batch, or when decoding is the bottleneck) instead of waiting.
+    Decode threads write each preprocessed image straight into its batch's
+    array, up to ``PREFETCH`` batches ahead of the one the calling thread is
+    embedding; the calling thread decodes the images nobody has started when it
+    needs them (the first batch, or when decoding is the bottleneck) instead of
+    waiting.
     """
     n = len(sources)
     if boxes is not None and len(boxes) != n:
         raise ValueError(f"got {len(boxes)} boxes for {n} sources")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    preprocess, size = embedder.preprocess, embedder.preprocess.size
+    preprocess = embedder.preprocess
     pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
                               thread_name_prefix="productlens-decode")
     pending: deque[tuple[int, np.ndarray, list[Future]]] = deque()
     next_start = 0
-    # Batch arrays are reused round-robin (batch b uses ring[b % len]: when it is
-    # submitted, the batch that last used that slot has finished running) and
-    # kept for the next call: a fresh 26 MB array costs a page fault per 4 KiB.
-    ring = _take_ring((min(batch_size, n), 3, size, size), PREFETCH + 2)
+
+    def load(i: int, out: np.ndarray) -> None:
+        _load_into(preprocess, sources[i], boxes[i] if boxes is not None else None, out)
 
     def submit_batch() -> None:
         nonlocal next_start
         start, stop = next_start, min(n, next_start + batch_size)
-        buf = ring[(start // batch_size) % len(ring)][: stop - start]
-        futures = [
-            pool.submit(_load_into, preprocess, sources[i],
-                        boxes[i] if boxes is not None else None, buf[i - start])
-            for i in range(start, stop)
-        ]
-        pending.append((start, buf, futures))
+        batch = np.empty((stop - start, *preprocess.shape), preprocess.dtype)
+        pending.append((start, batch, [pool.submit(load, i, batch[i - start]) for i in range(start, stop)]))
         next_start = stop
 
-    # Embedder.embed is run + pool + L2: the calling thread runs the model and a
-    # worker pools the previous batch while the next one runs. An embedder with
-    # its own ``embed`` is called as it is.
-    split = getattr(embedder.embed, "__func__", None) is Embedder.embed
-
-    def finish(out: np.ndarray | None) -> np.ndarray:
-        if out is None:
-            return np.zeros((0, embedder.dim), np.float32)
-        return l2_normalize(_pool(embedder, out)) if split else out
-
-    done = None  # the previous batch: (indices, future of its vectors, errors)
     try:
         while next_start < n and len(pending) <= PREFETCH:
             submit_batch()
         while pending:
-            start, buf, futures = pending.popleft()
+            start, batch, futures = pending.popleft()
             if next_start < n:
                 submit_batch()  # keep the decoders busy while this batch runs
             good, errors = [], []
             for j, fut in enumerate(futures):
-                i = start + j
                 try:
                     if fut.cancel():  # not started (e.g. the first batch): decode it here
-                        _load_into(preprocess, sources[i],
-                                   boxes[i] if boxes is not None else None, buf[j])
+                        load(start + j, batch[j])
                     else:
                         fut.result()
                     good.append(j)
                 except Exception as exc:  # one bad image must not stop a gallery
+                    i = start + j
                     errors.append((i, sources[i], _message(exc, sources[i])))
-            if errors and good:
-                buf = buf[good]  # drop the failed rows (one copy, only when some failed)
-            out = None
-            if good:
-                out = embedder.run(buf) if split else embedder.embed(buf)
-            del buf
-            current = (np.asarray(good, dtype=np.int64) + start, pool.submit(finish, out), errors)
-            if done is not None:
-                yield done[0], done[1].result(), done[2]
-            done = current
-        if done is not None:
-            yield done[0], done[1].result(), done[2]
+            if errors:
+                batch = batch[good]  # drop the failed rows
+            vectors = embedder.embed(batch) if good else np.zeros((0, embedder.dim), np.float32)
+            yield np.asarray(good, dtype=np.int64) + start, vectors, errors
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        _give_ring(ring)
 
 
 def embed_items(
@@ -255,4 +184,4 @@ def embed_items(
     return EmbedResult(np.ascontiguousarray(vectors, dtype=np.float32), ok_idx, errors)
 
 
-__all__ = ["EmbedResult", "embed_items", "iter_embeddings", "default_workers", "release_buffers"]
+__all__ = ["EmbedResult", "embed_items", "iter_embeddings", "default_workers"]

@@ -1,8 +1,10 @@
 """EfficientNet-Lite0/Lite2 (ImageNet, Apache-2.0) from the offline weight packages.
 
-Inputs are scaled to [-1, 1] (mean 0.5, std 0.5), as the Lite models were
-trained; the exported graph returns the last feature map (N x 1280 x h x w),
-GeM-pooled by :class:`Embedder`. ``set_swish`` is never called: Lite uses ReLU6.
+Pixels are scaled to [-1, 1] (mean 0.5, std 0.5), as the Lite models were
+trained. The exported graph takes the resized uint8 pixels and does that
+scaling, the backbone and GeM pooling of its last feature map (1280 channels),
+see :mod:`~productlens.models.embedders.export`. ``set_swish`` is never called:
+Lite uses ReLU6.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def weights_path(arch: str) -> Path:
 
 
 def build_torch(arch: str):
-    """The torch backbone returning its last feature map (for export and fine-tuning)."""
+    """The torch backbone: normalised N x 3 x S x S -> its last feature map (for export and fine-tuning)."""
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -43,10 +45,10 @@ def build_torch(arch: str):
     return Features().eval()
 
 
-def _create(arch: str, **kwargs) -> Embedder:
-    size = _SIZES[arch]
-    onnx = cached_onnx(arch, weights_path(arch), lambda: build_torch(arch), size)
-    return Embedder(arch, onnx, Preprocess(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), **kwargs)
+def _create(arch: str, gem_p: float = 3.0, **kwargs) -> Embedder:
+    pre = Preprocess(size=_SIZES[arch], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), uint8=True)
+    onnx = cached_onnx(arch, weights_path(arch), lambda: build_torch(arch), pre, gem_p)
+    return Embedder(arch, onnx, pre, gem_p=gem_p, **kwargs)
 
 
 def efficientnet_lite0(**kwargs) -> Embedder:

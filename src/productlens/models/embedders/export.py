@@ -1,6 +1,12 @@
-"""Export a torch backbone to ONNX once, cached by the hash of its weights.
+"""Export a bundled torch backbone to ONNX once, cached by the hash of its weights.
 
-The ONNX file lives in ``cache_dir()/onnx/<name>-<weights sha256[:16]>-v<N>.onnx``
+The exported graph is the whole image model: uint8 RGB pixels (N x S x S x 3,
+as :class:`~productlens.models.embedders.base.Preprocess` gives them with
+``uint8=True``) -> per-channel normalisation -> backbone -> GeM pooling ->
+N x C features. Doing the normalisation, the HWC->CHW transpose and the pooling
+inside onnxruntime costs far less CPU than doing them in numpy.
+
+The ONNX file lives in ``cache_dir()/onnx/<name>-<weights sha256[:16]>-gem<p>-v<N>.onnx``
 and is written to a temporary name and renamed, so an interrupted export never
 leaves a broken model in the cache.
 """
@@ -14,8 +20,9 @@ from typing import Callable
 
 from productlens.config import cache_dir
 from productlens.fileio import atomic_path
+from productlens.models.embedders.base import Preprocess
 
-EXPORT_VERSION = 1  # bump when the exported graph changes
+EXPORT_VERSION = 2  # bump when the exported graph changes (2: uint8 NHWC input, GeM inside)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -26,14 +33,46 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def cached_onnx(name: str, weights: Path, build: Callable[[], "object"], size: int) -> Path:
-    """Return the cached ONNX export of ``build()`` (a torch module), exporting if needed.
+def image_model(backbone, preprocess: Preprocess, gem_p: float = 3.0, eps: float = 1e-6):
+    """Wrap ``backbone`` (normalised N x 3 x S x S -> N x C x h x w) into the exported model.
 
-    ``build`` returns an eval-mode torch module mapping N x 3 x size x size to
-    the model's output; it is only called (and torch only imported) on a cache miss.
+    The result maps uint8 (or float 0..255) N x S x S x 3 RGB pixels to GeM-pooled
+    N x C features: ``(x / 255 - mean) / std``, then the backbone, then
+    ``mean(max(f, eps) ** p) ** (1 / p)`` over h x w (p = 1: average pooling).
+    """
+    import torch
+
+    std = torch.tensor(preprocess.std, dtype=torch.float32)
+    scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+    shift = (-torch.tensor(preprocess.mean, dtype=torch.float32) / std).view(1, 3, 1, 1)
+
+    class ImageModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+            self.register_buffer("scale", scale)
+            self.register_buffer("shift", shift)
+
+        def forward(self, pixels):
+            x = pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift
+            f = self.backbone(x).clamp(min=eps)
+            if gem_p == 1.0:
+                return f.mean(dim=(2, 3))
+            return f.pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
+
+    return ImageModel().eval()
+
+
+def cached_onnx(name: str, weights: Path, build: Callable[[], "object"], preprocess: Preprocess,
+                gem_p: float = 3.0) -> Path:
+    """Return the cached ONNX export of ``image_model(build(), preprocess, gem_p)``, exporting if needed.
+
+    ``build`` returns the eval-mode torch backbone mapping normalised
+    N x 3 x size x size to its last feature map; it is only called (and torch
+    only imported) on a cache miss.
     """
     digest = file_sha256(weights)[:16]
-    target = cache_dir() / "onnx" / f"{name}-{digest}-v{EXPORT_VERSION}.onnx"
+    target = cache_dir() / "onnx" / f"{name}-{digest}-gem{gem_p:g}-v{EXPORT_VERSION}.onnx"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,11 +80,12 @@ def cached_onnx(name: str, weights: Path, build: Callable[[], "object"], size: i
 
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, os.cpu_count() or 1))
-    module = build()
+    module = image_model(build(), preprocess, gem_p)
+    s = preprocess.size
     with atomic_path(target) as tmp, torch.no_grad():
         torch.onnx.export(
-            module, (torch.zeros(1, 3, size, size),), str(tmp), input_names=["image"],
-            output_names=["features"], dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+            module, (torch.zeros(1, s, s, 3, dtype=torch.uint8),), str(tmp), input_names=["pixels"],
+            output_names=["features"], dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
             opset_version=17, dynamo=False,
         )
     return target

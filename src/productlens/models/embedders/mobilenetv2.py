@@ -2,7 +2,9 @@
 
 Only its torch-free-of-torchvision module ``mobilenetv2_bottle`` is imported
 (the package's embedder wrapper imports torchvision, which fails here).
-ImageNet mean/std, 224 px; the exported graph returns the 1280-channel map.
+ImageNet mean/std, 224 px; the exported graph takes the resized uint8 pixels,
+normalises them and GeM-pools the 1280-channel map
+(:mod:`~productlens.models.embedders.export`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def build_torch():
     return Features().eval()
 
 
-def mobilenetv2(**kwargs) -> Embedder:
+def mobilenetv2(gem_p: float = 3.0, **kwargs) -> Embedder:
     """MobileNetV2, 224 px input, 1280-d GeM features."""
-    onnx = cached_onnx("mobilenetv2", weights_path(), build_torch, 224)
-    return Embedder("mobilenetv2", onnx, Preprocess(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD), **kwargs)
+    pre = Preprocess(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, uint8=True)
+    onnx = cached_onnx("mobilenetv2", weights_path(), build_torch, pre, gem_p)
+    return Embedder("mobilenetv2", onnx, pre, gem_p=gem_p, **kwargs)

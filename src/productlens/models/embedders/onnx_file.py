@@ -1,11 +1,15 @@
 """``onnx:PATH``: a user's own image model exported to ONNX (e.g. a CLIP/SigLIP tower).
 
-The model takes one float32 input N x 3 x S x S and returns either embeddings
-(N x D) or a feature map (N x C x H x W, GeM-pooled). Its preprocessing sits
-beside it in ``PATH`` with the suffix replaced by ``.json`` (or ``PATH.json``)::
+The model takes one float32 input N x 3 x S x S (normalised here with the JSON's
+``mean``/``std``) and returns either embeddings (N x D) or a feature map
+(N x C x H x W, GeM-pooled). Its preprocessing sits beside it in ``PATH`` with
+the suffix replaced by ``.json`` (or ``PATH.json``)::
 
     {"size": 224, "mean": [0.481, 0.458, 0.408], "std": [0.269, 0.261, 0.276],
      "resize": "crop"}
+
+A model that normalises inside its graph, like the bundled ones, takes the
+resized uint8 RGB pixels N x S x S x 3 instead: add ``"uint8": true``.
 """
 
 from __future__ import annotations
