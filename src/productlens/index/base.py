@@ -266,7 +266,10 @@ class Store(abc.ABC):
 
     def hits(self, queries: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
         """:meth:`search` results as :class:`~productlens.types.Hit` lists (padding dropped)."""
-        scores, ids = self.search(queries, k, where)
+        return self.as_hits(*self.search(queries, k, where))
+
+    def as_hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        """``(scores, ids)`` rows (as :meth:`search` returns them) -> Hit lists with metadata."""
         valid = ids[ids >= 0]
         meta = dict(zip(valid.tolist(), self.get(valid))) if valid.size else {}
         out: list[list[Hit]] = []

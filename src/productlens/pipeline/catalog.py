@@ -120,20 +120,16 @@ class Catalog:
         within the retrieved list, so all photos of the best product come first.
         """
         k = min(k, max(len(self.store), 1))
-        fetch = k
-        scores, ids = self.store.search(queries, fetch, where)
+        scores, ids = self.store.search(queries, k, where)
         if rerank and len(self.store) > QE_K:
             top = ids[:, :QE_K]
-            valid = top[top >= 0]
-            vecs = np.zeros((*top.shape, self.store.dim), np.float32)
-            if valid.size:
-                uniq = np.unique(valid)
-                table = dict(zip(uniq.tolist(), self.store.vectors(uniq)))
-                for (r, c), i in np.ndenumerate(top):
-                    if i >= 0:
-                        vecs[r, c] = table[int(i)]
-            expanded = alpha_qe(queries, scores[:, :QE_K], vecs, QE_ALPHA)
-            scores, ids = self.store.search(expanded, fetch, where)
+            found = top >= 0
+            neighbours = np.zeros((*top.shape, self.store.dim), np.float32)
+            if found.any():  # each distinct neighbour fetched once
+                uniq, inverse = np.unique(top[found], return_inverse=True)
+                neighbours[found] = self.store.vectors(uniq)[inverse]
+            expanded = alpha_qe(queries, scores[:, :QE_K], neighbours, QE_ALPHA)
+            scores, ids = self.store.search(expanded, k, where)
         if group_by_product:
             scores, ids = self._group(scores, ids)
         return scores, ids
@@ -161,11 +157,7 @@ class Catalog:
         """Rank the catalog for one query image (path, URL or bytes; optional box)."""
         img = load_image(source, box=box, target=self.embedder.preprocess.size)  # ImageError / BoxError
         query = self.to_index_space(self.embedder.embed_images([img]), "query")
-        scores, ids = self.search_vectors(query, k, rerank=rerank, where=where)
-        meta = dict(zip(ids[0][ids[0] >= 0].tolist(), self.store.get(ids[0][ids[0] >= 0])))
-        return [Hit(id=int(i), score=float(s), product_id=(meta[int(i)] or {}).get("product_id"),
-                    title=(meta[int(i)] or {}).get("title") or "", image=(meta[int(i)] or {}).get("image") or "")
-                for s, i in zip(scores[0], ids[0]) if i >= 0]
+        return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where))[0]
 
 
 def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
