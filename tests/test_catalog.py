@@ -99,3 +99,25 @@ def test_rank_queries_aicrowd_array(dataset, tmp_path) -> None:
     assert top1 >= 0.75
     out = save_rankings(ranks, tmp_path / "sub" / "rankings.npy")
     assert np.array_equal(np.load(out), ranks)
+
+
+def test_group_by_product_orders_by_best_score_of_each_product() -> None:
+    from types import SimpleNamespace
+
+    from productlens.pipeline.catalog import Catalog
+
+    products = {10: 1, 11: 2, 12: 1, 13: None, 14: -1, 15: 2}
+    store = SimpleNamespace(get=lambda ids: [{"product_id": products[int(i)]} for i in ids])
+    cat = Catalog.__new__(Catalog)
+    cat.store = store
+    ids = np.array([[11, 13, 10, 12, 15, 14, -1],
+                    [14, 10, 11, 15, 12, 13, -1]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, -np.inf],
+                       [0.95, 0.9, 0.5, 0.4, 0.3, 0.2, -np.inf]], np.float32)
+    s, i = cat._group(scores, ids)
+    # row 0: product 2 (0.9: ids 11, 15), item 13 alone (0.8), product 1 (0.7: ids 10, 12), item 14
+    assert i[0].tolist() == [11, 15, 13, 10, 12, 14, -1]
+    np.testing.assert_allclose(s[0, :6], [0.9, 0.9, 0.8, 0.7, 0.7, 0.4])
+    # row 1: unlabelled 14 first, then product 1 (10, 12), product 2 (11, 15), 13
+    assert i[1].tolist() == [14, 10, 12, 11, 15, 13, -1]
+    assert np.isneginf(s[:, -1]).all()

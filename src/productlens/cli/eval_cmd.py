@@ -21,6 +21,7 @@ def retrieval(
     queries: Path = typer.Option(..., help="queries.csv (user_img_id, img_path, bbox_x..bbox_h, product_id)."),
     train: Optional[Path] = typer.Option(None, help="csv of labelled shopper photos to adapt the embedding."),
     catalog: bool = typer.Option(False, "--catalog", help="Catalog mode: the gallery's product ids may be used."),
+    finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
     rankings: Optional[Path] = typer.Option(None, help="Also write the N x 1000 rankings .npy here."),
@@ -30,11 +31,14 @@ def retrieval(
     from productlens.eval.retrieval import evaluate_retrieval
 
     m = evaluate_retrieval(gallery, queries, train_csv=train, catalog_mode=catalog, embedder=model,
-                           rerank=rerank, rankings_out=rankings, progress=not as_json)
-    typer.echo(f"mode: {'catalog' if catalog else 'challenge'}  model: {model}  adapted: {bool(train)}")
+                           rerank=rerank, finetune=finetune, rankings_out=rankings,
+                           progress=not as_json)
+    typer.echo(f"mode: {'catalog' if catalog else 'challenge'}  model: {model}  adapted: {bool(train)}"
+               f"  fine-tuned: {bool(train) and finetune}")
     typer.echo(f"queries: {m['queries']}  gallery: {m['gallery']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
     typer.echo(f"mAP@1000: {m['map@1000']:.4f}  top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  "
                f"recall@10: {m['recall@10']:.4f}")
     if as_json:
         typer.echo(json.dumps({k: m[k] for k in ("map@1000", "top1", "top5", "recall@10", "queries",
                                                   "gallery", "seconds")}))
+

@@ -21,6 +21,7 @@ def build(
     train: Optional[Path] = typer.Option(None, help="csv of labelled shopper photos (image, product_id) to adapt the embedding."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name (see `productlens models`)."),
     catalog_labels: bool = typer.Option(False, "--catalog-labels", help="Let the adapter learn from the catalog's own product ids."),
+    finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     overwrite: bool = typer.Option(False, help="Replace an existing catalog folder."),
 ) -> None:
     """Embed a catalog and write its index (atomically)."""
@@ -30,9 +31,10 @@ def build(
     items = read_catalog(catalog)
     train_items = read_labelled_csv(train, label="product_id") if train else None
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
-                                use_gallery_labels=catalog_labels, overwrite=overwrite)
+                                use_gallery_labels=catalog_labels, finetune=finetune and train_items is not None,
+                                overwrite=overwrite)
     with cat:
-        typer.echo(f"indexed {len(cat)} items into {out} ({model}{', adapted' if cat.adapter else ''}); "
+        typer.echo(f"indexed {len(cat)} items into {out} ({cat.embedder.name if cat.adapter else model}{', adapted' if cat.adapter else ''}); "
                    f"skipped {len(errors)}")
 
 

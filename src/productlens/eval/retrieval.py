@@ -23,10 +23,11 @@ from productlens.pipeline.rank import rank_queries
 
 
 def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, train_csv: str | Path | None = None,
-                       catalog_mode: bool = False, embedder: str = DEFAULT_EMBEDDER, rerank: bool = True,
+                       catalog_mode: bool = False, embedder: str = DEFAULT_EMBEDDER, rerank: bool = True, finetune: bool = False,
                        k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None) -> dict:
     """Evaluate retrieval end to end and return the metrics dict.
 
+    ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
     Keys: ``map@1000``, ``top1``, ``top5``, ``recall@10``, ``queries``, ``gallery``,
     ``seconds`` (wall time including training and embedding), ``skipped``.
     """
@@ -39,7 +40,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
     with tempfile.TemporaryDirectory(prefix="productlens-eval-") as tmp:
         catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
-                                         use_gallery_labels=catalog_mode, progress=progress)
+                                         use_gallery_labels=catalog_mode, finetune=finetune and train is not None,
+                                         progress=progress)
         with catalog:
             rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
                                              group_by_product=catalog_mode, progress=progress)

@@ -5,6 +5,7 @@ Layout of a catalog folder::
     catalog/
       store/      vectors + SQLite metadata (productlens.index, atomic writes)
       adapter/    optional catalog adaptation (productlens.heads.adapter)
+      backbone/   optional fine-tuned backbone (productlens.models.finetune)
 
 The store's info records the embedder and whether an adapter is used, so a
 reopened catalog embeds queries exactly as its gallery was embedded.
@@ -28,7 +29,7 @@ from productlens.data.images import load_image
 from productlens.heads.adapter import Adapter, fit_adapter
 from productlens.index import open_store
 from productlens.index.base import Store
-from productlens.models.embedders import Embedder, get_embedder
+from productlens.models.embedders import Embedder, create_embedder, get_embedder
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.rerank import alpha_qe
 from productlens.types import Box, Hit, Item, ProductLensError
@@ -37,6 +38,18 @@ log = logging.getLogger(__name__)
 
 QE_K = 2          # alpha-QE neighbours (see pipeline/rerank.py for the measurements)
 QE_ALPHA = 3.0
+BACKBONE_DIR = "backbone"  # a fine-tuned backbone inside the catalog folder
+
+
+def _catalog_embedder(name: str, path: Path) -> Embedder:
+    """The embedder recorded in a catalog; ``onnx:`` paths are relative to the catalog folder.
+
+    A model inside the catalog (a fine-tuned backbone) is loaded afresh, not
+    from the process-wide cache: a rebuilt catalog may have replaced it.
+    """
+    if name.startswith("onnx:") and not Path(name[5:]).expanduser().is_absolute():
+        return create_embedder(f"onnx:{path / name[5:]}")
+    return get_embedder(name)
 
 
 def _metadata(item: Item) -> dict[str, Any]:
@@ -68,7 +81,7 @@ class Catalog:
                                    "build one with `productlens index build`")
         store = open_store(path / "store")
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
-        embedder = get_embedder(name)
+        embedder = _catalog_embedder(name, path)
         adapter = Adapter.load(path / "adapter", backbone=name) if store.get_info("adapter") else None
         return cls(path, store, embedder, adapter)
 
@@ -135,22 +148,27 @@ class Catalog:
         return scores, ids
 
     def _group(self, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Re-order each row by its product's best score, then the item's own score."""
         valid = np.unique(ids[ids >= 0])
-        prod = {i: (md or {}).get("product_id") for i, md in zip(valid.tolist(), self.store.get(valid))}
-        out_s, out_i = scores.copy(), ids.copy()
-        for r in range(len(ids)):
-            best: dict[Any, float] = {}
-            for s, i in zip(scores[r], ids[r]):
-                p = prod.get(int(i))
-                if i >= 0 and p is not None and p != -1 and p not in best:
-                    best[p] = float(s)
-            # product score first, own score breaks ties within a product
-            key = [(best.get(prod.get(int(i)), float(s)) if i >= 0 else -np.inf, float(s))
-                   for s, i in zip(scores[r], ids[r])]
-            order = sorted(range(len(key)), key=lambda j: key[j], reverse=True)
-            out_i[r] = ids[r][order]
-            out_s[r] = np.array([key[j][0] for j in order], np.float32)
-        return out_s, out_i
+        pid = np.full(len(valid), -1, np.int64)
+        for j, md in enumerate(self.store.get(valid)):
+            p = (md or {}).get("product_id")
+            pid[j] = -1 if p is None else int(p)
+        prod = np.full(ids.shape, -1, np.int64)
+        if len(valid):
+            pos = np.searchsorted(valid, np.maximum(ids, 0)).clip(max=len(valid) - 1)
+            prod = np.where((ids >= 0) & (valid[pos] == ids), pid[pos], -1)
+        # an item without a product is its own group: a key no product can have
+        own = -(np.arange(ids.size, dtype=np.int64).reshape(ids.shape) + 2)
+        key = np.where(prod >= 0, prod, own)
+        rows = np.repeat(np.arange(len(ids)), ids.shape[1]).reshape(ids.shape)
+        _, group = np.unique(np.stack([rows.ravel(), key.ravel()], 1), axis=0, return_inverse=True)
+        best = np.full(group.max() + 1 if group.size else 0, -np.inf, np.float32)
+        np.maximum.at(best, group.ravel(), scores.ravel().astype(np.float32))
+        product_score = np.where(ids >= 0, best[group.reshape(ids.shape)], -np.inf).astype(np.float32)
+        own_score = np.where(ids >= 0, scores, -np.inf)
+        order = np.lexsort((-own_score, -product_score), axis=-1)
+        return np.take_along_axis(product_score, order, 1), np.take_along_axis(ids, order, 1)
 
     def search(self, source: Any, *, box: Box | None = None, k: int = 10, rerank: bool = True,
                where: dict | None = None) -> list[Hit]:
@@ -162,11 +180,15 @@ class Catalog:
 
 def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
                   train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
-                  overwrite: bool = False, progress: bool = True) -> tuple[Catalog, list]:
+                  finetune: bool = False, overwrite: bool = False, progress: bool = True
+                  ) -> tuple[Catalog, list]:
     """Embed ``items`` into a new catalog folder at ``path``; returns (catalog, skipped errors).
 
     ``train``: labelled shopper photos (Item.product_id set) that fit the
     catalog adapter before indexing; without them the plain backbone is used.
+    ``finetune`` (with ``train``): first fine-tune the backbone's last blocks on
+    them (:mod:`productlens.models.finetune`, minutes on a CPU); the model is
+    kept in the catalog folder (``backbone/``) and embeds gallery and queries.
     ``use_gallery_labels`` (catalog mode): the gallery's own product ids also
     train the adapter; otherwise they are never read (challenge mode).
     The catalog is written to a temporary folder beside ``path`` and renamed into place.
@@ -178,31 +200,40 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         raise ProductLensError("the catalog has no items")
     if len({it.id for it in items}) != len(items):
         raise ProductLensError("catalog item ids must be unique")
-    emb = get_embedder(embedder)
-    gal = embed_items(emb, items, progress=progress, desc="gallery")
-    if not len(gal.ok):
-        raise ProductLensError("no gallery image could be read")
-    ok_items = [items[i] for i in gal.ok]
-    adapter = None
-    if train:
-        labelled = [t for t in train if t.product_id is not None]
-        tr = embed_items(emb, labelled, progress=progress, desc="training photos")
-        labels = np.array([labelled[i].product_id for i in tr.ok])
-        glabels = None
-        if use_gallery_labels:
-            glabels = np.array([-1 if it.product_id is None else it.product_id for it in ok_items])
-        adapter = fit_adapter(emb.name, tr.vectors, labels, gallery_vectors=gal.vectors, gallery_labels=glabels)
+    labelled = [t for t in train or () if t.product_id is not None]
+    if finetune and not labelled:
+        raise ProductLensError("fine-tuning needs labelled training photos (--train)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".building.", dir=path.parent))
     try:
+        name, emb = embedder, get_embedder(embedder)
+        if finetune:
+            from productlens.models.finetune import FinetuneConfig, finetune_backbone
+
+            res = finetune_backbone(labelled, [t.product_id for t in labelled], tmp / BACKBONE_DIR,
+                                    FinetuneConfig(backbone=embedder), progress=progress)
+            name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
+            emb = create_embedder(res.embedder_name)
+        gal = embed_items(emb, items, progress=progress, desc="gallery")
+        if not len(gal.ok):
+            raise ProductLensError("no gallery image could be read")
+        ok_items = [items[i] for i in gal.ok]
+        adapter = None
+        if labelled:
+            tr = embed_items(emb, labelled, progress=progress, desc="training photos")
+            labels = np.array([labelled[i].product_id for i in tr.ok])
+            glabels = None
+            if use_gallery_labels:
+                glabels = np.array([-1 if it.product_id is None else it.product_id for it in ok_items])
+            adapter = fit_adapter(name, tr.vectors, labels, gallery_vectors=gal.vectors, gallery_labels=glabels)
         vectors = gal.vectors if adapter is None else adapter.transform(gal.vectors, "gallery")
         store = open_store(tmp / "store", dim=vectors.shape[1])
-        store.set_info("embedder", emb.name)
+        store.set_info("embedder", name)
         store.set_info("adapter", adapter is not None)
         store.upsert([it.id for it in ok_items], vectors, [_metadata(it) for it in ok_items])
         store.close()
         if adapter is not None:
-            adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)),
+            adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,
                                                   "gallery_labels_used": bool(use_gallery_labels)})
         if path.exists():
             shutil.rmtree(path)

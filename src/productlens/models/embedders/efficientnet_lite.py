@@ -45,6 +45,50 @@ def build_torch(arch: str):
     return Features().eval()
 
 
+def split_torch(arch: str, train_from: int):
+    """(backbone, trunk, top) for fine-tuning the last blocks of ``arch``.
+
+    ``backbone`` is :func:`build_torch`'s module; ``trunk`` maps normalised
+    images to the input of block ``train_from`` and ``top`` maps that to the last
+    feature map. Both share ``backbone``'s layers, so training ``top`` trains
+    ``backbone``, which is then exported whole.
+    """
+    import torch
+
+    backbone = build_torch(arch)
+    net = backbone.net
+    blocks = len(net._blocks)
+    if not 0 < train_from < blocks:
+        raise ValueError(f"{arch} has {blocks} blocks; train_from must be in 1..{blocks - 1}")
+    rate = net._global_params.drop_connect_rate or 0.0
+
+    class Trunk(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            x = net._swish(net._bn0(net._conv_stem(x)))
+            for block in net._blocks[:train_from]:
+                x = block(x)
+            return x
+
+    class Top(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = net._blocks[train_from:]
+            self.head = net._conv_head
+            self.bn = net._bn1
+            self.act = net._swish
+
+        def forward(self, x):
+            for i, block in enumerate(self.blocks):  # stochastic depth as in extract_features
+                x = block(x, drop_connect_rate=rate * (train_from + i) / blocks)
+            return self.act(self.bn(self.head(x)))
+
+    return backbone, Trunk().eval(), Top()
+
+
 def _create(arch: str, gem_p: float = 3.0, **kwargs) -> Embedder:
     pre = Preprocess(size=_SIZES[arch], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), uint8=True)
     onnx = cached_onnx(arch, weights_path(arch), lambda: build_torch(arch), pre, gem_p)

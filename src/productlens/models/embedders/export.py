@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -33,12 +34,13 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def image_model(backbone, preprocess: Preprocess, gem_p: float = 3.0, eps: float = 1e-6):
+def image_model(backbone, preprocess: Preprocess, gem_p: float | None = 3.0, eps: float = 1e-6):
     """Wrap ``backbone`` (normalised N x 3 x S x S -> N x C x h x w) into the exported model.
 
     The result maps uint8 (or float 0..255) N x S x S x 3 RGB pixels to GeM-pooled
     N x C features: ``(x / 255 - mean) / std``, then the backbone, then
-    ``mean(max(f, eps) ** p) ** (1 / p)`` over h x w (p = 1: average pooling).
+    ``mean(max(f, eps) ** p) ** (1 / p)`` over h x w (p = 1: average pooling;
+    ``gem_p=None``: no pooling, the feature map itself).
     """
     import torch
 
@@ -55,12 +57,32 @@ def image_model(backbone, preprocess: Preprocess, gem_p: float = 3.0, eps: float
 
         def forward(self, pixels):
             x = pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift
-            f = self.backbone(x).clamp(min=eps)
+            f = self.backbone(x)
+            if gem_p is None:
+                return f
+            f = f.clamp(min=eps)
             if gem_p == 1.0:
                 return f.mean(dim=(2, 3))
             return f.pow(gem_p).mean(dim=(2, 3)).pow(1.0 / gem_p)
 
     return ImageModel().eval()
+
+
+def export_onnx(module, size: int, target: Path) -> Path:
+    """Export an :func:`image_model` (uint8 N x size x size x 3 input) to ``target``, atomically."""
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, os.cpu_count() or 1))
+    with atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on constant folding are not the user's concern
+        torch.onnx.export(
+            module, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(tmp), input_names=["pixels"],
+            output_names=["features"], dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )
+    return target
 
 
 def cached_onnx(name: str, weights: Path, build: Callable[[], "object"], preprocess: Preprocess,
@@ -75,17 +97,4 @@ def cached_onnx(name: str, weights: Path, build: Callable[[], "object"], preproc
     target = cache_dir() / "onnx" / f"{name}-{digest}-gem{gem_p:g}-v{EXPORT_VERSION}.onnx"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, os.cpu_count() or 1))
-    module = image_model(build(), preprocess, gem_p)
-    s = preprocess.size
-    with atomic_path(target) as tmp, torch.no_grad():
-        torch.onnx.export(
-            module, (torch.zeros(1, s, s, 3, dtype=torch.uint8),), str(tmp), input_names=["pixels"],
-            output_names=["features"], dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )
-    return target
+    return export_onnx(image_model(build(), preprocess, gem_p), preprocess.size, target)

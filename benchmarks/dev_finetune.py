@@ -1,0 +1,96 @@
+"""How the fine-tuning defaults were checked: train-only development splits.
+
+    python benchmarks/dev_finetune.py [--data ../shared/data/grocery] [--split closed|open|both]
+
+No evaluation query (val photo) is read. Splits of `train.csv` against the 81
+unlabelled shop photos:
+  * dev-closed: per product, the first 75% of its photos in file order fit and
+    the last 25% query (the photos come in sequences, so a random split would
+    put near-duplicates on both sides);
+  * dev-open: half of the products fit, the other products' photos query.
+For the frozen backbone and for the backbone fine-tuned on the fitting photos
+(`productlens.models.finetune`, default settings) it prints mAP@1000 of plain
+cosine search, of the adapter (challenge mode) and of the catalog-mode adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from productlens.config import DEFAULT_EMBEDDER
+from productlens.data.readers import read_gallery, read_labelled_csv
+from productlens.eval.metrics import retrieval_metrics
+from productlens.heads.adapter import fit_adapter
+from productlens.models.embedders import create_embedder, get_embedder
+from productlens.models.finetune import FinetuneConfig, finetune_backbone
+from productlens.pipeline.embed import embed_items
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def split(train, kind: str, seed: int = 0) -> np.ndarray:
+    """Boolean mask of the fitting photos."""
+    y = np.array([t.product_id for t in train])
+    fit = np.zeros(len(y), bool)
+    if kind == "closed":
+        for p in np.unique(y):
+            idx = np.where(y == p)[0]
+            idx = idx[np.argsort([str(train[i].image) for i in idx])]
+            fit[idx[: int(round(len(idx) * 0.75))]] = True
+    else:
+        prods = np.random.default_rng(seed).permutation(np.unique(y))
+        fit = np.isin(y, prods[: len(prods) // 2])
+    return fit
+
+
+def scores(T, y, fit, S, shop_y, model: str) -> dict:
+    def m(q, g):
+        return retrieval_metrics(np.argsort(-(q @ g.T), 1)[:, :1000], shop_y, y[~fit])["map@1000"]
+
+    out = {"plain": m(T[~fit], S)}
+    ad = fit_adapter(model, T[fit], y[fit], gallery_vectors=S)
+    out["adapter"] = m(ad.transform(T[~fit], "query"), ad.transform(S, "gallery"))
+    ad = fit_adapter(model, T[fit], y[fit], gallery_vectors=S, gallery_labels=shop_y)
+    out["catalog"] = m(ad.transform(T[~fit], "query"), ad.transform(S, "gallery"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "grocery")
+    ap.add_argument("--model", default=DEFAULT_EMBEDDER)
+    ap.add_argument("--split", choices=["closed", "open", "both"], default="both")
+    args = ap.parse_args()
+    train = read_labelled_csv(args.data / "train.csv")
+    shop = read_gallery(args.data / "retrieval-shop" / "gallery.csv")
+    y = np.array([t.product_id for t in train])
+    shop_y = np.array([g.product_id for g in shop])  # scoring, and catalog mode only
+    frozen = get_embedder(args.model)
+    T0 = embed_items(frozen, train, desc="train photos").vectors
+    S0 = embed_items(frozen, shop, desc="shop photos").vectors
+    print("| split | backbone | plain | adapter | catalog mode | fine-tuning s |")
+    print("|---|---|---|---|---|---|")
+    for kind in (["closed", "open"] if args.split == "both" else [args.split]):
+        fit = split(train, kind)
+        r = scores(T0, y, fit, S0, shop_y, args.model)
+        print(f"| dev-{kind} | frozen | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | |", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            items = [t for t, f in zip(train, fit) if f]
+            res = finetune_backbone(items, [t.product_id for t in items], tmp, FinetuneConfig(backbone=args.model))
+            secs = time.perf_counter() - t0
+            tuned = create_embedder(res.embedder_name)
+            T1 = embed_items(tuned, train, desc="train photos").vectors
+            S1 = embed_items(tuned, shop, desc="shop photos").vectors
+        r = scores(T1, y, fit, S1, shop_y, args.model)
+        print(f"| dev-{kind} | fine-tuned | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | {secs:.0f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Fine-tuning the last backbone blocks: a model every part of productlens can load."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import product_photo, write_dataset
+from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
+from productlens.models.embedders import create_embedder
+from productlens.models.finetune import FinetuneConfig, finetune_backbone
+from productlens.models.finetune.augment import random_crop, random_view
+from productlens.pipeline.catalog import Catalog, build_catalog
+from productlens.types import Item, ProductLensError
+
+MODEL = "efficientnet-lite0"
+TINY = FinetuneConfig(backbone=MODEL, views=2, epochs=2, batch_size=8)
+
+
+def test_random_views_stay_inside_and_vary() -> None:
+    img = product_photo(1, 0, shop=False, size=120)
+    rng = random.Random(0)
+    crops = [random_crop(img, rng) for _ in range(20)]
+    assert all(0 < c.width <= 120 and 0 < c.height <= 120 for c in crops)
+    assert len({c.size for c in crops}) > 1
+    views = [np.asarray(random_view(img, random.Random(s))) for s in range(3)]
+    assert all(v.ndim == 3 and v.shape[2] == 3 for v in views)
+    assert not np.array_equal(views[0], views[1])
+
+
+@pytest.mark.slow
+def test_finetune_writes_a_loadable_model_and_skips_bad_photos(tmp_path) -> None:
+    items, labels = [], []
+    for p in range(3):
+        for v in range(4):
+            path = tmp_path / f"{p}_{v}.jpg"
+            product_photo(p, v, shop=False).save(path)
+            items.append(Item(id=len(items), image=str(path)))
+            labels.append(f"product-{p}")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    items.append(Item(id=99, image=str(tmp_path / "bad.jpg")))
+    labels.append("product-0")
+    res = finetune_backbone(items, labels, tmp_path / "model", TINY, progress=False)
+    assert [s[0] for s in res.skipped] == [12] and "bad.jpg" in res.skipped[0][1]
+    assert res.path.is_file() and (tmp_path / "model" / "model.json").is_file()
+    meta = json.loads((tmp_path / "model" / "finetune.json").read_text())
+    assert meta["photos"] == 12 and meta["labels"] == 3 and np.isfinite(meta["final_loss"])
+    emb = create_embedder(res.embedder_name)
+    base = create_embedder(MODEL)
+    img = [Image.open(items[0].image)]
+    tuned, plain = emb.embed_images(img), base.embed_images(img)
+    assert tuned.shape == plain.shape == (1, 1280)
+    assert not np.allclose(tuned, plain, atol=1e-4)  # the last blocks changed
+
+
+def test_finetune_refuses_unsupported_backbone_and_single_label(tmp_path) -> None:
+    path = tmp_path / "a.jpg"
+    product_photo(0, 0, shop=False).save(path)
+    items = [Item(id=0, image=str(path)), Item(id=1, image=str(path))]
+    with pytest.raises(ProductLensError, match="supports"):
+        finetune_backbone(items, [0, 1], tmp_path / "m", FinetuneConfig(backbone="mobilenetv2"), progress=False)
+    with pytest.raises(ProductLensError, match="2 labels"):
+        finetune_backbone(items, [0, 0], tmp_path / "m", TINY, progress=False)
+    with pytest.raises(ProductLensError, match="labels for"):
+        finetune_backbone(items, [0], tmp_path / "m", TINY, progress=False)
+
+
+@pytest.mark.slow
+def test_catalog_with_finetuned_backbone_moves_and_reopens(tmp_path) -> None:
+    ds = write_dataset(tmp_path / "ds")
+    gallery = read_gallery(ds["gallery"])
+    train = read_labelled_csv(ds["train"])
+    cat, errors = build_catalog(gallery, tmp_path / "cat", embedder=MODEL, train=train, finetune=True,
+                                progress=False)
+    assert errors == [] and (tmp_path / "cat" / "backbone" / "model.onnx").is_file()
+    assert cat.store.get_info("embedder") == "onnx:backbone/model.onnx"
+    query = read_queries(ds["queries"])[0]
+    hits = [(h.id, round(h.score, 5)) for h in cat.search(query.image, k=3)]
+    cat.close()
+    shutil.move(tmp_path / "cat", tmp_path / "moved")  # the model path is relative to the catalog
+    with Catalog.open(tmp_path / "moved") as again:
+        assert [(h.id, round(h.score, 5)) for h in again.search(query.image, k=3)] == hits
+    with pytest.raises(ProductLensError, match="labelled training photos"):
+        build_catalog(gallery, tmp_path / "c2", embedder=MODEL, finetune=True, progress=False)
