@@ -41,7 +41,9 @@ def test_grocery_shop_challenge_adapted_beats_plain(shared_data) -> None:
     d = shared_data / "grocery" / "retrieval-shop"
     runner = CliRunner()
     out = {}
-    for name, extra in (("plain", []), ("adapted", ["--train", str(shared_data / "grocery" / "train.csv")])):
+    # --no-finetune: the fine-tuned path takes minutes (benchmarks/bench_retrieval.py measures it)
+    train = ["--train", str(shared_data / "grocery" / "train.csv"), "--no-finetune"]
+    for name, extra in (("plain", []), ("adapted", train)):
         r = runner.invoke(app, ["eval", "retrieval", "--gallery", str(d / "gallery.csv"),
                                 "--queries", str(d / "queries.csv"), "--json", *extra])
         assert r.exit_code == 0, r.output
