@@ -187,7 +187,8 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     ``train``: labelled shopper photos (Item.product_id set) that fit the
     catalog adapter before indexing; without them the plain backbone is used.
     ``finetune`` (with ``train``): first fine-tune the backbone's last blocks on
-    them (:mod:`productlens.models.finetune`, minutes on a CPU); the model is
+    them (:mod:`productlens.models.finetune`, minutes on a CPU; a backbone it
+    does not support is used frozen, with a warning); the model is
     kept in the catalog folder (``backbone/``) and embeds gallery and queries.
     ``use_gallery_labels`` (catalog mode): the gallery's own product ids also
     train the adapter; otherwise they are never read (challenge mode).
@@ -208,8 +209,12 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     try:
         name, emb = embedder, get_embedder(embedder)
         if finetune:
-            from productlens.models.finetune import FinetuneConfig, finetune_backbone
+            from productlens.models.finetune import FinetuneConfig, finetune_backbone, supports
 
+            if not supports(embedder):
+                log.warning("%s cannot be fine-tuned here; using it frozen", embedder)
+                finetune = False
+        if finetune:
             res = finetune_backbone(labelled, [t.product_id for t in labelled], tmp / BACKBONE_DIR,
                                     FinetuneConfig(backbone=embedder), progress=progress)
             name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved

@@ -5,6 +5,6 @@
 >>> emb = create_embedder(res.embedder_name)                       # doctest: +SKIP
 """
 
-from productlens.models.finetune.train import FinetuneConfig, FinetuneResult, finetune_backbone
+from productlens.models.finetune.train import FinetuneConfig, FinetuneResult, finetune_backbone, supports
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune_backbone"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune_backbone", "supports"]

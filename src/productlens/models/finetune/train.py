@@ -59,6 +59,11 @@ class FinetuneResult:
         return f"onnx:{self.path}"
 
 
+def supports(backbone: str) -> bool:
+    """Whether :func:`finetune_backbone` can fine-tune the embedder named ``backbone``."""
+    return backbone in TRAIN_FROM
+
+
 def _parts(backbone: str):
     if backbone not in TRAIN_FROM:
         raise ProductLensError(f"fine-tuning supports {sorted(TRAIN_FROM)}, not {backbone!r}")
