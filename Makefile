@@ -27,6 +27,9 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_retrieval.py
+	$(BIN)/python benchmarks/bench_classify.py
+	$(BIN)/python benchmarks/bench_audit.py
+	$(BIN)/python benchmarks/bench_classify_scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -42,3 +42,7 @@ def retrieval(
         typer.echo(json.dumps({k: m[k] for k in ("map@1000", "top1", "top5", "recall@10", "queries",
                                                   "gallery", "seconds")}))
 
+
+from productlens.cli.classify_cmd import eval_classify  # noqa: E402
+
+app.command("classify")(eval_classify)

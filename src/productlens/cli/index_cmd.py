@@ -71,5 +71,21 @@ def info(catalog_dir: Path = typer.Argument(...)) -> None:
     from productlens.pipeline.catalog import Catalog
 
     with Catalog.open(catalog_dir) as cat:
+        clf = cat.classifier
         typer.echo(f"items: {len(cat)}\nembedder: {cat.embedder.name}\ndim: {cat.store.dim}\n"
-                   f"adapter: {'yes' if cat.adapter else 'no'}")
+                   f"adapter: {'yes' if cat.adapter else 'no'}\n"
+                   f"classifier: {f'{len(clf.labels)} classes ({clf.embedder_name})' if clf else 'no'}")
+
+
+@app.command("attach-classifier")
+@fail_cleanly
+def attach_classifier(
+    catalog_dir: Path = typer.Argument(..., help="A catalog folder."),
+    model_dir: Path = typer.Argument(..., help="A classifier folder from `productlens classify train`."),
+) -> None:
+    """Copy a category classifier into the catalog: `search` then also prints the query's top categories."""
+    from productlens.pipeline.catalog import Catalog
+
+    with Catalog.open(catalog_dir) as cat:
+        cat.attach_classifier(model_dir)
+        typer.echo(f"attached {model_dir} ({len(cat.classifier.labels)} classes) to {catalog_dir}")

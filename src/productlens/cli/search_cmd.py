@@ -27,9 +27,14 @@ def search(
 
     with Catalog.open(catalog_dir) as cat:
         hits = cat.search(image, box=Box.parse(box), k=k, rerank=rerank)
+        categories = None
+        if not as_json and cat.classifier is not None:  # the attached classifier's top 4 categories
+            categories = cat.classify(image, box=Box.parse(box), k=4)
     if as_json:
         typer.echo(json.dumps([h.__dict__ for h in hits]))
         return
+    if categories is not None:
+        typer.echo("categories: " + ", ".join(f"{c} {p:.2f}" for c, p in categories))
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:3d}  {h.score:.4f}  id={h.id}  product={h.product_id}  {h.title or h.image}")
 

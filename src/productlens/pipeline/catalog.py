@@ -6,6 +6,8 @@ Layout of a catalog folder::
       store/      vectors + SQLite metadata (productlens.index, atomic writes)
       adapter/    optional catalog adaptation (productlens.heads.adapter)
       backbone/   optional fine-tuned backbone (productlens.models.finetune)
+      classifier/ optional category classifier (productlens.models.classifiers), attached
+                  with :meth:`Catalog.attach_classifier`
 
 The store's info records the embedder and whether an adapter is used, so a
 reopened catalog embeds queries exactly as its gallery was embedded.
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 QE_K = 2          # alpha-QE neighbours (see pipeline/rerank.py for the measurements)
 QE_ALPHA = 3.0
 BACKBONE_DIR = "backbone"  # a fine-tuned backbone inside the catalog folder
+CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
 
 
 def _catalog_embedder(name: str, path: Path) -> Embedder:
@@ -70,6 +73,7 @@ class Catalog:
         self.store = store
         self.embedder = embedder
         self.adapter = adapter
+        self._classifier = None
 
     # -------------------------------------------------------------- open
     @classmethod
@@ -169,6 +173,38 @@ class Catalog:
         own_score = np.where(ids >= 0, scores, -np.inf)
         order = np.lexsort((-own_score, -product_score), axis=-1)
         return np.take_along_axis(product_score, order, 1), np.take_along_axis(ids, order, 1)
+
+    # ------------------------------------------------------- categories
+    @property
+    def classifier(self):
+        """The attached category classifier (loaded on first use), or None."""
+        if self._classifier is None and (self.path / CLASSIFIER_DIR / "config.json").is_file():
+            from productlens.models.classifiers import load_classifier
+
+            self._classifier = load_classifier(self.path / CLASSIFIER_DIR)
+        return self._classifier
+
+    def attach_classifier(self, model_dir: str | os.PathLike) -> None:
+        """Copy a classifier folder (from ``productlens classify train``) into the catalog, atomically.
+
+        A previously attached classifier is replaced. The classifier keeps its own
+        backbone, so it need not match the catalog's embedder.
+        """
+        from productlens.models.classifiers import load_classifier
+
+        clf = load_classifier(model_dir)
+        clf.save(self.path / CLASSIFIER_DIR)
+        self._classifier = None
+
+    def classify(self, source: Any, *, box: Box | None = None, k: int = 4,
+                 level: str | None = None) -> list[tuple[str, float]]:
+        """The ``k`` most probable categories of one image (path, URL or bytes; optional box)."""
+        clf = self.classifier
+        if clf is None:
+            raise ProductLensError(f"{self.path} has no classifier; attach one with "
+                                   "`productlens index attach-classifier`")
+        img = load_image(source, box=box)
+        return clf.predict(img, k=k, level=level)[0]
 
     def search(self, source: Any, *, box: Box | None = None, k: int = 10, rerank: bool = True,
                where: dict | None = None) -> list[Hit]:

@@ -1,0 +1,62 @@
+"""``productlens audit labels``: probably-wrong labels and near-duplicates across classes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from productlens.cli.common import fail_cleanly
+from productlens.config import DEFAULT_EMBEDDER
+
+app = typer.Typer(help="Audit training data.", no_args_is_help=True)
+
+
+@app.command("labels")
+@fail_cleanly
+def labels(
+    data: Path = typer.Argument(..., help="Training csv, folder per category or Shopee root."),
+    label: Optional[str] = typer.Option(None, help="Label column of a csv."),
+    model: str = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH."),
+    views: str = typer.Option("train", help="Training views: none, flip, tta or train."),
+    folds: int = typer.Option(5, help="Cross-validation folds for the out-of-fold probabilities."),
+    threshold: float = typer.Option(0.95, help="Cosine similarity from which two images count as near-duplicates."),
+    top: int = typer.Option(50, help="Rows of each list to print."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every flagged image to this csv."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object on the last line."),
+) -> None:
+    """List training images whose label is probably wrong (ranked, with a suggestion), and cross-class duplicates."""
+    from productlens.data.labelled import read_labelled
+    from productlens.eval.audit import audit_labels
+    from productlens.fileio import atomic_path
+    from productlens.pipeline.classify import TrainOptions
+
+    ds = read_labelled(data, label=label)
+    report = audit_labels(ds, TrainOptions(embedder=model, views=views), folds=folds, threshold=threshold,
+                          progress=not as_json)
+    for _, _, msg in report.errors:
+        typer.echo(f"skipped: {msg}", err=True)
+    typer.echo(f"{len(report.suspects)} of {report.images} images probably mislabelled "
+               f"({folds}-fold out-of-fold probabilities, {model}); {report.seconds:.1f} s")
+    if report.suspects:
+        typer.echo("rank  margin  given -> suggested  (p given / p suggested)  image")
+    for r, s in enumerate(report.suspects[:top], start=1):
+        typer.echo(f"{r:4d}  {s.margin:6.3f}  {s.given} -> {s.suggested}  "
+                   f"({s.given_prob:.2f} / {s.suggested_prob:.2f})  {s.image}")
+    typer.echo(f"{len(report.duplicates)} near-duplicate pairs across classes (cosine >= {threshold})")
+    for d in report.duplicates[:top]:
+        typer.echo(f"  {d.cosine:.3f}  {d.first_label} {d.first_image}  <->  {d.second_label} {d.second_image}")
+    if out is not None:
+        with atomic_path(out) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["rank", "image", "given", "suggested", "given_prob", "suggested_prob", "margin", "flagged_by"])
+                for r, s in enumerate(report.suspects, start=1):
+                    w.writerow([r, s.image, s.given, s.suggested, f"{s.given_prob:.4f}",
+                                f"{s.suggested_prob:.4f}", f"{s.margin:.4f}", s.by])
+        typer.echo(f"wrote {out}")
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))

@@ -1,0 +1,149 @@
+"""``productlens classify`` (train, predict) and ``productlens eval classify``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from productlens.cli.common import fail_cleanly
+from productlens.config import DEFAULT_EMBEDDER
+
+app = typer.Typer(help="Train category classifiers and predict categories.", no_args_is_help=True)
+
+
+def _options(model: str, views: Optional[str], tta: str, epochs: int, noise_filter: bool, balance: str, holdout: float,
+             finetune: bool):
+    from productlens.models.classifiers.head import HeadConfig
+    from productlens.pipeline.classify import TrainOptions
+
+    return TrainOptions(embedder=model, views=views, tta=tta, holdout=holdout, finetune=finetune,
+                        head=HeadConfig(epochs=epochs, noise_filter=noise_filter, balance=balance))
+
+
+_MODEL = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH.")
+_VIEWS = typer.Option(None, help="Training views: none, flip, tta or train (12 crops and flips); "
+                                  "default train, or tta with --finetune.")
+_TTA = typer.Option("tta", help="Prediction views averaged (test-time augmentation): none, flip or tta.")
+_EPOCHS = typer.Option(15, help="Head training epochs.")
+_NOISE = typer.Option(True, "--noise-filter/--no-noise-filter", help="Small-loss selection against noisy labels.")
+_BALANCE = typer.Option("logit-adjust", help="Imbalance handling: logit-adjust, class-weight or none.")
+_HOLDOUT = typer.Option(0.15, help="Share of each class held out to fit the temperature.")
+_FINETUNE = typer.Option(False, "--finetune/--no-finetune",
+                         help="Fine-tune the backbone's last blocks first (minutes; kept in the model folder).")
+
+
+@app.command("train")
+@fail_cleanly
+def train(
+    data: Path = typer.Argument(..., help="Folder per category, Shopee root (train/<category>/...) or csv."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    label: Optional[str] = typer.Option(None, help="Label column of a csv."),
+    parent: List[str] = typer.Option([], help="Coarser category column(s) of a csv (repeatable)."),
+    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: str = _TTA, epochs: int = _EPOCHS,
+    noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
+) -> None:
+    """Train a classifier and write its model folder."""
+    from productlens.data.labelled import read_labelled
+    from productlens.pipeline.classify import train_classifier
+
+    ds = read_labelled(data, label=label, parents=parent)
+    res = train_classifier(ds, out, _options(model, views, tta, epochs, noise_filter, balance, holdout, finetune))
+    m = res.classifier.metrics
+    for _, _, msg in res.errors:
+        typer.echo(f"skipped: {msg}", err=True)
+    typer.echo(f"trained {m['classes']} classes on {m['train_images']} images ({model}) in {res.seconds:.1f} s; "
+               f"skipped {len(res.errors)}; temperature {res.classifier.temperature:.2f}"
+               + (f"; held-out top-1 {m['holdout_top1']:.3f}" if "holdout_top1" in m else ""))
+    typer.echo(f"model written to {out}")
+
+
+def _label_text(value: str) -> str:
+    """Shopee categories are two digits ('7' -> '07')."""
+    return value.zfill(2) if value.isdigit() else value
+
+
+@app.command("predict")
+@fail_cleanly
+def predict(
+    model_dir: Path = typer.Argument(..., help="Model folder from `classify train`."),
+    inputs: Path = typer.Argument(..., help="An image, a folder, a csv (image column) or a Shopee root (test.csv + test/)."),
+    k: int = typer.Option(4, "-k", help="Categories per image."),
+    level: Optional[str] = typer.Option(None, help="Predict a coarser level (a parent column) instead."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions: .csv or .json."),
+    submission: Optional[Path] = typer.Option(None, help="Write a Shopee submission csv (filename, category)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as one JSON list on the last line."),
+) -> None:
+    """Top-k categories with probabilities; unreadable images are reported and skipped."""
+    from productlens.data.labelled import read_inputs
+    from productlens.fileio import atomic_path
+    from productlens.models.classifiers.model import load_classifier
+
+    clf = load_classifier(model_dir)
+    data = read_inputs(inputs)
+    res = clf.predict_batch(data.items, level=level, progress=not as_json)
+    top = res.top_k(k)
+    for _, _, msg in res.errors:
+        typer.echo(f"skipped: {msg}", err=True)
+    records = [{"image": data.names[i], "predictions": [{"label": lab, "probability": round(p, 4)} for lab, p in t]}
+               for i, t in zip(res.ok.tolist(), top)]
+    if out is not None:
+        with atomic_path(out) as tmp:
+            if out.suffix.lower() == ".json":
+                tmp.write_text(json.dumps(records, indent=1))
+            else:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["image"] + [f"{c}_{j}" for j in range(1, k + 1) for c in ("label", "prob")])
+                    for r in records:
+                        w.writerow([r["image"]] + [v for p in r["predictions"] for v in (p["label"], p["probability"])])
+    if submission is not None:
+        best = {i: t[0][0] for i, t in zip(res.ok.tolist(), top)}
+        with atomic_path(submission) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["filename", "category"])
+                for i, name in enumerate(data.names):  # every input row, in order; unreadable ones left empty
+                    w.writerow([name, _label_text(best[i]) if i in best else ""])
+    if not as_json:
+        for r in records[:20]:
+            typer.echo(f"{r['image']}: " + ", ".join(f"{p['label']} {p['probability']:.2f}" for p in r["predictions"]))
+        if len(records) > 20:
+            typer.echo(f"... {len(records) - 20} more")
+    typer.echo(f"predicted {len(records)} images; skipped {len(res.errors)}"
+               + (f"; wrote {out}" if out else "") + (f"; submission {submission}" if submission else ""))
+    if as_json:
+        typer.echo(json.dumps(records))
+
+
+@fail_cleanly
+def eval_classify(
+    train: Path = typer.Option(..., help="Training csv (image + label column), folder or Shopee root."),
+    test: Path = typer.Option(..., help="Test csv (image + label column) or folder."),
+    label: str = typer.Option(..., help="Label column scored."),
+    fine: Optional[str] = typer.Option(None, help="Train on this finer column of the training csv and score "
+                                                  "--label on the summed probabilities."),
+    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: str = _TTA, epochs: int = _EPOCHS,
+    noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
+    plot: Optional[Path] = typer.Option(None, help="Write a confusion-matrix PNG here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+) -> None:
+    """Train on TRAIN, report top-1, top-5, macro-F1 and per-class accuracy on TEST."""
+    from productlens.eval.classification import evaluate_classification
+
+    m = evaluate_classification(train, test, label, fine=fine, plot=plot, progress=not as_json,
+                                options=_options(model, views, tta, epochs, noise_filter, balance, holdout, finetune))
+    for msg in m["errors"]:
+        typer.echo(f"skipped: {msg}", err=True)
+    typer.echo(f"label: {label}{f' (trained on {fine})' if fine else ''}  model: {model}  classes: {m['classes']}  "
+               f"train: {m['train']}  test: {m['test']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
+    typer.echo("per-class accuracy: " + ", ".join(f"{c} {a:.2f}" for c, a in sorted(m["per_class"].items(), key=lambda t: t[1])))
+    typer.echo(f"top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  macro-F1: {m['macro_f1']:.4f}  "
+               f"balanced accuracy: {m['balanced_accuracy']:.4f}")
+    if plot:
+        typer.echo(f"confusion matrix written to {plot}")
+    if as_json:
+        typer.echo(json.dumps({k: m[k] for k in ("top1", "top5", "macro_f1", "classes", "train", "test", "seconds")}))

@@ -1,0 +1,143 @@
+"""Views of an image for feature augmentation: crops and flips applied before the model.
+
+A :class:`View` is a crop (fractions of the decoded image, EXIF-oriented) plus an
+optional horizontal flip. Training embeds every photo under several views (the
+frozen-backbone form of data augmentation); prediction averages the class
+probabilities over a few views (test-time augmentation).
+
+:class:`ViewEmbedder` wraps an embedder so that the robust batch pipeline
+(:func:`productlens.pipeline.embed.embed_items`) embeds a view instead of the
+whole image: decoding, error reporting and batching stay the same.
+
+>>> views = view_set("train")                        # doctest: +SKIP
+>>> ViewEmbedder(embedder, views[1]).preprocess(img)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from productlens.types import ProductLensError
+
+
+@dataclass(frozen=True)
+class View:
+    """A crop ``(x0, y0, x1, y1)`` in fractions of the image, then an optional flip."""
+
+    x0: float = 0.0
+    y0: float = 0.0
+    x1: float = 1.0
+    y1: float = 1.0
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("x0", "y0", "x1", "y1"):  # keys round-trip: coordinates are kept to 3 decimals
+            object.__setattr__(self, name, round(float(getattr(self, name)), 3))
+        if not (0.0 <= self.x0 < self.x1 <= 1.0 and 0.0 <= self.y0 < self.y1 <= 1.0):
+            raise ProductLensError(f"bad view crop {self.key}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+
+    @property
+    def key(self) -> str:
+        """A stable text key (used by the feature cache and in model configs)."""
+        crop = f"{self.x0:.3f},{self.y0:.3f},{self.x1:.3f},{self.y1:.3f}"
+        return crop + (",flip" if self.flip else "")
+
+    @classmethod
+    def parse(cls, key: str) -> "View":
+        """The inverse of :attr:`key`."""
+        parts = key.split(",")
+        flip = parts[-1] == "flip"
+        nums = parts[:-1] if flip else parts
+        try:
+            x0, y0, x1, y1 = (float(v) for v in nums)
+        except ValueError:
+            raise ProductLensError(f"bad view key {key!r}; expected 'x0,y0,x1,y1[,flip]'") from None
+        return cls(x0, y0, x1, y1, flip)
+
+    @property
+    def is_identity(self) -> bool:
+        return self == View()
+
+    @property
+    def zoom(self) -> float:
+        """How much the crop enlarges the image (1 for the whole image)."""
+        return 1.0 / min(self.x1 - self.x0, self.y1 - self.y0)
+
+    def crop(self, img: Image.Image) -> Image.Image:
+        """The crop of a decoded image (the flip is applied later, on the resized pixels)."""
+        if (self.x0, self.y0, self.x1, self.y1) == (0.0, 0.0, 1.0, 1.0):
+            return img
+        w, h = img.size
+        box = (round(self.x0 * w), round(self.y0 * h), round(self.x1 * w), round(self.y1 * h))
+        box = (min(box[0], w - 1), min(box[1], h - 1), max(box[2], box[0] + 1), max(box[3], box[1] + 1))
+        return img.crop(box)
+
+
+def _crops(scale: float, flip: bool = False) -> list[View]:
+    """The centre and four corner crops of side ``scale``."""
+    m = (1.0 - scale) / 2
+    spots = [(m, m), (0.0, 0.0), (1 - scale, 0.0), (0.0, 1 - scale), (1 - scale, 1 - scale)]
+    return [View(x, y, x + scale, y + scale, flip) for x, y in spots]
+
+
+def view_set(name: str) -> list[View]:
+    """Named sets of views; the first view of every set is the whole image.
+
+    ``none``: the whole image. ``flip``: plus its mirror. ``tta``: whole, mirror,
+    centre crop 0.8 and its mirror. ``train``: whole and mirror, the centre and four
+    corner crops of side 0.8 and mirrors of the corner crops (12 views).
+    """
+    whole = View()
+    if name == "none":
+        return [whole]
+    if name == "flip":
+        return [whole, View(flip=True)]
+    c = (1 - 0.8) / 2
+    if name == "tta":
+        return [whole, View(flip=True), View(c, c, 1 - c, 1 - c), View(c, c, 1 - c, 1 - c, True)]
+    if name == "train":
+        return [whole, View(flip=True), *_crops(0.8), *_crops(0.8, flip=True)]
+    raise ProductLensError(f"unknown view set {name!r}; known: none, flip, tta, train")
+
+
+class ViewPreprocess:
+    """An embedder's :class:`~productlens.models.embedders.base.Preprocess` applied to a view.
+
+    Looks like the base preprocessing to the batch pipeline (``shape``, ``dtype``;
+    ``size`` is enlarged by the view's zoom so that JPEG draft decoding keeps
+    enough pixels for the crop).
+    """
+
+    def __init__(self, base, view: View) -> None:
+        self.base = base
+        self.view = view
+        self.size = int(math.ceil(base.size * view.zoom))
+        self.shape = base.shape
+        self.dtype = base.dtype
+
+    def __call__(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        pixels = self.base.pixels(self.view.crop(img))
+        if self.view.flip:
+            pixels = np.ascontiguousarray(pixels[:, ::-1])
+        return self.base.to_array(pixels, out)
+
+
+class ViewEmbedder:
+    """An embedder whose images are first cropped/flipped by ``view``."""
+
+    def __init__(self, embedder, view: View) -> None:
+        self.base = embedder
+        self.view = view
+        self.name = embedder.name
+        self.dim = embedder.dim
+        self.preprocess = ViewPreprocess(embedder.preprocess, view)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.base.embed(batch)
+
+
+__all__ = ["View", "ViewEmbedder", "ViewPreprocess", "view_set"]

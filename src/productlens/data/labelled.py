@@ -1,0 +1,179 @@
+"""Labelled image sets for classification, and unlabelled inputs for prediction.
+
+Training layouts read by :func:`read_labelled`:
+
+* a folder per category: ``root/<category>/<image>``;
+* the Shopee layout: ``root/train/<category>/<image>`` (``root/test.csv`` and
+  ``root/test/`` are the images to predict, see :func:`read_inputs`);
+* a csv with an image column (default ``image``) and the label column chosen
+  by ``label``, plus optional parent-category columns; image paths are
+  relative to the csv's folder.
+
+Labels are kept as the text written in the csv or folder name (``"07"`` stays
+``"07"``), so predictions give back exactly the same labels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from productlens.data.readers import _header, _image, _is_image_name, _rows, read_folder
+from productlens.types import Item, ProductLensError
+
+SHOPEE_TEST = "test.csv"
+
+
+class LabelError(ProductLensError):
+    """Labels that cannot be used: missing, a class too small, unseen at training time."""
+
+
+@dataclass
+class LabelledSet:
+    """Items with their label (text) in column ``label`` and optional coarser columns."""
+
+    items: list[Item]
+    labels: list[str]
+    label: str
+    parents: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, index: Sequence[int]) -> "LabelledSet":
+        idx = list(index)
+        return LabelledSet([self.items[i] for i in idx], [self.labels[i] for i in idx], self.label,
+                           {k: [v[i] for i in idx] for k, v in self.parents.items()}, self.source)
+
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+
+def is_shopee(root: Path) -> bool:
+    return root.is_dir() and (root / "train").is_dir() and not (root / "train" / "train").exists()
+
+
+def read_labelled(path: str | os.PathLike[str], label: str | None = None, parents: Sequence[str] = (),
+                  image_column: str = "image") -> LabelledSet:
+    """Read a labelled set from a folder per category, a Shopee root or a csv.
+
+    For a csv, ``label`` names the label column (required) and ``parents`` the
+    coarser columns. For folders the label is the folder name (column name
+    ``label`` or ``"category"``). Raises :class:`LabelError` (a
+    :class:`ProductLensError`) for missing columns or empty labels.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if parents:
+            raise LabelError(f"{p}: parent columns need a csv (a folder layout has one level)")
+        root = p / "train" if is_shopee(p) else p
+        items = read_folder(root)
+        return LabelledSet(items, [it.category for it in items], label or "category", {}, str(p))
+    if not p.is_file():
+        raise ProductLensError(f"{p}: no such file or directory")
+    if p.suffix.lower() != ".csv":
+        raise ProductLensError(f"{p}: expected a folder per category, a Shopee root or a .csv")
+    if not label:
+        raise LabelError(f"{p}: name the label column (one of {', '.join(_header(p))})")
+    return _read_csv(p, label, list(parents), image_column)
+
+
+def _read_csv(path: Path, label: str, parents: list[str], image_column: str) -> LabelledSet:
+    columns = (image_column, label, *parents)
+    items, labels, coarse = [], [], {c: [] for c in parents}
+    for line, row in _rows(path, columns):
+        for col in (label, *parents):
+            if not row[col].strip():
+                raise LabelError(f"{path}, line {line}: empty {col!r} label")
+        value = row[label].strip()
+        items.append(Item(id=len(items), image=_image(row[image_column], path, line), category=value,
+                          extra={k: v for k, v in row.items() if k not in columns}))
+        labels.append(value)
+        for c in parents:
+            coarse[c].append(row[c].strip())
+    if not items:
+        raise LabelError(f"{path}: no rows")
+    return LabelledSet(items, labels, label, coarse, str(path))
+
+
+@dataclass
+class Inputs:
+    """Images to predict: items and their display names (file name or csv value), and known labels."""
+
+    items: list[Item]
+    names: list[str]
+    labels: list[str] | None = None
+    shopee: bool = False
+
+
+def read_inputs(path: str | os.PathLike[str], image_column: str | None = None) -> Inputs:
+    """Images to predict: one image, a folder (searched recursively), a csv, or a Shopee root.
+
+    A csv needs an image column (``image``, else ``filename``, ``img_path`` or
+    ``path``); a Shopee root is a folder with ``test.csv`` (``filename``) and the
+    images in ``test/`` (``shopee=True``: the submission keeps ``test.csv``'s
+    order and names).
+    """
+    p = Path(path)
+    if p.is_dir() and (p / SHOPEE_TEST).is_file() and (p / "test").is_dir():
+        csv_path = p / SHOPEE_TEST
+        items, names = [], []
+        for line, row in _rows(csv_path, ("filename",)):
+            name = row["filename"].strip()
+            if not name:
+                raise ProductLensError(f"{csv_path}, line {line}: empty filename")
+            items.append(Item(id=len(items), image=str((p / "test" / name).resolve())))
+            names.append(name)
+        return Inputs(items, names, shopee=True)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and _is_image_name(f.name)
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise ProductLensError(f"{p}: no images found")
+        return Inputs([Item(id=i, image=str(f.resolve())) for i, f in enumerate(files)],
+                      [str(f.relative_to(p)) for f in files])
+    if p.is_file() and p.suffix.lower() == ".csv":
+        header = _header(p)
+        col = image_column or next((c for c in ("image", "filename", "img_path", "path") if c in header), None)
+        if col is None or col not in header:
+            raise ProductLensError(f"{p}: no image column ('image', 'filename', 'img_path' or 'path'); "
+                                   f"the csv has {', '.join(header) or 'no columns'}")
+        items, names = [], []
+        for line, row in _rows(p, (col,)):
+            items.append(Item(id=len(items), image=_image(row[col], p, line)))
+            names.append(row[col].strip())
+        return Inputs(items, names)
+    if p.is_file():
+        return Inputs([Item(id=0, image=str(p.resolve()))], [p.name])
+    raise ProductLensError(f"{p}: no such image, folder or csv")
+
+
+def check_trainable(data: LabelledSet, min_per_class: int = 2) -> None:
+    """Refuse a set with fewer than two classes or a class with fewer than ``min_per_class`` images."""
+    counts: dict[str, int] = {}
+    for v in data.labels:
+        counts[v] = counts.get(v, 0) + 1
+    if len(counts) < 2:
+        raise LabelError(f"{data.source}: need at least 2 classes in {data.label!r}, found {len(counts)}")
+    small = sorted((v for v, c in counts.items() if c < min_per_class), key=str)
+    if small:
+        shown = ", ".join(f"{v!r} ({counts[v]})" for v in small[:10]) + (" ..." if len(small) > 10 else "")
+        raise LabelError(f"{data.source}: {len(small)} class(es) of {data.label!r} have fewer than "
+                         f"{min_per_class} images: {shown}; add photos or drop these classes")
+
+
+def check_known(test: LabelledSet, known: Sequence[str]) -> None:
+    """Refuse test labels that the model was never trained on."""
+    seen = set(known)
+    unseen = sorted({v for v in test.labels if v not in seen}, key=str)
+    if unseen:
+        shown = ", ".join(repr(v) for v in unseen[:10]) + (" ..." if len(unseen) > 10 else "")
+        raise LabelError(f"{test.source}: {len(unseen)} label(s) of {test.label!r} never seen in training: "
+                         f"{shown}")
+
+
+__all__ = ["Inputs", "LabelError", "LabelledSet", "check_known", "check_trainable", "is_shopee",
+           "read_inputs", "read_labelled"]

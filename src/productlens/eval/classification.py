@@ -1,0 +1,111 @@
+"""Classification metrics and the train-then-test evaluation behind ``productlens eval classify``.
+
+One implementation of top-k accuracy, macro-F1 and per-class accuracy, shared by
+tests, benchmarks and the command line.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from productlens.data.labelled import LabelledSet, check_known, read_labelled
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """top-1, top-5, macro-F1 (over the classes present in ``y``), balanced accuracy, per-class accuracy.
+
+    ``probs``: N x C scores (higher is better); ``y``: N class indices into ``labels``.
+    """
+    from sklearn.metrics import f1_score
+
+    probs, y = np.asarray(probs), np.asarray(y, np.int64)
+    n = len(y)
+    if n == 0:
+        return {"top1": 0.0, "top5": 0.0, "macro_f1": 0.0, "balanced_accuracy": 0.0, "per_class": {}}
+    k = min(5, probs.shape[1])
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    pred = probs.argmax(axis=1)
+    present = np.unique(y)
+    per_class = {labels[c]: float((pred[y == c] == c).mean()) for c in present}
+    return {
+        "top1": float((pred == y).mean()),
+        "top5": float((top == y[:, None]).any(axis=1).mean()),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "balanced_accuracy": float(np.mean(list(per_class.values()))),
+        "per_class": per_class,
+    }
+
+
+def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path: str | Path,
+                   title: str = "") -> Path:
+    """Write a row-normalised confusion-matrix PNG (matplotlib, imported here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from productlens.fileio import atomic_path
+
+    present = np.unique(np.concatenate([y, pred]))
+    pos = {c: i for i, c in enumerate(present)}
+    cm = np.zeros((len(present), len(present)))
+    for t, p in zip(y, pred):
+        cm[pos[t], pos[p]] += 1
+    cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = max(5.0, 0.18 * len(present) + 2)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    names = [str(labels[c])[:24] for c in present]
+    ax.set_xticks(range(len(present)), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(present)), names, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (rows normalised)")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | LabelledSet, label: str, *,
+                            fine: str | None = None, options=None, plot: str | Path | None = None,
+                            progress: bool = True) -> dict[str, Any]:
+    """Train on ``train`` and score on ``test`` at the ``label`` level.
+
+    ``fine``: train on this finer column (its classes must each belong to one
+    ``label`` class) and score ``label`` on the summed fine probabilities.
+    Returns ``top1, top5, macro_f1, balanced_accuracy, per_class, classes, train,
+    test, skipped, seconds`` (training and prediction, embedding included).
+    """
+    from productlens.pipeline.classify import train_classifier
+
+    start = time.perf_counter()
+    if not isinstance(train, LabelledSet):
+        train = read_labelled(train, label=fine or label, parents=[label] if fine else [])
+    if not isinstance(test, LabelledSet):
+        test = read_labelled(test, label=label)
+    level = label if fine else None
+    res = train_classifier(train, options=options, progress=progress)
+    clf = res.classifier
+    labels = clf.hierarchy.labels_of(level)
+    check_known(test, labels)
+    pred = clf.predict_batch(test.items, level=level, progress=progress, cache=not clf.own_backbone)
+    index = {v: i for i, v in enumerate(labels)}
+    y = np.array([index[test.labels[i]] for i in pred.ok], np.int64)
+    m = classification_metrics(pred.probs, y, labels)
+    if plot:
+        plot_confusion(y, pred.probs.argmax(axis=1), labels, plot,
+                       title=f"{label}: top-1 {m['top1']:.3f} on {len(y)} test images")
+    m.update(classes=len(labels), train=len(train) - len(res.errors), test=int(len(y)),
+             skipped=len(res.errors) + len(pred.errors), seconds=round(time.perf_counter() - start, 1),
+             temperature=clf.temperature, errors=[msg for _, _, msg in res.errors + pred.errors])
+    return m
+
+
+__all__ = ["classification_metrics", "evaluate_classification", "plot_confusion"]

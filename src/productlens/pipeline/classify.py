@@ -1,0 +1,306 @@
+"""Train a category classifier: features under several views (cached), a head, calibration.
+
+>>> data = read_labelled("train.csv", label="category_id")       # doctest: +SKIP
+>>> res = train_classifier(data, "model/")                         # doctest: +SKIP
+>>> load_classifier("model/").predict("photo.jpg", k=4)            # doctest: +SKIP
+
+Steps: embed every training photo under the training views (crops and flips,
+through the feature cache); hold out a contiguous block of ``holdout`` of each
+class's photos (in file-name order: photo sequences stay on one side); fit the head on
+the rest and the temperature on the held-out photos (with the prediction views);
+then fit the head again on all photos and keep that temperature.
+
+With ``finetune`` the backbone's last blocks are first fine-tuned on the
+photos outside the calibration hold-out (:mod:`productlens.models.finetune`), so
+that the temperature is still fitted on photos the model never trained on; the
+model folder then holds the fine-tuned backbone (``backbone/model.onnx``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from productlens.config import DEFAULT_EMBEDDER
+from productlens.data.labelled import LabelledSet, check_trainable
+from productlens.models.classifiers.head import HeadConfig, train_head
+from productlens.models.classifiers.hierarchy import Hierarchy, build_hierarchy
+from productlens.models.classifiers.model import Classifier, prepare
+
+log = logging.getLogger(__name__)
+
+
+#: The fine-tuned backbone inside a classifier folder.
+BACKBONE_DIR = "backbone"
+
+#: Training sets from this many images on skip the refit after calibration (see TrainOptions).
+REFIT_BELOW = 50_000
+
+
+@dataclass
+class TrainOptions:
+    """How to train: backbone, view sets (see :func:`~productlens.data.augment.view_set`), head, hold-out.
+
+    The hold-out is ``holdout`` of each class, at most ``max_holdout`` images in all
+    (enough to fit one temperature). ``refit``: fit the head again on every image
+    after calibration; by default (None) only below ``REFIT_BELOW`` images: on a
+    large set the refit doubles the time to add a few percent of the data.
+    """
+
+    embedder: str = DEFAULT_EMBEDDER
+    views: str | None = None    # None: "train" (12 views) on a frozen backbone, "tta" on a fine-tuned one
+    tta: str = "tta"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    holdout: float = 0.15
+    max_holdout: int = 5000
+    refit: bool | None = None
+    cache: bool = True
+    finetune: bool = False
+
+    @property
+    def train_views(self) -> str:
+        """The training view set: fine-tuning has already trained on random crops, so fewer views do."""
+        return self.views or ("tta" if self.finetune else "train")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"embedder": self.embedder, "views": self.train_views, "tta": self.tta, "holdout": self.holdout,
+                "max_holdout": self.max_holdout, "refit": self.refit, "finetune": self.finetune,
+                "head": self.head.to_json()}
+
+
+@dataclass
+class TrainResult:
+    classifier: Classifier
+    errors: list
+    seconds: float
+
+
+@dataclass
+class Features:
+    """Training features: ``x`` (V x N x D) of the readable items, their fine class ``y``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ok: np.ndarray
+    errors: list
+    view_keys: list[str]
+
+
+def view_lists(options: TrainOptions) -> tuple[list, list[int]]:
+    """The union of training and prediction views, and the positions of the prediction views in it."""
+    from productlens.data.augment import view_set
+
+    train, tta = view_set(options.train_views), view_set(options.tta)
+    union = list(train) + [v for v in tta if v not in train]
+    return union, [union.index(v) for v in tta]
+
+
+def training_features(data: LabelledSet, hierarchy: Hierarchy, options: TrainOptions,
+                      progress: bool = True, embedder=None, cache: bool = True) -> Features:
+    """Embed ``data`` under the union of the training and prediction views (cached unless ``cache`` is False)."""
+    from productlens.models.embedders import get_embedder
+    from productlens.pipeline.features_cache import embed_views
+
+    views, _ = view_lists(options)
+    emb = embedder or get_embedder(options.embedder)
+    feats = embed_views(emb, data.items, views, cache=options.cache and cache, progress=progress)
+    index = {v: i for i, v in enumerate(hierarchy.labels)}
+    y = np.array([index[data.labels[i]] for i in feats.ok], np.int64)
+    return Features(feats.vectors, y, feats.ok, feats.errors, [v.key for v in views])
+
+
+def block_holdout(images: list[str], y: np.ndarray, share: float, min_class: int = 4,
+                  seed: int = 0) -> np.ndarray:
+    """Boolean mask: a contiguous block of ``share`` of each class's images in file-name order.
+
+    The block starts at a random place (wrapping round), not at the end: photo
+    sequences stay on one side, and images whose names sort apart from their
+    class (a mislabelled photo keeps the path of its true class) are held out no
+    more often than the others. Classes with fewer than ``min_class`` images are not held out.
+    """
+    held = np.zeros(len(y), bool)
+    if share <= 0:
+        return held
+    rng = np.random.default_rng(seed)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < min_class:
+            continue
+        idx = idx[np.argsort([images[i] for i in idx], kind="stable")]
+        n = max(1, int(round(share * len(idx))))
+        start = int(rng.integers(len(idx)))
+        held[idx[(start + np.arange(n)) % len(idx)]] = True
+    return held
+
+
+def holdout_share(options: TrainOptions, n: int) -> float:
+    """The share of each class held out for calibration."""
+    return min(options.holdout, options.max_holdout / max(1, n))
+
+
+def fit_on_features(feats: Features, hierarchy: Hierarchy, options: TrainOptions, images: list[str],
+                    progress: bool = False, fingerprint: str = "", held: np.ndarray | None = None,
+                    embedder: str | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """Fit head and temperature on precomputed features; returns the classifier and held-out metrics.
+
+    ``images``: the name of every item (the hold-out takes a block of each class in name
+    order); ``fingerprint``: the backbone's model fingerprint, recorded in the classifier;
+    ``held``: the hold-out mask over ``feats`` when it was chosen beforehand (fine-tuning);
+    ``embedder``: the name recorded in the classifier (default ``options.embedder``).
+    """
+    from productlens.models.classifiers.calibration import (expected_calibration_error, fit_temperature,
+                                                            nll, view_probs)
+
+    _, tta_pos = view_lists(options)
+    parents = [lv.parent for lv in hierarchy.levels]
+    n_classes = len(hierarchy.labels)
+    if held is None:
+        held = block_holdout([images[i] for i in feats.ok], feats.y, holdout_share(options, len(feats.y)))
+    metrics: dict[str, Any] = {"train_images": int(len(feats.y)), "holdout_images": int(held.sum())}
+    temperature = 1.0
+    xtrain = feats.x[:_n_train_views(options)]  # the union starts with the training views
+    if held.any():
+        fit = ~held
+        mean = feats.x[:, fit].astype(np.float32).mean(axis=(0, 1))
+        head = train_head(prepare(xtrain[:, fit], mean), feats.y[fit], n_classes, options.head,
+                          parents=parents, progress=progress)
+        logits = head.logits(prepare(feats.x[tta_pos][:, held], mean))
+        yh = feats.y[held]
+        noise = float((~head.kept).mean()) if head.kept is not None else 0.0  # the noise filter's estimate
+        temperature = fit_temperature(logits, yh, noise=noise)
+        metrics["estimated_noise"] = noise
+        p1, pt = view_probs(logits, 1.0), view_probs(logits, temperature)
+        metrics.update(holdout_top1=float((pt.argmax(1) == yh).mean()), holdout_nll_t1=nll(p1, yh),
+                       holdout_nll=nll(pt, yh), holdout_ece_t1=expected_calibration_error(p1, yh),
+                       holdout_ece=expected_calibration_error(pt, yh), temperature=temperature)
+        refit = options.refit if options.refit is not None else len(feats.y) < REFIT_BELOW
+        if not refit:
+            return _classifier(head, mean, hierarchy, temperature, feats, options, fingerprint, embedder), metrics
+    mean = feats.x.astype(np.float32).mean(axis=(0, 1))
+    head = train_head(prepare(xtrain, mean), feats.y, n_classes, options.head, parents=parents,
+                      progress=progress)
+    if head.kept is not None:
+        metrics["noise_filter_dropped"] = int((~head.kept).sum())
+    return _classifier(head, mean, hierarchy, temperature, feats, options, fingerprint, embedder), metrics
+
+
+def _n_train_views(options: TrainOptions) -> int:
+    from productlens.data.augment import view_set
+
+    return len(view_set(options.train_views))
+
+
+def _classifier(head, mean, hierarchy, temperature, feats: Features, options: TrainOptions,
+                fingerprint: str, embedder: str | None) -> Classifier:
+    _, tta_pos = view_lists(options)
+    head.kept = None
+    return Classifier(embedder or options.embedder, head, mean, hierarchy, temperature=temperature,
+                      views=[feats.view_keys[p] for p in tta_pos], config={"training": options.to_json()},
+                      fingerprint=fingerprint)
+
+
+def train_classifier(data: LabelledSet, out: str | Path | None = None, options: TrainOptions | None = None,
+                     *, progress: bool = True) -> TrainResult:
+    """Train a classifier on ``data`` (fine level = ``data.label``, coarser levels = ``data.parents``).
+
+    Writes the model folder to ``out`` when given. Unreadable images are skipped
+    and returned in ``errors``; a class with fewer than two readable images is an error.
+    With ``options.finetune`` (a backbone :func:`~productlens.models.finetune.supports`;
+    others are used frozen, with a warning) the classifier carries its fine-tuned
+    backbone: in a temporary folder until it is saved.
+    """
+    options = options or TrainOptions()
+    start = time.perf_counter()
+    check_trainable(data)
+    hierarchy = build_hierarchy(data.label, data.labels, data.parents)
+    from productlens.models.embedders import get_embedder
+    from productlens.pipeline.features_cache import model_fingerprint
+
+    images = [it.image for it in data.items]
+    name, emb, held, root, tuned = options.embedder, None, None, None, {}
+    if options.finetune:
+        from productlens.models.finetune import supports
+
+        if supports(options.embedder):
+            root, emb, held, tuned = _finetuned_backbone(data, hierarchy, options, progress)
+            name = f"onnx:{BACKBONE_DIR}/{emb.onnx_path.name}"  # relative to the classifier's folder
+        else:
+            log.warning("%s cannot be fine-tuned here; using it frozen", options.embedder)
+    emb = emb or get_embedder(options.embedder)
+    # a fine-tuned backbone is used by this classifier only: its features are not worth caching
+    feats = training_features(data, hierarchy, options, progress=progress, embedder=emb, cache=root is None)
+    if feats.errors:
+        check_trainable(data.subset(feats.ok))
+    clf, metrics = fit_on_features(feats, hierarchy, options, images, progress,
+                                   fingerprint=model_fingerprint(emb), embedder=name,
+                                   held=None if held is None else held[feats.ok])
+    if root is not None:
+        clf.attach_backbone(root, emb)
+        metrics["finetune"] = tuned
+    seconds = time.perf_counter() - start
+    metrics.update(skipped_images=len(feats.errors), seconds=round(seconds, 1),
+                   classes=len(hierarchy.labels), source=data.source, label=data.label)
+    clf.metrics = metrics
+    if out is not None:
+        clf.save(out)
+    return TrainResult(clf, feats.errors, seconds)
+
+
+def _finetuned_backbone(data: LabelledSet, hierarchy: Hierarchy, options: TrainOptions, progress: bool):
+    """Fine-tune on the photos outside the calibration hold-out, into a temporary folder.
+
+    Returns ``(folder, embedder, held, metrics)``: ``held`` marks the hold-out among all of ``data``.
+    """
+    import shutil
+    import tempfile
+    import weakref
+
+    from productlens.models.embedders import create_embedder
+    from productlens.models.finetune import FinetuneConfig, finetune_backbone
+
+    index = {v: i for i, v in enumerate(hierarchy.labels)}
+    y = np.array([index[v] for v in data.labels], np.int64)
+    held = block_holdout([it.image for it in data.items], y, holdout_share(options, len(y)))
+    fit = np.flatnonzero(~held)
+    dropped = _suspect_labels(data, fit, y, hierarchy, options, progress) if options.head.noise_filter else []
+    fit = np.setdiff1d(fit, dropped)
+    root = Path(tempfile.mkdtemp(prefix="productlens-classifier-"))
+    try:
+        res = finetune_backbone([data.items[i] for i in fit], [data.labels[i] for i in fit], root / BACKBONE_DIR,
+                                FinetuneConfig(backbone=options.embedder), progress=progress)
+        emb = create_embedder(res.embedder_name)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    weakref.finalize(emb, shutil.rmtree, root, True)  # removed with the last user of the model
+    return root, emb, held, dict(res.metrics, left_out_as_noisy=len(dropped))
+
+
+def _suspect_labels(data: LabelledSet, fit: np.ndarray, y: np.ndarray, hierarchy: Hierarchy,
+                    options: TrainOptions, progress: bool) -> np.ndarray:
+    """Indices (into ``data``) among ``fit`` that the head's noise filter, run on the frozen
+    backbone's features (whole image and mirror, cached), would leave out: fine-tuning skips
+    them, so the backbone does not learn flipped labels."""
+    from productlens.data.augment import view_set
+    from productlens.models.classifiers.head import likely_clean
+    from productlens.models.classifiers.model import prepare
+    from productlens.models.embedders import get_embedder
+    from productlens.pipeline.features_cache import embed_views
+
+    feats = embed_views(get_embedder(options.embedder), [data.items[i] for i in fit], view_set("flip"),
+                        cache=options.cache, progress=progress)
+    if len(feats.ok) < 2:
+        return np.zeros(0, np.int64)
+    x = prepare(feats.vectors, feats.vectors.astype(np.float32).mean(axis=(0, 1)))
+    keep = likely_clean(x, y[fit][feats.ok], len(hierarchy.labels), options.head,
+                        parents=[lv.parent for lv in hierarchy.levels])
+    return fit[feats.ok][~keep]
+
+
+__all__ = ["Features", "TrainOptions", "TrainResult", "block_holdout", "fit_on_features",
+           "train_classifier", "training_features", "view_lists"]

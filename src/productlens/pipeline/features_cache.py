@@ -1,0 +1,225 @@
+"""On-disk cache of image features, per embedder and view.
+
+Layout: ``cache_dir()/features/<embedder slug>-<model hash>/<view hash>/shard-*.npz``
+(``$PRODUCTLENS_FEATURE_CACHE`` replaces ``cache_dir()/features``);
+each shard holds ``keys`` (sha1 of the file's absolute path, size, mtime and
+crop box) and ``vectors`` (float16). A changed file (new size or mtime) or a
+changed model file (an ``onnx:PATH`` re-exported in place) misses the cache.
+Shards are written through :func:`productlens.fileio.atomic_path`, so an
+interrupted run keeps every finished shard and never leaves a partial one; many
+small shards are merged into one now and then.
+
+Vectors are stored and returned as float16-rounded values, so features are the
+same whether they were just computed or read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from productlens.fileio import atomic_path
+from productlens.types import Item
+
+log = logging.getLogger(__name__)
+
+#: Shards in one view folder beyond which they are merged into one.
+MAX_SHARDS = 24
+
+
+def model_identity(embedder) -> str:
+    """A string that changes whenever the embedder's model changes."""
+    parts = [str(embedder.name), str(getattr(embedder, "gem_p", ""))]
+    onnx = getattr(embedder, "onnx_path", None)
+    if onnx is not None:
+        try:
+            st = Path(onnx).stat()
+            parts += [str(Path(onnx).resolve()), str(st.st_size), str(st.st_mtime_ns)]
+        except OSError:
+            parts.append(str(onnx))
+    return "|".join(parts)
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def model_fingerprint(embedder) -> str:
+    """sha256 (first 16 hex digits) of the embedder's ONNX file: recorded by trained heads."""
+    onnx = getattr(embedder, "onnx_path", None)
+    if onnx is None:
+        return ""
+    from productlens.models.embedders.export import file_sha256
+
+    st = Path(onnx).stat()
+    key = (str(Path(onnx).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = file_sha256(Path(onnx))[:16]
+    return _FINGERPRINTS[key]
+
+
+def source_key(source: Any) -> str | None:
+    """The cache key of a local image file (path or :class:`Item`), or None (URL, bytes, missing)."""
+    box = None
+    if isinstance(source, Item):
+        source, box = source.image, source.box
+    if not isinstance(source, (str, os.PathLike)) or "://" in str(source):
+        return None
+    try:
+        path = Path(source).resolve()
+        st = path.stat()
+    except OSError:
+        return None
+    text = f"{path}|{st.st_size}|{st.st_mtime_ns}|{box.as_tuple() if box else ''}"
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class FeatureCache:
+    """Cached vectors of one embedder, looked up by :func:`source_key` and view key."""
+
+    def __init__(self, embedder, root: str | os.PathLike | None = None) -> None:
+        if root is None:
+            from productlens.config import cache_dir
+
+            root = os.environ.get("PRODUCTLENS_FEATURE_CACHE") or cache_dir() / "features"
+        ident = model_identity(embedder)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(embedder.name).split("/")[-1])[:40]
+        self.dir = Path(root) / f"{slug}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
+        self.dim = int(embedder.dim)
+        self._index: dict[str, dict[str, tuple[int, int]]] = {}
+        self._shards: dict[str, list[np.ndarray]] = {}
+
+    def _view_dir(self, view_key: str) -> Path:
+        return self.dir / hashlib.sha1(view_key.encode()).hexdigest()[:16]
+
+    def _load(self, view_key: str) -> None:
+        if view_key in self._index:
+            return
+        index: dict[str, tuple[int, int]] = {}
+        shards: list[np.ndarray] = []
+        folder = self._view_dir(view_key)
+        for file in sorted(folder.glob("shard-*.npz")) if folder.is_dir() else []:
+            try:
+                with np.load(file) as data:
+                    keys, vecs = data["keys"], data["vectors"]
+            except (OSError, ValueError, KeyError) as exc:  # merged away meanwhile, or damaged
+                log.debug("feature cache: skipping %s (%s)", file, exc)
+                continue
+            if vecs.ndim != 2 or vecs.shape[1] != self.dim or len(keys) != len(vecs):
+                continue
+            for row, key in enumerate(keys.tolist()):
+                index[key.decode() if isinstance(key, bytes) else str(key)] = (len(shards), row)
+            shards.append(vecs)
+        self._index[view_key], self._shards[view_key] = index, shards
+
+    def get(self, view_key: str, keys: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, vectors)``: a boolean mask over ``keys`` and the found rows (float32)."""
+        self._load(view_key)
+        index, shards = self._index[view_key], self._shards[view_key]
+        found = np.array([k is not None and k in index for k in keys], bool)
+        out = np.zeros((int(found.sum()), self.dim), np.float32)
+        for j, k in enumerate(k for k, f in zip(keys, found) if f):
+            s, r = index[k]
+            out[j] = shards[s][r]
+        return found, out
+
+    def put(self, view_key: str, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Store ``vectors`` (one row per key) as a new shard, atomically."""
+        if len(keys) == 0:
+            return
+        folder = self._view_dir(view_key)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "view.txt").write_text(view_key)
+        vecs = np.asarray(vectors, np.float16)
+        name = f"shard-{hashlib.sha1(''.join(keys).encode()).hexdigest()[:16]}-{os.getpid()}.npz"
+        _write_npz(folder / name, np.array(list(keys), dtype="S40"), vecs)
+        self._load(view_key)
+        index, shards = self._index[view_key], self._shards[view_key]
+        for row, key in enumerate(keys):
+            index[key] = (len(shards), row)
+        shards.append(vecs)
+        if len(list(folder.glob("shard-*.npz"))) > MAX_SHARDS:
+            self._merge(view_key)
+
+    def _merge(self, view_key: str) -> None:
+        """Rewrite a view folder's shards as one (readers meanwhile still see whole files)."""
+        folder = self._view_dir(view_key)
+        old = sorted(folder.glob("shard-*.npz"))
+        self._index.pop(view_key, None)
+        self._load(view_key)
+        index, shards = self._index[view_key], self._shards[view_key]
+        keys = list(index)
+        vecs = np.stack([shards[s][r] for s, r in index.values()]) if keys else np.zeros((0, self.dim), np.float16)
+        merged = folder / f"shard-merged-{os.getpid()}-{len(keys)}.npz"
+        _write_npz(merged, np.array(keys, dtype="S40"), vecs)
+        for f in old:
+            if f != merged:
+                f.unlink(missing_ok=True)
+        self._index.pop(view_key, None)
+
+
+def _write_npz(path: Path, keys: np.ndarray, vectors: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=keys, vectors=vectors)
+
+
+@dataclass
+class ViewFeatures:
+    """``vectors[v, j]`` is the feature of ``sources[ok[j]]`` under ``views[v]`` (float16 values).
+
+    ``errors`` holds ``(index, source, message)`` for the images that could not be read.
+    """
+
+    vectors: np.ndarray
+    ok: np.ndarray
+    errors: list = field(default_factory=list)
+    views: list = field(default_factory=list)
+
+
+def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | FeatureCache = True,
+                progress: bool = True, chunk: int = 1024, batch_size: int = 32) -> ViewFeatures:
+    """Embed every source (path, :class:`Item`, URL or bytes) under every view.
+
+    Local files are looked up in (and added to) the feature cache, chunk by chunk,
+    so an interrupted run resumes where it stopped. An image that fails under one
+    view is reported once and skipped in all views.
+    """
+    from productlens.data.augment import ViewEmbedder
+    from productlens.pipeline.embed import embed_items
+
+    n, dim = len(sources), int(embedder.dim)
+    store = cache if isinstance(cache, FeatureCache) else (FeatureCache(embedder) if cache else None)
+    keys = [source_key(s) for s in sources] if store else [None] * n
+    out = np.zeros((len(views), n, dim), np.float16)
+    failed: dict[int, tuple] = {}
+    for v, view in enumerate(views):
+        found = np.zeros(n, bool)
+        if store is not None:
+            found, vecs = store.get(view.key, keys)
+            out[v, found] = vecs
+        todo = [i for i in range(n) if not found[i] and i not in failed]
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            res = embed_items(ViewEmbedder(embedder, view), [sources[i] for i in part], batch_size=batch_size,
+                              progress=progress, desc=f"view {v + 1}/{len(views)}")
+            for j, _, msg in res.errors:
+                failed.setdefault(part[j], (part[j], sources[part[j]], msg))
+            rows = np.asarray(part, np.int64)[res.ok]
+            out[v, rows] = res.vectors
+            if store is not None:
+                keep = [(r, k) for r, k in ((r, keys[r]) for r in rows.tolist()) if k is not None]
+                if keep:
+                    store.put(view.key, [k for _, k in keep], out[v, [r for r, _ in keep]])
+    ok = np.array([i for i in range(n) if i not in failed], np.int64)
+    errors = [failed[i] for i in sorted(failed)]
+    return ViewFeatures(np.ascontiguousarray(out[:, ok]), ok, errors, list(views))
+
+
+__all__ = ["FeatureCache", "ViewFeatures", "embed_views", "model_fingerprint", "model_identity", "source_key"]

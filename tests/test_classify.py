@@ -1,0 +1,175 @@
+"""Classification building blocks on synthetic features and a tiny fake embedder (no ONNX)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import product_photo
+from productlens.data.augment import View, ViewEmbedder, view_set
+from productlens.models.classifiers.calibration import (expected_calibration_error, fit_temperature,
+                                                        softmax, view_probs)
+from productlens.models.classifiers.head import HeadConfig, likely_clean, small_loss_keep, train_head
+from productlens.models.classifiers.hierarchy import HierarchyError, build_hierarchy
+from productlens.models.classifiers.model import Classifier, load_classifier, top_k
+from productlens.models.embedders.base import Preprocess, l2_normalize
+from productlens.types import ProductLensError
+
+
+class FakeEmbedder:
+    """4 x 4 x 3 average colours of a 16 px image: 48-d, instant, deterministic."""
+
+    name = "fake-tiny"
+    dim = 48
+
+    def __init__(self) -> None:
+        self.preprocess = Preprocess(size=16, uint8=True)
+        self.calls = 0
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += len(batch)
+        x = np.asarray(batch, np.float32).reshape(len(batch), 4, 4, 4, 4, 3).mean(axis=(2, 4))
+        return l2_normalize(x.reshape(len(batch), -1) - 128.0)
+
+    def embed_images(self, images) -> np.ndarray:
+        return self.embed(np.stack([self.preprocess(im) for im in images]))
+
+
+def clusters(n_classes=6, per_class=40, dim=32, spread=0.6, seed=0, sizes=None, noise_seed=None):
+    """Gaussian clusters: features (N x D) and labels (``noise_seed``: new samples of the same clusters)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    sizes = sizes or [per_class] * n_classes
+    y = np.repeat(np.arange(n_classes), sizes)
+    if noise_seed is not None:
+        rng = np.random.default_rng(noise_seed)
+    x = centres[y] + spread * rng.normal(size=(len(y), dim))
+    return l2_normalize(x).astype(np.float32), y
+
+
+def test_views_keys_sets_and_pixels() -> None:
+    for v in view_set("train") + view_set("tta"):
+        assert View.parse(v.key) == v
+    assert len(view_set("train")) == 12 and view_set("train")[0].is_identity
+    assert [len(view_set(n)) for n in ("none", "flip", "tta")] == [1, 2, 4]
+    with pytest.raises(ProductLensError, match="unknown view set"):
+        view_set("lots")
+    with pytest.raises(ProductLensError, match="bad view crop"):
+        View(0.5, 0, 0.4, 1)
+    img = product_photo(2, 0, shop=False, size=40)
+    emb = FakeEmbedder()
+    whole = emb.preprocess(img)
+    mirrored = ViewEmbedder(emb, View(flip=True)).preprocess(img)
+    assert np.array_equal(mirrored, whole[:, ::-1])
+    crop = ViewEmbedder(emb, View(0.5, 0.0, 1.0, 0.5)).preprocess(img)
+    assert np.array_equal(crop, emb.preprocess(img.crop((20, 0, 40, 20))))
+    assert ViewEmbedder(emb, View(0.1, 0.1, 0.6, 0.6)).preprocess.size == 32  # draft keeps 2x the pixels
+
+
+def test_head_learns_clusters_and_predicts_with_numpy() -> None:
+    x, y = clusters()
+    test_x, test_y = clusters(per_class=10, noise_seed=5)  # new samples of the same clusters
+    head = train_head(x, y, 6, HeadConfig(epochs=15))
+    assert (head.logits(test_x).argmax(1) == test_y).mean() > 0.9
+    assert head.kept.all()  # a clean set loses (almost) nothing to the noise filter
+
+
+def test_noise_filter_drops_flipped_labels() -> None:
+    x, y = clusters(n_classes=5, per_class=60, spread=0.5, seed=1)
+    rng = np.random.default_rng(2)
+    flipped = rng.random(len(y)) < 0.2
+    noisy = np.where(flipped, (y + rng.integers(1, 5, len(y))) % 5, y)
+    head = train_head(x, noisy, 5, HeadConfig(epochs=20))
+    dropped = ~head.kept
+    assert dropped[flipped].mean() > 0.7  # most flipped labels left out
+    assert dropped[~flipped].mean() < 0.1  # few clean ones
+    assert (head.logits(x).argmax(1) == y).mean() > 0.95
+    # the filter alone (run before fine-tuning a backbone) is the same selection
+    np.testing.assert_array_equal(likely_clean(x, noisy, 5, HeadConfig(epochs=20)), head.kept)
+    assert likely_clean(x, y, 5, HeadConfig(epochs=20)).all()  # clean labels: nothing left out
+
+
+def test_small_loss_keep_limits() -> None:
+    losses = np.r_[np.full(90, 0.1), np.full(10, 3.0)] + np.linspace(0, 0.01, 100)
+    keep = small_loss_keep(losses, max_drop=0.5)
+    assert keep[:90].all() and not keep[90:].any()
+    assert small_loss_keep(losses, max_drop=0.05).sum() == 95
+    agree = np.zeros(100, bool)
+    agree[95:] = True  # predicted right: never dropped
+    assert small_loss_keep(losses, 0.5, agree)[95:].all()
+    assert small_loss_keep(np.ones(50), 0.5).all()
+
+
+def test_logit_adjustment_favours_rare_classes() -> None:
+    x, y = clusters(n_classes=3, spread=2.0, sizes=[200, 200, 12], seed=3)
+    new_x, _ = clusters(n_classes=3, spread=2.0, seed=3, noise_seed=9)  # fresh photos, 40 per class
+    plain = train_head(x, y, 3, HeadConfig(epochs=10, balance="none", noise_filter=False))
+    adjusted = train_head(x, y, 3, HeadConfig(epochs=10, balance="logit-adjust", noise_filter=False))
+    weighted = train_head(x, y, 3, HeadConfig(epochs=10, balance="class-weight", noise_filter=False))
+    rare = lambda h: (h.logits(new_x).argmax(1) == 2).sum()  # noqa: E731
+    assert rare(adjusted) > rare(plain) and rare(weighted) > rare(plain)
+    with pytest.raises(ValueError, match="balance"):
+        train_head(x, y, 3, HeadConfig(epochs=1, balance="oversample"))
+
+
+def test_temperature_recovers_the_true_one() -> None:
+    rng = np.random.default_rng(0)
+    z = 3.0 * rng.normal(size=(4000, 10))
+    p = softmax(z / 2.5)
+    y = np.array([rng.choice(10, p=row) for row in p])
+    t = fit_temperature(z, y)
+    assert 2.2 < t < 2.8
+    assert expected_calibration_error(view_probs(z, t), y) < expected_calibration_error(view_probs(z, 1.0), y)
+    assert view_probs(np.stack([z, z]), t).shape == (4000, 10)
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
+
+
+def test_hierarchy_sums_children_and_refuses_two_parents() -> None:
+    h = build_hierarchy("sku", ["b", "a", "c", "a"], {"dept": ["x", "y", "y", "y"]})
+    assert h.labels == ["a", "b", "c"] and h.levels[0].labels == ["x", "y"]
+    p = np.array([[0.2, 0.5, 0.3]])
+    assert np.allclose(h.probs(p, "dept"), [[0.5, 0.5]])
+    assert h.probs(p, None) is p and h.labels_of("dept") == ["x", "y"]
+    with pytest.raises(ProductLensError, match="unknown level"):
+        h.probs(p, "aisle")
+    with pytest.raises(HierarchyError, match="two parents"):
+        build_hierarchy("sku", ["a", "a"], {"dept": ["x", "y"]})
+    assert build_hierarchy("n", ["10", "9", "2"], {}).labels == ["2", "9", "10"]
+
+
+def test_top_k_order_and_bounds() -> None:
+    p = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
+    assert top_k(p, ["a", "b", "c"], 2) == [[("b", 0.6), ("c", 0.3)], [("a", 0.5), ("c", 0.3)]]
+    assert [lab for lab, _ in top_k(p, ["a", "b", "c"], 10)[0]] == ["b", "c", "a"]
+
+
+def test_classifier_folder_roundtrip(tmp_path) -> None:
+    x, y = clusters(n_classes=4, dim=48)
+    head = train_head(x, y, 4, HeadConfig(epochs=5, hidden=16))
+    h = build_hierarchy("sku", ["0", "1", "2", "3"], {"dept": ["a", "a", "b", "b"]})
+    clf = Classifier("fake-tiny", head, x.mean(0), h, temperature=1.7, views=[View().key],
+                     config={"training": {"x": 1}}, metrics={"holdout_top1": 0.5})
+    clf.save(tmp_path / "m")
+    clf.save(tmp_path / "m")  # replacing an existing folder
+    back = load_classifier(tmp_path / "m")
+    assert back.temperature == pytest.approx(1.7) and back.labels == ["0", "1", "2", "3"]
+    assert back.metrics == {"holdout_top1": 0.5} and back.config["training"] == {"x": 1}
+    assert np.allclose(back.probs_from_features(x[:5]), clf.probs_from_features(x[:5]), atol=1e-6)
+    assert np.allclose(back.probs_from_features(x[:5], "dept").sum(1), 1, atol=1e-5)
+    with pytest.raises(ProductLensError, match="trained on 'fake-tiny' features, not 'mobilenetv2'"):
+        load_classifier(tmp_path / "m", embedder="mobilenetv2")
+    with pytest.raises(ProductLensError, match="not a productlens classifier"):
+        load_classifier(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folders left
+
+
+def test_classifier_checks_embedder_dimension(monkeypatch) -> None:
+    from productlens.models import embedders
+
+    x, y = clusters(n_classes=2, dim=8)
+    h = build_hierarchy("c", ["a", "b"], {})
+    clf = Classifier("fake-tiny", train_head(x, y, 2, HeadConfig(epochs=1)), x.mean(0), h)
+    monkeypatch.setitem(embedders._CACHE, "fake-tiny", FakeEmbedder())
+    with pytest.raises(ProductLensError, match="gives 48-d features; this classifier expects 8"):
+        clf.predict(Image.new("RGB", (20, 20)))

@@ -1,0 +1,128 @@
+"""The classify / eval classify / audit labels commands on generated photos (fake backbone)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import product_photo
+from productlens.cli.main import app
+from productlens.models import embedders
+from test_classify import FakeEmbedder
+from test_classify_pipeline import write_set
+
+runner = CliRunner()
+FAST = ["--model", "fake-tiny", "--views", "flip", "--tta", "flip", "--epochs", "8"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRODUCTLENS_FEATURE_CACHE", str(tmp_path / "features"))
+    monkeypatch.setitem(embedders._CACHE, "fake-tiny", FakeEmbedder())
+
+
+def _shopee(root, n=4, per=6):
+    for c in range(n):
+        for v in range(per):
+            path = root / "train" / f"{c:02d}" / f"{c}_{v}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            product_photo(c, v, shop=False, size=64).save(path)
+    (root / "test").mkdir()
+    names = []
+    for c in range(n):
+        names.append(f"t{c}.jpg")
+        product_photo(c, 70, shop=False, size=64).save(root / "test" / names[-1])
+    (root / "test" / "bad.jpg").write_bytes(b"garbage")
+    names.append("bad.jpg")
+    (root / "test.csv").write_text("filename,category\n" + "".join(f"{n},43\n" for n in names))
+    return names
+
+
+def test_shopee_train_predict_submission(tmp_path) -> None:
+    names = _shopee(tmp_path / "shopee")
+    r = runner.invoke(app, ["classify", "train", str(tmp_path / "shopee"), "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    assert "trained 4 classes on 24 images" in r.output
+    sub, preds = tmp_path / "sub.csv", tmp_path / "preds.json"
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "shopee"), "-k", "2",
+                            "--submission", str(sub), "--out", str(preds)])
+    assert r.exit_code == 0, r.output
+    assert "skipped: " in r.output and "bad.jpg" in r.output and "predicted 4 images; skipped 1" in r.output
+    rows = list(csv.DictReader(sub.open()))
+    assert [row["filename"] for row in rows] == names  # test.csv order, every row
+    assert all(len(row["category"]) == 2 for row in rows[:4]) and rows[4]["category"] == ""
+    records = json.loads(preds.read_text())
+    assert len(records) == 4 and len(records[0]["predictions"]) == 2
+    assert sum(r["predictions"][0]["label"] == f"{i:02d}" for i, r in enumerate(records)) >= 2
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "shopee" / "test" / "t1.jpg"),
+                            "--json", "--out", str(tmp_path / "one.csv")])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out[0]["image"] == "t1.jpg" and len(out[0]["predictions"]) == 4
+    header = (tmp_path / "one.csv").read_text().splitlines()[0]
+    assert header == "image,label_1,prob_1,label_2,prob_2,label_3,prob_3,label_4,prob_4"
+
+
+def test_eval_classify_json_plot_and_hierarchy(tmp_path) -> None:
+    train = write_set(tmp_path)
+    test = write_set(tmp_path, name="test.csv", offset=40)
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "sku",
+                            "--json", "--plot", str(tmp_path / "cm.png"), *FAST])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output.strip().splitlines()[-1])
+    assert set(m) == {"top1", "top5", "macro_f1", "classes", "train", "test", "seconds"}
+    assert m["classes"] == 6 and m["train"] == 36 and m["test"] == 36 and m["top1"] > 0.4 and m["top5"] >= m["top1"]
+    assert "per-class accuracy: " in r.output and (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "dept",
+                            "--fine", "sku", "--json", *FAST])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output.strip().splitlines()[-1])
+    assert m["classes"] == 2 and m["top5"] == 1.0 and "(trained on sku)" in r.output
+
+
+def test_clear_errors(tmp_path) -> None:
+    train = write_set(tmp_path)
+    with open(tmp_path / "other.csv", "w") as f:
+        f.write("image,sku\nimg/train_0_0.jpg,s99\n")
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(tmp_path / "other.csv"),
+                            "--label", "sku", *FAST])
+    assert r.exit_code == 1 and "never seen in training: 's99'" in r.output
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "brand", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 1 and "missing column(s) brand" in r.output
+    (tmp_path / "one.csv").write_text("image,sku\nimg/train_0_0.jpg,a\nimg/train_0_1.jpg,a\nimg/train_1_0.jpg,b\n")
+    r = runner.invoke(app, ["classify", "train", str(tmp_path / "one.csv"), "--label", "sku", "--out",
+                            str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 1 and "fewer than 2 images: 'b' (1)" in r.output
+    assert not (tmp_path / "m").exists()
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path), str(train)])
+    assert r.exit_code == 1 and "not a productlens classifier folder" in r.output
+    r = runner.invoke(app, ["audit", "labels", str(train), "--label", "nope", "--model", "fake-tiny"])
+    assert r.exit_code == 1 and "missing column(s) nope" in r.output
+
+
+def test_classifier_attached_to_a_catalog(tmp_path) -> None:
+    train = write_set(tmp_path)
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(train.open()))
+    (tmp_path / "gallery.csv").write_text("seller_img_id,img_path,product_id\n" + "".join(
+        f"{i},{row['image']},{int(row['sku'][1:])}\n" for i, row in enumerate(rows)))
+    r = runner.invoke(app, ["index", "build", str(tmp_path / "gallery.csv"), "--out", str(tmp_path / "cat"),
+                            "--model", "fake-tiny"])
+    assert r.exit_code == 0, r.output
+    query = str(tmp_path / "img" / "train_2_1.jpg")
+    r = runner.invoke(app, ["search", str(tmp_path / "cat"), query, "-k", "2"])
+    assert r.exit_code == 0 and "categories:" not in r.output
+    r = runner.invoke(app, ["index", "attach-classifier", str(tmp_path / "cat"), str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["index", "info", str(tmp_path / "cat")])
+    assert "classifier: 6 classes (fake-tiny)" in r.output
+    r = runner.invoke(app, ["search", str(tmp_path / "cat"), query, "-k", "2"])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("categories: "))
+    assert line.split()[1] == "s02" and len(line.split(", ")) == 4
+    r = runner.invoke(app, ["index", "attach-classifier", str(tmp_path / "cat"), str(tmp_path / "nowhere")])
+    assert r.exit_code != 0 and "not a productlens classifier folder" in r.output

@@ -1,0 +1,159 @@
+"""Training and prediction end to end: feature cache, bad images, hierarchy, onnx:PATH backbones."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import product_photo
+from productlens.data.augment import View, view_set
+from productlens.data.labelled import LabelError, read_labelled
+from productlens.models import embedders
+from productlens.models.classifiers.head import HeadConfig
+from productlens.models.classifiers.model import load_classifier
+from productlens.pipeline import features_cache
+from productlens.pipeline.classify import TrainOptions, block_holdout, train_classifier
+from productlens.pipeline.features_cache import FeatureCache, embed_views, source_key
+from productlens.types import ImageError, ProductLensError
+from test_classify import FakeEmbedder
+
+FAST = HeadConfig(epochs=8)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """A private feature cache and the fake backbone registered as 'fake-tiny'."""
+    monkeypatch.setenv("PRODUCTLENS_FEATURE_CACHE", str(tmp_path / "features"))
+    monkeypatch.setitem(embedders._CACHE, "fake-tiny", FakeEmbedder())
+
+
+def write_set(root, n_products=6, per_product=6, corrupt=False, name="train.csv", offset=0):
+    """Generated photos of products 0..n-1 in a csv: image, sku, dept (sku // 3)."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(n_products):
+        for v in range(per_product):
+            img = f"img/{name[:-4]}_{p}_{v}.jpg"
+            product_photo(p, v + offset, shop=False, size=64).save(root / img)
+            rows.append({"image": img, "sku": f"s{p:02d}", "dept": f"d{p // 3}"})
+    if corrupt:
+        (root / "img" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        rows.append({"image": "img/broken.jpg", "sku": "s00", "dept": "d0"})
+        rows.append({"image": "img/missing.jpg", "sku": "s01", "dept": "d0"})
+    with open(root / name, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root / name
+
+
+def test_embed_views_caches_and_reports_bad_images_once(tmp_path) -> None:
+    emb = embedders.get_embedder("fake-tiny")
+    csv_path = write_set(tmp_path, 2, 3, corrupt=True)
+    items = read_labelled(csv_path, label="sku").items
+    views = view_set("flip")
+    first = embed_views(emb, items, views, progress=False)
+    assert first.vectors.shape == (2, 6, 48) and first.ok.tolist() == [0, 1, 2, 3, 4, 5]
+    assert len(first.errors) == 2 and "broken.jpg" in first.errors[0][2] and "missing.jpg" in first.errors[1][2]
+    calls = emb.calls
+    again = embed_views(emb, items, views, progress=False)
+    assert emb.calls == calls and np.array_equal(again.vectors, first.vectors)  # all from the cache
+    assert np.allclose(first.vectors[1], embed_views(emb, items[:6], [View(flip=True)], cache=False,
+                                                     progress=False).vectors[0])
+    calls = emb.calls
+    product_photo(5, 9, shop=False, size=64).save(items[0].image)  # a changed file misses the cache
+    os.utime(items[0].image, ns=(1, 1))
+    changed = embed_views(emb, items, views, progress=False)
+    assert emb.calls == calls + 2 and len(changed.errors) == 2  # the changed file, under both views
+    assert not np.array_equal(changed.vectors[:, 0], first.vectors[:, 0])
+    assert np.array_equal(changed.vectors[:, 1:], first.vectors[:, 1:])
+    assert source_key("https://x/y.jpg") is None and source_key(b"bytes") is None
+
+
+def test_feature_cache_merges_shards(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(features_cache, "MAX_SHARDS", 3)
+    emb = FakeEmbedder()
+    cache = FeatureCache(emb, tmp_path / "c")
+    keys = [f"{i:040x}" for i in range(10)]
+    vecs = np.random.default_rng(0).normal(size=(10, 48)).astype(np.float16)
+    for i in range(0, 10, 2):
+        cache.put("v", keys[i:i + 2], vecs[i:i + 2])
+    assert len(list(cache._view_dir("v").glob("shard-*.npz"))) <= 3
+    found, got = FeatureCache(emb, tmp_path / "c").get("v", keys + [None, "f" * 40])
+    assert found.tolist() == [True] * 10 + [False, False] and np.array_equal(got, vecs.astype(np.float32))
+
+
+def test_block_holdout_takes_contiguous_files_of_each_class() -> None:
+    y = np.array([0] * 8 + [1] * 2 + [2] * 40)
+    names = [f"a{i}" for i in range(8)][::-1] + ["b0", "b1"] + [f"c{i:02d}" for i in range(40)]
+    held = block_holdout(names, y, 0.25)
+    assert held[:8].sum() == 2 and not held[8:10].any() and held[10:].sum() == 10
+    order = np.argsort(names[:8])  # the two held 'a' files are neighbours in name order (or wrap round)
+    pos = sorted(np.flatnonzero(held[:8][order]))
+    assert pos[1] - pos[0] in (1, 7)
+    runs = np.flatnonzero(np.diff(np.r_[held[10:], held[10]].astype(int)))  # one block, maybe wrapping
+    assert len(runs) <= 2
+    starts = {int(np.flatnonzero(block_holdout(names, y, 0.25, seed=s)[10:])[0]) for s in range(8)}
+    assert len(starts) > 1  # not always the last files
+
+
+def test_train_predict_save_load_with_hierarchy(tmp_path) -> None:
+    train = read_labelled(write_set(tmp_path, corrupt=True), label="sku", parents=["dept"])
+    res = train_classifier(train, tmp_path / "model", TrainOptions("fake-tiny", views="flip", tta="flip", head=FAST),
+                           progress=False)
+    assert len(res.errors) == 2
+    m = res.classifier.metrics
+    assert m["classes"] == 6 and m["train_images"] == 36 and m["holdout_images"] == 6 and m["skipped_images"] == 2
+    clf = load_classifier(tmp_path / "model")
+    assert clf.embedder_name == "fake-tiny" and len(clf.views) == 2
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["embedder"] == "fake-tiny" and config["training"]["head"]["epochs"] == 8
+    test_csv = write_set(tmp_path, name="test.csv", offset=50)
+    test = read_labelled(test_csv, label="sku")
+    pred = clf.predict_batch(test.items)
+    assert (np.array(pred.labels)[pred.probs.argmax(1)] == np.array(test.labels)).mean() > 0.5  # chance: 0.17
+    assert np.allclose(pred.probs.sum(1), 1, atol=1e-4)
+    top = clf.predict(test.items[0].image, k=3)
+    assert len(top) == 1 and len(top[0]) == 3 and top[0][0][1] >= top[0][1][1] >= top[0][2][1]
+    fine, coarse = clf.predict(test.items[0].image, k=6)[0], clf.predict(test.items[0].image, k=2, level="dept")[0]
+    parent = {f"s{p:02d}": f"d{p // 3}" for p in range(6)}
+    assert coarse[0][1] == pytest.approx(sum(p for lab, p in fine if parent[lab] == coarse[0][0]), abs=1e-4)
+    with pytest.raises(ImageError, match="missing.jpg"):
+        clf.predict([test.items[0].image, str(tmp_path / "img" / "missing.jpg")])
+
+
+def test_training_refuses_single_example_classes_after_bad_images(tmp_path) -> None:
+    csv_path = tmp_path / "t.csv"
+    write_set(tmp_path, 2, 3)
+    (tmp_path / "img" / "bad.jpg").write_bytes(b"")
+    csv_path.write_text("image,c\nimg/train_0_0.jpg,a\nimg/train_0_1.jpg,a\nimg/train_1_0.jpg,b\nimg/bad.jpg,b\n")
+    with pytest.raises(LabelError, match="'b' \\(1\\)"):
+        train_classifier(read_labelled(csv_path, label="c"), options=TrainOptions("fake-tiny", views="none",
+                                                                                  tta="none", head=FAST),
+                         progress=False)
+
+
+def test_onnx_backbone_is_recorded_and_recreated(tmp_path) -> None:
+    from test_embedders import _tiny_onnx
+
+    model = tmp_path / "tower.onnx"
+    _tiny_onnx(model)
+    (tmp_path / "tower.json").write_text(json.dumps({"size": 16, "resize": "squash"}))
+    name = f"onnx:{model}"
+    train = read_labelled(write_set(tmp_path, 3, 5), label="sku")
+    train_classifier(train, tmp_path / "m", TrainOptions(name, views="flip", tta="none", head=FAST), progress=False)
+    embedders._CACHE.pop(name, None)  # as in a fresh process
+    clf = load_classifier(tmp_path / "m")
+    assert clf.embedder_name == name and clf.fingerprint
+    assert len(clf.predict(train.items[0].image, k=2)[0]) == 2
+    with pytest.raises(ProductLensError, match="not 'efficientnet-lite2'"):
+        load_classifier(tmp_path / "m", embedder="efficientnet-lite2")
+    embedders._CACHE.pop(name, None)
+    _tiny_onnx(model, out_map=True)  # the model file changes in place
+    with pytest.raises(ProductLensError, match="changed since this classifier was trained"):
+        load_classifier(tmp_path / "m").predict(train.items[0].image)
+    embedders._CACHE.pop(name, None)
