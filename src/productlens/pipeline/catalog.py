@@ -31,7 +31,7 @@ from productlens.data.images import load_image
 from productlens.heads.adapter import Adapter, fit_adapter
 from productlens.index import open_store
 from productlens.index.base import Store
-from productlens.models.embedders import Embedder, create_embedder, get_embedder
+from productlens.models.embedders import Embedder, create_embedder, embedder_in_folder, get_embedder
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.rerank import alpha_qe
 from productlens.types import Box, Hit, Item, ProductLensError
@@ -42,17 +42,6 @@ QE_K = 2          # alpha-QE neighbours (see pipeline/rerank.py for the measurem
 QE_ALPHA = 3.0
 BACKBONE_DIR = "backbone"  # a fine-tuned backbone inside the catalog folder
 CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
-
-
-def _catalog_embedder(name: str, path: Path) -> Embedder:
-    """The embedder recorded in a catalog; ``onnx:`` paths are relative to the catalog folder.
-
-    A model inside the catalog (a fine-tuned backbone) is loaded afresh, not
-    from the process-wide cache: a rebuilt catalog may have replaced it.
-    """
-    if name.startswith("onnx:") and not Path(name[5:]).expanduser().is_absolute():
-        return create_embedder(f"onnx:{path / name[5:]}")
-    return get_embedder(name)
 
 
 def _metadata(item: Item) -> dict[str, Any]:
@@ -85,7 +74,7 @@ class Catalog:
                                    "build one with `productlens index build`")
         store = open_store(path / "store")
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
-        embedder = _catalog_embedder(name, path)
+        embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
         adapter = Adapter.load(path / "adapter", backbone=name) if store.get_info("adapter") else None
         return cls(path, store, embedder, adapter)
 

@@ -91,14 +91,14 @@ class Classifier:
         return self.embedder_name.startswith("onnx:") and not Path(self.embedder_name[5:]).expanduser().is_absolute()
 
     def _backbone_path(self) -> Path | None:
-        """The model file of a relative ``onnx:`` embedder (inside the classifier's folder), else None."""
-        if not self.own_backbone:
-            return None
-        path = Path(self.embedder_name[5:]).expanduser()
-        if self.root is None:
+        """The model file of this classifier's own backbone, else None."""
+        from productlens.models.embedders import local_model_path
+
+        try:
+            return local_model_path(self.embedder_name, self.root)
+        except ProductLensError:
             raise ProductLensError(f"embedder {self.embedder_name} is relative to a classifier folder; "
-                                   "load the classifier with load_classifier(folder)")
-        return self.root / path
+                                   "load the classifier with load_classifier(folder)") from None
 
     @property
     def labels(self) -> list[str]:
@@ -108,16 +108,11 @@ class Classifier:
     def embedder(self):
         """The embedder this head was trained on (created on first use, checked against the record)."""
         if self._embedder is None:
-            from productlens.models.embedders import get_embedder
+            from productlens.models.embedders import create_embedder, get_embedder
             from productlens.pipeline.features_cache import model_fingerprint
 
-            local = self._backbone_path()
-            if local is not None:  # this classifier's own backbone: loaded afresh (a retrain may replace it)
-                from productlens.models.embedders import create_embedder
-
-                emb = create_embedder(f"onnx:{local}")
-            else:
-                emb = get_embedder(self.embedder_name)
+            local = self._backbone_path()  # this classifier's own backbone: loaded afresh
+            emb = create_embedder(f"onnx:{local}") if local is not None else get_embedder(self.embedder_name)
             if emb.dim != self.mean.shape[0]:
                 raise ProductLensError(f"embedder {self.embedder_name} gives {emb.dim}-d features; "
                                        f"this classifier expects {self.mean.shape[0]}")

@@ -11,8 +11,12 @@ to ONNX on first use (needs the ``torch`` extra) and cached by weight hash.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from productlens.models.embedders.base import Embedder, Preprocess
 from productlens.registry import Registry
+from productlens.types import ProductLensError
 
 EMBEDDERS = Registry("embedder")
 EMBEDDERS.register("efficientnet-lite2", "productlens.models.embedders.efficientnet_lite:efficientnet_lite2")
@@ -39,8 +43,26 @@ def get_embedder(name: str = "efficientnet-lite2") -> Embedder:
     return _CACHE[name]
 
 
+def local_model_path(name: str, folder: str | os.PathLike[str] | None) -> Path | None:
+    """The model file of a relative ``onnx:PATH`` name, relative to ``folder`` (a catalog or
+    classifier folder that carries its own fine-tuned backbone); None for any other name."""
+    if not name.startswith("onnx:") or Path(name[5:]).expanduser().is_absolute():
+        return None
+    if folder is None:
+        raise ProductLensError(f"embedder {name} is relative to a model folder; open it from its folder")
+    return Path(folder) / name[5:]
+
+
+def embedder_in_folder(name: str, folder: str | os.PathLike[str] | None) -> Embedder:
+    """The embedder recorded in a folder: a relative ``onnx:`` model inside it is loaded afresh
+    (a retrain may have replaced it), any other name comes from the process-wide cache."""
+    local = local_model_path(name, folder)
+    return create_embedder(f"onnx:{local}") if local is not None else get_embedder(name)
+
+
 def list_embedders() -> list[str]:
     return EMBEDDERS.names()
 
 
-__all__ = ["Embedder", "Preprocess", "create_embedder", "get_embedder", "list_embedders", "EMBEDDERS"]
+__all__ = ["Embedder", "Preprocess", "create_embedder", "embedder_in_folder", "get_embedder", "list_embedders",
+           "local_model_path", "EMBEDDERS"]
