@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -31,16 +32,8 @@ from productlens.pipeline.classify import TrainOptions
 from productlens.pipeline.features_cache import embed_views
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def flip(data: LabelledSet, rate: float, seed: int) -> tuple[LabelledSet, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    classes = sorted(set(data.labels))
-    labels = list(data.labels)
-    flipped = rng.random(len(labels)) < rate
-    for i in np.flatnonzero(flipped):
-        labels[i] = rng.choice([c for c in classes if c != labels[i]])
-    return LabelledSet(data.items, labels, data.label, {}, data.source), flipped
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_classify import flip  # noqa: E402  the same random flips as the classification benchmark
 
 
 def lr_flags(data: LabelledSet, model: str, folds: int) -> tuple[list[int], float]:
@@ -77,7 +70,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     clean = read_labelled(args.data / "train.csv", label=args.label)
-    noisy, flipped = flip(clean, args.rate, args.seed)
+    noisy = flip(clean, args.rate, args.seed)
+    flipped = np.array(noisy.labels) != np.array(clean.labels)
     options = TrainOptions(embedder=args.model)
 
     rows = []

@@ -97,7 +97,7 @@ def dev_table(train_csv: Path, model: str) -> None:
     from productlens.models.classifiers.calibration import view_probs
     from productlens.models.classifiers.head import HeadConfig, train_head
     from productlens.models.classifiers.model import prepare
-    from productlens.pipeline.classify import view_lists
+    from productlens.pipeline.classify import n_train_views, view_lists
 
     data = read_labelled(train_csv, label="product_id")
     views, tta = view_lists(TrainOptions())
@@ -110,7 +110,7 @@ def dev_table(train_csv: Path, model: str) -> None:
         idx = np.flatnonzero(y == c)
         idx = idx[np.argsort([names[i] for i in idx], kind="stable")]
         fold[idx] = np.arange(len(idx)) * 4 // len(idx)
-    n_train_views = 12
+    n_views = n_train_views(TrainOptions())  # the training views come first in the union
     variants = [
         ("LogisticRegression() on whole-image features (baseline)", None, None, None, 0.0),
         ("linear head (hidden=0), 12 views + 4 test views", HeadConfig(hidden=0, dropout=0.0), "all", tta, 0.0),
@@ -136,7 +136,7 @@ def dev_table(train_csv: Path, model: str) -> None:
                 p = LogisticRegression(max_iter=2000).fit(x[0, fit], yf).predict_proba(x[0, held])
                 pred = np.unique(yf)[p.argmax(1)]
             else:
-                tv_ = list(range(n_train_views)) if tv == "all" else tv
+                tv_ = list(range(n_views)) if tv == "all" else tv
                 mean = x[:, fit].mean(axis=(0, 1))
                 head = train_head(prepare(x[tv_][:, fit], mean), yf, int(y.max()) + 1, cfg)
                 pred = view_probs(head.logits(prepare(x[pv][:, held], mean))).argmax(1)

@@ -113,11 +113,11 @@ def out_of_fold_probs(feats, hierarchy, options, folds: int = 5, seed: int = 0) 
 
     from productlens.models.classifiers.head import train_head
     from productlens.models.classifiers.model import prepare
-    from productlens.pipeline.classify import _n_train_views, view_lists
+    from productlens.pipeline.classify import n_train_views, view_lists
     from productlens.models.classifiers.calibration import view_probs
 
     _, tta_pos = view_lists(options)
-    n_views = _n_train_views(options)
+    n_views = n_train_views(options)
     y = feats.y
     n_classes = len(hierarchy.labels)
     folds = max(2, min(folds, int(np.bincount(y).min())))
@@ -134,9 +134,9 @@ def small_loss_issues(feats, hierarchy, options, probs: np.ndarray) -> np.ndarra
     """Images the noise filter leaves out (head trained on all images) whose out-of-fold top class is another."""
     from productlens.models.classifiers.head import likely_clean
     from productlens.models.classifiers.model import prepare
-    from productlens.pipeline.classify import _n_train_views
+    from productlens.pipeline.classify import n_train_views
 
-    x = feats.x[:_n_train_views(options)]
+    x = feats.x[:n_train_views(options)]
     keep = likely_clean(prepare(x, x.astype(np.float32).mean(axis=(0, 1))), feats.y, len(hierarchy.labels),
                         options.head)
     return np.flatnonzero(~keep & (probs.argmax(axis=1) != feats.y))

@@ -163,7 +163,7 @@ def fit_on_features(feats: Features, hierarchy: Hierarchy, options: TrainOptions
         held = block_holdout([images[i] for i in feats.ok], feats.y, holdout_share(options, len(feats.y)))
     metrics: dict[str, Any] = {"train_images": int(len(feats.y)), "holdout_images": int(held.sum())}
     temperature = 1.0
-    xtrain = feats.x[:_n_train_views(options)]  # the union starts with the training views
+    xtrain = feats.x[:n_train_views(options)]  # the union starts with the training views
     if held.any():
         fit = ~held
         mean = feats.x[:, fit].astype(np.float32).mean(axis=(0, 1))
@@ -189,7 +189,8 @@ def fit_on_features(feats: Features, hierarchy: Hierarchy, options: TrainOptions
     return _classifier(head, mean, hierarchy, temperature, feats, options, fingerprint, embedder), metrics
 
 
-def _n_train_views(options: TrainOptions) -> int:
+def n_train_views(options: TrainOptions) -> int:
+    """How many of the features' views (the first ones) are training views."""
     from productlens.data.augment import view_set
 
     return len(view_set(options.train_views))
@@ -303,4 +304,4 @@ def _suspect_labels(data: LabelledSet, fit: np.ndarray, y: np.ndarray, hierarchy
 
 
 __all__ = ["Features", "TrainOptions", "TrainResult", "block_holdout", "fit_on_features",
-           "train_classifier", "training_features", "view_lists"]
+           "n_train_views", "train_classifier", "training_features", "view_lists"]
