@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_classify.py
 	$(BIN)/python benchmarks/bench_audit.py
 	$(BIN)/python benchmarks/bench_classify_scale.py
+	$(BIN)/python benchmarks/bench_detect.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

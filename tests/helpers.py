@@ -56,3 +56,47 @@ def write_dataset(root: Path, n_products: int = 4, per_product: int = 4) -> dict
             w.writeheader()
             w.writerows(rows)
     return out
+
+
+DET_CLASSES = [{"id": 7, "name": "square"}, {"id": 9, "name": "disc"}]
+
+
+def detection_photo(seed: int, size: tuple[int, int] = (160, 120)) -> tuple[Image.Image, list[tuple[list[float], int]]]:
+    """A noisy background with 1-2 objects: red squares (category 7) and blue discs (category 9)."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(90, 170, (size[1], size[0], 3), dtype=np.uint8))
+    d = ImageDraw.Draw(img)
+    anns = []
+    for k in range(1 + seed % 2):
+        s = int(rng.integers(28, 48))
+        x = int(rng.integers(0, size[0] // 2 - s)) + k * size[0] // 2
+        y = int(rng.integers(0, size[1] - s))
+        cid = 7 if rng.random() < 0.5 else 9
+        if cid == 7:
+            d.rectangle((x, y, x + s - 1, y + s - 1), fill=(220, 30, 30))
+        else:
+            d.ellipse((x, y, x + s - 1, y + s - 1), fill=(30, 50, 220))
+        anns.append(([float(x), float(y), float(s), float(s)], cid))
+    return img, anns
+
+
+def write_coco(root: Path, name: str, n_images: int, seed: int = 0, extra: dict | None = None) -> Path:
+    """Write ``root/<name>.json`` (COCO) and its photos under ``root/photos``; ``extra`` merges into the json."""
+    import json
+
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n_images):
+        img, anns = detection_photo(seed * 1000 + i)
+        file = f"photos/{name}_{i}.jpg"
+        img.save(root / file, quality=95)
+        images.append({"id": i + 1, "file_name": file, "width": img.size[0], "height": img.size[1]})
+        for bbox, cid in anns:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cid, "bbox": bbox,
+                                "area": bbox[2] * bbox[3], "iscrowd": 0})
+    data = {"images": images, "annotations": annotations, "categories": DET_CLASSES}
+    for key, value in (extra or {}).items():
+        data[key] = data[key] + value if isinstance(value, list) else value
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path

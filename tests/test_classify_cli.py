@@ -126,3 +126,21 @@ def test_classifier_attached_to_a_catalog(tmp_path) -> None:
     assert line.split()[1] == "s02" and len(line.split(", ")) == 4
     r = runner.invoke(app, ["index", "attach-classifier", str(tmp_path / "cat"), str(tmp_path / "nowhere")])
     assert r.exit_code != 0 and "not a productlens classifier folder" in r.output
+
+
+def test_predict_with_detect_classifies_the_detected_box(tmp_path) -> None:
+    from test_detect import _write_user_detector
+
+    _shopee(tmp_path / "shopee")
+    r = runner.invoke(app, ["classify", "train", str(tmp_path / "shopee"), "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    model = _write_user_detector(tmp_path / "det.onnx", square=True)
+    test = str(tmp_path / "shopee" / "test")
+    outs = []
+    for extra in ([], ["--detect", "--detector", f"onnx:{model}"]):
+        r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), test, "--json", *extra])
+        assert r.exit_code == 0, r.output
+        assert "bad.jpg" in r.output  # still reported and skipped
+        outs.append(json.loads(r.output.strip().splitlines()[-1]))
+    assert [o["image"] for o in outs[0]] == [o["image"] for o in outs[1]]
+    assert outs[0] != outs[1]  # the detected box (8, 8, 32, 32 of each 64 px photo) changes the probabilities

@@ -76,15 +76,28 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions: .csv or .json."),
     submission: Optional[Path] = typer.Option(None, help="Write a Shopee submission csv (filename, category)."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as one JSON list on the last line."),
+    detect: bool = typer.Option(False, "--detect", help="Classify each image's best detected product, not the whole photo."),
+    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
+                                                      "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
 ) -> None:
     """Top-k categories with probabilities; unreadable images are reported and skipped."""
+    import dataclasses
+
     from productlens.data.labelled import read_inputs
     from productlens.fileio import atomic_path
     from productlens.models.classifiers.model import load_classifier
 
     clf = load_classifier(model_dir)
     data = read_inputs(inputs)
-    res = clf.predict_batch(data.items, level=level, progress=not as_json)
+    items = data.items
+    if detect:
+        from productlens.models.detectors import load_detector
+        from productlens.pipeline.detect import best_boxes
+
+        boxes = best_boxes(load_detector(detector), [it.image for it in items], [it.box for it in items],
+                           progress=not as_json)
+        items = [dataclasses.replace(it, box=b) for it, b in zip(items, boxes)]
+    res = clf.predict_batch(items, level=level, progress=not as_json)
     top = res.top_k(k)
     for _, _, msg in res.errors:
         typer.echo(f"skipped: {msg}", err=True)

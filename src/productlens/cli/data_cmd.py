@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -22,3 +23,25 @@ def fetch(
     from productlens.data.download import fetch as do_fetch
 
     typer.echo(str(do_fetch(url, sha256=sha256, extract=extract)))
+
+
+@app.command("composites")
+@fail_cleanly
+def composites(
+    products: Path = typer.Argument(..., help="White-background product photos: a folder, or a gallery/catalog csv."),
+    backgrounds: Path = typer.Argument(..., help="A folder of background photos (with none of the products in them)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the composites and annotations.json."),
+    n: int = typer.Option(600, "-n", help="Number of composite photos."),
+    tag: str = typer.Option("product", help="The single category name of the boxes."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Copy-paste detection data: cut the products out and paste them onto backgrounds (COCO json out)."""
+    from productlens.data.readers import IMAGE_EXTENSIONS, read_catalog
+    from productlens.data.synth import synthesize_coco
+
+    def images_in(folder: Path) -> list[str]:
+        return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+    sources = images_in(products) if products.is_dir() else [it.image for it in read_catalog(products)]
+    path = synthesize_coco(sources, images_in(backgrounds), out, n_images=n, tag=tag, seed=seed)
+    typer.echo(f"wrote {path}; train a detector on it with `productlens detector train {path} --out DIR`")

@@ -25,16 +25,20 @@ def retrieval(
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
     rankings: Optional[Path] = typer.Option(None, help="Also write the N x 1000 rankings .npy here."),
+    detect: bool = typer.Option(False, "--detect", help="Queries without a box: search the best detected box."),
+    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
+                                                      "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Rank the gallery for every query and print mAP@1000, top-1, top-5, recall@10."""
     from productlens.eval.retrieval import evaluate_retrieval
+    from productlens.models.detectors import load_detector
 
     m = evaluate_retrieval(gallery, queries, train_csv=train, catalog_mode=catalog, embedder=model,
                            rerank=rerank, finetune=finetune, rankings_out=rankings,
-                           progress=not as_json)
+                           progress=not as_json, detector=load_detector(detector) if detect else None)
     typer.echo(f"mode: {'catalog' if catalog else 'challenge'}  model: {model}  adapted: {bool(train)}"
-               f"  fine-tuned: {bool(train) and finetune}")
+               f"  fine-tuned: {bool(train) and finetune}  detect: {detect}")
     typer.echo(f"queries: {m['queries']}  gallery: {m['gallery']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
     typer.echo(f"mAP@1000: {m['map@1000']:.4f}  top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  "
                f"recall@10: {m['recall@10']:.4f}")
@@ -46,3 +50,7 @@ def retrieval(
 from productlens.cli.classify_cmd import eval_classify  # noqa: E402
 
 app.command("classify")(eval_classify)
+
+from productlens.cli.detect_cmd import eval_detect  # noqa: E402
+
+app.command("detect")(eval_detect)

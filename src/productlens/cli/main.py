@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from productlens.cli import audit_cmd, classify_cmd, data_cmd, eval_cmd, index_cmd, search_cmd
+from productlens.cli import audit_cmd, classify_cmd, data_cmd, detect_cmd, eval_cmd, index_cmd, search_cmd
 from productlens.cli.common import fail_cleanly
 
 app = typer.Typer(help="Identify products in photos: index a catalog, search it, evaluate.",
@@ -16,9 +16,11 @@ app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(classify_cmd.app, name="classify")
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(detect_cmd.app, name="detector")
 app.command("search")(fail_cleanly(search_cmd.search))
 app.command("rank")(fail_cleanly(search_cmd.rank))
 app.command("demo")(fail_cleanly(search_cmd.demo))
+app.command("detect")(detect_cmd.detect)
 
 
 @app.command("models")

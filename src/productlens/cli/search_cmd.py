@@ -20,16 +20,26 @@ def search(
     k: int = typer.Option(10, "-k", help="Number of results."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    detect: bool = typer.Option(False, "--detect", help="Without --box: search the best detected product."),
+    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
+                                                      "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
 ) -> None:
     """Rank the catalog for one query photo."""
+    from productlens.data.images import load_image
+    from productlens.models.detectors import load_detector
     from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.detect import best_box
     from productlens.types import Box
 
+    query_box = Box.parse(box)
+    if detect and query_box is None:
+        query_box = best_box(load_detector(detector), load_image(image))
+        typer.echo(f"detected box: {query_box.as_tuple() if query_box else 'none (whole photo)'}", err=True)
     with Catalog.open(catalog_dir) as cat:
-        hits = cat.search(image, box=Box.parse(box), k=k, rerank=rerank)
+        hits = cat.search(image, box=query_box, k=k, rerank=rerank)
         categories = None
         if not as_json and cat.classifier is not None:  # the attached classifier's top 4 categories
-            categories = cat.classify(image, box=Box.parse(box), k=4)
+            categories = cat.classify(image, box=query_box, k=4)
     if as_json:
         typer.echo(json.dumps([h.__dict__ for h in hits]))
         return

@@ -18,16 +18,19 @@ import numpy as np
 from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
 from productlens.eval.metrics import retrieval_metrics
+from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import build_catalog
 from productlens.pipeline.rank import rank_queries
 
 
 def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, train_csv: str | Path | None = None,
                        catalog_mode: bool = False, embedder: str = DEFAULT_EMBEDDER, rerank: bool = True, finetune: bool = False,
-                       k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None) -> dict:
+                       k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None,
+                       detector: Detector | None = None) -> dict:
     """Evaluate retrieval end to end and return the metrics dict.
 
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
+    ``detector``: queries without a box are searched with their best detected box.
     Keys: ``map@1000``, ``top1``, ``top5``, ``recall@10``, ``queries``, ``gallery``,
     ``seconds`` (wall time including training and embedding), ``skipped``.
     """
@@ -44,7 +47,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
                                          progress=progress)
         with catalog:
             rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
-                                             group_by_product=catalog_mode, progress=progress)
+                                             group_by_product=catalog_mode, progress=progress,
+                                             detector=detector)
     if rankings_out:
         from productlens.pipeline.rank import save_rankings
 

@@ -25,12 +25,12 @@ records the backbone it expects; loading refuses a different backbone.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from productlens.fileio import atomic_dir
 
 from productlens.models.embedders.base import l2_normalize
 from productlens.types import ProductLensError
@@ -87,26 +87,13 @@ class Adapter:
     # -- persistence ---------------------------------------------------------
     def save(self, folder: Path, metrics: dict | None = None) -> None:
         """Write the adapter folder atomically (a temp folder renamed into place)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        np.savez(tmp / "adapter.npz", query_mean=self.query_mean, gallery_mean=self.gallery_mean,
-                 coef=self.coef, intercept=self.intercept, classes=self.classes)
-        config = {"version": ADAPTER_VERSION, "kind": "centre+logreg", "backbone": self.backbone,
-                  "weight": self.weight, "in_dim": self.in_dim, "out_dim": self.out_dim,
-                  "classes": int(len(self.classes)), "metrics": metrics or {}}
-        (tmp / "adapter.json").write_text(json.dumps(config, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if folder.exists():  # swap: the old folder stays whole until the new one is in place
-            old = folder.with_name(folder.name + ".old")
-            _rmtree(old)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            _rmtree(old)
-        else:
-            os.replace(tmp, folder)
+        with atomic_dir(folder) as tmp:
+            np.savez(tmp / "adapter.npz", query_mean=self.query_mean, gallery_mean=self.gallery_mean,
+                     coef=self.coef, intercept=self.intercept, classes=self.classes)
+            config = {"version": ADAPTER_VERSION, "kind": "centre+logreg", "backbone": self.backbone,
+                      "weight": self.weight, "in_dim": self.in_dim, "out_dim": self.out_dim,
+                      "classes": int(len(self.classes)), "metrics": metrics or {}}
+            (tmp / "adapter.json").write_text(json.dumps(config, indent=2))
 
     @classmethod
     def load(cls, folder: Path, backbone: str | None = None) -> "Adapter":
@@ -175,9 +162,3 @@ def domain_balanced_weights(train_labels: np.ndarray, gallery_labels: np.ndarray
     n_gallery = dict(zip(gids.tolist(), gcounts.tolist()))
     return np.array([per_product.get(p, default) / n_gallery[p] for p in np.asarray(gallery_labels).tolist()],
                     dtype=np.float64)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

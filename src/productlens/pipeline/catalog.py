@@ -31,6 +31,7 @@ from productlens.data.images import load_image
 from productlens.heads.adapter import Adapter, fit_adapter
 from productlens.index import open_store
 from productlens.index.base import Store
+from productlens.models.detectors.runtime import Detector
 from productlens.models.embedders import Embedder, create_embedder, embedder_in_folder, get_embedder
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.rerank import alpha_qe
@@ -196,8 +197,16 @@ class Catalog:
         return clf.predict(img, k=k, level=level)[0]
 
     def search(self, source: Any, *, box: Box | None = None, k: int = 10, rerank: bool = True,
-               where: dict | None = None) -> list[Hit]:
-        """Rank the catalog for one query image (path, URL or bytes; optional box)."""
+               where: dict | None = None, detector: Detector | None = None) -> list[Hit]:
+        """Rank the catalog for one query image (path, URL or bytes; optional box).
+
+        ``detector`` (a :class:`~productlens.models.detectors.Detector`): without
+        a box, search with the best detected box instead of the whole photo.
+        """
+        if box is None and detector is not None:
+            from productlens.pipeline.detect import best_box
+
+            box = best_box(detector, load_image(source))
         img = load_image(source, box=box, target=self.embedder.preprocess.size)  # ImageError / BoxError
         query = self.to_index_space(self.embedder.embed_images([img]), "query")
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where))[0]

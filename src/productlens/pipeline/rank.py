@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from productlens.fileio import atomic_path
+from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import Catalog
 from productlens.types import Item
 
@@ -23,12 +24,20 @@ log = logging.getLogger(__name__)
 
 
 def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, rerank: bool = True,
-                 group_by_product: bool = False, progress: bool = True,
+                 group_by_product: bool = False, progress: bool = True, detector: Detector | None = None,
                  batch: int = 256) -> tuple[np.ndarray, list]:
-    """Rank the catalog for every query; returns (N x k int32 ids padded with -1, errors)."""
+    """Rank the catalog for every query; returns (N x k int32 ids padded with -1, errors).
+
+    ``detector``: queries without a box are searched with their best detected box.
+    """
     k_eff = min(k, len(catalog))
     out = np.full((len(queries), k), -1, dtype=np.int32)
-    res = catalog.embed_queries(queries, [q.box for q in queries], progress=progress)
+    boxes = [q.box for q in queries]
+    if detector is not None:
+        from productlens.pipeline.detect import best_boxes
+
+        boxes = best_boxes(detector, [q.image for q in queries], boxes, progress=progress)
+    res = catalog.embed_queries(queries, boxes, progress=progress)
     for start in range(0, len(res.ok), batch):
         rows = res.ok[start:start + batch]
         _, ids = catalog.search_vectors(res.vectors[start:start + batch], k_eff, rerank=rerank,

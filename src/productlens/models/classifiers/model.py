@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from productlens.fileio import atomic_dir
 from productlens.models.classifiers.calibration import view_probs
 from productlens.models.classifiers.head import HeadWeights
 from productlens.models.classifiers.hierarchy import Hierarchy
@@ -180,9 +180,7 @@ class Classifier:
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write the model folder atomically (an existing folder is replaced whole)."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        try:
+        with atomic_dir(folder) as tmp:
             with open(tmp / "head.npz", "wb") as f:
                 np.savez(f, mean=self.mean, temperature=np.float32(self.temperature), **self.head.arrays())
             (tmp / "labels.json").write_text(json.dumps(self.hierarchy.to_json(), indent=1))
@@ -199,20 +197,6 @@ class Classifier:
                 else:
                     for f in local.parent.glob(local.stem + ".*"):
                         shutil.copy2(f, tmp / f.name)
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            if folder.exists():
-                old = folder.with_name(folder.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
 

@@ -1,0 +1,107 @@
+"""``productlens detect``, ``productlens detector train`` and ``productlens eval detect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from productlens.cli.common import fail_cleanly
+
+app = typer.Typer(help="Train object detectors on COCO boxes.", no_args_is_help=True)
+
+_MODEL = typer.Option(None, "--model", "-m", help="Detector folder or onnx:PATH; default $PRODUCTLENS_DETECTOR "
+                                                   "or the cache's detectors/default.")
+_EPOCHS = typer.Option(None, help="Head training epochs (default: the library's).")
+_SIZE = typer.Option(512, help="Longer side of the detector's input, pixels.")
+_BACKBONE = typer.Option("efficientnet-lite2", help="Frozen backbone: efficientnet-lite2 or efficientnet-lite0.")
+
+
+def _options(backbone: str, size: int, epochs: Optional[int]):
+    from productlens.pipeline.detect_train import DetectTrainOptions
+
+    opts = DetectTrainOptions(backbone=backbone, size=size)
+    if epochs is not None:
+        opts.epochs = epochs
+    return opts
+
+
+@fail_cleanly
+def detect(
+    images: List[Path] = typer.Argument(..., help="Image files (or folders of images)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write <name>.jpg (boxes drawn) and <name>.json here."),
+    model: Optional[str] = _MODEL,
+    min_score: float = typer.Option(0.3, help="Report and draw detections scoring at least this."),
+    as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list on the last line."),
+) -> None:
+    """Detect products: boxes in pixels (x, y, w, h), tags and scores; bad images are reported and skipped."""
+    from productlens.data.readers import IMAGE_EXTENSIONS
+    from productlens.models.detectors import load_detector
+    from productlens.pipeline.detect import detect_files
+
+    paths: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
+        else:
+            paths.append(p)
+    if not paths:
+        raise FileNotFoundError("no images given (folders hold no image files)")
+    det = load_detector(model)
+    records, errors = detect_files(det, paths, out, min_score=min_score, progress=not as_json)
+    for path, msg in errors:
+        typer.echo(f"skipped: {msg}", err=True)
+    if as_json:
+        typer.echo(json.dumps(records))
+        return
+    for rec in records:
+        found = ", ".join(f"{d['tag']} {d['score']:.2f}" for d in rec["detections"]) or "nothing"
+        typer.echo(f"{rec['image']}: {found}")
+    if out is not None:
+        typer.echo(f"wrote {len(records)} drawn images and JSON files to {out}; skipped {len(errors)}")
+
+
+@app.command("train")
+@fail_cleanly
+def train(
+    annotations: Path = typer.Argument(..., help="COCO json (file_name relative to the json's folder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Detector folder to write."),
+    backbone: str = _BACKBONE, size: int = _SIZE, epochs: Optional[int] = _EPOCHS,
+) -> None:
+    """Train a detector (FCOS head on frozen backbone features) and write its folder."""
+    from productlens.data.coco import read_coco
+    from productlens.pipeline.detect_train import train_detector
+
+    data = read_coco(annotations)
+    for p in data.problems:
+        typer.echo(f"warning: {p}", err=True)
+    m = train_detector(data, out, _options(backbone, size, epochs))
+    for s in m["skipped"]:
+        typer.echo(f"skipped: {s['error']}", err=True)
+    typer.echo(f"trained on {m['images']} images ({m['boxes']} boxes, {m['views']} views) in {m['seconds']} s; "
+               f"detector written to {out}")
+
+
+@fail_cleanly
+def eval_detect(
+    train: Path = typer.Option(..., help="COCO json to train on."),
+    test: Path = typer.Option(..., help="COCO json to score (COCO protocol)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Keep the trained detector in this folder."),
+    backbone: str = _BACKBONE, size: int = _SIZE, epochs: Optional[int] = _EPOCHS,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+) -> None:
+    """Train on TRAIN, detect on TEST's images and print mAP@0.5, mAP@0.5:0.95 and per-class AP@0.5."""
+    from productlens.eval.detection import evaluate_detection
+
+    m = evaluate_detection(train, test, _options(backbone, size, epochs), model_out=out, progress=not as_json)
+    for p in m["problems"]:
+        typer.echo(f"warning: {p}", err=True)
+    typer.echo(f"train: {m['train']} images  test: {m['test']} images  classes: {m['classes']}  "
+               f"skipped: {m['skipped']}  seconds: {m['seconds']}")
+    for name, ap in sorted(m["per_class"].items(), key=lambda kv: -kv[1]):
+        typer.echo(f"  AP@0.5 {ap:.3f}  {name}")
+    typer.echo(f"mAP@0.5: {m['map50']:.4f}  mAP@0.5:0.95: {m['map']:.4f}")
+    if as_json:
+        typer.echo(json.dumps({k: m[k] for k in ("map50", "map", "classes", "train", "test", "seconds")}))

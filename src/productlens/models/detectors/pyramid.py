@@ -1,0 +1,104 @@
+"""Multi-scale features of a bundled backbone, for detection.
+
+An EfficientNet-Lite backbone gives three maps: C3 (stride 8), C4 (stride 16)
+and C5 (stride 32, the 1280-channel head convolution, the most semantic one).
+The ONNX export takes uint8 RGB pixels (1 x H x W x 3, H and W multiples of 32,
+any size) and returns the three maps; it is cached by the hash of the weights,
+like the embedders' exports.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from productlens.config import cache_dir
+from productlens.fileio import atomic_path
+from productlens.models.embedders.export import file_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+EXPORT_VERSION = 1
+STRIDES = (8, 16, 32)
+#: arch -> (block index whose output is C3, block index whose output is C4, channels C3, C4, C5)
+_TAPS = {
+    "efficientnet-lite0": (4, 10, (40, 112, 1280)),
+    "efficientnet-lite2": (6, 14, (48, 120, 1280)),
+}
+
+
+def supported() -> list[str]:
+    return sorted(_TAPS)
+
+
+def channels(arch: str) -> tuple[int, int, int]:
+    """Channels of (C3, C4, C5) for ``arch``."""
+    return _TAPS[_check(arch)][2]
+
+
+def _check(arch: str) -> str:
+    if arch not in _TAPS:
+        from productlens.types import ProductLensError
+
+        raise ProductLensError(f"detection backbone must be one of {supported()}, got {arch!r}")
+    return arch
+
+
+def build_torch(arch: str) -> torch.nn.Module:
+    """Torch module: uint8 N x H x W x 3 RGB pixels -> (C3, C4, C5), eval mode."""
+    import torch
+
+    from productlens.models.embedders.efficientnet_lite import build_torch as backbone
+
+    c3_at, c4_at, _ = _TAPS[_check(arch)]
+    net = backbone(arch).net
+
+    class Pyramid(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels):
+            x = pixels.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0  # Lite: [-1, 1]
+            x = net._swish(net._bn0(net._conv_stem(x)))
+            c3 = c4 = None
+            for i, block in enumerate(net._blocks):
+                x = block(x)
+                if i == c3_at:
+                    c3 = x
+                elif i == c4_at:
+                    c4 = x
+            c5 = net._swish(net._bn1(net._conv_head(x)))
+            return c3, c4, c5
+
+    return Pyramid().eval()
+
+
+def export(module: torch.nn.Module, target: Path, outputs: list[str], size: tuple[int, int] = (256, 256)) -> Path:
+    """Export ``module`` (uint8 1 x H x W x 3 -> ``outputs``) with dynamic H and W, atomically."""
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, os.cpu_count() or 1))
+    dynamic = {"pixels": {0: "batch", 1: "height", 2: "width"}}
+    with atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, size[0], size[1], 3, dtype=torch.uint8),), str(tmp),
+                          input_names=["pixels"], output_names=outputs, dynamic_axes=dynamic,
+                          opset_version=17, dynamo=False)
+    return target
+
+
+def cached_onnx(arch: str) -> Path:
+    """The cached ONNX export of :func:`build_torch` (exported on first use; needs torch)."""
+    from productlens.models.embedders.efficientnet_lite import weights_path
+
+    digest = file_sha256(weights_path(_check(arch)))[:16]
+    target = cache_dir() / "onnx" / f"{arch}-pyramid-{digest}-v{EXPORT_VERSION}.onnx"
+    if target.exists():
+        return target
+    return export(build_torch(arch), target, ["c3", "c4", "c5"])

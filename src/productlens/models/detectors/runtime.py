@@ -1,0 +1,200 @@
+"""Run a detector exported to ONNX: preprocessing, the model, thresholds and NMS.
+
+The contract (the same for productlens's own trained detectors and for a
+user's ``onnx:PATH`` model) is an ONNX file with
+
+* input: RGB pixels, 1 x H x W x 3 ``uint8`` (``"input": "uint8"``), or
+  1 x 3 x H x W ``float32`` normalised with ``mean``/``std`` (``"input": "float"``);
+* outputs ``boxes`` 1 x L x 4 (x0, y0, x1, y1 in input pixels) and ``scores``
+  1 x L x C (per-class probabilities, C = number of labels);
+
+and a JSON file beside it (``model.onnx`` -> ``model.json``, or
+``detector.json`` in a detector folder) with::
+
+    {"labels": ["bag", "shoes", ...],      # C tag names, in score order (required)
+     "size": 512,                          # input size (required)
+     "resize": "long",                     # "long": longer side to size, aspect kept, padded
+                                           #   to a multiple of "multiple"; "square": size x size
+     "multiple": 32,
+     "input": "uint8",                     # or "float" with "mean"/"std" (on 0..1 pixels)
+     "score_threshold": 0.05, "nms_iou": 0.6, "max_detections": 100}
+
+productlens applies the score threshold and per-class NMS, and maps boxes back
+to the original image's pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from productlens.models.detectors.nms import batched_nms
+from productlens.types import Box, ProductLensError
+
+SPEC_KEYS = ("labels", "size")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: box in original pixels, tag, score in [0, 1]."""
+
+    box: Box
+    tag: str
+    score: float
+    label: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"box": [round(v, 1) for v in self.box.as_tuple()], "tag": self.tag,
+                "score": round(float(self.score), 4)}
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    labels: tuple[str, ...]
+    size: int
+    resize: str = "long"
+    multiple: int = 32
+    input: str = "uint8"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    score_threshold: float = 0.05
+    nms_iou: float = 0.6
+    max_detections: int = 100
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "detector spec") -> "DetectorSpec":
+        missing = [k for k in SPEC_KEYS if k not in data]
+        if missing:
+            raise ProductLensError(f"{where}: missing {', '.join(missing)} (see productlens.models.detectors.runtime)")
+        labels = data["labels"]
+        if not isinstance(labels, list) or not labels:
+            raise ProductLensError(f"{where}: 'labels' must be a non-empty list of tag names")
+        spec = cls(labels=tuple(str(x) for x in labels), size=int(data["size"]),
+                   resize=str(data.get("resize", "long")), multiple=int(data.get("multiple", 32)),
+                   input=str(data.get("input", "uint8")),
+                   mean=tuple(float(v) for v in data.get("mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+                   std=tuple(float(v) for v in data.get("std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+                   score_threshold=float(data.get("score_threshold", 0.05)),
+                   nms_iou=float(data.get("nms_iou", 0.6)), max_detections=int(data.get("max_detections", 100)))
+        if spec.resize not in ("long", "square") or spec.input not in ("uint8", "float") or spec.size < 32:
+            raise ProductLensError(f"{where}: 'resize' must be long|square, 'input' uint8|float, 'size' >= 32")
+        return spec
+
+    def to_json(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "size": self.size, "resize": self.resize, "multiple": self.multiple,
+                "input": self.input, "mean": list(self.mean), "std": list(self.std),
+                "score_threshold": self.score_threshold, "nms_iou": self.nms_iou,
+                "max_detections": self.max_detections}
+
+
+def letterbox(img: Image.Image, size: int, multiple: int = 32, scale: float = 1.0) -> tuple[np.ndarray, float]:
+    """Resize so the longer side is ``size * scale`` (aspect kept), pad right/bottom with
+    black to a multiple of ``multiple``. Returns (uint8 H x W x 3 pixels, resize factor)."""
+    from productlens.models.embedders.base import resize_rgb
+
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    f = size * scale / max(w, h)
+    nw, nh = max(1, round(w * f)), max(1, round(h * f))
+    H, W = -(-nh // multiple) * multiple, -(-nw // multiple) * multiple
+    out = np.zeros((H, W, 3), np.uint8)
+    out[:nh, :nw] = resize_rgb(img, (nw, nh))
+    return out, f
+
+
+class Detector:
+    """An ONNX detector and its spec; ``detect(image)`` gives :class:`Detection` s."""
+
+    def __init__(self, onnx_path: str | Path, spec: DetectorSpec, *, name: str | None = None,
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from productlens.config import num_threads
+
+        self.onnx_path = Path(onnx_path)
+        self.spec = spec
+        self.name = name or str(self.onnx_path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or num_threads()
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ProductLensError(f"cannot load ONNX detector {self.onnx_path}: {exc}") from None
+        self._input = self.session.get_inputs()[0].name
+        outs = {o.name for o in self.session.get_outputs()}
+        if not {"boxes", "scores"} <= outs:
+            raise ProductLensError(f"{self.onnx_path}: a detector must have outputs 'boxes' and 'scores', "
+                                   f"found {sorted(outs)}")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.spec.labels
+
+    def prepare(self, img: Image.Image) -> tuple[np.ndarray, tuple[float, float]]:
+        """The model's input for ``img`` and the (x, y) factors from original to input pixels."""
+        s = self.spec
+        if s.resize == "square":
+            from productlens.models.embedders.base import resize_rgb
+
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            pixels, factors = resize_rgb(rgb, (s.size, s.size)), (s.size / img.size[0], s.size / img.size[1])
+        else:
+            pixels, f = letterbox(img, s.size, s.multiple)
+            factors = (f, f)
+        if s.input == "uint8":
+            return pixels[None], factors
+        x = (pixels.astype(np.float32) / 255.0 - np.asarray(s.mean, np.float32)) / np.asarray(s.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), factors
+
+    def raw(self, img: Image.Image) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """The model's (boxes L x 4, scores L x C) for ``img`` before thresholds and NMS."""
+        x, factors = self.prepare(img)
+        boxes, scores = self.session.run(["boxes", "scores"], {self._input: x})
+        boxes, scores = np.asarray(boxes)[0], np.asarray(scores)[0]
+        if scores.ndim != 2 or scores.shape[1] != len(self.labels) or boxes.shape != (scores.shape[0], 4):
+            raise ProductLensError(f"{self.onnx_path}: outputs must be boxes 1 x L x 4 and scores 1 x L x "
+                                   f"{len(self.labels)}, got {boxes.shape} and {scores.shape}")
+        return boxes, scores, factors
+
+    def detect(self, img: Image.Image, *, score_threshold: float | None = None,
+               max_detections: int | None = None) -> list[Detection]:
+        """Boxes (original pixels, clipped to the image), tags and scores, best first."""
+        s = self.spec
+        thr = s.score_threshold if score_threshold is None else score_threshold
+        top = s.max_detections if max_detections is None else max_detections
+        boxes, scores, (fx, fy) = self.raw(img)
+        loc, cls = np.nonzero(scores > thr)
+        if not len(loc):
+            return []
+        sc = scores[loc, cls]
+        if len(sc) > 1000:  # the best candidates only
+            best = np.argpartition(-sc, 1000)[:1000]
+            loc, cls, sc = loc[best], cls[best], sc[best]
+        b = boxes[loc].astype(np.float64) / np.array([fx, fy, fx, fy])
+        W, H = img.size
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, W)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, H)
+        ok = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
+        b, cls, sc = b[ok], cls[ok], sc[ok]
+        keep = batched_nms(b, sc, cls, s.nms_iou)[:top]
+        return [Detection(Box(float(b[i, 0]), float(b[i, 1]), float(b[i, 2] - b[i, 0]), float(b[i, 3] - b[i, 1])),
+                          self.labels[cls[i]], float(sc[i]), int(cls[i])) for i in keep]
+
+
+def load_spec(path: Path) -> DetectorSpec:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProductLensError(f"detector spec {path} does not exist (labels, size: see "
+                               "productlens.models.detectors.runtime)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProductLensError(f"cannot read detector spec {path}: {exc}") from None
+    return DetectorSpec.from_json(data, str(path))

@@ -1,0 +1,122 @@
+"""Detect products in image files: drawn images and JSON out; best-box crops for search.
+
+``detect_files`` runs a detector on each image, writes ``<name>.jpg`` with the
+boxes and tags drawn and ``<name>.json`` (box x, y, w, h in original pixels,
+tag, score), and reports unreadable images instead of stopping.
+``best_boxes`` gives, for query photos without a box, the box of the best
+detection, so search and classification can look at the product only.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from productlens.data.images import load_image
+from productlens.fileio import atomic_path
+from productlens.models.detectors.runtime import Detection, Detector
+from productlens.types import Box, ImageError
+
+
+def _colour(label: int) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_score: float = 0.3) -> Image.Image:
+    """A copy of ``img`` with the detections scoring at least ``min_score`` drawn (box, tag, score)."""
+    out = img.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    size = max(11, round(max(out.size) / 40))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    width = max(2, round(max(out.size) / 250))
+    for d in sorted(detections, key=lambda d: d.score):
+        if d.score < min_score:
+            continue
+        c = _colour(d.label)
+        x0, y0, x1, y1 = d.box.x, d.box.y, d.box.x + d.box.w, d.box.y + d.box.h
+        draw.rectangle((x0, y0, x1, y1), outline=c, width=width)
+        text = f"{d.tag} {d.score:.2f}"
+        tb = draw.textbbox((x0, y0), text, font=font)
+        ty = y0 - (tb[3] - tb[1]) - 4 if y0 - (tb[3] - tb[1]) - 4 >= 0 else y0
+        tb = draw.textbbox((x0 + 2, ty + 1), text, font=font)
+        draw.rectangle((tb[0] - 2, tb[1] - 1, tb[2] + 2, tb[3] + 1), fill=c)
+        draw.text((x0 + 2, ty + 1), text, fill=(0, 0, 0), font=font)
+    return out
+
+
+def _names(paths: Sequence[str | Path]) -> list[str]:
+    """Output stems, made unique when two inputs share a file name."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = Path(str(p)).stem or "image"
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}-{n}")
+    return out
+
+
+def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str | Path | None = None, *,
+                 min_score: float = 0.3, progress: bool = True) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Detect in each image; with ``out_dir``, write ``<name>.jpg`` (drawn) and ``<name>.json``.
+
+    Detections scoring below ``min_score`` are neither drawn nor listed. Returns
+    (one record per readable image: ``image``, ``width``, ``height``,
+    ``detections``; the (path, error) of each unreadable image).
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    records, errors = [], []
+    for path, name in tqdm(list(zip(paths, _names(paths))), desc="detect", unit="image",
+                           disable=not progress or len(paths) < 2):
+        try:
+            img = load_image(path)
+        except ImageError as exc:
+            errors.append((str(path), str(exc)))
+            continue
+        dets = [d for d in detector.detect(img) if d.score >= min_score]
+        rec = {"image": str(path), "width": img.size[0], "height": img.size[1],
+               "detections": [d.as_json() for d in dets]}
+        records.append(rec)
+        if out is not None:
+            with atomic_path(out / f"{name}.jpg") as tmp:
+                draw_detections(img, dets, min_score=min_score).save(tmp, format="JPEG", quality=90)
+            with atomic_path(out / f"{name}.json") as tmp:
+                tmp.write_text(json.dumps(rec, indent=1))
+    return records, errors
+
+
+def best_box(detector: Detector, img: Image.Image, *, min_score: float = 0.05) -> Box | None:
+    """The box of the highest-scoring detection in ``img`` (None when nothing scores ``min_score``)."""
+    dets = detector.detect(img, max_detections=1)
+    return dets[0].box if dets and dets[0].score >= min_score else None
+
+
+def best_boxes(detector: Detector, sources: Sequence[Any], boxes: Sequence[Box | None] | None = None, *,
+               progress: bool = True) -> list[Box | None]:
+    """For each source without a box (in ``boxes``), the best detected box; given boxes are kept.
+    Unreadable sources get None (the embedding step reports them)."""
+    from tqdm import tqdm
+
+    boxes = list(boxes) if boxes is not None else [None] * len(sources)
+    out: list[Box | None] = []
+    for src, given in tqdm(list(zip(sources, boxes)), desc="detect", unit="image", disable=not progress):
+        if given is not None:
+            out.append(given)
+            continue
+        try:
+            out.append(best_box(detector, load_image(src)))
+        except ImageError:
+            out.append(None)
+    return out

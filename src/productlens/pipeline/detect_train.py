@@ -1,0 +1,234 @@
+"""Train a detector on COCO boxes: frozen backbone features, cached views, an FCOS head.
+
+1. Every training image is decoded once and seen under several views (scale
+   jitter x horizontal flip); the frozen backbone (ONNX) turns each view into
+   C3/C4/C5 maps, kept in memory as float16 with the view's FCOS targets.
+2. The head trains in torch on those maps (AdamW, warm-up then cosine).
+3. Backbone and head are exported together to one ONNX file that follows the
+   detector contract of :mod:`productlens.models.detectors.runtime`.
+
+Bad images are reported and skipped; the model folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from productlens.data.coco import CocoSet, DetImage, load_det_image
+from productlens.fileio import atomic_dir
+from productlens.models.detectors.fcos import HeadConfig, assign
+from productlens.models.detectors.runtime import DetectorSpec, letterbox
+from productlens.types import ImageError, ProductLensError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DetectTrainOptions:
+    """Training settings. ``size``: longer input side; ``scales``: scale-jitter views
+    (times ``size``), each also flipped when ``flip``; ``max_cache_gb`` caps the
+    in-memory feature cache (fewer views are kept when it would be exceeded)."""
+
+    backbone: str = "efficientnet-lite2"
+    size: int = 512
+    scales: tuple[float, ...] = (0.8, 1.0, 1.25)
+    flip: bool = True
+    epochs: int = 7
+    batch: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    head: HeadConfig = field(default_factory=HeadConfig)
+    max_cache_gb: float = 8.0
+    seed: int = 0
+
+
+@dataclass
+class Views:
+    """Cached backbone maps and FCOS targets of every training view."""
+
+    feats: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    cls_t: list[np.ndarray]
+    reg_t: list[np.ndarray]
+    skipped: list[tuple[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+
+def _image(rec: DetImage) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """Decode ``rec``; its boxes clipped to the decoded image (EXIF applied)."""
+    img = load_det_image(rec)
+    W, H = img.size
+    b = rec.boxes.copy()
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, W)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, H)
+    ok = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
+    return img, b[ok], rec.labels[ok]
+
+
+def _pyramid_session(arch: str):
+    import onnxruntime as ort
+
+    from productlens.config import num_threads
+    from productlens.models.detectors.pyramid import cached_onnx
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(cached_onnx(arch)), opts, providers=["CPUExecutionProvider"])
+
+
+def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = True) -> Views:
+    """Decode each image once and cache the backbone maps and targets of its views."""
+    from tqdm import tqdm
+
+    session = _pyramid_session(opts.backbone)
+    views = Views([], [], [], [])
+    flips = (False, True) if opts.flip else (False,)
+    budget = opts.max_cache_gb * 2**30
+    used, over = 0.0, False
+    for rec in tqdm(data.images, desc="backbone views", unit="image", disable=not progress):
+        try:
+            img, boxes, labels = _image(rec)
+        except ImageError as exc:
+            views.skipped.append((str(rec.path), str(exc)))
+            continue
+        todo = [(1.0, False)] if over else [(s, f) for s in opts.scales for f in flips]
+        for scale, flip in todo:
+            im, b = img, boxes.copy()
+            if flip:
+                im = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+                b[:, [0, 2]] = img.size[0] - boxes[:, [2, 0]]
+            pixels, f = letterbox(im, opts.size, 32, scale)
+            c3, c4, c5 = session.run(None, {"pixels": pixels[None]})
+            shapes = [c.shape[-2:] for c in (c3, c4, c5)]
+            cls_t, reg_t = assign(b * f, labels, shapes, opts.head)
+            feats = tuple(np.ascontiguousarray(c[0], np.float16) for c in (c3, c4, c5))
+            used += sum(x.nbytes for x in feats) + reg_t.nbytes
+            views.feats.append(feats)  # type: ignore[arg-type]
+            views.cls_t.append(cls_t)
+            views.reg_t.append(reg_t)
+        if used > budget and not over:
+            over = True
+            log.warning("feature cache reached %.1f GiB: the remaining images keep one view each", opts.max_cache_gb)
+    if not views.feats:
+        raise ProductLensError("no training image could be read: nothing to train on")
+    return views
+
+
+def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progress: bool = True,
+               in_channels: tuple[int, int, int] | None = None) -> tuple[Any, list[float]]:
+    """Train the FCOS head on cached views; returns (head in eval mode, loss history)."""
+    import torch
+    from tqdm import tqdm
+
+    from productlens.config import num_threads
+    from productlens.models.detectors.fcos import build_head, loss
+
+    torch.set_num_threads(num_threads())
+    torch.manual_seed(opts.seed)
+    rng = random.Random(opts.seed)
+    chans = in_channels or tuple(int(f.shape[0]) for f in views.feats[0])
+    head = build_head(chans, n_classes, opts.head)  # type: ignore[arg-type]
+    buckets: dict[tuple, list[int]] = {}
+    for i, f in enumerate(views.feats):
+        buckets.setdefault(tuple(f[0].shape[-2:]), []).append(i)
+
+    def epoch_batches() -> list[list[int]]:
+        out = []
+        for idx in buckets.values():
+            idx = idx[:]
+            rng.shuffle(idx)
+            out += [idx[j:j + opts.batch] for j in range(0, len(idx), opts.batch)]
+        rng.shuffle(out)
+        return out
+
+    steps_per_epoch = len(epoch_batches())
+    total = steps_per_epoch * opts.epochs
+    warm = min(200, total // 10)
+    optim = torch.optim.AdamW(head.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    history: list[float] = []
+    head.train()
+    bar = tqdm(total=total, desc="detector head", unit="step", disable=not progress)
+    for _ in range(opts.epochs):
+        run, n = 0.0, 0
+        for batch in epoch_batches():
+            maps = [torch.from_numpy(np.stack([views.feats[i][k] for i in batch]).astype(np.float32)) for k in range(3)]
+            cls_t = torch.from_numpy(np.stack([views.cls_t[i] for i in batch]))
+            reg_t = torch.from_numpy(np.stack([views.reg_t[i] for i in batch]))
+            total_loss, parts = loss(head(*maps), cls_t, reg_t)
+            optim.zero_grad(set_to_none=True)
+            total_loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 5.0)
+            optim.step()
+            sched.step()
+            run += float(total_loss.detach())
+            n += 1
+            bar.update(1)
+        history.append(run / max(n, 1))
+        bar.set_postfix(loss=f"{history[-1]:.3f}")
+    bar.close()
+    return head.eval(), history
+
+
+def export_detector(head: Any, opts: DetectTrainOptions, labels: list[str], out_dir: Path) -> Path:
+    """Backbone + head + box decoding as one ONNX file (``model.onnx``) with ``detector.json``."""
+    import torch
+
+    from productlens.models.detectors.fcos import decode_module
+    from productlens.models.detectors.pyramid import build_torch, export
+
+    pyramid = build_torch(opts.backbone)
+    decode = decode_module(head)
+
+    class Full(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pyramid, self.decode = pyramid, decode
+
+        def forward(self, pixels):
+            return self.decode(*self.pyramid(pixels))
+
+    export(Full().eval(), out_dir / "model.onnx", ["boxes", "scores"], size=(opts.size, opts.size))
+    spec = DetectorSpec(labels=tuple(labels), size=opts.size)
+    (out_dir / "detector.json").write_text(json.dumps(spec.to_json(), indent=1))
+    return out_dir / "model.onnx"
+
+
+def train_detector(data: CocoSet, out_dir: str | Path, opts: DetectTrainOptions | None = None, *,
+                   progress: bool = True, views: Views | None = None) -> dict:
+    """Train on ``data`` and write a detector folder at ``out_dir`` (atomically).
+
+    The folder holds ``model.onnx`` and ``detector.json`` (the detector contract),
+    ``config.json`` (training settings, categories) and ``metrics.json``. Returns the metrics.
+    """
+    opts = opts or DetectTrainOptions()
+    out_dir = Path(out_dir)
+    if not data.n_boxes:
+        raise ProductLensError(f"{data.path}: no usable boxes to train on")
+    t0 = time.perf_counter()
+    views = views or extract_views(data, opts, progress=progress)
+    head, history = train_head(views, len(data.categories), opts, progress=progress)
+    with atomic_dir(out_dir) as tmp:
+        export_detector(head, opts, data.names, tmp)
+        cfg = asdict(opts)
+        cfg.update(categories=data.categories, train=str(data.path), format="productlens-detector/1")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        metrics = {"images": len(data.images) - len({p for p, _ in views.skipped}), "views": len(views),
+                   "boxes": data.n_boxes, "loss": [round(v, 4) for v in history],
+                   "skipped": [{"image": p, "error": e} for p, e in views.skipped],
+                   "problems": data.problems, "seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics

@@ -1,0 +1,359 @@
+"""Detection: NMS, targets, COCO reading and its bad input, the ONNX contract, training end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import DET_CLASSES, detection_photo, write_coco
+from productlens.data.coco import read_coco
+from productlens.models.detectors import load_detector
+from productlens.models.detectors.fcos import HeadConfig, assign, locations
+from productlens.models.detectors.nms import batched_nms, iou_matrix, nms
+from productlens.models.detectors.runtime import DetectorSpec, letterbox
+from productlens.types import ProductLensError
+
+
+def test_iou_and_nms():
+    a = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
+    iou = iou_matrix(a, a)
+    assert iou[0, 1] == pytest.approx(50 / 150)
+    assert iou[0, 2] == 0 and np.allclose(np.diag(iou), 1)
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 1, 10, 11]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.95])
+    assert nms(boxes, scores, 0.5).tolist() == [3, 2]
+    assert nms(boxes, scores, 0.99).tolist() == [3, 0, 1, 2]
+    # boxes of different classes never suppress each other
+    assert sorted(batched_nms(boxes, scores, np.array([0, 1, 0, 0]), 0.5).tolist()) == [1, 2, 3]
+    assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0)).size == 0
+
+
+def test_assign_levels_and_distances():
+    cfg = HeadConfig()
+    shapes = [(16, 16), (8, 8), (4, 4)]  # a 128 x 128 input
+    small = np.array([[8, 8, 40, 40]], np.float32)
+    big = np.array([[0, 0, 128, 128]], np.float32)
+    cls_t, reg_t = assign(small, np.array([1]), shapes, cfg)
+    n3 = 16 * 16
+    assert (cls_t[:n3] == 1).any() and (cls_t[n3:] == -1).all()  # a small box lives on stride 8 only
+    pts = np.concatenate([locations(h, w, s) for (h, w), s in zip(shapes, (8, 16, 32))])
+    pos = np.nonzero(cls_t >= 0)[0]
+    x, y = pts[pos, 0], pts[pos, 1]
+    assert np.allclose(reg_t[pos], np.stack([x - 8, y - 8, 40 - x, 40 - y], 1))
+    assert (np.abs(x - 24) < 12).all() and (np.abs(y - 24) < 12).all()  # centre sampling, radius 1.5 strides
+    shapes = [(32, 32), (16, 16), (8, 8)]  # a 256 x 256 input
+    cls_t, _ = assign(big * 2, np.array([0]), shapes, cfg)
+    assert (cls_t[-64:] == 0).any() and (cls_t[:-64] == -1).all()  # a big box lives on stride 32
+    cls_t, reg_t = assign(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), shapes, cfg)
+    assert (cls_t == -1).all() and not reg_t.any()
+
+
+def test_letterbox_keeps_aspect_and_pads():
+    img = Image.new("RGB", (100, 50), (255, 0, 0))
+    px, f = letterbox(img, 128)
+    assert f == pytest.approx(1.28) and px.shape == (64, 128, 3)
+    assert (px[:64, :128, 0] == 255).all()
+    px, _ = letterbox(Image.new("L", (30, 100)), 100)
+    assert px.shape == (128, 32, 3) and (px[:, 30:] == 0).all()
+
+
+def test_read_coco_reports_bad_annotations(tmp_path):
+    path = write_coco(tmp_path, "set", 3, extra={"annotations": [
+        {"id": 900, "image_id": 1, "category_id": 7, "bbox": [10, 10, 0, 5]},         # zero size
+        {"id": 901, "image_id": 1, "category_id": 7, "bbox": [500, 500, 10, 10]},     # outside the image
+        {"id": 902, "image_id": 1, "category_id": 99, "bbox": [1, 1, 10, 10]},        # unknown category
+        {"id": 903, "image_id": 77, "category_id": 7, "bbox": [1, 1, 10, 10]},        # unknown image
+        {"id": 904, "image_id": 1, "category_id": 7},                                 # no bbox
+        {"id": 905, "image_id": 2, "category_id": 9, "bbox": [150, 100, 40, 40]},     # clipped to 160 x 120
+    ], "images": [{"id": 50, "file_name": "photos/none.jpg", "width": 10, "height": 10}]})
+    data = read_coco(path)
+    assert data.names == ["square", "disc"]
+    text = "\n".join(data.problems)
+    for reason in ("zero-size", "outside", "category id 99", "image_id not in images", "malformed"):
+        assert reason in text
+    im2 = next(im for im in data.images if im.id == 2)
+    assert im2.boxes.max(0)[2] <= 160 and im2.boxes.max(0)[3] <= 120
+    empty = next(im for im in data.images if im.id == 50)
+    assert len(empty.boxes) == 0  # an image with no boxes is kept as background
+    assert data.images[0].path == tmp_path / "photos" / "set_0.jpg"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"), ("{not json", "cannot read"), ("[]", "json object"),
+    ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}', "no 'images'"),
+    ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []}', "no 'categories'"),
+])
+def test_read_coco_refuses_unusable_files(tmp_path, content, message):
+    path = tmp_path / "a.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ProductLensError, match=message):
+        read_coco(path)
+
+
+def test_read_coco_with_a_detectors_categories(tmp_path):
+    path = write_coco(tmp_path, "set", 4)
+    data = read_coco(path, categories=[DET_CLASSES[1]])  # only discs known
+    assert all((im.labels == 0).all() for im in data.images)
+    assert any("category id 7" in p for p in data.problems)
+
+
+def test_spec_validation():
+    spec = DetectorSpec.from_json({"labels": ["a"], "size": 64})
+    assert spec.resize == "long" and spec.nms_iou == 0.6
+    assert DetectorSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ProductLensError, match="missing labels"):
+        DetectorSpec.from_json({"size": 64})
+    with pytest.raises(ProductLensError, match="resize"):
+        DetectorSpec.from_json({"labels": ["a"], "size": 64, "resize": "crop"})
+
+
+def _write_user_detector(path: Path, *, square: bool) -> Path:
+    """A user's ONNX detector: two fixed candidate boxes in input pixels, scores from the mean red level."""
+    import torch
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):  # float 1 x 3 x H x W, normalised
+            h, w = x.shape[2], x.shape[3]
+            red = x[:, 0].mean()
+            boxes = torch.stack([torch.stack([w * 0.0 + 8, h * 0.0 + 8, w * 0.0 + 40, h * 0.0 + 40]),
+                                 torch.stack([w * 0.0 + 10, h * 0.0 + 10, w * 0.0 + 42, h * 0.0 + 42])])[None]
+            s = torch.sigmoid(red * 10)
+            scores = torch.stack([torch.stack([s, 1 - s]), torch.stack([s * 0.9, 1 - s])])[None]
+            return boxes.float(), scores.float()
+
+    torch.onnx.export(Fixed(), (torch.zeros(1, 3, 64, 64),), str(path), input_names=["image"],
+                      output_names=["boxes", "scores"], dynamic_axes={"image": {2: "h", 3: "w"}},
+                      opset_version=17, dynamo=False)
+    path.with_suffix(".json").write_text(json.dumps({
+        "labels": ["red", "other"], "size": 64, "resize": "square" if square else "long", "input": "float",
+        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "nms_iou": 0.5}))
+    return path
+
+
+@pytest.mark.parametrize("square", [True, False])
+def test_user_onnx_detector_contract(tmp_path, square):
+    model = _write_user_detector(tmp_path / "mine.onnx", square=square)
+    det = load_detector(f"onnx:{model}")
+    assert det.labels == ("red", "other")
+    img = Image.new("RGB", (128, 256), (255, 0, 0))
+    dets = det.detect(img)
+    assert [d.tag for d in dets] == ["red"]  # the overlapping second box is suppressed; 'other' scores ~0
+    b = dets[0].box
+    if square:  # 64 x 64 input: x scaled by 2, y by 4
+        assert (b.x, b.y, b.w, b.h) == pytest.approx((16, 32, 64, 128))
+    else:  # longer side 256 -> 64: factor 4
+        assert (b.x, b.y, b.w, b.h) == pytest.approx((32, 32, 96, 128))  # clipped at the 128 px width
+    assert dets[0].as_json()["tag"] == "red"
+
+
+def test_load_detector_errors(tmp_path, monkeypatch):
+    with pytest.raises(ProductLensError, match="not a detector folder"):
+        load_detector(tmp_path)
+    with pytest.raises(ProductLensError, match="does not exist"):
+        load_detector(f"onnx:{tmp_path / 'none.onnx'}")
+    (tmp_path / "x.onnx").write_bytes(b"junk")
+    with pytest.raises(ProductLensError, match="spec"):
+        load_detector(f"onnx:{tmp_path / 'x.onnx'}")
+    (tmp_path / "x.json").write_text('{"labels": ["a"], "size": 64}')
+    with pytest.raises(ProductLensError, match="cannot load"):
+        load_detector(f"onnx:{tmp_path / 'x.onnx'}")
+    monkeypatch.setenv("PRODUCTLENS_DETECTOR", str(tmp_path / "nothing"))
+    with pytest.raises(ProductLensError, match="productlens detector train"):
+        load_detector()
+
+
+def test_draw_detections(tmp_path):
+    from productlens.models.detectors.runtime import Detection
+    from productlens.pipeline.detect import draw_detections
+    from productlens.types import Box
+
+    img = Image.new("RGB", (200, 100), (255, 255, 255))
+    out = draw_detections(img, [Detection(Box(10, 20, 50, 40), "bag", 0.9, 0),
+                                Detection(Box(100, 20, 50, 40), "hat", 0.1, 1)])
+    a = np.asarray(out)
+    assert out.size == img.size and (a[20:61, 10] != 255).any()
+    assert (a[30:50, 100] == 255).all()  # below min_score: not drawn
+    assert (np.asarray(img) == 255).all()  # the input is untouched
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small detector trained on generated photos (squares and discs)."""
+    from productlens.pipeline.detect_train import DetectTrainOptions, train_detector
+
+    root = tmp_path_factory.mktemp("coco")
+    train = write_coco(root, "train", 40, seed=1)
+    test = write_coco(root, "test", 12, seed=2)
+    opts = DetectTrainOptions(size=160, scales=(1.0,), epochs=12, batch=8, lr=3e-3,
+                              head=HeadConfig(width=32, convs=1))
+    metrics = train_detector(read_coco(train), root / "detector", opts, progress=False)
+    return root, train, test, opts, metrics
+
+
+@pytest.mark.slow
+def test_trained_detector_finds_objects(trained):
+    from productlens.eval.detection import coco_map, predict_set
+
+    root, _, test, _, metrics = trained
+    assert metrics["views"] == 80 and metrics["loss"][-1] < metrics["loss"][0]
+    det = load_detector(root / "detector")
+    assert det.labels == ("square", "disc")
+    data = read_coco(test)
+    preds, errors = predict_set(det, data, progress=False)
+    m = coco_map(data, preds)
+    assert not errors and m["map50"] > 0.6, m
+    assert set(m["per_class"]) == {"square", "disc"}
+    cfg = json.loads((root / "detector" / "config.json").read_text())
+    assert cfg["categories"] == DET_CLASSES and cfg["size"] == 160
+
+
+@pytest.mark.slow
+def test_detect_cli_writes_drawings_and_json(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+
+    root = trained[0]
+    img, _ = detection_photo(5)
+    img.save(tmp_path / "a.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), str(tmp_path / "broken.jpg"),
+                                   "--model", str(root / "detector"), "--out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    records = json.loads(res.output.strip().splitlines()[-1])
+    assert len(records) == 1 and records[0]["width"] == 160
+    assert "broken.jpg" in res.output  # reported, skipped
+    rec = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert rec["detections"] and set(rec["detections"][0]) == {"box", "tag", "score"}
+    assert Image.open(tmp_path / "out" / "a.jpg").size == (160, 120)
+    assert not (tmp_path / "out" / "broken.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_detect_cli_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+
+    train = write_coco(tmp_path, "train", 16, seed=3)
+    test = write_coco(tmp_path, "test", 6, seed=4)
+    data = json.loads(test.read_text())  # a test image that fails to decode: skipped and reported
+    (tmp_path / "photos" / "bad.jpg").write_bytes(b"")
+    data["images"].append({"id": 99, "file_name": "photos/bad.jpg", "width": 160, "height": 120})
+    data["images"][0]["width"] = 200  # and one whose size disagrees with the file: its boxes would not fit
+    test.write_text(json.dumps(data))
+    res = CliRunner().invoke(app, ["eval", "detect", "--train", str(train), "--test", str(test), "--epochs", "2",
+                                   "--size", "128", "--json", "--out", str(tmp_path / "det")])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output.strip().splitlines()[-1])
+    assert set(m) == {"map50", "map", "classes", "train", "test", "seconds"}
+    assert m["train"] == 16 and m["test"] == 5 and 0 <= m["map50"] <= 1
+    assert "bad.jpg" in res.output and "annotation file says 200x120" in res.output and (tmp_path / "det" / "model.onnx").is_file()
+
+
+def test_training_refuses_data_without_boxes(tmp_path):
+    from productlens.pipeline.detect_train import train_detector
+
+    path = write_coco(tmp_path, "set", 2)
+    data = json.loads(path.read_text())
+    data["annotations"] = []
+    path.write_text(json.dumps(data))
+    with pytest.raises(ProductLensError, match="no usable boxes"):
+        train_detector(read_coco(path), tmp_path / "det", progress=False)
+    assert not (tmp_path / "det").exists()
+
+
+def test_composites_from_white_background_products(tmp_path):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+    from productlens.data.synth import cutout
+
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "bg").mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 160, 40)]):
+        img = Image.new("RGB", (120, 100), (255, 255, 255))
+        img.paste(colour, (30, 20, 90, 80))
+        img.save(tmp_path / "shop" / f"p{i}.jpg", quality=95)
+    Image.new("RGB", (120, 100), (255, 255, 255)).save(tmp_path / "shop" / "blank.jpg")  # nothing to cut out
+    (tmp_path / "shop" / "broken.jpg").write_bytes(b"nope")
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(
+            tmp_path / "bg" / f"b{i}.jpg")
+    cut = cutout(Image.open(tmp_path / "shop" / "p0.jpg"))
+    assert cut.mode == "RGBA" and abs(cut.size[0] - 60) <= 2 and abs(cut.size[1] - 60) <= 2
+    assert cutout(Image.open(tmp_path / "shop" / "blank.jpg")) is None
+    res = CliRunner().invoke(app, ["data", "composites", str(tmp_path / "shop"), str(tmp_path / "bg"),
+                                   "--out", str(tmp_path / "syn"), "-n", "6"])
+    assert res.exit_code == 0, res.output
+    data = read_coco(tmp_path / "syn" / "annotations.json")
+    assert len(data.images) == 6 and data.n_boxes >= 6 and data.names == ["product"] and not data.problems
+    for im in data.images:
+        assert Image.open(im.path).size == (im.width, im.height)
+        assert (im.boxes[:, 2] <= im.width).all() and (im.boxes[:, 3] <= im.height).all()
+
+
+@pytest.mark.slow
+def test_search_rank_and_classify_use_the_detected_box(tmp_path):
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from helpers import write_dataset
+    from productlens.cli.main import app
+    from productlens.data.readers import read_gallery, read_queries
+    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.rank import rank_queries
+    from productlens.types import Box
+
+    ds = write_dataset(tmp_path / "ds")
+    model = _write_user_detector(tmp_path / "det.onnx", square=True)
+    det = load_detector(f"onnx:{model}")
+    box = Box(12, 12, 48, 48)  # the detector's best box (8, 8, 40, 40 of its 64 px input) on a 96 px photo
+    queries = read_queries(ds["queries"])
+    cat, _ = build_catalog(read_gallery(ds["gallery"]), tmp_path / "cat", embedder="efficientnet-lite0",
+                           progress=False)
+    with cat:
+        by_detector, _ = rank_queries(cat, queries, 10, detector=det, progress=False)
+        by_box, _ = rank_queries(cat, [dataclasses.replace(q, box=box) for q in queries], 10, progress=False)
+        whole, _ = rank_queries(cat, queries, 10, progress=False)
+        assert np.array_equal(by_detector, by_box)
+        hits = cat.search(queries[0].image, detector=det, k=3)
+        assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in cat.search(queries[0].image, box=box, k=3)]
+        assert [h.score for h in hits] != [h.score for h in cat.search(queries[0].image, k=3)]
+    assert whole.shape == by_box.shape
+    res = CliRunner().invoke(app, ["search", str(tmp_path / "cat"), queries[0].image, "--detect",
+                                   "--detector", f"onnx:{model}", "-k", "2"])
+    assert res.exit_code == 0, res.output
+    assert "detected box: (12.0, 12.0, 48.0, 48.0)" in res.output
+
+
+def test_feature_cache_cap_keeps_one_view_per_later_image(tmp_path):
+    from productlens.pipeline.detect_train import DetectTrainOptions, extract_views
+
+    data = read_coco(write_coco(tmp_path, "set", 3))
+    (tmp_path / "photos" / "set_1.jpg").write_bytes(b"broken")
+    views = extract_views(data, DetectTrainOptions(size=128, scales=(0.8, 1.0), max_cache_gb=1e-9), progress=False)
+    assert len(views) == 4 + 1  # all 4 views of the first image, then one view each; the broken one skipped
+    assert len(views.skipped) == 1 and "set_1.jpg" in views.skipped[0][0]
+    c3, c4, c5 = views.feats[-1]
+    assert c3.dtype == np.float16 and c3.shape[0] == 48 and c5.shape[0] == 1280
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_every_pyramid_backbone_runs_on_random_input(arch):
+    import onnxruntime as ort
+
+    from productlens.models.detectors.pyramid import STRIDES, cached_onnx, channels
+
+    sess = ort.InferenceSession(str(cached_onnx(arch)), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 255, (1, 96, 160, 3), dtype=np.uint8)
+    maps = sess.run(None, {"pixels": x})
+    assert [m.shape for m in maps] == [(1, c, 96 // s, 160 // s) for c, s in zip(channels(arch), STRIDES)]
+    assert all(np.isfinite(m).all() for m in maps)
