@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, exactly this spec: a CPU build from a local file (any other spec pulls CUDA)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[torch,dev]"
+	$(BIN)/python -m pip install -q -e ".[torch,text,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_audit.py
 	$(BIN)/python benchmarks/bench_classify_scale.py
 	$(BIN)/python benchmarks/bench_detect.py
+	$(BIN)/python benchmarks/bench_multimodal.py
+	$(BIN)/python benchmarks/bench_video.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

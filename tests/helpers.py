@@ -100,3 +100,23 @@ def write_coco(root: Path, name: str, n_images: int, seed: int = 0, extra: dict 
     path = root / f"{name}.json"
     path.write_text(json.dumps(data))
     return path
+
+
+def package_photo(word: str, variant: int, *, shop: bool, colour: tuple[int, int, int] = (200, 120, 40),
+                  size: int = 160) -> Image.Image:
+    """A 'package' of one colour with a brand ``word`` printed on a white label; packages that
+    differ only by their word look alike to an image embedder but not to OCR."""
+    from PIL import ImageFont
+
+    rng = np.random.default_rng(variant + (0 if shop else 13))
+    if shop:
+        img = Image.new("RGB", (size, size), (255, 255, 255))
+    else:
+        img = Image.fromarray(rng.integers(90, 170, (size, size, 3), dtype=np.uint8))
+    d = ImageDraw.Draw(img)
+    off = 0 if shop else int(rng.integers(-6, 7))
+    d.rectangle((10 + off, 20 + off, size - 10 + off, size - 20 + off), fill=colour)
+    d.rectangle((16 + off, 56 + off, size - 16 + off, 104 + off), fill=(255, 255, 255))
+    font = ImageFont.load_default(size=30)
+    d.text((size // 2 + off, 80 + off), word, fill=(0, 0, 0), font=font, anchor="mm")
+    return img

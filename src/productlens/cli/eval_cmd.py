@@ -28,6 +28,9 @@ def retrieval(
     detect: bool = typer.Option(False, "--detect", help="Queries without a box: search the best detected box."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
                                                       "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
+    text: bool = typer.Option(False, "--text", help="Fuse OCR words (and --products text) with the image "
+                                                   "score; the weight is chosen on held-out --train photos."),
+    products: Optional[Path] = typer.Option(None, help="products.jsonl: product titles for --text (catalog mode)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Rank the gallery for every query and print mAP@1000, top-1, top-5, recall@10."""
@@ -36,15 +39,17 @@ def retrieval(
 
     m = evaluate_retrieval(gallery, queries, train_csv=train, catalog_mode=catalog, embedder=model,
                            rerank=rerank, finetune=finetune, rankings_out=rankings,
-                           progress=not as_json, detector=load_detector(detector) if detect else None)
+                           progress=not as_json, detector=load_detector(detector) if detect else None,
+                           text=text, products=products)
     typer.echo(f"mode: {'catalog' if catalog else 'challenge'}  model: {model}  adapted: {bool(train)}"
-               f"  fine-tuned: {bool(train) and finetune}  detect: {detect}")
+               f"  fine-tuned: {bool(train) and finetune}  detect: {detect}"
+               + (f"  text weight: {m['text_weight']:g}" if text else ""))
     typer.echo(f"queries: {m['queries']}  gallery: {m['gallery']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
     typer.echo(f"mAP@1000: {m['map@1000']:.4f}  top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  "
                f"recall@10: {m['recall@10']:.4f}")
     if as_json:
         typer.echo(json.dumps({k: m[k] for k in ("map@1000", "top1", "top5", "recall@10", "queries",
-                                                  "gallery", "seconds")}))
+                                                  "gallery", "seconds", "text_weight") if k in m}))
 
 
 from productlens.cli.classify_cmd import eval_classify  # noqa: E402

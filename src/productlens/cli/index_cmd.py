@@ -23,17 +23,30 @@ def build(
     catalog_labels: bool = typer.Option(False, "--catalog-labels", help="Let the adapter learn from the catalog's own product ids."),
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     overwrite: bool = typer.Option(False, help="Replace an existing catalog folder."),
+    ocr: bool = typer.Option(False, "--ocr", help="Read the print on gallery and query photos and fuse it with "
+                                                  "the image score (needs --train: every 8th photo of each "
+                                                  "product chooses the weight)."),
 ) -> None:
     """Embed a catalog and write its index (atomically)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
     from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.fusion import split_holdout
+    from productlens.types import ProductLensError
 
     items = read_catalog(catalog)
     train_items = read_labelled_csv(train, label="product_id") if train else None
+    holdout = []
+    if ocr:
+        if not train_items:
+            raise ProductLensError("--ocr needs --train: the fusion weight is chosen on held-out training photos")
+        train_items, holdout = split_holdout(train_items)
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
                                 use_gallery_labels=catalog_labels, finetune=finetune and train_items is not None,
-                                overwrite=overwrite)
+                                overwrite=overwrite, ocr=ocr)
     with cat:
+        if ocr:
+            cat.fit_text_weight(holdout, progress=True)
+            typer.echo(f"text fusion weight {cat.text_weight:g} (chosen on {len(holdout)} held-out training photos)")
         typer.echo(f"indexed {len(cat)} items into {out} ({cat.embedder.name if cat.adapter else model}{', adapted' if cat.adapter else ''}); "
                    f"skipped {len(errors)}")
 

@@ -6,7 +6,8 @@ import logging
 
 import typer
 
-from productlens.cli import audit_cmd, classify_cmd, data_cmd, detect_cmd, eval_cmd, index_cmd, search_cmd
+from productlens.cli import (audit_cmd, classify_cmd, data_cmd, detect_cmd, eval_cmd, index_cmd, search_cmd,
+                             text_cmd, video_cmd)
 from productlens.cli.common import fail_cleanly
 
 app = typer.Typer(help="Identify products in photos: index a catalog, search it, evaluate.",
@@ -17,10 +18,12 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(classify_cmd.app, name="classify")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(detect_cmd.app, name="detector")
+app.add_typer(text_cmd.app, name="text")
 app.command("search")(fail_cleanly(search_cmd.search))
 app.command("rank")(fail_cleanly(search_cmd.rank))
 app.command("demo")(fail_cleanly(search_cmd.demo))
 app.command("detect")(detect_cmd.detect)
+app.command("identify-video")(fail_cleanly(video_cmd.identify_video))
 
 
 @app.command("models")

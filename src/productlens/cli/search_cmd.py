@@ -23,6 +23,8 @@ def search(
     detect: bool = typer.Option(False, "--detect", help="Without --box: search the best detected product."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
                                                       "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
+    text: Optional[str] = typer.Option(None, help="Words about the query (e.g. a title), fused with the image "
+                                                  "score in a catalog built with --ocr."),
 ) -> None:
     """Rank the catalog for one query photo."""
     from productlens.data.images import load_image
@@ -36,7 +38,7 @@ def search(
         query_box = best_box(load_detector(detector), load_image(image))
         typer.echo(f"detected box: {query_box.as_tuple() if query_box else 'none (whole photo)'}", err=True)
     with Catalog.open(catalog_dir) as cat:
-        hits = cat.search(image, box=query_box, k=k, rerank=rerank)
+        hits = cat.search(image, box=query_box, k=k, rerank=rerank, text=text)
         categories = None
         if not as_json and cat.classifier is not None:  # the attached classifier's top 4 categories
             categories = cat.classify(image, box=query_box, k=4)

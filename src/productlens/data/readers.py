@@ -25,9 +25,14 @@ _URL_PREFIXES = ("http://", "https://", "file://")
 def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
     """Read an AIcrowd gallery csv: ``seller_img_id, img_path[, product_id]``.
 
-    ``product_id`` is optional (-1 marks a distractor); other columns go to ``extra``.
+    ``product_id`` is optional (-1 marks a distractor); ``title`` (or
+    ``product_name``) and ``category_name`` (or ``category``) columns fill the
+    item's title and category; other columns go to ``extra``.
     """
     path = Path(csv_path)
+    header = set(_header(path))
+    title_col = next((c for c in ("title", "product_name") if c in header), None)
+    category_col = next((c for c in ("category_name", "category") if c in header), None)
     items = []
     for line, row in _rows(path, _GALLERY_COLUMNS):
         items.append(
@@ -35,7 +40,9 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
                 id=_int(row["seller_img_id"], "seller_img_id", path, line),
                 image=_image(row["img_path"], path, line),
                 product_id=_opt_int(row.get("product_id"), "product_id", path, line),
-                extra=_extra(row, {*_GALLERY_COLUMNS, "product_id"}),
+                title=row[title_col].strip() if title_col else "",
+                category=row[category_col].strip() if category_col else "",
+                extra=_extra(row, {*_GALLERY_COLUMNS, "product_id", title_col, category_col} - {None}),
             )
         )
     return items

@@ -16,23 +16,32 @@ from pathlib import Path
 import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER
-from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
+from productlens.data.readers import read_gallery, read_labelled_csv, read_products_jsonl, read_queries
 from productlens.eval.metrics import retrieval_metrics
 from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import build_catalog
+from productlens.pipeline.fusion import HOLDOUT_EVERY, split_holdout
 from productlens.pipeline.rank import rank_queries
+from productlens.types import Item, ProductLensError
 
 
 def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, train_csv: str | Path | None = None,
                        catalog_mode: bool = False, embedder: str = DEFAULT_EMBEDDER, rerank: bool = True, finetune: bool = False,
                        k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None,
-                       detector: Detector | None = None) -> dict:
+                       detector: Detector | None = None, text: bool = False,
+                       products: str | Path | None = None) -> dict:
     """Evaluate retrieval end to end and return the metrics dict.
 
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
     ``detector``: queries without a box are searched with their best detected box.
+    ``text`` (needs ``train_csv``): OCR gallery and query photos and fuse the
+    words with the image score; the fusion weight is chosen on every
+    ``HOLDOUT_EVERY``-th training photo of each product, which then does not
+    train the adapter. ``products`` (a products.jsonl): in catalog mode, each
+    gallery photo's product text (title, name, category) joins its OCR words.
     Keys: ``map@1000``, ``top1``, ``top5``, ``recall@10``, ``queries``, ``gallery``,
-    ``seconds`` (wall time including training and embedding), ``skipped``.
+    ``seconds`` (wall time including training and embedding), ``skipped``; with
+    ``text`` also ``text_weight`` and ``weights`` ({weight: held-out training mAP}).
     """
     t0 = time.perf_counter()
     gallery = read_gallery(gallery_csv)
@@ -41,11 +50,20 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     if not catalog_mode:  # the system never sees the gallery's labels
         gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
     train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
+    holdout: list = []
+    if text:
+        if not train:
+            raise ProductLensError("--text needs --train: the fusion weight is chosen on held-out training photos")
+        train, holdout = split_holdout(train)
+        if products and catalog_mode:
+            gallery = attach_product_text(gallery, read_products_jsonl(products))
     with tempfile.TemporaryDirectory(prefix="productlens-eval-") as tmp:
         catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
                                          use_gallery_labels=catalog_mode, finetune=finetune and train is not None,
-                                         progress=progress)
+                                         progress=progress, ocr=text)
         with catalog:
+            weights = catalog.fit_text_weight(holdout, progress=progress) if text else None
+            text_weight = catalog.text_weight
             rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
                                              group_by_product=catalog_mode, progress=progress,
                                              detector=detector)
@@ -61,4 +79,21 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     metrics = retrieval_metrics(as_index, gallery_labels, query_labels, k)
     metrics.update(queries=len(queries), gallery=len(gallery), skipped=len(gerrors) + len(qerrors),
                    seconds=round(time.perf_counter() - t0, 1))
+    if text:
+        metrics.update(text_weight=text_weight, weights=weights)
     return metrics
+
+
+def attach_product_text(gallery: list[Item], products: dict[int, dict]) -> list[Item]:
+    """Gallery items with their product's title, category and other text fields filled in."""
+    out = []
+    for g in gallery:
+        rec = products.get(g.product_id) if g.product_id is not None else None
+        if rec is None:
+            out.append(g)
+            continue
+        extra = {**{k: v for k, v in rec.items() if k in ("name", "brand", "description", "department")
+                    and v not in (None, "")}, **g.extra}
+        out.append(dataclasses.replace(g, title=g.title or str(rec.get("title") or ""),
+                                       category=g.category or str(rec.get("category_name") or ""), extra=extra))
+    return out

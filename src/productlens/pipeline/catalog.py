@@ -9,6 +9,11 @@ Layout of a catalog folder::
       classifier/ optional category classifier (productlens.models.classifiers), attached
                   with :meth:`Catalog.attach_classifier`
 
+A catalog built with ``ocr=True`` keeps the words OCR read on each gallery photo
+in its metadata (``ocr``) and fuses text evidence into every search
+(:mod:`productlens.pipeline.fusion`) with the weight recorded in its info
+(``text_weight``, chosen on held-out training photos by :meth:`Catalog.fit_text_weight`).
+
 The store's info records the embedder and whether an adapter is used, so a
 reopened catalog embeds queries exactly as its gallery was embedded.
 :func:`build_catalog` writes a new catalog into a temporary folder and renames
@@ -64,6 +69,68 @@ class Catalog:
         self.embedder = embedder
         self.adapter = adapter
         self._classifier = None
+        self._matcher = None
+
+    # -------------------------------------------------------------- text
+    @property
+    def uses_ocr(self) -> bool:
+        """Whether gallery photos are OCR'd (built with ``ocr=True``); queries are then OCR'd too."""
+        return bool(self.store.get_info("ocr", False))
+
+    @property
+    def text_weight(self) -> float:
+        """The weight of the text score in fused searches (0: image only)."""
+        return float(self.store.get_info("text_weight", 0.0))
+
+    @property
+    def matcher(self):
+        """The :class:`~productlens.pipeline.fusion.TextMatcher` over the items' documents (cached)."""
+        if self._matcher is None:
+            from productlens.pipeline.fusion import TextMatcher
+
+            self._matcher = TextMatcher.from_store(self.store)
+        return self._matcher
+
+    def query_texts(self, sources: Sequence[Any], boxes: Sequence[Box | None] | None = None,
+                    texts: Sequence[str | None] | None = None, progress: bool = False) -> list[str] | None:
+        """The text of each query: OCR of the photo (when the catalog uses OCR) plus the user's text.
+
+        None when there is no text evidence to fuse (no OCR, no text, or weight 0).
+        """
+        if self.text_weight <= 0 or not (self.uses_ocr or (texts is not None and any(texts))):
+            return None
+        from productlens.pipeline.fusion import ocr_texts
+
+        read = ocr_texts(sources, boxes, progress=progress) if self.uses_ocr else [""] * len(sources)
+        extra = texts or [None] * len(sources)
+        return [" ".join(s for s in (a, b or "") if s) for a, b in zip(read, extra)]
+
+    def fit_text_weight(self, holdout: Sequence[Item], progress: bool = False) -> dict[float, float]:
+        """Choose and record the text fusion weight on labelled held-out *training* photos.
+
+        The photos must not have trained the catalog's adapter (their image
+        scores would be over-confident). Returns {weight: held-out mAP}.
+        """
+        from productlens.pipeline.fusion import fit_text_weight, ocr_texts
+
+        labelled = [h for h in holdout if h.product_id is not None]
+        if not labelled:
+            raise ProductLensError("choosing the text weight needs labelled held-out photos")
+        res = self.embed_queries(labelled, [h.box for h in labelled], progress=progress)
+        kept = [labelled[i] for i in res.ok]
+        texts = ocr_texts([h.image for h in kept], [h.box for h in kept], progress=progress) \
+            if self.uses_ocr else [h.extra.get("text", "") for h in kept]
+        k = len(self.store)
+        scores, ids = self.search_vectors(res.vectors, k)
+        tscores = self.matcher.gather(self.matcher.scores(texts), ids)
+        all_ids = self.store.ids()
+        item_labels = {int(i): int((md or {}).get("product_id", -1)) for i, md in
+                       zip(all_ids.tolist(), self.store.get(all_ids))}
+        group = self._group if any(v >= 0 for v in item_labels.values()) else None
+        weight, table = fit_text_weight(scores, ids, tscores, item_labels, [h.product_id for h in kept],
+                                        group=group)
+        self.store.set_info("text_weight", weight)
+        return table
 
     # -------------------------------------------------------------- open
     @classmethod
@@ -109,22 +176,31 @@ class Catalog:
         res = embed_items(self.embedder, items, progress=progress, desc="gallery")
         if len(res.ok):
             ok = [items[i] for i in res.ok]
-            self.store.upsert([it.id for it in ok], self.to_index_space(res.vectors, "gallery"),
-                              [_metadata(it) for it in ok])
+            mds = [_metadata(it) for it in ok]
+            if self.uses_ocr:
+                from productlens.pipeline.fusion import ocr_texts
+
+                for md, text in zip(mds, ocr_texts([it.image for it in ok], progress=progress)):
+                    md["ocr"] = text
+            self.store.upsert([it.id for it in ok], self.to_index_space(res.vectors, "gallery"), mds)
+            self._matcher = None
         return res.errors
 
     def remove(self, ids: Sequence[int]) -> int:
+        self._matcher = None
         return self.store.remove(ids)
 
     # ------------------------------------------------------------ search
     def search_vectors(self, queries: np.ndarray, k: int, *, rerank: bool = True,
-                       where: dict | None = None, group_by_product: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray]:
+                       where: dict | None = None, group_by_product: bool = False,
+                       texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for query vectors already in the index space.
 
         ``rerank``: alpha-QE over the top ``QE_K`` results. ``group_by_product``
         (catalog mode): each item is scored by the best score of its product
         within the retrieved list, so all photos of the best product come first.
+        ``texts`` (one per query, from :meth:`query_texts`): fused with the
+        items' documents at the catalog's ``text_weight`` before grouping.
         """
         k = min(k, max(len(self.store), 1))
         scores, ids = self.store.search(queries, k, where)
@@ -137,6 +213,11 @@ class Catalog:
                 neighbours[found] = self.store.vectors(uniq)[inverse]
             expanded = alpha_qe(queries, scores[:, :QE_K], neighbours, QE_ALPHA)
             scores, ids = self.store.search(expanded, k, where)
+        if texts is not None and self.text_weight > 0 and self.matcher.has_text:
+            from productlens.pipeline.fusion import fuse
+
+            scores, ids = fuse(scores, ids, self.matcher.gather(self.matcher.scores(texts), ids),
+                               self.text_weight)
         if group_by_product:
             scores, ids = self._group(scores, ids)
         return scores, ids
@@ -197,11 +278,12 @@ class Catalog:
         return clf.predict(img, k=k, level=level)[0]
 
     def search(self, source: Any, *, box: Box | None = None, k: int = 10, rerank: bool = True,
-               where: dict | None = None, detector: Detector | None = None) -> list[Hit]:
+               where: dict | None = None, detector: Detector | None = None, text: str | None = None) -> list[Hit]:
         """Rank the catalog for one query image (path, URL or bytes; optional box).
 
         ``detector`` (a :class:`~productlens.models.detectors.Detector`): without
         a box, search with the best detected box instead of the whole photo.
+        ``text``: words known about the query (e.g. a title), fused like OCR text.
         """
         if box is None and detector is not None:
             from productlens.pipeline.detect import best_box
@@ -209,13 +291,14 @@ class Catalog:
             box = best_box(detector, load_image(source))
         img = load_image(source, box=box, target=self.embedder.preprocess.size)  # ImageError / BoxError
         query = self.to_index_space(self.embedder.embed_images([img]), "query")
-        return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where))[0]
+        texts = self.query_texts([img], None, [text])
+        return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts))[0]
 
 
 def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
                   train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
-                  finetune: bool = False, overwrite: bool = False, progress: bool = True
-                  ) -> tuple[Catalog, list]:
+                  finetune: bool = False, overwrite: bool = False, progress: bool = True,
+                  ocr: bool = False) -> tuple[Catalog, list]:
     """Embed ``items`` into a new catalog folder at ``path``; returns (catalog, skipped errors).
 
     ``train``: labelled shopper photos (Item.product_id set) that fit the
@@ -226,6 +309,9 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     kept in the catalog folder (``backbone/``) and embeds gallery and queries.
     ``use_gallery_labels`` (catalog mode): the gallery's own product ids also
     train the adapter; otherwise they are never read (challenge mode).
+    ``ocr``: read the print on every gallery photo (kept in the metadata as
+    ``ocr``) and on every query; fusion starts once a text weight is chosen
+    (:meth:`Catalog.fit_text_weight`).
     The catalog is written to a temporary folder beside ``path`` and renamed into place.
     """
     path = Path(path)
@@ -269,7 +355,14 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         store = open_store(tmp / "store", dim=vectors.shape[1])
         store.set_info("embedder", name)
         store.set_info("adapter", adapter is not None)
-        store.upsert([it.id for it in ok_items], vectors, [_metadata(it) for it in ok_items])
+        store.set_info("ocr", bool(ocr))
+        mds = [_metadata(it) for it in ok_items]
+        if ocr:
+            from productlens.pipeline.fusion import ocr_texts
+
+            for md, text in zip(mds, ocr_texts([it.image for it in ok_items], progress=progress)):
+                md["ocr"] = text
+        store.upsert([it.id for it in ok_items], vectors, mds)
         store.close()
         if adapter is not None:
             adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,

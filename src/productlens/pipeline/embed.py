@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
-from productlens.data.images import load_image
+from productlens.data.images import load_image, to_rgb
 from productlens.models.embedders.base import Preprocess
 from productlens.types import Box, Item, ProductLensError
 
@@ -66,6 +67,13 @@ def _load_into(preprocess: Preprocess, source: Any, box: Box | None, out: np.nda
     """Decode ``source`` and write ``preprocess(image)`` into ``out`` (one row of a batch)."""
     if isinstance(source, Item):
         source, box = source.image, box if box is not None else source.box
+    if isinstance(source, Image.Image):  # already decoded (a video frame, a generated image)
+        img = to_rgb(source)
+        if box is not None:
+            x, y, w, h = box.clip(*img.size).as_tuple()
+            img = img.crop((round(x), round(y), round(x + w), round(y + h)))
+        preprocess(img, out=out)
+        return
     preprocess(load_image(source, box=box, target=preprocess.size), out=out)
 
 
@@ -153,7 +161,7 @@ def embed_items(
     progress: bool = True,
     desc: str = "embedding",
 ) -> EmbedResult:
-    """Embed every image of ``sources`` (paths, URLs, bytes or :class:`Item`).
+    """Embed every image of ``sources`` (paths, URLs, bytes, PIL images or :class:`Item`).
 
     ``boxes[i]`` (optional) crops ``sources[i]``. Returns the L2-normalised
     vectors of the images that decoded, their indices, and the errors of those

@@ -29,6 +29,7 @@ def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, re
     """Rank the catalog for every query; returns (N x k int32 ids padded with -1, errors).
 
     ``detector``: queries without a box are searched with their best detected box.
+    A catalog with a text weight fuses each query's OCR words (and its ``extra["text"]``).
     """
     k_eff = min(k, len(catalog))
     out = np.full((len(queries), k), -1, dtype=np.int32)
@@ -38,10 +39,14 @@ def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, re
 
         boxes = best_boxes(detector, [q.image for q in queries], boxes, progress=progress)
     res = catalog.embed_queries(queries, boxes, progress=progress)
+    ok = [queries[i] for i in res.ok]
+    texts = catalog.query_texts([q.image for q in ok], [boxes[i] for i in res.ok],
+                                [q.extra.get("text") for q in ok], progress=progress)
     for start in range(0, len(res.ok), batch):
         rows = res.ok[start:start + batch]
         _, ids = catalog.search_vectors(res.vectors[start:start + batch], k_eff, rerank=rerank,
-                                        group_by_product=group_by_product)
+                                        group_by_product=group_by_product,
+                                        texts=None if texts is None else texts[start:start + batch])
         out[rows, :k_eff] = ids
     return out, res.errors
 

@@ -1,0 +1,109 @@
+"""``productlens text``: text queries, image-text alignment, zero-shot categories, OCR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from productlens.cli.common import fail_cleanly
+
+app = typer.Typer(help="Product text: search by words, align photos with titles, zero-shot, OCR.",
+                  no_args_is_help=True)
+
+
+@app.command("search")
+@fail_cleanly
+def search(
+    catalog_dir: Path = typer.Argument(..., help="A catalog folder whose items have titles or descriptions."),
+    query: str = typer.Argument(..., help='Words, e.g. "oat yoghurt".'),
+    k: int = typer.Option(10, "-k", help="Number of products."),
+    photos: bool = typer.Option(False, "--photos", help="Rank photos through the image-text alignment instead "
+                                                        "(`productlens text align` first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Rank the catalog's products (or photos) for a text query."""
+    from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.multimodal import photos_for_text, text_search
+
+    with Catalog.open(catalog_dir) as cat:
+        if photos:
+            rows = [{"id": h.id, "product_id": h.product_id, "title": h.title, "image": h.image, "score": h.score}
+                    for h in photos_for_text(cat, query, k)]
+        else:
+            rows = [{"product_id": p, "title": t, "score": s} for p, t, s in text_search(cat, query, k)]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r, row in enumerate(rows, 1):
+        typer.echo(f"{r:3d}  {row['score']:.4f}  product={row['product_id']}  {row['title'] or row.get('image', '')}")
+
+
+@app.command("align")
+@fail_cleanly
+def align(
+    catalog_dir: Path = typer.Argument(..., help="A catalog folder."),
+    train: Optional[Path] = typer.Option(None, help="csv of labelled photos (image, product_id) of the catalog's "
+                                                    "products: more pairs than the gallery alone."),
+) -> None:
+    """Train the image -> text alignment on the catalog's (photo, product text) pairs."""
+    from productlens.data.readers import read_labelled_csv
+    from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.multimodal import fit_catalog_alignment
+
+    with Catalog.open(catalog_dir) as cat:
+        m = fit_catalog_alignment(cat, read_labelled_csv(train, label="product_id") if train else (), progress=True)
+    typer.echo(f"alignment saved in {catalog_dir}/align: {m['gallery_photos']} gallery + {m['train_photos']} "
+               f"training photos of {m['products']} products (ridge alpha {m['alpha']:g})")
+
+
+@app.command("zero-shot")
+@fail_cleanly
+def zero_shot_cmd(
+    catalog_dir: Path = typer.Argument(..., help="A catalog folder with an alignment."),
+    images: List[str] = typer.Argument(..., help="Photos to name."),
+    names: str = typer.Option(..., help="Category names, comma-separated, or @FILE with one name a line."),
+    k: int = typer.Option(4, "-k"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Name each photo's category among NAMES by text alone (the names need no photos)."""
+    from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.multimodal import zero_shot
+
+    if names.startswith("@"):
+        name_list = [ln.strip() for ln in Path(names[1:]).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    else:
+        name_list = [n.strip() for n in names.split(",") if n.strip()]
+    with Catalog.open(catalog_dir) as cat:
+        preds = zero_shot(cat, images, name_list, k=k)
+    if as_json:
+        typer.echo(json.dumps([{"image": i, "categories": p} for i, p in zip(images, preds)]))
+        return
+    for img, p in zip(images, preds):
+        typer.echo(f"{img}: " + ("unreadable" if p is None else ", ".join(f"{n} {s:.3f}" for n, s in p)))
+
+
+@app.command("ocr")
+@fail_cleanly
+def ocr(
+    images: List[str] = typer.Argument(..., help="Photos to read."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (text, score, box per word)."),
+) -> None:
+    """Print the words read on each photo (an unreadable photo is reported and skipped)."""
+    from productlens.models.ocr import get_ocr
+
+    words, errors = get_ocr().read_many(images)
+    for i, src, msg in errors:
+        typer.secho(f"skipped {src}: {msg}", err=True, fg=typer.colors.YELLOW)
+    if as_json:
+        typer.echo(json.dumps([{"image": img, "words": None if w is None else
+                                [{"text": x.text, "score": round(x.score, 4), "box": x.box} for x in w]}
+                               for img, w in zip(images, words)]))
+        return
+    for img, w in zip(images, words):
+        if w is not None:
+            typer.echo(f"{img}: " + " ".join(x.text for x in w))
+    if errors and len(errors) == len(images):
+        raise typer.Exit(1)

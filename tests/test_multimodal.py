@@ -1,0 +1,316 @@
+"""Product text, OCR, fusion, text queries, image-text alignment and zero-shot."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from helpers import package_photo, write_dataset
+from productlens.cli.main import app
+from productlens.heads.align import Alignment, fit_alignment, product_text
+from productlens.pipeline.fusion import TextMatcher, fit_text_weight, fuse, item_document, split_holdout
+from productlens.pipeline.text_search import BM25, ProductText, TextSearch
+from productlens.types import Item, ProductLensError
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("rapidocr_onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from productlens.models.text import get_text_encoder
+
+    return get_text_encoder()
+
+
+# ------------------------------------------------------------------ text encoder
+def test_text_encoder_unit_rows_zero_for_empty_any_script(encoder):
+    v = encoder.encode(["apple juice", "", None, "  \n\t ", "äppeljuice", "牛奶", "молоко", "apple juice"])
+    assert v.shape == (8, 384) and v.dtype == np.float32
+    norms = np.linalg.norm(v, axis=1)
+    np.testing.assert_allclose(norms[[0, 4, 5, 6, 7]], 1.0, atol=1e-5)
+    assert not v[1:4].any()  # empty text carries no evidence
+    np.testing.assert_allclose(v[0], v[7], atol=1e-6)
+    assert v[0] @ encoder.encode(["orange juice"])[0] > v[0] @ encoder.encode(["winter tyres"])[0]
+
+
+# ------------------------------------------------------------------ text search
+PRODUCTS = [
+    ProductText(0, "Bravo Apple Juice", "Juice", {"description": "Pressed from sweet Swedish apples."}),
+    ProductText(1, "God Morgon Orange Juice", "Juice", {"description": "Orange juice with pulp, ready to drink."}),
+    ProductText(2, "Oatly Oat Milk", "Oat-Milk", {"description": "A creamy oat drink, lactose free."}),
+    ProductText(3, "Granny Smith", "Apple", {"description": "A green apple with white, firm flesh."}),
+]
+
+
+def test_bm25_prefers_rare_words_and_handles_unknown_words():
+    bm = BM25([p.document() for p in PRODUCTS])
+    s = bm.scores(["creamy oat", "zzzz"])
+    assert s[0].argmax() == 2
+    assert not s[1].any()
+
+
+def test_text_search_lexical_then_dense(encoder):
+    ts = TextSearch(PRODUCTS, encoder)
+    assert ts.search("juice pulp", 1)[0][0].product_id == 1
+    assert ts.search("green apple", 1)[0][0].product_id == 3
+    # no word in common with any product: the dense cosine decides
+    assert ts.search("citrus fruit beverage", 1)[0][0].product_id == 1
+    with pytest.raises(ProductLensError, match="empty"):
+        ts.search("   ")
+    with pytest.raises(ProductLensError):
+        TextSearch([ProductText(5)], encoder)
+
+
+# ------------------------------------------------------------------ OCR
+def test_ocr_reads_printed_words_and_reports_bad_files(tmp_path):
+    from productlens.models.ocr import get_ocr
+
+    ocr = get_ocr()
+    words = ocr.read(package_photo("BRAVO", 0, shop=True))
+    assert "BRAVO" in " ".join(w.text.upper() for w in words)
+    assert all(0 <= w.score <= 1 and w.box[2] > w.box[0] for w in words)
+    from PIL import Image
+
+    assert ocr.read(Image.new("RGB", (4, 4))) == []
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    out, errors = ocr.read_many([bad, package_photo("MILK", 1, shop=True)])
+    assert out[0] is None and len(errors) == 1 and "bad.jpg" in str(errors[0][1])
+    assert "MILK" in " ".join(w.text.upper() for w in out[1])
+
+
+def test_ocr_engine_failure_is_a_clear_error():
+    from productlens.models.ocr.base import OCR, OCRError
+
+    def broken(arr):
+        raise RuntimeError("model file missing")
+
+    with pytest.raises(OCRError, match="model file missing"):
+        OCR("broken", broken).read(package_photo("X", 0, shop=True))
+
+
+# ------------------------------------------------------------------ fusion
+def test_text_matcher_tolerates_misreadings():
+    m = TextMatcher([10, 11, 12], [item_document({"title": "Bravo Apple Juice", "ocr": "BRAVO"}),
+                                   item_document({"title": "God Morgon Apple Juice"}),
+                                   item_document({})])
+    s = m.scores(["BRANO APPLE", ""])
+    assert s[0].argmax() == 0 and s[0, 0] > s[0, 1] > s[0, 2] == 0
+    assert not s[1].any()
+    g = m.gather(s, np.array([[12, 10, -1], [11, 99, 10]]))
+    assert g[0, 1] == s[0, 0] and g[0, 2] == 0 and g[1, 1] == 0
+
+
+def test_fuse_and_weight_chosen_on_held_out_queries():
+    ids = np.array([[1, 2], [1, 2], [2, 1]])
+    scores = np.array([[0.9, 0.8], [0.9, 0.85], [0.7, 0.6]], np.float32)
+    text = np.array([[0.0, 0.5], [0.0, 0.4], [0.0, 0.0]], np.float32)
+    s, r = fuse(scores, ids, text, 0.5)
+    assert r[0].tolist() == [2, 1] and r[2].tolist() == [2, 1]
+    # queries 0 and 1 show product 2 (item 2), query 2 product 2: the text helps, a weight > 0 wins
+    w, table = fit_text_weight(scores, ids, text, {1: 1, 2: 2}, [2, 2, 2])
+    assert w > 0 and table[w] > table[0.0]
+    # text that points the wrong way keeps the weight at 0
+    w, _ = fit_text_weight(scores, ids, text, {1: 1, 2: 2}, [1, 1, 2])
+    assert w == 0.0
+
+
+def test_split_holdout_every_nth_photo_of_each_product():
+    items = [Item(i, f"{i}.jpg", product_id=i % 2) for i in range(32)]
+    rest, held = split_holdout(items, every=8)
+    assert len(held) == 4 and len(rest) == 28
+    assert {h.product_id for h in held} == {0, 1}
+
+
+def test_catalog_with_ocr_fuses_print_with_the_image(tmp_path):
+    """Packages that look the same and differ only by their brand: OCR tells them apart."""
+    from productlens.pipeline.catalog import Catalog, build_catalog
+
+    words = ["BRAVO", "GARDEN", "MOXIE"]
+    gallery, held, queries = [], [], []
+    for p, word in enumerate(words):
+        path = tmp_path / f"shop_{p}.jpg"
+        package_photo(word, 0, shop=True).save(path)
+        gallery.append(Item(p, str(path), product_id=p, title=f"{word.title()} juice"))
+        for v in range(4):
+            path = tmp_path / f"t_{p}_{v}.jpg"
+            package_photo(word, 10 + v, shop=False).save(path)
+            held.append(Item(len(held), str(path), product_id=p))
+        path = tmp_path / f"q_{p}.jpg"
+        package_photo(word, 99, shop=False).save(path)
+        queries.append(Item(p, str(path), product_id=p))
+    # no adapter: the held-out photos choose the weight, the image alone cannot tell the packages apart
+    cat, errors = build_catalog(gallery, tmp_path / "cat", ocr=True, progress=False)
+    assert not errors
+    with cat:
+        assert "BRAVO" in cat.store.get([0])[0]["ocr"].upper()
+        assert cat.text_weight == 0.0  # no weight before one is chosen: image only
+        table = cat.fit_text_weight(held)
+        assert cat.text_weight > 0 and table[cat.text_weight] > table[0.0]
+        for q in queries:
+            assert cat.search(q.image, k=3)[0].product_id == q.product_id
+    with Catalog.open(tmp_path / "cat") as cat:  # reopened: the weight and the OCR text are kept
+        assert cat.uses_ocr and cat.text_weight > 0
+        assert cat.search(queries[1].image, k=3, text="garden")[0].product_id == 1
+
+
+# ------------------------------------------------------------------ alignment
+def test_alignment_maps_images_to_their_texts(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = rng.normal(size=(5, 16)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    mix = rng.normal(size=(16, 40)).astype(np.float32)
+    labels = np.repeat(np.arange(5), 20)
+    images = texts[labels] @ mix + 0.05 * rng.normal(size=(100, 40)).astype(np.float32)
+    a = fit_alignment(images, texts[labels], image_space="test", text_encoder="t")
+    assert (a.similarity(images, texts).argmax(1) == labels).mean() > 0.95
+    a.save(tmp_path / "align")
+    b = Alignment.load(tmp_path / "align", image_space="test")
+    np.testing.assert_allclose(a.project(images[:3]), b.project(images[:3]), atol=1e-6)
+    with pytest.raises(ProductLensError, match="trained on test"):
+        Alignment.load(tmp_path / "align", image_space="other")
+    with pytest.raises(ProductLensError, match="40-d"):
+        a.project(np.zeros((1, 7)))
+    with pytest.raises(ProductLensError, match="at least 2"):
+        fit_alignment(images[:3], np.zeros((3, 16)), image_space="test", text_encoder="t")
+
+
+def test_product_text_joins_distinct_fields():
+    assert product_text("Granny Smith", "Apple", "Granny-Smith") == "Granny Smith. Apple"
+    assert product_text("", "", None) == ""
+
+
+# ------------------------------------------------------------------ catalog + CLI
+@pytest.fixture(scope="module")
+def text_catalog(tmp_path_factory):
+    """A catalog of the generated products with titles, an alignment and its data."""
+    root = tmp_path_factory.mktemp("textcat")
+    paths = write_dataset(root, n_products=4, per_product=4)
+    titles = ["red box", "green box", "blue box", "yellow box"]
+    rows = list(csv.DictReader(open(paths["gallery"])))
+    with open(root / "gallery_t.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["title"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "title": titles[int(r["product_id"])]})
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "build", str(root / "gallery_t.csv"), "--out", str(root / "cat"),
+                              "--train", str(paths["train"]), "--catalog-labels", "--no-finetune"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["text", "align", str(root / "cat"), "--train", str(paths["train"])])
+    assert res.exit_code == 0, res.output
+    assert "16 training photos of 4 products" in res.output
+    return root, paths
+
+
+def test_text_search_photos_and_zero_shot_cli(text_catalog):
+    root, paths = text_catalog
+    runner = CliRunner()
+    res = runner.invoke(app, ["text", "search", str(root / "cat"), "green", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])[0]["title"] == "green box"
+    res = runner.invoke(app, ["text", "search", str(root / "cat"), "blue box", "--photos", "-k", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])[0]["product_id"] == 2
+    queries = list(csv.DictReader(open(paths["queries"])))
+    imgs = [str(root / q["img_path"]) for q in queries]
+    res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), *imgs, "--names", "red,green,blue,yellow",
+                              "-k", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    preds = json.loads(res.output.strip().splitlines()[-1])
+    names = ["red", "green", "blue", "yellow"]
+    acc = np.mean([p["categories"][0][0] == names[int(q["product_id"])] for p, q in zip(preds, queries)])
+    assert acc >= 0.75
+
+
+def test_zero_shot_and_photos_need_an_alignment(tmp_path):
+    paths = write_dataset(tmp_path, n_products=2, per_product=1)
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "build", str(paths["gallery"]), "--out", str(tmp_path / "c")]).exit_code == 0
+    res = runner.invoke(app, ["text", "zero-shot", str(tmp_path / "c"), "x.jpg", "--names", "a,b"])
+    assert res.exit_code == 1 and "no image-text alignment" in res.output
+    res = runner.invoke(app, ["text", "search", str(tmp_path / "c"), "anything"])
+    assert res.exit_code == 1 and "no product has any text" in res.output
+
+
+def test_ocr_cli_reports_bad_files(tmp_path):
+    good = tmp_path / "p.png"
+    package_photo("OATLY", 0, shop=True).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff truncated")
+    res = CliRunner().invoke(app, ["text", "ocr", str(good), str(bad), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert "OATLY" in " ".join(w["text"].upper() for w in out[0]["words"]) and out[1]["words"] is None
+
+
+def test_eval_retrieval_text_needs_train(tmp_path):
+    paths = write_dataset(tmp_path, n_products=2, per_product=1)
+    res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(paths["gallery"]), "--queries",
+                                   str(paths["queries"]), "--text"])
+    assert res.exit_code == 1 and "--text needs --train" in res.output
+
+
+def test_index_build_ocr_needs_train(tmp_path):
+    paths = write_dataset(tmp_path, n_products=2, per_product=1)
+    res = CliRunner().invoke(app, ["index", "build", str(paths["gallery"]), "--out", str(tmp_path / "c"), "--ocr"])
+    assert res.exit_code == 1 and "--ocr needs --train" in res.output
+    assert not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------ video
+def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
+    from productlens.data.clips import make_clip
+    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.video import identify_video, sample_frames
+
+    paths = write_dataset(tmp_path, n_products=4, per_product=3)
+    queries = list(csv.DictReader(open(paths["queries"])))
+    photos = [str(tmp_path / q["img_path"]) for q in queries if q["product_id"] == "2"]
+    clip = make_clip(photos, tmp_path / "clip.mp4", fps=6, seed=1)
+    frames, duration = sample_frames(clip, max_frames=10)
+    assert 1 <= len(frames) <= 10 and 2.5 <= duration <= 3.5
+    assert frames[0].image.size == (224, 224) and frames[-1].time > frames[0].time
+    from productlens.data.readers import read_gallery
+
+    cat, _ = build_catalog(read_gallery(paths["gallery"]), tmp_path / "cat", use_gallery_labels=True,
+                           progress=False)
+    with cat:
+        res = identify_video(cat, clip, k=3)
+        assert res.products[0].product_id == 2 and res.products[0].times
+        assert res.frames_used + res.dropped_blurred + res.dropped_duplicates == res.frames_sampled
+        assert len(res.products) == 3
+        (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+        with pytest.raises(ProductLensError, match="bad.mp4"):
+            identify_video(cat, tmp_path / "bad.mp4")
+        with pytest.raises(ProductLensError, match="no such video"):
+            identify_video(cat, tmp_path / "missing.mp4")
+    runner = CliRunner()
+    res = runner.invoke(app, ["identify-video", str(clip), "--catalog", str(tmp_path / "cat"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["products"][0]["product_id"] == 2
+    res = runner.invoke(app, ["identify-video", str(tmp_path / "bad.mp4"), "--catalog", str(tmp_path / "cat")])
+    assert res.exit_code == 1 and ("cannot open" in res.output or "no readable frame" in res.output)
+    res = runner.invoke(app, ["identify-video", str(clip)])
+    assert res.exit_code == 1 and "--catalog" in res.output
+
+
+def test_long_video_sampling_is_bounded(tmp_path):
+    import cv2
+
+    from productlens.pipeline.video import sample_frames
+
+    path = tmp_path / "long.mp4"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
+    for i in range(900):  # 30 s at 30 fps
+        w.write(np.full((48, 64, 3), i % 255, np.uint8))
+    w.release()
+    frames, duration = sample_frames(path, max_frames=12)
+    assert len(frames) == 12 and 29 <= duration <= 31
+    assert frames[-1].time > 25  # spread over the whole clip, not its start
