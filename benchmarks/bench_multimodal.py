@@ -9,9 +9,9 @@ texts) only; val photos are only scored.
    ``productlens eval retrieval``'s function: image only (the reference, the
    whole train.csv adapts the catalog) beside ``--text --products`` (OCR of
    gallery and query photos fused with product titles; the fusion weight is
-   chosen on every 8th training photo of each product, which then does not
-   adapt the catalog). mAP@1000 on the queries of packaged products and on
-   fruit and vegetables separately.
+   chosen on training photos, cross-fitted over products:
+   ``productlens.pipeline.fusion.choose_text_weight``). mAP@1000 on the
+   queries of packaged products and on fruit and vegetables separately.
 2. Text query -> product: for each of the 81 products, the query is its
    category name plus one word drawn at random from its description that is
    not in its title, name or category (``--seeds`` draws). productlens's

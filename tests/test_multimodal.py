@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from helpers import package_photo, write_dataset
 from productlens.cli.main import app
 from productlens.heads.align import Alignment, fit_alignment, product_text
-from productlens.pipeline.fusion import TextMatcher, fit_text_weight, fuse, item_document, split_holdout
+from productlens.pipeline.fusion import TextMatcher, fit_text_weight, fuse, item_document
 from productlens.pipeline.text_search import BM25, ProductText, TextSearch
 from productlens.types import Item, ProductLensError
 
@@ -120,11 +120,47 @@ def test_fuse_and_weight_chosen_on_held_out_queries():
     assert w == 0.0
 
 
-def test_split_holdout_every_nth_photo_of_each_product():
-    items = [Item(i, f"{i}.jpg", product_id=i % 2) for i in range(32)]
-    rest, held = split_holdout(items, every=8)
-    assert len(held) == 4 and len(rest) == 28
-    assert {h.product_id for h in held} == {0, 1}
+def _package_dataset(root, words, per_product=4):
+    """gallery.csv (shop photos with titles), train.csv and queries: packages that differ only by their word."""
+    rows_g, rows_t, queries = [], [], []
+    for p, word in enumerate(words):
+        package_photo(word, 0, shop=True).save(root / f"shop_{p}.jpg")
+        rows_g.append({"seller_img_id": p, "img_path": f"shop_{p}.jpg", "product_id": p, "title": f"{word} juice"})
+        for v in range(per_product):
+            package_photo(word, 10 + v, shop=False).save(root / f"t_{p}_{v}.jpg")
+            rows_t.append({"image": f"t_{p}_{v}.jpg", "product_id": p})
+        package_photo(word, 99, shop=False).save(root / f"q_{p}.jpg")
+        queries.append(Item(p, str(root / f"q_{p}.jpg"), product_id=p))
+    for name, rows in (("gallery.csv", rows_g), ("train.csv", rows_t)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return root / "gallery.csv", root / "train.csv", queries
+
+
+def test_index_build_ocr_chooses_the_weight_by_cross_fitting(tmp_path):
+    from productlens.pipeline.catalog import Catalog
+
+    gallery, train, queries = _package_dataset(tmp_path, ["BRAVO", "GARDEN", "MOXIE", "OATLY"])
+    res = CliRunner().invoke(app, ["index", "build", str(gallery), "--out", str(tmp_path / "cat"), "--train",
+                                   str(train), "--catalog-labels", "--no-finetune", "--ocr"])
+    assert res.exit_code == 0, res.output
+    assert "text fusion weight" in res.output
+    with Catalog.open(tmp_path / "cat") as cat:
+        assert cat.uses_ocr and cat.text_weight > 0
+        assert "GARDEN" in cat.store.get([1])[0]["ocr"].upper() and cat.store.get([1])[0]["title"] == "GARDEN juice"
+        assert sum(cat.search(q.image, k=4)[0].product_id == q.product_id for q in queries) >= 3
+
+
+def test_choose_text_weight_needs_catalog_mode():
+    from productlens.pipeline.fusion import choose_text_weight
+
+    train = [Item(i, "x.jpg", product_id=i % 2) for i in range(4)]
+    with pytest.raises(ProductLensError, match="catalog mode"):
+        choose_text_weight([Item(0, "g.jpg")], train)
+    with pytest.raises(ProductLensError, match="at least 2 products"):
+        choose_text_weight([Item(0, "g.jpg", product_id=0)], train[:1])
 
 
 def test_catalog_with_ocr_fuses_print_with_the_image(tmp_path):

@@ -29,7 +29,7 @@ def retrieval(
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
                                                       "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
     text: bool = typer.Option(False, "--text", help="Fuse OCR words (and --products text) with the image "
-                                                   "score; the weight is chosen on held-out --train photos."),
+                                                   "score; the weight is chosen on the --train photos."),
     products: Optional[Path] = typer.Option(None, help="products.jsonl: product titles for --text (catalog mode)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:

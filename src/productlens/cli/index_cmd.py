@@ -24,29 +24,29 @@ def build(
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     overwrite: bool = typer.Option(False, help="Replace an existing catalog folder."),
     ocr: bool = typer.Option(False, "--ocr", help="Read the print on gallery and query photos and fuse it with "
-                                                  "the image score (needs --train: every 8th photo of each "
-                                                  "product chooses the weight)."),
+                                                  "the image score (needs --train: the weight is chosen on "
+                                                  "its photos, cross-fitted over products)."),
 ) -> None:
     """Embed a catalog and write its index (atomically)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
     from productlens.pipeline.catalog import build_catalog
-    from productlens.pipeline.fusion import split_holdout
+    from productlens.pipeline.fusion import choose_text_weight
     from productlens.types import ProductLensError
 
     items = read_catalog(catalog)
     train_items = read_labelled_csv(train, label="product_id") if train else None
-    holdout = []
-    if ocr:
-        if not train_items:
-            raise ProductLensError("--ocr needs --train: the fusion weight is chosen on held-out training photos")
-        train_items, holdout = split_holdout(train_items)
+    if ocr and not train_items:
+        raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
                                 use_gallery_labels=catalog_labels, finetune=finetune and train_items is not None,
                                 overwrite=overwrite, ocr=ocr)
     with cat:
         if ocr:
-            cat.fit_text_weight(holdout, progress=True)
-            typer.echo(f"text fusion weight {cat.text_weight:g} (chosen on {len(holdout)} held-out training photos)")
+            weight, table = choose_text_weight(items, train_items, embedder=model,
+                                               use_gallery_labels=catalog_labels, progress=True)
+            cat.set_text_weight(weight)
+            typer.echo(f"text fusion weight {weight:g} (training-photo mAP by weight: "
+                       + ", ".join(f"{w:g}: {m:.3f}" for w, m in table.items()) + ")")
         typer.echo(f"indexed {len(cat)} items into {out} ({cat.embedder.name if cat.adapter else model}{', adapted' if cat.adapter else ''}); "
                    f"skipped {len(errors)}")
 

@@ -20,7 +20,7 @@ from productlens.data.readers import read_gallery, read_labelled_csv, read_produ
 from productlens.eval.metrics import retrieval_metrics
 from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import build_catalog
-from productlens.pipeline.fusion import HOLDOUT_EVERY, split_holdout
+from productlens.pipeline.fusion import choose_text_weight
 from productlens.pipeline.rank import rank_queries
 from productlens.types import Item, ProductLensError
 
@@ -35,9 +35,9 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
     ``detector``: queries without a box are searched with their best detected box.
     ``text`` (needs ``train_csv``): OCR gallery and query photos and fuse the
-    words with the image score; the fusion weight is chosen on every
-    ``HOLDOUT_EVERY``-th training photo of each product, which then does not
-    train the adapter. ``products`` (a products.jsonl): in catalog mode, each
+    words with the image score; the fusion weight is chosen on training photos
+    by cross-fitting over products (:func:`~productlens.pipeline.fusion.choose_text_weight`,
+    without fine-tuning). ``products`` (a products.jsonl): in catalog mode, each
     gallery photo's product text (title, name, category) joins its OCR words.
     Keys: ``map@1000``, ``top1``, ``top5``, ``recall@10``, ``queries``, ``gallery``,
     ``seconds`` (wall time including training and embedding), ``skipped``; with
@@ -50,20 +50,21 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     if not catalog_mode:  # the system never sees the gallery's labels
         gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
     train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
-    holdout: list = []
+    weight, weights = 0.0, None
     if text:
         if not train:
-            raise ProductLensError("--text needs --train: the fusion weight is chosen on held-out training photos")
-        train, holdout = split_holdout(train)
+            raise ProductLensError("--text needs --train: the fusion weight is chosen on training photos")
         if products and catalog_mode:
             gallery = attach_product_text(gallery, read_products_jsonl(products))
+        weight, weights = choose_text_weight(gallery, train, embedder=embedder, use_gallery_labels=catalog_mode,
+                                             progress=progress)
     with tempfile.TemporaryDirectory(prefix="productlens-eval-") as tmp:
         catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
                                          use_gallery_labels=catalog_mode, finetune=finetune and train is not None,
                                          progress=progress, ocr=text)
         with catalog:
-            weights = catalog.fit_text_weight(holdout, progress=progress) if text else None
-            text_weight = catalog.text_weight
+            if text:
+                catalog.set_text_weight(weight)
             rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
                                              group_by_product=catalog_mode, progress=progress,
                                              detector=detector)
@@ -80,7 +81,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     metrics.update(queries=len(queries), gallery=len(gallery), skipped=len(gerrors) + len(qerrors),
                    seconds=round(time.perf_counter() - t0, 1))
     if text:
-        metrics.update(text_weight=text_weight, weights=weights)
+        metrics.update(text_weight=weight, weights=weights)
     return metrics
 
 

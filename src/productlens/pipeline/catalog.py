@@ -12,7 +12,8 @@ Layout of a catalog folder::
 A catalog built with ``ocr=True`` keeps the words OCR read on each gallery photo
 in its metadata (``ocr``) and fuses text evidence into every search
 (:mod:`productlens.pipeline.fusion`) with the weight recorded in its info
-(``text_weight``, chosen on held-out training photos by :meth:`Catalog.fit_text_weight`).
+(``text_weight``: :func:`productlens.pipeline.fusion.choose_text_weight` or
+:meth:`Catalog.fit_text_weight` choose it on training photos).
 
 The store's info records the embedder and whether an adapter is used, so a
 reopened catalog embeds queries exactly as its gallery was embedded.
@@ -105,13 +106,11 @@ class Catalog:
         extra = texts or [None] * len(sources)
         return [" ".join(s for s in (a, b or "") if s) for a, b in zip(read, extra)]
 
-    def fit_text_weight(self, holdout: Sequence[Item], progress: bool = False) -> dict[float, float]:
-        """Choose and record the text fusion weight on labelled held-out *training* photos.
-
-        The photos must not have trained the catalog's adapter (their image
-        scores would be over-confident). Returns {weight: held-out mAP}.
-        """
-        from productlens.pipeline.fusion import fit_text_weight, ocr_texts
+    def text_weight_rows(self, holdout: Sequence[Item], progress: bool = False) -> dict[str, Any]:
+        """What choosing a text weight needs from labelled held-out photos: their image ranking
+        (``scores``, ``ids``), the text score of each listed item (``text``) and the product
+        labels (``labels`` per photo, ``item_labels`` per catalog item)."""
+        from productlens.pipeline.fusion import ocr_texts
 
         labelled = [h for h in holdout if h.product_id is not None]
         if not labelled:
@@ -120,17 +119,41 @@ class Catalog:
         kept = [labelled[i] for i in res.ok]
         texts = ocr_texts([h.image for h in kept], [h.box for h in kept], progress=progress) \
             if self.uses_ocr else [h.extra.get("text", "") for h in kept]
-        k = len(self.store)
-        scores, ids = self.search_vectors(res.vectors, k)
-        tscores = self.matcher.gather(self.matcher.scores(texts), ids)
+        scores, ids = self.search_vectors(res.vectors, len(self.store))
         all_ids = self.store.ids()
-        item_labels = {int(i): int((md or {}).get("product_id", -1)) for i, md in
-                       zip(all_ids.tolist(), self.store.get(all_ids))}
-        group = self._group if any(v >= 0 for v in item_labels.values()) else None
-        weight, table = fit_text_weight(scores, ids, tscores, item_labels, [h.product_id for h in kept],
-                                        group=group)
-        self.store.set_info("text_weight", weight)
+        return {"scores": scores, "ids": ids, "text": self.matcher.gather(self.matcher.scores(texts), ids),
+                "labels": [h.product_id for h in kept],
+                "item_labels": {int(i): int((md or {}).get("product_id", -1))
+                                for i, md in zip(all_ids.tolist(), self.store.get(all_ids))}}
+
+    def fit_text_weight(self, holdout: Sequence[Item], progress: bool = False) -> dict[float, float]:
+        """Choose and record the text fusion weight on labelled held-out photos; returns {weight: mAP}.
+
+        The photos must not have trained the catalog's adapter, and should be
+        as hard for the image as real queries: photos from the same sessions as
+        the adapter's photos make the image look perfect and the weight ~0
+        (see :func:`productlens.pipeline.fusion.choose_text_weight`).
+        """
+        from productlens.pipeline.fusion import fit_text_weight
+
+        rows = self.text_weight_rows(holdout, progress)
+        weight, table = fit_text_weight(rows["scores"], rows["ids"], rows["text"], rows["item_labels"],
+                                        rows["labels"], group=self.grouping())
+        self.set_text_weight(weight)
         return table
+
+    def set_text_weight(self, weight: float) -> None:
+        """Record the weight of the text score in fused searches (0: image only)."""
+        if not weight >= 0:
+            raise ProductLensError(f"the text weight must be >= 0, got {weight}")
+        self.store.set_info("text_weight", float(weight))
+
+    def grouping(self):
+        """The product grouping of catalog mode (``_group``), or None when no item has a product."""
+        ids = self.store.ids()
+        has = any((md or {}).get("product_id", -1) is not None and int((md or {}).get("product_id", -1)) >= 0
+                  for md in self.store.get(ids))
+        return self._group if has else None
 
     # -------------------------------------------------------------- open
     @classmethod
