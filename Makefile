@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh clone:
-#   make run    install into .venv, index the catalog and answer example queries
+#   make run    install into .venv, index the catalog, answer example queries, serve the page
 #   make test   install into .venv and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -14,13 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, exactly this spec: a CPU build from a local file (any other spec pulls CUDA)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[torch,text,dev]"
+	$(BIN)/python -m pip install -q -e ".[torch,text,serve,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: install
-	$(BIN)/productlens demo $(if $(CATALOG),--catalog "$(CATALOG)",)
+	$(BIN)/productlens demo $(if $(CATALOG),--catalog "$(CATALOG)",) --out runs/catalog
+	$(BIN)/productlens serve runs/catalog
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -7,7 +7,7 @@ import logging
 import typer
 
 from productlens.cli import (audit_cmd, classify_cmd, data_cmd, detect_cmd, eval_cmd, index_cmd, search_cmd,
-                             text_cmd, video_cmd)
+                             serve_cmd, text_cmd, video_cmd)
 from productlens.cli.common import fail_cleanly
 
 app = typer.Typer(help="Identify products in photos: index a catalog, search it, evaluate.",
@@ -24,6 +24,7 @@ app.command("rank")(fail_cleanly(search_cmd.rank))
 app.command("demo")(fail_cleanly(search_cmd.demo))
 app.command("detect")(detect_cmd.detect)
 app.command("identify-video")(fail_cleanly(video_cmd.identify_video))
+app.command("serve")(fail_cleanly(serve_cmd.serve))
 
 
 @app.command("models")

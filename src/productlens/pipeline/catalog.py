@@ -213,6 +213,11 @@ class Catalog:
         self._matcher = None
         return self.store.remove(ids)
 
+    def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
+        """Merge fields (title, category, ...) into items' metadata, atomically; searches see them at once."""
+        self.store.update_metadata(ids, metadata)
+        self._matcher = None
+
     # ------------------------------------------------------------ search
     def search_vectors(self, queries: np.ndarray, k: int, *, rerank: bool = True,
                        where: dict | None = None, group_by_product: bool = False,

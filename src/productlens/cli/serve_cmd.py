@@ -1,0 +1,34 @@
+"""``productlens serve``: the HTTP API and web page over a catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def serve(
+    catalog_dir: Path = typer.Argument(..., help="A catalog folder (from `productlens index build` or `demo`)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="Port."),
+    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH: boxes on the page and the "
+                                                      "search on the best box."),
+    workers: int = typer.Option(1, help="Inferences at once (each uses every core)."),
+    queue: int = typer.Option(8, help="Requests allowed to wait; beyond them the service answers 503."),
+    max_upload_mb: float = typer.Option(10.0, help="Upload size limit."),
+) -> None:
+    """Serve the API (/v1, docs at /docs) and the web page (/). Admin calls need $PRODUCTLENS_API_KEY."""
+    try:
+        import uvicorn
+
+        from productlens.serve import ServeConfig, create_app
+    except ImportError as e:
+        raise typer.BadParameter(f"serving needs the 'serve' extra (pip install 'productlens[serve]'): {e}")
+    from productlens.pipeline.catalog import Catalog
+
+    Catalog.open(catalog_dir).close()  # a clear error before the server starts
+    app = create_app(ServeConfig(catalog=catalog_dir, detector=detector, workers=workers, queue=queue,
+                                 max_upload_mb=max_upload_mb))
+    typer.echo(f"productlens is serving {catalog_dir} at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,188 @@
+"""Routes: the JSON API under /v1 and the web page at /. Models live in the Engine."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import secrets
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, Response, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from productlens.serve.admission import Admission, Busy
+from productlens.serve.config import ServeConfig
+from productlens.serve.engine import Engine, sniff_image, thumbnail_jpeg
+from productlens.serve.history import History
+from productlens.types import Box, BoxError, ImageError, ProductLensError
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "productlens_session"
+
+
+def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
+    engine = engine or Engine(config)
+    admission = Admission(config.workers, config.queue)
+    history = History(config.history_db)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    rng = np.random.default_rng()
+    app = FastAPI(title="productlens", version="0.1.0",
+                  description="Identify products in photos: categories, boxes and matching catalog products.")
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy):
+        return JSONResponse({"detail": "busy: too many requests waiting; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    def reader(x_api_key: Optional[str] = Header(None)) -> None:
+        if not config.open_reads:
+            _check_key(config, x_api_key)
+
+    def admin(x_api_key: Optional[str] = Header(None)) -> None:
+        _check_key(config, x_api_key)
+
+    async def read_upload(image: UploadFile):
+        limit = int(config.max_upload_mb * 1024 * 1024)
+        data = await image.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"the upload is larger than {config.max_upload_mb:g} MB")
+        try:
+            return sniff_image(data, config.max_pixels)
+        except ImageError as e:
+            raise HTTPException(400, f"{image.filename or 'upload'}: {_short(e)}") from None
+
+    def session_of(request: Request, response: Response) -> str:
+        sid = request.cookies.get(SESSION_COOKIE)
+        if not sid or len(sid) > 64 or not sid.isalnum():
+            sid = secrets.token_hex(16)
+            response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="lax")
+        return sid
+
+    # ------------------------------------------------------------------ API
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok", "items": len(engine.catalog), "classifier": engine.catalog.classifier is not None,
+                "detector": engine.detector is not None, "in_flight": admission.inside}
+
+    @app.post("/v1/identify", dependencies=[Depends(reader)])
+    async def identify(request: Request, response: Response, image: UploadFile = File(...),
+                       box: Optional[str] = Form(None, description="x,y,w,h in pixels"),
+                       k: int = Form(4, ge=1, le=20)) -> dict:
+        """Top-k categories with probabilities, detected boxes and matching products for one photo."""
+        img = await read_upload(image)
+        try:
+            qbox = Box.parse(box)
+        except BoxError as e:
+            raise HTTPException(400, str(e)) from None
+        async with admission.slot():
+            try:
+                out = await _run(engine.identify, img, qbox, k)
+            except (BoxError, ProductLensError) as e:
+                raise HTTPException(400, _short(e)) from None
+        sid = session_of(request, response)
+        top = out["categories"][0] if out["categories"] else {"category": "", "probability": 0.0}
+        out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
+                                        out["matches"][0]["title"] if out["matches"] else "")
+        out["image_size"] = list(img.size)
+        return out
+
+    @app.get("/v1/history")
+    def get_history(request: Request, response: Response) -> list[dict]:
+        sid = session_of(request, response)
+        return [{**r, "thumbnail": f"/v1/history/{r['id']}/thumbnail"} for r in history.rows(sid)]
+
+    @app.get("/v1/history/{row_id}/thumbnail")
+    def history_thumbnail(row_id: int, request: Request) -> Response:
+        data = history.thumbnail(request.cookies.get(SESSION_COOKIE, ""), row_id)
+        if data is None:
+            raise HTTPException(404, "no such history row in this session")
+        return Response(data, media_type="image/jpeg")
+
+    @app.get("/v1/products/{product_id}", dependencies=[Depends(reader)])
+    def product(product_id: int) -> dict:
+        p = engine.product(product_id)
+        if p is None:
+            raise HTTPException(404, f"no product {product_id}")
+        return p
+
+    @app.get("/v1/items/{item_id}/thumbnail", dependencies=[Depends(reader)])
+    def item_thumbnail(item_id: int) -> Response:
+        try:
+            data = engine.item_thumbnail(item_id)
+        except ImageError as e:
+            raise HTTPException(500, _short(e)) from None
+        if data is None:
+            raise HTTPException(404, f"no item {item_id}")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/v1/random", dependencies=[Depends(reader)])
+    def random_photo() -> dict:
+        """A random catalog photo (base64 JPEG) to try the page with."""
+        item_id, data = engine.random_item(rng)
+        return {"id": item_id, "jpeg_base64": base64.b64encode(data).decode()}
+
+    @app.post("/v1/products", dependencies=[Depends(admin)], status_code=201)
+    async def add_product(image: UploadFile = File(...), product_id: int = Form(...), title: str = Form(""),
+                          category: str = Form(""), item_id: Optional[int] = Form(None)) -> dict:
+        """Add a photo of a product (new or existing); searchable by the next query."""
+        img = await read_upload(image)
+        async with admission.slot():
+            try:
+                new_id = await _run(engine.add_item, img, product_id, title, category, item_id)
+            except ProductLensError as e:
+                raise HTTPException(400, _short(e)) from None
+        return {"id": new_id, "product_id": product_id}
+
+    @app.put("/v1/products/{product_id}", dependencies=[Depends(admin)])
+    def update_product(product_id: int, fields: dict) -> dict:
+        n = engine.update_product(product_id, {k: str(v) for k, v in fields.items()})
+        if not n:
+            raise HTTPException(404, f"no product {product_id}")
+        return {"product_id": product_id, "items": n}
+
+    @app.delete("/v1/products/{product_id}", dependencies=[Depends(admin)])
+    def delete_product(product_id: int) -> dict:
+        n = engine.remove_product(product_id)
+        if not n:
+            raise HTTPException(404, f"no product {product_id}")
+        return {"product_id": product_id, "removed": n}
+
+    # ------------------------------------------------------------------ page
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(request, "index.html", {"items": len(engine.catalog),
+                                                                  "max_mb": config.max_upload_mb})
+
+    app.state.engine = engine
+    app.state.history = history
+    app.state.admission = admission
+    return app
+
+
+def _check_key(config: ServeConfig, given: str | None) -> None:
+    if not config.api_key:
+        raise HTTPException(403, "admin calls are disabled: set PRODUCTLENS_API_KEY (or ServeConfig.api_key)")
+    if not given or not hmac.compare_digest(given.encode(), config.api_key.encode()):
+        raise HTTPException(401, "a valid X-API-Key header is required")
+
+
+def _short(e: Exception) -> str:
+    return str(e).replace("<bytes>: ", "")
+
+
+async def _run(fn, *args):
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)

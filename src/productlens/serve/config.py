@@ -1,0 +1,40 @@
+"""Service settings, from arguments or ``PRODUCTLENS_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    v = os.environ.get(name)
+    return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class ServeConfig:
+    """What the service serves and how.
+
+    ``api_key``: needed (header ``X-API-Key``) by the catalog admin calls;
+    ``$PRODUCTLENS_API_KEY`` by default; without one, admin calls are refused.
+    ``open_reads``: identify, products and thumbnails need no key (default).
+    ``workers``: inferences at once (each already uses every core; 1 is right
+    on a CPU). ``queue``: requests allowed to wait beyond those; more get 503.
+    """
+
+    catalog: Path
+    api_key: str | None = field(default_factory=lambda: os.environ.get("PRODUCTLENS_API_KEY") or None)
+    open_reads: bool = field(default_factory=lambda: _env_bool("PRODUCTLENS_OPEN_READS", True))
+    detector: str | None = None
+    max_upload_mb: float = 10.0
+    max_pixels: int = 40_000_000
+    workers: int = 1
+    queue: int = 8
+    history_db: Path | None = None  # default: <catalog>/history.sqlite
+    cors_origins: tuple[str, ...] = ()  # CORS off unless origins are listed
+
+    def __post_init__(self) -> None:
+        self.catalog = Path(self.catalog)
+        if self.history_db is None:
+            self.history_db = self.catalog / "history.sqlite"

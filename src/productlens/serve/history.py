@@ -1,0 +1,48 @@
+"""Each browser session's predictions, kept in SQLite so that a reload keeps them."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, at REAL NOT NULL,
+    thumbnail BLOB, top_category TEXT, probability REAL, top_product TEXT)"""
+MAX_ROWS_PER_SESSION = 200
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(SCHEMA)
+        self._db.execute("CREATE INDEX IF NOT EXISTS by_session ON history(session, id)")
+        self._lock = threading.Lock()
+
+    def add(self, session: str, thumbnail: bytes, top_category: str, probability: float, top_product: str) -> int:
+        with self._lock:
+            cur = self._db.execute("INSERT INTO history(session, at, thumbnail, top_category, probability, top_product)"
+                                   " VALUES (?, ?, ?, ?, ?, ?)",
+                                   (session, time.time(), thumbnail, top_category, probability, top_product))
+            self._db.execute("DELETE FROM history WHERE session = ? AND id NOT IN (SELECT id FROM history WHERE "
+                             "session = ? ORDER BY id DESC LIMIT ?)", (session, session, MAX_ROWS_PER_SESSION))
+            return int(cur.lastrowid)
+
+    def rows(self, session: str) -> list[dict]:
+        with self._lock:
+            cur = self._db.execute("SELECT id, at, top_category, probability, top_product FROM history "
+                                   "WHERE session = ? ORDER BY id DESC", (session,))
+            return [{"id": r[0], "at": r[1], "top_category": r[2], "probability": r[3], "top_product": r[4]}
+                    for r in cur.fetchall()]
+
+    def thumbnail(self, session: str, row_id: int) -> bytes | None:
+        with self._lock:
+            r = self._db.execute("SELECT thumbnail FROM history WHERE session = ? AND id = ?",
+                                 (session, row_id)).fetchone()
+        return None if r is None else r[0]
+
+    def close(self) -> None:
+        self._db.close()

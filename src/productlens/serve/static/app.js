@@ -1,0 +1,78 @@
+"use strict";
+const $ = (id) => document.getElementById(id);
+const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4"];
+
+function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
+
+function esc(s) { const d = document.createElement("div"); d.textContent = String(s ?? ""); return d.innerHTML; }
+
+async function identify(blob, name) {
+  showError("");
+  const form = new FormData();
+  form.append("image", blob, name || "photo.jpg");
+  let res;
+  try { res = await fetch("/v1/identify", { method: "POST", body: form }); }
+  catch (err) { showError("The service cannot be reached: " + err); return; }
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) {
+    showError(res.status === 503 ? "The service is busy; try again in a moment."
+                                 : "Could not identify this photo: " + (body.detail || res.statusText));
+    return;
+  }
+  await render(blob, body);
+  await loadHistory();
+}
+
+async function render(blob, r) {
+  $("result").hidden = false;
+  const img = await createImageBitmap(blob, { imageOrientation: "from-image" });
+  const canvas = $("canvas"), ctx = canvas.getContext("2d");
+  const scale = Math.min(400 / img.width, 400 / img.height, 4);
+  canvas.width = Math.round(img.width * scale); canvas.height = Math.round(img.height * scale);
+  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+  const sx = canvas.width / r.image_size[0], sy = canvas.height / r.image_size[1];
+  r.detections.forEach((d, i) => {
+    const [x, y, w, h] = d.box, c = COLOURS[i % COLOURS.length];
+    ctx.strokeStyle = c; ctx.lineWidth = 3; ctx.strokeRect(x * sx, y * sy, w * sx, h * sy);
+    ctx.fillStyle = c; ctx.font = "14px sans-serif";
+    ctx.fillText(`${d.tag} ${d.score.toFixed(2)}`, x * sx + 3, Math.max(14, y * sy - 3));
+  });
+  $("categories").innerHTML = r.categories.length ? r.categories.map((c) =>
+    `<li><span class="cat">${esc(c.category)}</span> <span class="prob">${(100 * c.probability).toFixed(1)}%</span>
+     <div class="bar"><span style="width:${(100 * c.probability).toFixed(1)}%"></span></div></li>`).join("")
+    : "<li>No category information in this catalog.</li>";
+  $("matches").innerHTML = r.matches.map((m) =>
+    `<div class="match"><img src="${m.thumbnail}" alt=""><div>${esc(m.title || "item " + m.id)}</div>
+     <div>score ${m.score.toFixed(3)}</div></div>`).join("");
+}
+
+async function loadHistory() {
+  const res = await fetch("/v1/history");
+  if (!res.ok) return;
+  const rows = await res.json();
+  $("history").querySelector("tbody").innerHTML = rows.map((r) =>
+    `<tr><td><img src="${r.thumbnail}" alt=""></td><td>${esc(r.top_category)}</td>
+     <td>${(100 * r.probability).toFixed(1)}%</td><td>${esc(r.top_product)}</td>
+     <td>${new Date(r.at * 1000).toLocaleTimeString()}</td></tr>`).join("");
+}
+
+function pick(files) {
+  const f = files && files[0];
+  if (!f) return;
+  if (f.type && !f.type.startsWith("image/")) { showError(`${f.name} is not an image.`); return; }
+  identify(f, f.name);
+}
+
+$("file").addEventListener("change", (e) => pick(e.target.files));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); pick(e.dataTransfer.files); });
+$("random").addEventListener("click", async () => {
+  const res = await fetch("/v1/random");
+  if (!res.ok) { showError("No catalog photo available."); return; }
+  const r = await res.json();
+  const bytes = Uint8Array.from(atob(r.jpeg_base64), (c) => c.charCodeAt(0));
+  identify(new Blob([bytes], { type: "image/jpeg" }), `catalog-${r.id}.jpg`);
+});
+loadHistory();

@@ -1,0 +1,185 @@
+"""The HTTP API and web page (FastAPI TestClient; no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import product_photo, write_dataset
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from productlens.serve import ServeConfig, create_app  # noqa: E402
+from productlens.serve.admission import Admission, Busy  # noqa: E402
+
+KEY = "s3cret-key"
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory):
+    from productlens.data.readers import read_gallery
+    from productlens.pipeline.catalog import build_catalog
+
+    root = tmp_path_factory.mktemp("serve")
+    paths = write_dataset(root, n_products=4, per_product=1)
+    rows = list(csv.DictReader(open(paths["gallery"])))
+    with open(root / "gallery_t.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["title", "category_name"])
+        w.writeheader()
+        for r in rows:
+            p = int(r["product_id"])
+            w.writerow({**r, "title": f"product {p}", "category_name": "boxes" if p < 2 else "balls"})
+    cat, _ = build_catalog(read_gallery(root / "gallery_t.csv"), root / "cat", use_gallery_labels=True,
+                           progress=False)
+    cat.close()
+    return root / "cat"
+
+
+@pytest.fixture()
+def client(catalog_dir, tmp_path):
+    app = create_app(ServeConfig(catalog=catalog_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        yield c
+    app.state.engine.close()
+
+
+def test_health_page_and_openapi(client):
+    h = client.get("/v1/health").json()
+    assert h["status"] == "ok" and h["items"] == 4
+    page = client.get("/")
+    assert page.status_code == 200 and "How to use" in page.text and "Random catalog photo" in page.text
+    assert "/v1/identify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_identify_returns_categories_matches_and_history(client):
+    photo = _jpeg(product_photo(2, 5, shop=False))
+    r = client.post("/v1/identify", files={"image": ("q.jpg", photo, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["matches"][0]["product_id"] == 2 and body["matches"][0]["title"] == "product 2"
+    assert body["categories"][0]["category"] == "balls" and body["category_source"] == "matches"
+    assert abs(sum(c["probability"] for c in body["categories"]) - 1) < 0.01
+    assert client.get(body["matches"][0]["thumbnail"]).headers["content-type"] == "image/jpeg"
+    hist = client.get("/v1/history").json()
+    assert len(hist) == 1 and hist[0]["top_category"] == "balls"
+    assert client.get(hist[0]["thumbnail"]).status_code == 200
+    # the history is per browser session: a new session starts empty
+    client.cookies.clear()
+    assert client.get("/v1/history").json() == []
+
+
+def test_identify_with_box_and_k(client):
+    photo = _jpeg(product_photo(1, 3, shop=False))
+    r = client.post("/v1/identify", files={"image": ("q.jpg", photo, "image/jpeg")}, data={"box": "10,10,70,70",
+                                                                                        "k": "1"})
+    assert r.status_code == 200 and len(r.json()["categories"]) == 1 and r.json()["box"] == [10, 10, 70, 70]
+    r = client.post("/v1/identify", files={"image": ("q.jpg", photo, "image/jpeg")}, data={"box": "500,500,5,5"})
+    assert r.status_code == 400 and "outside" in r.json()["detail"]
+
+
+def test_bad_uploads_get_clear_errors(client):
+    r = client.post("/v1/identify", files={"image": ("evil.jpg", b"<html>not an image</html>", "image/jpeg")})
+    assert r.status_code == 400 and "not an image" in r.json()["detail"]
+    r = client.post("/v1/identify", files={"image": ("empty.jpg", b"", "image/jpeg")})
+    assert r.status_code == 400
+    truncated = _jpeg(product_photo(0, 0, shop=True))[:300]
+    r = client.post("/v1/identify", files={"image": ("cut.jpg", truncated, "image/jpeg")})
+    assert r.status_code == 400 and "cut.jpg" in r.json()["detail"]
+    big = Image.new("L", (9000, 9000))  # 81 Mpx: refused from the header
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    r = client.post("/v1/identify", files={"image": ("bomb.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 400 and "pixels" in r.json()["detail"]
+    r = client.post("/v1/identify", files={"image": ("huge.jpg", b"\xff" * (11 * 1024 * 1024), "image/jpeg")})
+    assert r.status_code == 413
+
+
+def test_products_and_admin_need_the_key(client):
+    assert client.get("/v1/products/3").json()["title"] == "product 3"
+    assert client.get("/v1/products/99").status_code == 404
+    assert client.get("/v1/items/99/thumbnail").status_code == 404
+    photo = _jpeg(product_photo(5, 0, shop=True))
+    files = {"image": ("new.jpg", photo, "image/jpeg")}
+    form = {"product_id": "7", "title": "new product", "category": "balls"}
+    assert client.post("/v1/products", files=files, data=form).status_code == 401
+    assert client.post("/v1/products", files=files, data=form, headers={"X-API-Key": "wrong"}).status_code == 401
+    r = client.post("/v1/products", files=files, data=form, headers={"X-API-Key": KEY})
+    assert r.status_code == 201, r.text
+    # the next query sees it, without a restart
+    q = client.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(5, 2, shop=False)), "image/jpeg")})
+    assert q.json()["matches"][0]["product_id"] == 7
+    assert client.put("/v1/products/7", json={"title": "renamed"}, headers={"X-API-Key": KEY}).status_code == 200
+    assert client.get("/v1/products/7").json()["title"] == "renamed"
+    assert client.delete("/v1/products/7").status_code == 401
+    assert client.delete("/v1/products/7", headers={"X-API-Key": KEY}).json()["removed"] == 1
+    assert client.get("/v1/products/7").status_code == 404
+
+
+def test_admin_disabled_without_a_configured_key(catalog_dir, tmp_path):
+    app = create_app(ServeConfig(catalog=catalog_dir, api_key=None, open_reads=False,
+                                 history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        assert c.delete("/v1/products/1", headers={"X-API-Key": "x"}).status_code == 403
+        assert c.get("/v1/products/1").status_code == 403  # closed reads need the key too
+    app.state.engine.close()
+
+
+def test_random_catalog_photo(client):
+    import base64
+
+    r = client.get("/v1/random").json()
+    img = Image.open(io.BytesIO(base64.b64decode(r["jpeg_base64"])))
+    assert img.format == "JPEG" and 0 <= r["id"] < 4
+
+
+def test_admission_refuses_beyond_the_queue():
+    async def scenario():
+        adm = Admission(workers=1, queue=1)
+        entered = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold():
+            async with adm.slot():
+                entered.set()
+                await release.wait()
+
+        async def wait_in_queue():
+            async with adm.slot():
+                return "ran"
+
+        t1 = asyncio.create_task(hold())
+        await entered.wait()
+        t2 = asyncio.create_task(wait_in_queue())
+        await asyncio.sleep(0)
+        assert adm.inside == 2
+        with pytest.raises(Busy):
+            async with adm.slot():
+                pass
+        release.set()
+        await t1
+        assert await t2 == "ran" and adm.inside == 0
+
+    asyncio.run(scenario())
+
+
+def test_busy_service_answers_503(catalog_dir, tmp_path):
+    app = create_app(ServeConfig(catalog=catalog_dir, queue=0, history_db=tmp_path / "h.sqlite"))
+    app.state.admission._inside = app.state.admission.limit  # as if a request were running
+    with TestClient(app) as c:
+        r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(0, 0, shop=True)), "image/jpeg")})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    app.state.engine.close()
