@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_detect.py
 	$(BIN)/python benchmarks/bench_multimodal.py
 	$(BIN)/python benchmarks/bench_video.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -86,17 +86,21 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             qbox = Box.parse(box)
         except BoxError as e:
             raise HTTPException(400, str(e)) from None
+        sid = session_of(request, response)
+
+        def work() -> dict:  # one trip to the thread pool: inference, then the history row
+            out = engine.identify(img, qbox, k)
+            top = out["categories"][0] if out["categories"] else {"category": "", "probability": 0.0}
+            out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
+                                            out["matches"][0]["title"] if out["matches"] else "")
+            out["image_size"] = list(img.size)
+            return out
+
         async with admission.slot():
             try:
-                out = await _run(engine.identify, img, qbox, k)
+                return await _run(work)
             except (BoxError, ProductLensError) as e:
                 raise HTTPException(400, _short(e)) from None
-        sid = session_of(request, response)
-        top = out["categories"][0] if out["categories"] else {"category": "", "probability": 0.0}
-        out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
-                                        out["matches"][0]["title"] if out["matches"] else "")
-        out["image_size"] = list(img.size)
-        return out
 
     @app.get("/v1/history")
     def get_history(request: Request, response: Response) -> list[dict]:

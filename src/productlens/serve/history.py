@@ -18,6 +18,7 @@ class History:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last row
         self._db.execute(SCHEMA)
         self._db.execute("CREATE INDEX IF NOT EXISTS by_session ON history(session, id)")
         self._lock = threading.Lock()

@@ -1,0 +1,96 @@
+"""End to end in headless Chromium (Debian's /usr/bin/chromium driven by Playwright; no browser download)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import product_photo, write_dataset
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from productlens.data.readers import read_gallery
+    from productlens.pipeline.catalog import build_catalog
+    from productlens.serve import ServeConfig, create_app
+
+    root = tmp_path_factory.mktemp("browser")
+    paths = write_dataset(root, n_products=5, per_product=1)
+    rows = list(csv.DictReader(open(paths["gallery"])))
+    with open(root / "g.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["title", "category_name"])
+        w.writeheader()
+        for r in rows:
+            p = int(r["product_id"])
+            w.writerow({**r, "title": f"product {p}", "category_name": f"category {p}"})
+    cat, _ = build_catalog(read_gallery(root / "g.csv"), root / "cat", use_gallery_labels=True, progress=False)
+    cat.close()
+    app = create_app(ServeConfig(catalog=root / "cat", history_db=root / "h.sqlite"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", root
+    srv.should_exit = True
+    thread.join(5)
+    app.state.engine.close()
+
+
+def test_upload_shows_top4_and_a_history_row(server, tmp_path):
+    url, root = server
+    photo = tmp_path / "query.jpg"
+    product_photo(3, 0, shop=True).save(photo)  # the seller photo itself: its product must come first
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    shots = Path(os.environ.get("PRODUCTLENS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.goto(url + "/")
+        assert "How to use" in page.inner_text("#instructions")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#categories li", timeout=30_000)
+        cats = page.locator("#categories li .cat").all_inner_texts()
+        assert len(cats) == 4 and cats[0] == "category 3"
+        assert "product 3" in page.inner_text("#matches")
+        page.wait_for_selector("#history tbody tr", timeout=10_000)
+        assert page.locator("#history tbody tr").count() == 1
+        page.screenshot(path=str(shots / "identify.png"), full_page=True)
+        # the history survives a reload (kept server-side for this session)
+        page.reload()
+        page.wait_for_selector("#history tbody tr", timeout=10_000)
+        assert "category 3" in page.inner_text("#history tbody")
+        # a file that is not an image gets a clear message, and the history does not grow
+        page.set_input_files("#file", str(bad))
+        page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+        assert "not an image" in page.inner_text("#error")
+        assert page.locator("#history tbody tr").count() == 1
+        # a random catalog photo
+        page.click("#random")
+        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 2", timeout=30_000)
+        browser.close()
+    assert (shots / "identify.png").stat().st_size > 1000
