@@ -65,9 +65,17 @@ def test_cli_data_fetch_from_local_file(tmp_path, monkeypatch) -> None:
 
 
 def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
+    import csv
+
     ds = write_dataset(tmp_path / "ds")
+    rows = list(csv.DictReader(open(ds["train"])))
+    with open(ds["train"], "w", newline="") as f:  # categories: the demo then trains a classifier
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["category_name"])
+        w.writeheader()
+        w.writerows({**r, "category_name": f"shape {int(r['product_id']) % 2}"} for r in rows)
     r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
                             "--model", "efficientnet-lite0", "--queries", "2"])
     assert r.exit_code == 0, r.output
     assert "adapting on 16 labelled photos" in r.output and r.output.count("query ") == 2
     assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()
+    assert "classifier attached: 2 categories" in r.output and (tmp_path / "cat" / "classifier").is_dir()

@@ -6,7 +6,6 @@ import asyncio
 import csv
 import io
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -182,4 +181,35 @@ def test_busy_service_answers_503(catalog_dir, tmp_path):
     with TestClient(app) as c:
         r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(0, 0, shop=True)), "image/jpeg")})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    app.state.engine.close()
+
+
+def test_identify_uses_the_attached_classifier(tmp_path):
+    import shutil
+
+    from productlens.data.labelled import read_labelled
+    from productlens.data.readers import read_gallery
+    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.classify import TrainOptions, train_classifier
+
+    paths = write_dataset(tmp_path / "ds", n_products=4, per_product=4)
+    rows = list(csv.DictReader(open(paths["train"])))
+    with open(tmp_path / "ds" / "cats.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "category"])
+        w.writeheader()
+        w.writerows({"image": r["image"], "category": f"kind {int(r['product_id']) % 2}"} for r in rows)
+    train_classifier(read_labelled(tmp_path / "ds" / "cats.csv", label="category"), tmp_path / "clf",
+                     TrainOptions(views="flip"))
+    cat, _ = build_catalog(read_gallery(paths["gallery"]), tmp_path / "cat", use_gallery_labels=True, progress=False)
+    with cat:
+        cat.attach_classifier(tmp_path / "clf")
+    shutil.rmtree(tmp_path / "clf")  # the catalog keeps its own copy
+    app = create_app(ServeConfig(catalog=tmp_path / "cat", history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        assert c.get("/v1/health").json()["classifier"] is True
+        r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(1, 0, shop=True)), "image/jpeg")})
+        body = r.json()
+        assert body["category_source"] == "classifier" and len(body["categories"]) == 2
+        assert body["categories"][0]["category"] == "kind 1"
+        assert abs(sum(x["probability"] for x in body["categories"]) - 1) < 0.01
     app.state.engine.close()

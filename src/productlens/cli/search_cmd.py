@@ -87,6 +87,9 @@ def demo(
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
     queries: int = typer.Option(5, help="How many example queries to answer."),
     seed: int = typer.Option(0, help="Seed for picking the example queries."),
+    classifier: bool = typer.Option(True, help="With a train.csv that has a category_name column: train a "
+                                               "category classifier (frozen backbone, flips; minutes) and "
+                                               "attach it, for the top-4 categories."),
 ) -> None:
     """Index a catalog and answer example queries (the main job of `make run`)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
@@ -106,6 +109,19 @@ def demo(
     cat, errors = build_catalog(items, out, embedder=model, train=train, use_gallery_labels=labelled,
                                 overwrite=True)
     typer.echo(f"catalog written to {out} ({len(cat)} items, skipped {len(errors)})")
+    if classifier and train and any(t.category for t in train):
+        import tempfile
+
+        from productlens.data.labelled import read_labelled
+        from productlens.pipeline.classify import TrainOptions, train_classifier
+
+        typer.echo("training a category classifier on train.csv (category_name) ...")
+        with tempfile.TemporaryDirectory(prefix="productlens-demo-") as tmp:
+            res = train_classifier(read_labelled(base / "train.csv", label="category_name"), Path(tmp) / "clf",
+                                   TrainOptions(embedder=model, views="flip"))
+            cat.attach_classifier(Path(tmp) / "clf")
+        typer.echo(f"classifier attached: {res.classifier.metrics['classes']} categories, "
+                   f"{res.seconds:.0f} s")
     pool = read_labelled_csv(base / "val.csv") if (base / "val.csv").is_file() else items
     rng = random.Random(seed)
     with cat:
