@@ -213,3 +213,25 @@ def test_identify_uses_the_attached_classifier(tmp_path):
         assert body["categories"][0]["category"] == "kind 1"
         assert abs(sum(x["probability"] for x in body["categories"]) - 1) < 0.01
     app.state.engine.close()
+
+
+def test_identify_with_a_detector_returns_boxes_and_searches_the_best(catalog_dir, tmp_path):
+    from test_detect import _write_user_detector
+
+    model = _write_user_detector(tmp_path / "det.onnx", square=False)
+    app = create_app(ServeConfig(catalog=catalog_dir, detector=f"onnx:{model}", history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        assert c.get("/v1/health").json()["detector"] is True
+        red = Image.new("RGB", (128, 96), (255, 0, 0))
+        body = c.post("/v1/identify", files={"image": ("red.jpg", _jpeg(red), "image/jpeg")}).json()
+        assert [d["tag"] for d in body["detections"]] == ["red"]
+        assert body["box"] == body["detections"][0]["box"]  # the search used the best box
+    app.state.engine.close()
+
+
+def test_no_path_traversal_through_parameters(client):
+    for url in ("/v1/items/..%2F..%2Fetc%2Fpasswd/thumbnail", "/v1/products/..%2Fstore", "/static/..%2F..%2Fapp.py",
+                "/static/../config.py"):
+        r = client.get(url)
+        assert r.status_code in (404, 422), (url, r.status_code)
+        assert "import" not in r.text
