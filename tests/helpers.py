@@ -120,3 +120,28 @@ def package_photo(word: str, variant: int, *, shop: bool, colour: tuple[int, int
     font = ImageFont.load_default(size=30)
     d.text((size // 2 + off, 80 + off), word, fill=(0, 0, 0), font=font, anchor="mm")
     return img
+
+
+def add_columns(csv_path: Path, out_path: Path, columns: dict) -> Path:
+    """Copy a csv adding columns: ``columns[name](row) -> value`` for each row."""
+    rows = list(csv.DictReader(open(csv_path)))
+    with open(out_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) + list(columns))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, **{name: fn(r) for name, fn in columns.items()}})
+    return out_path
+
+
+def titled_catalog(root: Path, n_products: int, category) -> Path:
+    """A catalog folder of the generated shop photos titled 'product P', category ``category(P)``, catalog mode."""
+    from productlens.data.readers import read_gallery
+    from productlens.pipeline.catalog import build_catalog
+
+    paths = write_dataset(root, n_products=n_products, per_product=1)
+    gallery = add_columns(paths["gallery"], root / "gallery_t.csv",
+                          {"title": lambda r: f"product {r['product_id']}",
+                           "category_name": lambda r: category(int(r["product_id"]))})
+    cat, _ = build_catalog(read_gallery(gallery), root / "cat", use_gallery_labels=True, progress=False)
+    cat.close()
+    return root / "cat"

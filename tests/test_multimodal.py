@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import package_photo, write_dataset
+from helpers import add_columns, package_photo, write_dataset
 from productlens.cli.main import app
 from productlens.heads.align import Alignment, fit_alignment, product_text
 from productlens.pipeline.fusion import TextMatcher, fit_text_weight, fuse, item_document
@@ -228,12 +228,7 @@ def text_catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("textcat")
     paths = write_dataset(root, n_products=4, per_product=4)
     titles = ["red box", "green box", "blue box", "yellow box"]
-    rows = list(csv.DictReader(open(paths["gallery"])))
-    with open(root / "gallery_t.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["title"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "title": titles[int(r["product_id"])]})
+    add_columns(paths["gallery"], root / "gallery_t.csv", {"title": lambda r: titles[int(r["product_id"])]})
     runner = CliRunner()
     res = runner.invoke(app, ["index", "build", str(root / "gallery_t.csv"), "--out", str(root / "cat"),
                               "--train", str(paths["train"]), "--catalog-labels", "--no-finetune"])

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 
 import pytest
 from PIL import Image
 
-from helpers import product_photo, write_dataset
+from helpers import add_columns, product_photo, titled_catalog, write_dataset
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -30,22 +29,7 @@ def _jpeg(img: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def catalog_dir(tmp_path_factory):
-    from productlens.data.readers import read_gallery
-    from productlens.pipeline.catalog import build_catalog
-
-    root = tmp_path_factory.mktemp("serve")
-    paths = write_dataset(root, n_products=4, per_product=1)
-    rows = list(csv.DictReader(open(paths["gallery"])))
-    with open(root / "gallery_t.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["title", "category_name"])
-        w.writeheader()
-        for r in rows:
-            p = int(r["product_id"])
-            w.writerow({**r, "title": f"product {p}", "category_name": "boxes" if p < 2 else "balls"})
-    cat, _ = build_catalog(read_gallery(root / "gallery_t.csv"), root / "cat", use_gallery_labels=True,
-                           progress=False)
-    cat.close()
-    return root / "cat"
+    return titled_catalog(tmp_path_factory.mktemp("serve"), 4, lambda p: "boxes" if p < 2 else "balls")
 
 
 @pytest.fixture()
@@ -193,11 +177,7 @@ def test_identify_uses_the_attached_classifier(tmp_path):
     from productlens.pipeline.classify import TrainOptions, train_classifier
 
     paths = write_dataset(tmp_path / "ds", n_products=4, per_product=4)
-    rows = list(csv.DictReader(open(paths["train"])))
-    with open(tmp_path / "ds" / "cats.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["image", "category"])
-        w.writeheader()
-        w.writerows({"image": r["image"], "category": f"kind {int(r['product_id']) % 2}"} for r in rows)
+    add_columns(paths["train"], tmp_path / "ds" / "cats.csv", {"category": lambda r: f"kind {int(r['product_id']) % 2}"})
     train_classifier(read_labelled(tmp_path / "ds" / "cats.csv", label="category"), tmp_path / "clf",
                      TrainOptions(views="flip"))
     cat, _ = build_catalog(read_gallery(paths["gallery"]), tmp_path / "cat", use_gallery_labels=True, progress=False)

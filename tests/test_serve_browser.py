@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import socket
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import product_photo, write_dataset
+from helpers import product_photo, titled_catalog
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -27,22 +26,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def server(tmp_path_factory):
     import uvicorn
 
-    from productlens.data.readers import read_gallery
-    from productlens.pipeline.catalog import build_catalog
     from productlens.serve import ServeConfig, create_app
 
     root = tmp_path_factory.mktemp("browser")
-    paths = write_dataset(root, n_products=5, per_product=1)
-    rows = list(csv.DictReader(open(paths["gallery"])))
-    with open(root / "g.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["title", "category_name"])
-        w.writeheader()
-        for r in rows:
-            p = int(r["product_id"])
-            w.writerow({**r, "title": f"product {p}", "category_name": f"category {p}"})
-    cat, _ = build_catalog(read_gallery(root / "g.csv"), root / "cat", use_gallery_labels=True, progress=False)
-    cat.close()
-    app = create_app(ServeConfig(catalog=root / "cat", history_db=root / "h.sqlite"))
+    app = create_app(ServeConfig(catalog=titled_catalog(root, 5, lambda p: f"category {p}"),
+                                 history_db=root / "h.sqlite"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
