@@ -91,3 +91,11 @@ class Hit:
     product_id: int | None = None
     title: str = ""
     image: str = ""
+
+
+def product_key(item_id: int, product_id: object) -> int:
+    """The product an item counts for: its product_id, or (none, or a -1 distractor) a product of its
+    own, numbered ``-1 - item_id`` so that it never collides with a real product id."""
+    if product_id is not None and int(product_id) >= 0:  # type: ignore[call-overload]
+        return int(product_id)  # type: ignore[call-overload]
+    return -1 - int(item_id)

@@ -41,7 +41,7 @@ from productlens.models.detectors.runtime import Detector
 from productlens.models.embedders import Embedder, create_embedder, embedder_in_folder, get_embedder
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.rerank import alpha_qe
-from productlens.types import Box, Hit, Item, ProductLensError
+from productlens.types import Box, Hit, Item, ProductLensError, product_key
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Catalog:
         self.adapter = adapter
         self._classifier = None
         self._matcher = None
+        self._has_products: bool | None = None
 
     # -------------------------------------------------------------- text
     @property
@@ -149,11 +150,20 @@ class Catalog:
         self.store.set_info("text_weight", float(weight))
 
     def grouping(self):
-        """The product grouping of catalog mode (``_group``), or None when no item has a product."""
-        ids = self.store.ids()
-        has = any((md or {}).get("product_id", -1) is not None and int((md or {}).get("product_id", -1)) >= 0
-                  for md in self.store.get(ids))
-        return self._group if has else None
+        """The product grouping of catalog mode (``_group``), or None when no item has a product.
+
+        Whether any item has a product is read once and kept until the catalog changes.
+        """
+        if self._has_products is None:
+            ids = self.store.ids()
+            self._has_products = any(product_key(int(i), (md or {}).get("product_id")) >= 0
+                                     for i, md in zip(ids.tolist(), self.store.get(ids)))
+        return self._group if self._has_products else None
+
+    def _changed(self) -> None:
+        """Forget what was derived from the items (text matcher, product grouping)."""
+        self._matcher = None
+        self._has_products = None
 
     # -------------------------------------------------------------- open
     @classmethod
@@ -206,17 +216,17 @@ class Catalog:
                 for md, text in zip(mds, ocr_texts([it.image for it in ok], progress=progress)):
                     md["ocr"] = text
             self.store.upsert([it.id for it in ok], self.to_index_space(res.vectors, "gallery"), mds)
-            self._matcher = None
+            self._changed()
         return res.errors
 
     def remove(self, ids: Sequence[int]) -> int:
-        self._matcher = None
+        self._changed()
         return self.store.remove(ids)
 
     def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
         """Merge fields (title, category, ...) into items' metadata, atomically; searches see them at once."""
         self.store.update_metadata(ids, metadata)
-        self._matcher = None
+        self._changed()
 
     # ------------------------------------------------------------ search
     def search_vectors(self, queries: np.ndarray, k: int, *, rerank: bool = True,

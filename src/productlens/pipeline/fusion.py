@@ -79,16 +79,6 @@ def fuse(scores: np.ndarray, ids: np.ndarray, text_scores: np.ndarray, weight: f
     return np.take_along_axis(fused, order, 1), np.take_along_axis(ids, order, 1)
 
 
-def query_texts(words: Sequence[Sequence | None], extra: Sequence[str | None] | None = None) -> list[str]:
-    """One text per query: the OCR words (``Word`` lists, None for unread) plus optional user text."""
-    from productlens.models.ocr.base import words_text
-
-    out = [words_text(w) for w in words]
-    if extra is not None:
-        out = [" ".join(s for s in (a, b or "") if s) for a, b in zip(out, extra)]
-    return out
-
-
 def fit_text_weight(scores: np.ndarray, ids: np.ndarray, text_scores: np.ndarray, item_labels: dict[int, int],
                     query_labels: Sequence[int], grid: Sequence[float] = WEIGHT_GRID,
                     group=None) -> tuple[float, dict[float, float]]:

@@ -22,7 +22,7 @@ from productlens.heads.align import Alignment, fit_alignment, product_text
 from productlens.models.text import DEFAULT_TEXT_ENCODER, get_text_encoder
 from productlens.pipeline.catalog import Catalog
 from productlens.pipeline.text_search import TextSearch, products_from_metadata
-from productlens.types import Hit, Item, ProductLensError
+from productlens.types import Hit, Item, ProductLensError, product_key
 
 ALIGN_DIR = "align"
 
@@ -61,8 +61,7 @@ def fit_catalog_alignment(catalog: Catalog, train: Sequence[Item] = (), *, progr
         t = product_text(md.get("title"), md.get("category"), md.get("name"))
         if not t:
             continue
-        pid = md.get("product_id")
-        key = int(pid) if pid is not None and int(pid) >= 0 else -1 - int(ids[j])
+        key = product_key(int(ids[j]), md.get("product_id"))
         text_of.setdefault(key, t)
         vecs.append(gal[j])
         texts.append(t)

@@ -25,7 +25,7 @@ import numpy as np
 
 from productlens.models.text import DEFAULT_TEXT_ENCODER, TextEncoder, get_text_encoder
 from productlens.models.text.base import clean_text
-from productlens.types import ProductLensError
+from productlens.types import ProductLensError, product_key
 
 BM25_K1, BM25_B = 1.2, 0.75  # the usual Okapi BM25 constants
 
@@ -57,8 +57,7 @@ def products_from_metadata(ids: Iterable[int], metadata: Iterable[dict | None]) 
     out: dict[int, ProductText] = {}
     for item_id, md in zip(ids, metadata):
         md = md or {}
-        pid = md.get("product_id")
-        pid = int(pid) if pid is not None and int(pid) >= 0 else -1 - int(item_id)
+        pid = product_key(item_id, md.get("product_id"))
         if pid in out:
             continue
         out[pid] = ProductText(pid, str(md.get("title") or ""), str(md.get("category") or ""),

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from productlens.pipeline.catalog import Catalog
-from productlens.types import ProductLensError
+from productlens.types import ProductLensError, product_key
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,7 @@ def _product_scores(catalog: Catalog, scores: np.ndarray, ids: np.ndarray) -> tu
             if i < 0:
                 continue
             md = meta.get(i) or {}
-            p = md.get("product_id")
-            p = int(p) if p is not None and int(p) >= 0 else -1 - int(i)
+            p = product_key(i, md.get("product_id"))
             titles.setdefault(p, md.get("title") or md.get("image", ""))
             if s > d.get(p, -np.inf):
                 d[p] = float(s)

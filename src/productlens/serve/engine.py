@@ -20,7 +20,7 @@ from PIL import Image
 from productlens.data.images import load_image
 from productlens.pipeline.catalog import Catalog
 from productlens.serve.config import ServeConfig
-from productlens.types import Box, ImageError, Item, ProductLensError
+from productlens.types import Box, ImageError, Item, ProductLensError, product_key
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Engine:
                                          group_by_product=cat.grouping() is not None)
         hits, seen = [], set()
         for h in cat.store.as_hits(scores, ids)[0]:  # one match per product
-            key = h.product_id if h.product_id is not None else -1 - h.id
+            key = product_key(h.id, h.product_id)
             if key not in seen:
                 seen.add(key)
                 hits.append(h)
@@ -126,14 +126,12 @@ class Engine:
     # ---------------------------------------------------------------- products
     def product(self, product_id: int) -> dict | None:
         with self.lock:
-            ids = self.catalog.store.ids()
-            rows = [(int(i), md) for i, md in zip(ids.tolist(), self.catalog.store.get(ids))
-                    if md and md.get("product_id") is not None and int(md["product_id"]) == product_id]
-        if not rows:
+            ids = self._items_of(product_id)
+            md = self.catalog.store.get(ids[:1])[0] if ids else None
+        if md is None:
             return None
-        md = rows[0][1]
         return {"product_id": product_id, "title": md.get("title", ""), "category": md.get("category", ""),
-                "items": [{"id": i, "thumbnail": f"/v1/items/{i}/thumbnail"} for i, _ in rows]}
+                "items": [{"id": i, "thumbnail": f"/v1/items/{i}/thumbnail"} for i in ids]}
 
     def item_thumbnail(self, item_id: int) -> bytes | None:
         with self.lock:
