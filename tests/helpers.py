@@ -145,3 +145,16 @@ def titled_catalog(root: Path, n_products: int, category) -> Path:
     cat, _ = build_catalog(read_gallery(gallery), root / "cat", use_gallery_labels=True, progress=False)
     cat.close()
     return root / "cat"
+
+
+def drop_collections(uri: str, prefix: str) -> None:
+    """Drop the Milvus collections a test made (their names start with ``prefix``)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        for name in client.list_collections():
+            if name.startswith(prefix):
+                client.drop_collection(name)
+    finally:
+        client.close()

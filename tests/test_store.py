@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,11 +26,14 @@ import pytest
 from productlens.index import Store, open_store
 from productlens.types import Hit, ProductLensError
 
-BACKENDS = ["embedded"]
+from helpers import drop_collections
+
+BACKENDS = ["embedded", pytest.param("milvus", marks=pytest.mark.milvus)]
 
 #: per backend: options for the default store, and for one that must use its approximate index
 BACKEND_OPTIONS = {
     "embedded": {"default": {}, "approximate": {"exact_max": 2_000, "subset_exact_max": 1_000}},
+    "milvus": {"default": {}, "approximate": {"index": "hnsw"}},
 }
 
 
@@ -40,17 +44,25 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def store_factory(backend, tmp_path):
+def store_factory(backend, tmp_path, request):
     """``factory(dim=None, name="store", kind="default", **options)`` opens a store by name.
 
     Calling it again with the same name opens the same store (a second handle,
-    or a reopen after ``close()``).
+    or a reopen after ``close()``). Embedded stores are folders under
+    ``tmp_path``; Milvus stores are collections (named after the test) on the
+    session's local server.
     """
     opened: list[Store] = []
+    where: dict = {}
+    if backend == "milvus":
+        uri = request.getfixturevalue("milvus_uri")
+        prefix = "t" + secrets.token_hex(4)
+        where = {"uri": uri}
 
     def factory(dim: int | None = None, name: str = "store", kind: str = "default", **options) -> Store:
-        opts = dict(BACKEND_OPTIONS[backend][kind]) | options
-        store = open_store(tmp_path / name, dim=dim, backend=backend, **opts)
+        opts = dict(BACKEND_OPTIONS[backend][kind]) | where | options
+        path = tmp_path / name if backend == "embedded" else f"{prefix}_{name}"
+        store = open_store(path, dim=dim, backend=backend, **opts)
         opened.append(store)
         return store
 
@@ -59,6 +71,8 @@ def store_factory(backend, tmp_path):
     yield factory
     for s in opened:
         s.close()
+    if backend == "milvus":
+        drop_collections(where["uri"], prefix)
 
 
 def embedded_only(factory) -> None:
@@ -527,7 +541,7 @@ def test_readers_see_consistent_snapshots(store_factory):
     try:
         deadline = time.time() + 1.0
         checks = 0
-        while time.time() < deadline:
+        while time.time() < deadline or checks < 6:
             scores, ids = r.search(unit(rng, 1, dim), 200)
             assert (ids >= 0).all()
             assert np.ptp(scores) < 1e-5, "a search mixed two writes"
@@ -544,6 +558,24 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
                           for f, t in zip(found, truth)]))
 
 
+def settle(store: Store) -> None:
+    """Let a server backend finish indexing in the background (Milvus seals and indexes new rows
+    when it likes, which changes approximate results); the embedded store has nothing running."""
+    if type(store).__name__ != "EmbeddedStore":
+        store.build_index()
+
+
+def assert_same_after_reopen(store: Store, after, before) -> None:
+    """The embedded store's approximate results are identical after a reopen. A server re-indexes
+    in the background (Milvus compacts segments and rebuilds their graphs), so there the
+    results need only stay as good: 99% of the ids the same."""
+    if type(store).__name__ == "EmbeddedStore":
+        np.testing.assert_array_equal(after[1], before[1])
+        np.testing.assert_array_equal(after[0], before[0])
+    else:
+        assert _recall(after[1], before[1]) >= 0.99
+
+
 def test_approximate_recall_and_updates(store_factory):
     rng = np.random.default_rng(10)
     n, dim, k = 20_000, 64, 100
@@ -556,6 +588,7 @@ def test_approximate_recall_and_updates(store_factory):
     for a in range(0, n, 5000):
         s.upsert(ids[a : a + 5000], x[a : a + 5000], md[a : a + 5000])
     ref.upsert(ids, x, md)
+    s.build_index()  # after a bulk load (Milvus searches unindexed new rows coarsely until then)
     q = clustered(np.random.default_rng(11), 100, centres, spread=0.9)
     q = np.concatenate([q, x[rng.choice(n, 50)]])  # held-out-like and stored queries
 
@@ -585,28 +618,28 @@ def test_approximate_recall_and_updates(store_factory):
     ref.remove(gone)
     _, top = s.search(new[:50], 1)
     assert (top[:, 0] == new_ids[:50]).mean() >= 0.98
+    settle(s)
     scores, found = s.search(q, k)
     assert not np.isin(found, gone).any()
     assert _recall(found, ref.search(q, k)[1]) >= 0.98
     s.close()
     s2 = store_factory(kind="approximate")
     scores2, found2 = s2.search(q, k)
-    np.testing.assert_array_equal(found2, found)
-    np.testing.assert_array_equal(scores2, scores)
+    assert_same_after_reopen(s2, (scores2, found2), (scores, found))
 
     # a small change (patched in memory only), then a reopen that patches the saved index the same way
     s2.upsert(new_ids[:10], new[10:20])
     s2.remove(ids[2000:2010])
     ref.upsert(new_ids[:10], new[10:20])
     ref.remove(ids[2000:2010])
+    settle(s2)
     scores3, found3 = s2.search(q, k)
     assert not np.isin(found3, ids[2000:2010]).any()
     assert _recall(found3, ref.search(q, k)[1]) >= 0.98
     s2.close()
     s3 = store_factory(kind="approximate")
     scores4, found4 = s3.search(q, k)
-    np.testing.assert_array_equal(found4, found3)
-    np.testing.assert_array_equal(scores4, scores3)
+    assert_same_after_reopen(s3, (scores4, found4), (scores3, found3))
 
     if store_factory.backend == "embedded":  # nprobe tuned on a sample of real queries
         s3.build_index(queries=q[:100])

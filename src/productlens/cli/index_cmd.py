@@ -26,20 +26,51 @@ def build(
     ocr: bool = typer.Option(False, "--ocr", help="Read the print on gallery and query photos and fuse it with "
                                                   "the image score (needs --train: the weight is chosen on "
                                                   "its photos, cross-fitted over products)."),
+    engine: str = typer.Option("local", help="local: embed in this process; ray: on Ray, in resumable "
+                                             "parquet shards under OUT/work (rerun to resume)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (e.g. ray://head:10001 "
+                                                                          "or auto); default: a local Ray."),
+    workers: int = typer.Option(2, help="--engine ray: model-holding workers."),
+    shard_size: int = typer.Option(1024, "--shard-size", help="--engine ray: images per shard."),
+    store: str = typer.Option("embedded", help="embedded (inside OUT, no server) or milvus."),
+    milvus_uri: Optional[str] = typer.Option(None, "--milvus-uri", help="Milvus server (default "
+                                             "$PRODUCTLENS_MILVUS_URI or http://127.0.0.1:19530); token from "
+                                             "$PRODUCTLENS_MILVUS_TOKEN."),
+    collection: Optional[str] = typer.Option(None, help="--store milvus: collection name (default: OUT's name)."),
+    milvus_index: str = typer.Option("hnsw", "--milvus-index", help="--store milvus: flat (exact), hnsw, "
+                                                                    "ivf_flat or ivf_sq8."),
 ) -> None:
-    """Embed a catalog and write its index (atomically)."""
+    """Embed a catalog and write its index (atomically, or resumably with --engine ray)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
     from productlens.pipeline.catalog import build_catalog
     from productlens.pipeline.fusion import choose_text_weight
     from productlens.types import ProductLensError
 
+    if engine not in ("local", "ray"):
+        raise ProductLensError(f"--engine must be local or ray, not {engine!r}")
+    spec = _store_spec(store, out, milvus_uri, collection, milvus_index)
+    if engine == "ray":
+        from productlens.pipeline.manifest import read_manifest
+
+        items = read_manifest(catalog)  # also a csv/parquet manifest with id, image columns
+        if train or ocr:
+            raise ProductLensError("--engine ray builds a catalog of plain embeddings; --train and --ocr "
+                                   "need --engine local")
+        from productlens.pipeline.bulk import RayOptions, build_catalog_sharded
+
+        cat, errors = build_catalog_sharded(items, out, embedder=model, store=spec, overwrite=overwrite,
+                                            ray=RayOptions(address=ray_address, workers=workers,
+                                                           shard_size=shard_size))
+        with cat:
+            typer.echo(f"indexed {len(cat)} items into {out} ({model}, Ray, {store} store); skipped {len(errors)}")
+        return
     items = read_catalog(catalog)
     train_items = read_labelled_csv(train, label="product_id") if train else None
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
                                 use_gallery_labels=catalog_labels, finetune=finetune and train_items is not None,
-                                overwrite=overwrite, ocr=ocr)
+                                overwrite=overwrite, ocr=ocr, store=spec)
     with cat:
         if ocr:
             weight, table = choose_text_weight(items, train_items, embedder=model,
@@ -49,6 +80,22 @@ def build(
                        + ", ".join(f"{w:g}: {m:.3f}" for w, m in table.items()) + ")")
         typer.echo(f"indexed {len(cat)} items into {out} ({cat.embedder.name if cat.adapter else model}{', adapted' if cat.adapter else ''}); "
                    f"skipped {len(errors)}")
+
+
+def _store_spec(store: str, out: Path, uri: str | None, collection: str | None, index: str):
+    from productlens.pipeline.store_spec import StoreSpec
+    from productlens.types import ProductLensError
+
+    if store == "embedded":
+        return StoreSpec()
+    if store != "milvus":
+        raise ProductLensError(f"--store must be embedded or milvus, not {store!r}")
+    import os
+    import re
+
+    name = collection or re.sub(r"\W", "_", out.resolve().name)
+    return StoreSpec("milvus", name, {"uri": uri or os.environ.get("PRODUCTLENS_MILVUS_URI")
+                                      or "http://127.0.0.1:19530", "index": index})
 
 
 @app.command("add")

@@ -21,6 +21,7 @@ from .base import CORE_FIELDS, Condition, Store, parse_where
 #: backend name -> "module:ClassName" (module relative to this package)
 BACKENDS: dict[str, str] = {
     "embedded": ".embedded:EmbeddedStore",
+    "milvus": ".milvus:MilvusStore",
 }
 
 

@@ -170,6 +170,20 @@ def check_metadata(metadata: Sequence[dict] | None, ids: np.ndarray) -> list[dic
     return out
 
 
+def clean_metadata(md: dict) -> dict:
+    """``md`` without None values, the first-class fields type-checked (``product_id`` int; ``image``,
+    ``title``, ``category`` str). Every backend stores what this returns."""
+    md = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in md.items() if v is not None}
+    pid = md.get("product_id")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int)):
+        raise ProductLensError(f"product_id must be an int, got {pid!r}")
+    for f in ("image", "title", "category"):
+        v = md.get(f)
+        if v is not None and not isinstance(v, str):
+            raise ProductLensError(f"metadata field {f!r} must be a str, got {v!r}")
+    return md
+
+
 def pad_results(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Empty search results: scores -inf, ids -1."""
     return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
@@ -263,6 +277,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored float32 vectors ``(n, dim)``; raises ProductLensError for unknown ids."""
+
+    def build_index(self) -> None:
+        """Bring the approximate index (if the backend has one) up to date now, not at the next search.
+
+        Call it after a bulk load. The base implementation does nothing.
+        """
 
     def hits(self, queries: np.ndarray, k: int, where: dict | None = None) -> list[list[Hit]]:
         """:meth:`search` results as :class:`~productlens.types.Hit` lists (padding dropped)."""

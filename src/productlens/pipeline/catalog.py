@@ -28,20 +28,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.images import load_image
 from productlens.heads.adapter import Adapter, fit_adapter
-from productlens.index import open_store
 from productlens.index.base import Store
 from productlens.models.detectors.runtime import Detector
 from productlens.models.embedders import Embedder, create_embedder, embedder_in_folder, get_embedder
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.rerank import alpha_qe
 from productlens.types import Box, Hit, Item, ProductLensError, product_key
+
+if TYPE_CHECKING:
+    from productlens.pipeline.store_spec import StoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +171,15 @@ class Catalog:
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Catalog":
         """Open an existing catalog folder (made by :func:`build_catalog`)."""
+        from productlens.pipeline.store_spec import StoreSpec, check_complete
+
         path = Path(path)
-        if not (path / "store").is_dir():
-            raise ProductLensError(f"{path} is not a productlens catalog (no store/ inside); "
-                                   "build one with `productlens index build`")
-        store = open_store(path / "store")
+        store = StoreSpec.of(path).open(path)
+        try:
+            check_complete(store, path)
+        except BaseException:
+            store.close()
+            raise
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
         embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
         adapter = Adapter.load(path / "adapter", backbone=name) if store.get_info("adapter") else None
@@ -336,7 +342,7 @@ class Catalog:
 def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
                   train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
                   finetune: bool = False, overwrite: bool = False, progress: bool = True,
-                  ocr: bool = False) -> tuple[Catalog, list]:
+                  ocr: bool = False, store: "StoreSpec | None" = None) -> tuple[Catalog, list]:
     """Embed ``items`` into a new catalog folder at ``path``; returns (catalog, skipped errors).
 
     ``train``: labelled shopper photos (Item.product_id set) that fit the
@@ -350,8 +356,13 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     ``ocr``: read the print on every gallery photo (kept in the metadata as
     ``ocr``) and on every query; fusion starts once a text weight is chosen
     (:meth:`Catalog.fit_text_weight`).
+    ``store``: where the vectors go (:class:`~productlens.pipeline.store_spec.StoreSpec`;
+    default the embedded store inside the folder). A server collection of that
+    name is replaced only with ``overwrite``.
     The catalog is written to a temporary folder beside ``path`` and renamed into place.
     """
+    from productlens.pipeline.store_spec import StoreSpec
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise ProductLensError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
@@ -390,7 +401,9 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                 glabels = np.array([-1 if it.product_id is None else it.product_id for it in ok_items])
             adapter = fit_adapter(name, tr.vectors, labels, gallery_vectors=gal.vectors, gallery_labels=glabels)
         vectors = gal.vectors if adapter is None else adapter.transform(gal.vectors, "gallery")
-        store = open_store(tmp / "store", dim=vectors.shape[1])
+        spec = store or StoreSpec()
+        store = spec.create(tmp, vectors.shape[1], overwrite=overwrite)
+        spec.save(tmp)
         store.set_info("embedder", name)
         store.set_info("adapter", adapter is not None)
         store.set_info("ocr", bool(ocr))
@@ -401,6 +414,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             for md, text in zip(mds, ocr_texts([it.image for it in ok_items], progress=progress)):
                 md["ocr"] = text
         store.upsert([it.id for it in ok_items], vectors, mds)
+        store.build_index()
         store.close()
         if adapter is not None:
             adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...types import ProductLensError
-from ..base import CORE_FIELDS, Condition, json_default
+from ..base import CORE_FIELDS, Condition, clean_metadata, json_default
 
 DB_NAME = "store.sqlite"
 FORMAT_VERSION = 1
@@ -132,19 +132,8 @@ def ids_json(ids: np.ndarray) -> str:
 
 def columns(md: dict) -> tuple[Any, Any, Any, Any, str | None]:
     """Split a metadata dict into (product_id, image, title, category, extra json)."""
-    md = {k: v for k, v in md.items() if v is not None}
-    pid = md.pop("product_id", None)
-    if pid is not None:
-        if isinstance(pid, np.generic):
-            pid = pid.item()
-        if isinstance(pid, bool) or not isinstance(pid, int):
-            raise ProductLensError(f"product_id must be an int, got {pid!r}")
-    cols = [pid]
-    for f in ("image", "title", "category"):
-        v = md.pop(f, None)
-        if v is not None and not isinstance(v, str):
-            raise ProductLensError(f"metadata field {f!r} must be a str, got {v!r}")
-        cols.append(v)
+    md = clean_metadata(md)
+    cols = [md.pop(f, None) for f in CORE_FIELDS]
     extra = json.dumps(md, default=json_default, sort_keys=True) if md else None
     return (cols[0], cols[1], cols[2], cols[3], extra)
 

@@ -450,6 +450,8 @@ class EmbeddedStore(Store):
     def build_index(self, force: bool = False, queries: np.ndarray | None = None) -> None:
         """Build (or bring up to date) the approximate index now rather than at the first search.
 
+        A store of at most ``exact_max`` items is searched exactly and builds nothing.
+
         ``force`` drops the in-memory index first, so it is loaded again from an
         up-to-date ``ann-*.faiss`` file or, if there is none, rebuilt. ``queries`` (a sample of real
         queries, e.g. a validation set) re-tunes ``nprobe`` for
@@ -458,8 +460,8 @@ class EmbeddedStore(Store):
         require_faiss()
         q = None if queries is None else check_vectors(queries, self.dim, what="queries")
         with self._read_txn() as db:
-            if self._snap.n_live < 2:
-                return
+            if self._snap.n_live < 2 or self._snap.n_live <= self.exact_max:
+                return  # searched exactly: no approximate index is used
             if force:
                 self._ann.index = None
             index = self._ann.ensure(self._snap, db)

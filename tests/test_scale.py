@@ -1,0 +1,210 @@
+"""Scale-out end to end: catalogs built on Ray and/or kept in Milvus search like the local, embedded ones.
+
+Markers: ``ray`` (a local Ray, 2 CPUs) and ``milvus`` (the session's local
+Milvus server, see conftest.py). A tiny ONNX model keeps embedding cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from helpers import drop_collections, write_dataset
+from productlens.cli.main import app
+from productlens.data.readers import read_catalog, read_queries
+from productlens.pipeline.bulk import RayOptions, build_catalog_sharded
+from productlens.pipeline.catalog import Catalog, build_catalog
+from productlens.pipeline.store_spec import StoreSpec
+from productlens.types import ProductLensError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    from test_embedders import _tiny_onnx
+
+    d = tmp_path_factory.mktemp("model")
+    _tiny_onnx(d / "tiny.onnx")
+    (d / "tiny.json").write_text(json.dumps({"size": 16, "resize": "squash"}))
+    return f"onnx:{d / 'tiny.onnx'}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    return write_dataset(tmp_path_factory.mktemp("data"), n_products=12, per_product=2)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'productlens[ray]')")
+    if ray.is_initialized():
+        yield
+        return
+    tmp = tempfile.mkdtemp(prefix="plrays", dir="/tmp")  # socket paths must stay < 107 chars
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, object_store_memory=200 * 2**20,
+             logging_level="WARNING")
+    yield
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def collection(request):
+    """A fresh collection name on the session's Milvus server; dropped afterwards."""
+    uri = request.getfixturevalue("milvus_uri")
+    prefix = "s" + str(abs(hash(request.node.name)) % 10**8)
+    yield uri, prefix + "_cat"
+    drop_collections(uri, prefix)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, data, tiny) -> Catalog:
+    """The reference: the gallery embedded in this process into the embedded store."""
+    cat, errors = build_catalog(read_catalog(data["gallery"]), tmp_path_factory.mktemp("c") / "local",
+                                embedder=tiny, progress=False)
+    assert not errors
+    yield cat
+    cat.close()
+
+
+def rankings(cat: Catalog, data: dict, k: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    queries = [q.image for q in read_queries(data["queries"])]
+    return cat.search_vectors(cat.embed_queries(queries).vectors, k, rerank=False)
+
+
+def assert_same_catalog(cat: Catalog, ref: Catalog, data: dict) -> None:
+    ids = ref.store.ids()
+    np.testing.assert_array_equal(cat.store.ids(), ids)
+    assert np.abs(cat.store.vectors(ids) - ref.store.vectors(ids)).max() < 1e-5
+    assert cat.store.get(ids) == ref.store.get(ids)
+    (s1, i1), (s2, i2) = rankings(cat, data), rankings(ref, data)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+
+# ======================================================================== Ray
+@pytest.mark.ray
+def test_cli_ray_build_equals_local(tmp_path, data, tiny, local, ray_local):
+    out = tmp_path / "cat"
+    args = ["index", "build", str(data["gallery"]), "--out", str(out), "--model", tiny,
+            "--engine", "ray", "--shard-size", "5"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "indexed 12 items" in res.output
+    assert len(list((out / "work" / "shards").glob("shard-*.parquet"))) == 3
+    with Catalog.open(out) as cat:
+        assert_same_catalog(cat, local, data)
+    res = runner.invoke(app, args)  # a finished catalog is not rebuilt by accident
+    assert res.exit_code != 0 and "--overwrite" in res.output
+    res = runner.invoke(app, args[:-4] + ["--engine", "ray", "--ocr"])
+    assert res.exit_code != 0 and "--engine local" in res.output
+
+
+@pytest.mark.ray
+def test_ray_build_resumes_after_the_store_fails(tmp_path, data, tiny, local, ray_local, monkeypatch):
+    from productlens.index.embedded import EmbeddedStore
+
+    items = read_catalog(data["gallery"])
+    real, calls = EmbeddedStore.upsert, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk went away")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(EmbeddedStore, "upsert", flaky)
+    out = tmp_path / "cat"
+    with pytest.raises(ProductLensError, match="shard 1"):
+        build_catalog_sharded(items, out, embedder=tiny, ray=RayOptions(shard_size=4), progress=False)
+    with pytest.raises(ProductLensError, match="incomplete"):  # no silent partial index
+        Catalog.open(out)
+    monkeypatch.setattr(EmbeddedStore, "upsert", real)
+    shards = {p: p.stat().st_mtime_ns for p in (out / "work" / "shards").glob("shard-*.parquet")}
+    cat, errors = build_catalog_sharded(items, out, embedder=tiny, ray=RayOptions(shard_size=4), progress=False)
+    with cat:
+        assert not errors and cat.store.get_info("loaded_shards") == [0, 1, 2]
+        assert_same_catalog(cat, local, data)
+    assert {p: p.stat().st_mtime_ns for p in shards} == shards  # nothing embedded twice
+
+
+# ===================================================================== Milvus
+@pytest.mark.milvus
+def test_cli_build_into_milvus(tmp_path, data, tiny, local, collection):
+    uri, name = collection
+    out = tmp_path / "cat"
+    args = ["index", "build", str(data["gallery"]), "--out", str(out), "--model", tiny, "--store", "milvus",
+            "--milvus-uri", uri, "--collection", name, "--milvus-index", "flat"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    spec = json.loads((out / "store.json").read_text())
+    assert spec == {"backend": "milvus", "path": name, "options": {"uri": uri, "index": "flat"}}
+    assert not (out / "store").exists()
+    with Catalog.open(out) as cat:
+        assert_same_catalog(cat, local, data)
+        hits = cat.search(read_queries(data["queries"])[0].image, k=3)
+        assert hits[0].product_id == 0
+    res = runner.invoke(app, args[:2] + [str(data["gallery"]), "--out", str(tmp_path / "other")] + args[5:])
+    assert res.exit_code != 0 and "exists" in res.output  # another catalog may not take the collection
+
+
+@pytest.mark.ray
+@pytest.mark.milvus
+def test_ray_build_into_milvus(tmp_path, data, tiny, local, collection, ray_local):
+    uri, name = collection
+    spec = StoreSpec("milvus", name, {"uri": uri, "index": "hnsw"})
+    cat, errors = build_catalog_sharded(read_catalog(data["gallery"]), tmp_path / "cat", embedder=tiny,
+                                        store=spec, ray=RayOptions(shard_size=5), progress=False)
+    with cat:
+        assert not errors and cat.store.get_info("load_complete") is True
+        assert_same_catalog(cat, local, data)
+
+
+@pytest.mark.milvus
+def test_milvus_down_gives_a_clear_error():
+    from productlens.index import open_store
+
+    t0 = time.monotonic()
+    with pytest.raises(ProductLensError, match="cannot reach Milvus at http://127.0.0.1:9"):
+        open_store("products", dim=8, backend="milvus", uri="http://127.0.0.1:9", timeout=3)
+    assert time.monotonic() - t0 < 20
+
+
+@pytest.mark.ray
+@pytest.mark.milvus
+def test_milvus_failure_mid_load_leaves_an_incomplete_catalog_that_resumes(tmp_path, data, tiny, local, collection,
+                                                                           ray_local, monkeypatch):
+    """The connection fails on the second shard: incomplete (refused), then the rerun loads only the rest."""
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    uri, name = collection
+    spec = StoreSpec("milvus", name, {"uri": uri, "index": "flat"})
+    items, out = read_catalog(data["gallery"]), tmp_path / "cat"
+    real, calls = MilvusClient.upsert, []
+
+    def flaky(self, collection_name, rows, *args, **kwargs):
+        if collection_name == name:
+            calls.append(sorted(r["id"] for r in rows))
+            if len(calls) == 2:
+                raise MilvusException(message="fail connecting to server: connection reset")
+        return real(self, collection_name, rows, *args, **kwargs)
+
+    monkeypatch.setattr(MilvusClient, "upsert", flaky)
+    with pytest.raises(ProductLensError, match=f"shard 1.*Milvus at {uri}.*connection reset"):
+        build_catalog_sharded(items, out, embedder=tiny, store=spec, ray=RayOptions(shard_size=4), progress=False)
+    with pytest.raises(ProductLensError, match="incomplete"):  # no silent partial index
+        Catalog.open(out)
+    cat, errors = build_catalog_sharded(items, out, embedder=tiny, store=spec, ray=RayOptions(shard_size=4),
+                                        progress=False)
+    with cat:
+        assert not errors and cat.store.get_info("loaded_shards") == [0, 1, 2]
+        assert_same_catalog(cat, local, data)
+    assert calls[0] not in calls[2:]  # shard 0 was not loaded again
