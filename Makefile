@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, exactly this spec: a CPU build from a local file (any other spec pulls CUDA)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[torch,text,serve,ray,milvus,qdrant,dev]"
+	$(BIN)/python -m pip install -q -e ".[torch,text,serve,ray,milvus,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_multimodal.py
 	$(BIN)/python benchmarks/bench_video.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_ray.py --n 3000 --workers 2 --shard-size 250
+	$(BIN)/python benchmarks/bench_milvus.py --n 100000
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--chunk", type=int, default=20_000)
     ap.add_argument("--indexes", default="flat,ivf_sq8,hnsw", help="Milvus indexes to measure")
+    ap.add_argument("--no-embedded", action="store_true", help="measure Milvus only")
     ap.add_argument("--uri", default=None, help="a running Milvus (default: start a local one)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
@@ -96,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         emb_opts = {"exact_max": min(200_000, args.n - 1)} if args.n > 200_000 else {}
-        rows.append(run_store("embedded store", "exact" if args.n <= 200_000 else "IVF,SQ8 + rerank",
-                              lambda: open_store(tmp / "emb", dim=args.dim, **emb_opts), data, args.n,
-                              args.chunk, q, args.k, truth, lambda: rss_mib()["RssAnon"]))
+        if not args.no_embedded:
+            rows.append(run_store("embedded store", "exact" if args.n <= 200_000 else "IVF,SQ8 + rerank",
+                                  lambda: open_store(tmp / "emb", dim=args.dim, **emb_opts), data, args.n,
+                                  args.chunk, q, args.k, truth, lambda: rss_mib()["RssAnon"]))
         uri = args.uri
         if uri is None:
             from milvus import MilvusServer

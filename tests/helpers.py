@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 
@@ -158,3 +159,32 @@ def drop_collections(uri: str, prefix: str) -> None:
                 client.drop_collection(name)
     finally:
         client.close()
+
+
+def tiny_embedder(folder: Path) -> str:
+    """Write a tiny 8-d ONNX embedder (16 px input) into ``folder``; returns its ``onnx:PATH`` name."""
+    import json
+
+    from test_embedders import _tiny_onnx
+
+    _tiny_onnx(folder / "tiny.onnx")
+    (folder / "tiny.json").write_text(json.dumps({"size": 16, "resize": "squash"}))
+    return f"onnx:{folder / 'tiny.onnx'}"
+
+
+@contextlib.contextmanager
+def local_ray():
+    """A local Ray with 2 CPUs and a short temp dir (socket paths must stay < 107 characters)."""
+    import shutil
+    import tempfile
+
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="plrayt", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, object_store_memory=200 * 2**20,
+             logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

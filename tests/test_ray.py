@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 
 import numpy as np
 import pytest
 
-from helpers import product_photo
+from helpers import local_ray, product_photo, tiny_embedder
 from productlens.types import Box, Item, ProductLensError
 
 pytestmark = pytest.mark.ray
@@ -38,12 +37,7 @@ SHARD = 16
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     """``onnx:PATH`` of a tiny 8-d model (16 px input)."""
-    from test_embedders import _tiny_onnx
-
-    d = tmp_path_factory.mktemp("model")
-    _tiny_onnx(d / "tiny.onnx")
-    (d / "tiny.json").write_text(json.dumps({"size": 16, "resize": "squash"}))
-    return f"onnx:{d / 'tiny.onnx'}"
+    return tiny_embedder(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +60,8 @@ def items(tmp_path_factory) -> list[Item]:
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray (2 CPUs) for the module; embed_shards uses it and leaves it running."""
-    tmp = tempfile.mkdtemp(prefix="plrayt", dir="/tmp")  # socket paths must stay < 107 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, object_store_memory=200 * 2**20,
-             logging_level="WARNING")
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with local_ray():
+        yield
 
 
 @pytest.fixture(scope="module")

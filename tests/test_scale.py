@@ -7,15 +7,13 @@ Milvus server, see conftest.py). A tiny ONNX model keeps embedding cheap.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import drop_collections, write_dataset
+from helpers import drop_collections, local_ray, tiny_embedder, write_dataset
 from productlens.cli.main import app
 from productlens.data.readers import read_catalog, read_queries
 from productlens.pipeline.bulk import RayOptions, build_catalog_sharded
@@ -28,12 +26,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    from test_embedders import _tiny_onnx
-
-    d = tmp_path_factory.mktemp("model")
-    _tiny_onnx(d / "tiny.onnx")
-    (d / "tiny.json").write_text(json.dumps({"size": 16, "resize": "squash"}))
-    return f"onnx:{d / 'tiny.onnx'}"
+    return tiny_embedder(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +40,8 @@ def ray_local():
     if ray.is_initialized():
         yield
         return
-    tmp = tempfile.mkdtemp(prefix="plrays", dir="/tmp")  # socket paths must stay < 107 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, object_store_memory=200 * 2**20,
-             logging_level="WARNING")
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with local_ray():
+        yield
 
 
 @pytest.fixture

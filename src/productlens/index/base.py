@@ -170,6 +170,16 @@ def check_metadata(metadata: Sequence[dict] | None, ids: np.ndarray) -> list[dic
     return out
 
 
+def check_update(ids: Sequence[int] | np.ndarray, metadata: Sequence[dict] | None) -> tuple[np.ndarray, list[dict]]:
+    """Validate the arguments of :meth:`Store.update_metadata`: unique ids, one dict per id."""
+    ids_a = check_ids(ids, unique=True)
+    if metadata is None:
+        raise ProductLensError("update_metadata needs one dict per id")
+    mds = check_metadata(metadata, ids_a)
+    assert mds is not None
+    return ids_a, mds
+
+
 def clean_metadata(md: dict) -> dict:
     """``md`` without None values, the first-class fields type-checked (``product_id`` int; ``image``,
     ``title``, ``category`` str). Every backend stores what this returns."""

@@ -20,7 +20,17 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ...types import ProductLensError
-from ..base import Condition, Store, check_ids, check_metadata, check_vectors, json_default, pad_results, parse_where
+from ..base import (
+    Condition,
+    Store,
+    check_ids,
+    check_metadata,
+    check_update,
+    check_vectors,
+    json_default,
+    pad_results,
+    parse_where,
+)
 from .ann import AnnIndex, require_faiss, set_threads
 from .schema import (
     DB_NAME,
@@ -253,11 +263,7 @@ class EmbeddedStore(Store):
         return len(old)
 
     def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
-        ids_a = check_ids(ids, unique=True)
-        if metadata is None:
-            raise ProductLensError("update_metadata needs one dict per id")
-        mds = check_metadata(metadata, ids_a)
-        assert mds is not None
+        ids_a, mds = check_update(ids, metadata)
         if ids_a.size == 0:
             return
         with self._write_txn() as db:

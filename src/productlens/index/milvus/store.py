@@ -17,6 +17,7 @@ from ..base import (
     Store,
     check_ids,
     check_metadata,
+    check_update,
     check_vectors,
     clean_metadata,
     json_default,
@@ -212,11 +213,7 @@ class MilvusStore(Store):
         self._write(ids_a, vecs, [clean_metadata(md) for md in mds])
 
     def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
-        ids_a = check_ids(ids, unique=True)
-        if metadata is None:
-            raise ProductLensError("update_metadata needs one dict per id")
-        mds = check_metadata(metadata, ids_a)
-        assert mds is not None
+        ids_a, mds = check_update(ids, metadata)
         if ids_a.size == 0:
             return
         cur = self._rows(ids_a, ["meta", "vector"])
@@ -346,7 +343,7 @@ class MilvusStore(Store):
             return self.nprobe or value
         return value
 
-    def build_index(self, wait: float = 120.0) -> None:
+    def build_index(self, wait: float = 3600.0) -> None:
         """Seal what was written, index it and wait until searches use the index (up to ``wait`` s).
 
         Milvus searches freshly written rows ("growing segments") with a coarse
