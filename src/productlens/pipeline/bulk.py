@@ -60,7 +60,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     """
     from productlens.pipeline.manifest import write_manifest
     from productlens.pipeline.ray_embed import embed_shards
-    from productlens.pipeline.shards import load_shards
+    from productlens.pipeline.shards import load_shards, read_meta
 
     out = Path(out)
     spec = store or StoreSpec()
@@ -84,9 +84,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     if not report.complete:  # pragma: no cover - embed_shards raises on failures
         raise ProductLensError(f"only {report.shards_done_before + report.shards_written} of "
                                f"{report.shards_total} shards were embedded; rerun to resume")
-    from productlens.pipeline.shards import _read_meta
-
-    dim = _read_meta(work)["dim"]
+    dim = read_meta(work)["dim"]
     recorded = (out / SPEC_FILE).is_file() or (out / "store").is_dir()
     if recorded and (StoreSpec.of(out).backend, StoreSpec.of(out).path) != (spec.backend, spec.path):
         old = StoreSpec.of(out)

@@ -42,7 +42,7 @@ import numpy as np
 
 from productlens.fileio import atomic_path
 from productlens.pipeline.manifest import MANIFEST, _dumps, _pa, read_manifest, write_manifest
-from productlens.pipeline.shards import META, SHARDS, _read_meta, iter_shards, load_shards, shard_path
+from productlens.pipeline.shards import META, SHARDS, read_meta, iter_shards, load_shards, shard_path
 from productlens.types import Box, Item, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def embed_shards(work_dir: str | os.PathLike, *, embedder: str, shard_size: int 
     _, pq = _pa()
     rows = pq.read_metadata(work_dir / MANIFEST).num_rows
     name = _canonical_name(embedder)
-    meta, want = _read_meta(work_dir), {"embedder": name, "shard_size": shard_size, "rows": rows}
+    meta, want = read_meta(work_dir), {"embedder": name, "shard_size": shard_size, "rows": rows}
     wrong = [k for k, v in want.items() if meta is not None and meta[k] != v]
     if meta is not None and wrong:
         if any((work_dir / SHARDS).glob("shard-*.parquet")):

@@ -37,7 +37,8 @@ def shard_path(work_dir: str | os.PathLike, shard: int) -> Path:
     return Path(work_dir) / SHARDS / f"shard-{shard:06d}.parquet"
 
 
-def _read_meta(work_dir: Path) -> dict[str, Any] | None:
+def read_meta(work_dir: Path) -> dict[str, Any] | None:
+    """The work dir's ``shards/_meta.json`` (embedder, dim, shard_size, rows), None before any run."""
     path = work_dir / SHARDS / META
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -54,7 +55,7 @@ def _read_shard(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray, list[dict
 def iter_shards(work_dir: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[dict]]]:
     """Yield ``(shard_no, ids int64, vectors float32 (n, dim), metadata dicts)`` of the completed shards, in order."""
     work_dir = Path(work_dir)
-    meta = _read_meta(work_dir)
+    meta = read_meta(work_dir)
     if meta is None:
         raise ProductLensError(f"{work_dir} holds no shards: run embed_shards first")
     for shard in range(math.ceil(meta["rows"] / meta["shard_size"])):
@@ -83,7 +84,7 @@ def load_shards(work_dir: str | os.PathLike, store, *, progress: bool = True) ->
     from tqdm.auto import tqdm
 
     work_dir = Path(work_dir)
-    meta = _read_meta(work_dir)
+    meta = read_meta(work_dir)
     if meta is None:
         raise ProductLensError(f"{work_dir} holds no shards: run embed_shards first")
     if store.dim != meta["dim"]:
@@ -120,4 +121,4 @@ def load_shards(work_dir: str | os.PathLike, store, *, progress: bool = True) ->
     return count
 
 
-__all__ = ["iter_shards", "load_shards", "shard_path"]
+__all__ = ["iter_shards", "load_shards", "read_meta", "shard_path"]
