@@ -86,8 +86,8 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
                                f"{report.shards_total} shards were embedded; rerun to resume")
     dim = read_meta(work)["dim"]
     recorded = (out / SPEC_FILE).is_file() or (out / "store").is_dir()
-    if recorded and (StoreSpec.of(out).backend, StoreSpec.of(out).path) != (spec.backend, spec.path):
-        old = StoreSpec.of(out)
+    old = StoreSpec.of(out) if recorded else spec
+    if (old.backend, old.path) != (spec.backend, spec.path):
         raise ProductLensError(f"{out} was started with the {old.backend} store {old.path or 'store/'}, not "
                                f"the {spec.backend} store {spec.path or 'store/'}")
     st = spec.open(out, dim=dim) if recorded or not fresh else spec.create(out, dim, overwrite=overwrite)

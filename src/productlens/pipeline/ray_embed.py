@@ -1,12 +1,7 @@
 """Embed a large catalog on a Ray cluster: resumable parquet shards, then load them into a store.
 
-Layout of a work dir (it must be on a file system every Ray node can read and write)::
-
-    work/
-      manifest.parquet              id int64, image str, box struct<x,y,w,h> (nullable), metadata json str
-      shards/_meta.json             {"embedder", "dim", "shard_size", "rows"}
-      shards/shard-000012.parquet   id int64, vector fixed_size_list<float32>[dim], metadata json str
-      shards/shard-000012.errors.json  [{"index", "id", "image", "message"}, ...] (skipped images)
+The work dir (manifest and shards, laid out as :mod:`productlens.pipeline.shards`
+describes) must be on a file system every Ray node can read and write.
 
 Shard ``i`` holds manifest rows ``[i * shard_size, (i + 1) * shard_size)``. Each
 shard is written by one Ray Data actor (a model-holding worker created once)
