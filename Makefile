@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, exactly this spec: a CPU build from a local file (any other spec pulls CUDA)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[torch,text,serve,ray,milvus,dev]"
+	$(BIN)/python -m pip install -q -e ".[torch,text,serve,ray,milvus,qdrant,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

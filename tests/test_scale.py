@@ -1,7 +1,8 @@
-"""Scale-out end to end: catalogs built on Ray and/or kept in Milvus search like the local, embedded ones.
+"""Scale-out end to end: catalogs built on Ray and/or kept in Milvus or Qdrant search like the local, embedded ones.
 
-Markers: ``ray`` (a local Ray, 2 CPUs) and ``milvus`` (the session's local
-Milvus server, see conftest.py). A tiny ONNX model keeps embedding cheap.
+Markers: ``ray`` (a local Ray, 2 CPUs), ``milvus`` (the session's local
+Milvus server, see conftest.py) and ``qdrant`` (qdrant-client's local mode, no
+server). A tiny ONNX model keeps embedding cheap.
 """
 
 from __future__ import annotations
@@ -197,3 +198,81 @@ def test_milvus_failure_mid_load_leaves_an_incomplete_catalog_that_resumes(tmp_p
         assert not errors and cat.store.get_info("loaded_shards") == [0, 1, 2]
         assert_same_catalog(cat, local, data)
     assert calls[0] not in calls[2:]  # shard 0 was not loaded again
+
+
+# ===================================================================== Qdrant
+# No Qdrant server installs here: these run qdrant-client's local mode (a folder), through the same
+# store interface and catalog code a server would use.
+@pytest.mark.qdrant
+def test_cli_build_into_qdrant_local(tmp_path, data, tiny, local):
+    out, folder = tmp_path / "cat", tmp_path / "qdrant"
+    args = ["index", "build", str(data["gallery"]), "--out", str(out), "--model", tiny, "--store", "qdrant",
+            "--qdrant-path", str(folder), "--collection", "products"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    spec = json.loads((out / "store.json").read_text())
+    assert spec == {"backend": "qdrant", "path": "products", "options": {"location": str(folder.resolve())}}
+    assert not (out / "store").exists()
+    with Catalog.open(out) as cat:
+        assert_same_catalog(cat, local, data)
+        hits = cat.search(read_queries(data["queries"])[0].image, k=3)
+        assert hits[0].product_id == 0
+    res = runner.invoke(app, args[:2] + [str(data["gallery"]), "--out", str(tmp_path / "other")] + args[5:])
+    assert res.exit_code != 0 and "exists" in res.output  # another catalog may not take the collection
+
+
+@pytest.mark.ray
+@pytest.mark.qdrant
+def test_ray_build_into_qdrant_local(tmp_path, data, tiny, local, ray_local):
+    spec = StoreSpec("qdrant", "products", {"location": str(tmp_path / "qdrant")})
+    cat, errors = build_catalog_sharded(read_catalog(data["gallery"]), tmp_path / "cat", embedder=tiny,
+                                        store=spec, ray=RayOptions(shard_size=5), progress=False)
+    with cat:
+        assert not errors and cat.store.get_info("load_complete") is True
+        assert_same_catalog(cat, local, data)
+
+
+@pytest.mark.qdrant
+def test_qdrant_down_gives_a_clear_error():
+    from productlens.index import open_store
+
+    t0 = time.monotonic()
+    with pytest.raises(ProductLensError, match="cannot reach Qdrant at http://127.0.0.1:9"):
+        open_store("products", dim=8, backend="qdrant", url="http://127.0.0.1:9", timeout=3)
+    assert time.monotonic() - t0 < 20
+
+
+@pytest.mark.qdrant
+def test_qdrant_local_folder_held_by_another_process(tmp_path):
+    """qdrant-client locks a local folder: a second process gets a clear error, not a corrupt store."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from productlens.index import open_store
+
+    folder = tmp_path / "qdrant"
+    with open_store("products", dim=4, backend="qdrant", location=folder) as s:
+        s.upsert([1], np.ones((1, 4), np.float32), [{"title": "kept"}])
+        code = textwrap.dedent(f"""
+            from productlens.index import open_store
+            from productlens.types import ProductLensError
+            try:
+                open_store("products", backend="qdrant", location={str(folder)!r})
+            except ProductLensError as e:
+                print("refused:", e)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert "refused: cannot open Qdrant's local folder" in out.stdout, out.stdout + out.stderr
+        assert s.get([1]) == [{"id": 1, "title": "kept"}]
+
+
+@pytest.mark.qdrant
+def test_qdrant_refuses_string_ranges(tmp_path):
+    from productlens.index import open_store
+
+    with open_store("products", dim=4, backend="qdrant", location=tmp_path / "q") as s:
+        s.upsert([1], np.ones((1, 4), np.float32), [{"brand": "acme"}])
+        with pytest.raises(ProductLensError, match="only numbers by range"):
+            s.search(np.ones(4, np.float32), 1, where={"brand": {"gte": "a"}})
+        assert s.search(np.ones(4, np.float32), 1, where={"brand": "acme"})[1].tolist() == [[1]]

@@ -32,13 +32,19 @@ def build(
                                                                           "or auto); default: a local Ray."),
     workers: int = typer.Option(2, help="--engine ray: model-holding workers."),
     shard_size: int = typer.Option(1024, "--shard-size", help="--engine ray: images per shard."),
-    store: str = typer.Option("embedded", help="embedded (inside OUT, no server) or milvus."),
+    store: str = typer.Option("embedded", help="embedded (inside OUT, no server), milvus or qdrant."),
     milvus_uri: Optional[str] = typer.Option(None, "--milvus-uri", help="Milvus server (default "
                                              "$PRODUCTLENS_MILVUS_URI or http://127.0.0.1:19530); token from "
                                              "$PRODUCTLENS_MILVUS_TOKEN."),
-    collection: Optional[str] = typer.Option(None, help="--store milvus: collection name (default: OUT's name)."),
+    collection: Optional[str] = typer.Option(None, help="--store milvus/qdrant: collection name (default: "
+                                                        "OUT's name)."),
     milvus_index: str = typer.Option("hnsw", "--milvus-index", help="--store milvus: flat (exact), hnsw, "
                                                                     "ivf_flat or ivf_sq8."),
+    qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url", help="--store qdrant: a Qdrant server "
+                                             "(default $PRODUCTLENS_QDRANT_URL or http://127.0.0.1:6333); API "
+                                             "key from $PRODUCTLENS_QDRANT_API_KEY."),
+    qdrant_path: Optional[Path] = typer.Option(None, "--qdrant-path", help="--store qdrant: a folder for "
+                                               "qdrant-client's local mode instead of a server."),
 ) -> None:
     """Embed a catalog and write its index (atomically, or resumably with --engine ray)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
@@ -48,7 +54,8 @@ def build(
 
     if engine not in ("local", "ray"):
         raise ProductLensError(f"--engine must be local or ray, not {engine!r}")
-    spec = _store_spec(store, out, milvus_uri, collection, milvus_index)
+    spec = _store_spec(store, out, collection, milvus_uri=milvus_uri, milvus_index=milvus_index,
+                       qdrant_url=qdrant_url, qdrant_path=qdrant_path)
     if engine == "ray":
         from productlens.pipeline.manifest import read_manifest
 
@@ -82,20 +89,26 @@ def build(
                    f"skipped {len(errors)}")
 
 
-def _store_spec(store: str, out: Path, uri: str | None, collection: str | None, index: str):
+def _store_spec(store: str, out: Path, collection: str | None, *, milvus_uri: str | None, milvus_index: str,
+                qdrant_url: str | None, qdrant_path: Path | None):
+    import os
+    import re
+
     from productlens.pipeline.store_spec import StoreSpec
     from productlens.types import ProductLensError
 
     if store == "embedded":
         return StoreSpec()
-    if store != "milvus":
-        raise ProductLensError(f"--store must be embedded or milvus, not {store!r}")
-    import os
-    import re
-
     name = collection or re.sub(r"\W", "_", out.resolve().name)
-    return StoreSpec("milvus", name, {"uri": uri or os.environ.get("PRODUCTLENS_MILVUS_URI")
-                                      or "http://127.0.0.1:19530", "index": index})
+    if store == "milvus":
+        return StoreSpec("milvus", name, {"uri": milvus_uri or os.environ.get("PRODUCTLENS_MILVUS_URI")
+                                          or "http://127.0.0.1:19530", "index": milvus_index})
+    if store == "qdrant":
+        if qdrant_path is not None:
+            return StoreSpec("qdrant", name, {"location": str(qdrant_path.resolve())})
+        return StoreSpec("qdrant", name, {"url": qdrant_url or os.environ.get("PRODUCTLENS_QDRANT_URL")
+                                          or "http://127.0.0.1:6333"})
+    raise ProductLensError(f"--store must be embedded, milvus or qdrant, not {store!r}")
 
 
 @app.command("add")

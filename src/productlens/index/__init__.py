@@ -22,6 +22,7 @@ from .base import CORE_FIELDS, Condition, Store, parse_where
 BACKENDS: dict[str, str] = {
     "embedded": ".embedded:EmbeddedStore",
     "milvus": ".milvus:MilvusStore",
+    "qdrant": ".qdrant:QdrantStore",
 }
 
 

@@ -209,6 +209,10 @@ class Store(abc.ABC):
     #: vector dimension, fixed when the store is created
     dim: int
 
+    #: True where a server rebuilds its approximate index in the background (compaction,
+    #: re-indexing), so that approximate results may change with no write in between
+    reindexes_in_background: bool = False
+
     @classmethod
     def open(cls, path: Any, dim: int | None = None, **options: Any) -> "Store":
         """Open or create the store at ``path`` (what that means is the backend's business).

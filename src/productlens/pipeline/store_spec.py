@@ -6,7 +6,7 @@ naming a store on a server, e.g.::
     {"backend": "milvus", "path": "products", "options": {"uri": "http://10.0.0.5:19530", "index": "hnsw"}}
 
 Credentials never go into ``store.json``: the Milvus backend reads
-``$PRODUCTLENS_MILVUS_TOKEN``.
+``$PRODUCTLENS_MILVUS_TOKEN``, the Qdrant backend ``$PRODUCTLENS_QDRANT_API_KEY``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ EMBEDDED_DIR = "store"
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """A store outside the catalog folder: backend name, its path (a Milvus collection) and options."""
+    """A store outside the catalog folder: backend name, its path (a Milvus or Qdrant collection) and options."""
 
     backend: str = "embedded"
     path: str = ""
@@ -45,6 +45,8 @@ class StoreSpec:
         opts = dict(self.options)
         if self.backend == "milvus" and os.environ.get("PRODUCTLENS_MILVUS_TOKEN"):
             opts.setdefault("token", os.environ["PRODUCTLENS_MILVUS_TOKEN"])
+        if self.backend == "qdrant" and "url" in opts and os.environ.get("PRODUCTLENS_QDRANT_API_KEY"):
+            opts.setdefault("api_key", os.environ["PRODUCTLENS_QDRANT_API_KEY"])
         return open_store(self.path, dim=dim, backend=self.backend, **opts)
 
     def create(self, folder: Path, dim: int, overwrite: bool = False) -> Store:

@@ -81,6 +81,8 @@ class MilvusStore(Store):
     search returns at most 16,384 results per query.
     """
 
+    reindexes_in_background = True
+
     def __init__(self, name: str, dim: int | None = None, *, uri: str | None = None, token: str | None = None,
                  index: str = "flat", ef: int | None = None, nprobe: int | None = None,
                  consistency: str = "Session", timeout: float = 30.0) -> None:
@@ -96,7 +98,7 @@ class MilvusStore(Store):
             raise ProductLensError(f"unknown Milvus consistency level {consistency!r}")
         self.ef, self.nprobe, self.timeout, self.consistency = ef, nprobe, float(timeout), consistency
         self._lock = threading.RLock()
-        self._client = None
+        self._client, self._token = None, token or ""
         try:
             self._client = _client_class()(uri=self.uri, token=token or "", timeout=self.timeout)
         except ProductLensError:
@@ -279,15 +281,11 @@ class MilvusStore(Store):
         return int(rows[0]["count(*)"])
 
     def ids(self) -> np.ndarray:
-        if self._client is None:
-            raise ProductLensError("store is closed")
-        from pymilvus import Collection
-
         out: list[int] = []
         with self._lock, _quiet("pymilvus"):
             try:
-                it = Collection(self.name, using=self._client._using).query_iterator(
-                    batch_size=_ROWS_PER_CALL * 4, expr="id >= 0", output_fields=["id"],
+                it = self.client.query_iterator(
+                    self.name, batch_size=_ROWS_PER_CALL * 4, filter="id >= 0", output_fields=["id"],
                     consistency_level=self.consistency, timeout=self.timeout)
                 while batch := it.next():
                     out.extend(int(r["id"]) for r in batch)
@@ -353,20 +351,26 @@ class MilvusStore(Store):
         """
         import time
 
-        from pymilvus import utility
+        from pymilvus import connections, utility
 
         self._call(self.client.flush, self.name)
         if INDEXES[self.index][0] == "FLAT":
             return  # searched exactly, growing or not
-        n_live, using = len(self), self.client._using
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            segs = self._call(utility.get_query_segment_info, self.name, using=using)  # sealed and served
-            # Milvus indexes no segment under 1024 rows (it searches those exactly)
-            if (sum(sg.num_rows for sg in segs) >= n_live
-                    and all(sg.index_name or sg.num_rows < _MIN_INDEXED_ROWS for sg in segs)):
-                return
-            time.sleep(0.5)
+        n_live, using = len(self), f"productlens-{id(self)}"
+        # the segment report is in pymilvus's ORM API, which wants a named connection of its own
+        self._call(connections.connect, alias=using, uri=self.uri, token=self._token)
+        try:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                segs = self._call(utility.get_query_segment_info, self.name, using=using)  # sealed and served
+                # Milvus indexes no segment under 1024 rows (it searches those exactly)
+                if (sum(sg.num_rows for sg in segs) >= n_live
+                        and all(sg.index_name or sg.num_rows < _MIN_INDEXED_ROWS for sg in segs)):
+                    return
+                time.sleep(0.5)
+        finally:
+            with contextlib.suppress(Exception):
+                connections.disconnect(using)
         raise ProductLensError(f"Milvus at {self.uri}: collection {self.name} still not indexed after {wait:.0f} s")
 
     # =========================================================== lifecycle
