@@ -39,6 +39,32 @@ def test_build_search_reopen(dataset, tmp_path, adapted: bool) -> None:
         assert (again.adapter is not None) == adapted
 
 
+def test_query_views_recorded_and_used(dataset, tmp_path) -> None:
+    """An adapted catalog pools each query with its crops by default ("regions"), recorded in the store so
+    that a reopened catalog (and every query path: files, a single image) embeds queries the same way."""
+    from productlens.data.augment import PooledViewEmbedder
+
+    gallery, train = read_gallery(dataset["gallery"]), read_labelled_csv(dataset["train"])
+    query = read_queries(dataset["queries"])[0]
+    cat, _ = build_catalog(gallery, tmp_path / "a", embedder=MODEL, train=train, progress=False)
+    with cat:
+        assert cat.store.get_info("query_views") == "regions" and isinstance(cat.query_embedder, PooledViewEmbedder)
+        hits = cat.search(query.image, k=2)
+        vec = cat.embed_queries([query.image]).vectors
+        np.testing.assert_allclose(cat.search_vectors(vec, 2, rerank=True)[0][0], [h.score for h in hits], atol=1e-5)
+    with Catalog.open(tmp_path / "a") as again:
+        assert isinstance(again.query_embedder, PooledViewEmbedder)
+    cat, _ = build_catalog(gallery, tmp_path / "b", embedder=MODEL, train=train, progress=False, query_views="none")
+    with cat:
+        assert cat.query_embedder is cat.embedder and cat.store.get_info("query_views") == "none"
+    cat, _ = build_catalog(gallery, tmp_path / "c", embedder=MODEL, progress=False)  # no adapter: whole photos
+    with cat:
+        assert cat.query_embedder is cat.embedder
+    with pytest.raises(ProductLensError, match="unknown view set"):
+        build_catalog(gallery, tmp_path / "d", embedder=MODEL, train=train, progress=False, query_views="lots")
+    assert not (tmp_path / "d").exists()
+
+
 def test_incremental_add_update_remove(dataset, tmp_path) -> None:
     gallery = read_gallery(dataset["gallery"])
     cat, _ = build_catalog(gallery[:2], tmp_path / "cat", embedder=MODEL, progress=False)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from helpers import product_photo
-from productlens.data.augment import View, ViewEmbedder, view_set
+from productlens.data.augment import PooledViewEmbedder, View, ViewEmbedder, view_set
 from productlens.models.classifiers.calibration import (expected_calibration_error, fit_temperature,
                                                         softmax, view_probs)
 from productlens.models.classifiers.head import HeadConfig, likely_clean, small_loss_keep, train_head
@@ -65,6 +65,22 @@ def test_views_keys_sets_and_pixels() -> None:
     crop = ViewEmbedder(emb, View(0.5, 0.0, 1.0, 0.5)).preprocess(img)
     assert np.array_equal(crop, emb.preprocess(img.crop((20, 0, 40, 20))))
     assert ViewEmbedder(emb, View(0.1, 0.1, 0.6, 0.6)).preprocess.size == 32  # draft keeps 2x the pixels
+
+
+def test_pooled_views_sum_the_views_vectors() -> None:
+    """The pooled embedder's vector is the L2-normalised sum of each view's own vector, batched in one run."""
+    views = view_set("regions")
+    assert len(views) == 7 and views[0].is_identity and len({v.key for v in views}) == 7
+    imgs = [product_photo(p, 0, shop=False, size=40) for p in range(3)]
+    emb = FakeEmbedder()
+    pooled = PooledViewEmbedder(emb, views)
+    assert pooled.preprocess.shape == (7, 16, 16, 3) and pooled.preprocess.size == 32  # 0.5 crop: 2x pixels
+    got = pooled.embed_images(imgs)
+    assert emb.calls == 21 and got.shape == (3, emb.dim)
+    per_view = np.stack([ViewEmbedder(emb, v).embed(np.stack([ViewEmbedder(emb, v).preprocess(im) for im in imgs]))
+                         for v in views], 1)
+    np.testing.assert_allclose(got, l2_normalize(per_view.sum(1)), atol=1e-6)
+    assert pooled.embed(np.zeros((0, *pooled.preprocess.shape), np.uint8)).shape == (0, emb.dim)
 
 
 def test_head_learns_clusters_and_predicts_with_numpy() -> None:

@@ -24,6 +24,8 @@ def retrieval(
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
+    query_views: Optional[str] = typer.Option(None, "--query-views", help="regions: pool each query with six "
+                                              "crops of it (default with --train); none: the whole photo only."),
     rankings: Optional[Path] = typer.Option(None, help="Also write the N x 1000 rankings .npy here."),
     detect: bool = typer.Option(False, "--detect", help="Queries without a box: search the best detected box."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
@@ -40,7 +42,7 @@ def retrieval(
     m = evaluate_retrieval(gallery, queries, train_csv=train, catalog_mode=catalog, embedder=model,
                            rerank=rerank, finetune=finetune, rankings_out=rankings,
                            progress=not as_json, detector=load_detector(detector) if detect else None,
-                           text=text, products=products)
+                           text=text, products=products, query_views=query_views)
     typer.echo(f"mode: {'catalog' if catalog else 'challenge'}  model: {model}  adapted: {bool(train)}"
                f"  fine-tuned: {bool(train) and finetune}  detect: {detect}"
                + (f"  text weight: {m['text_weight']:g}" if text else ""))

@@ -22,6 +22,8 @@ def build(
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name (see `productlens models`)."),
     catalog_labels: bool = typer.Option(False, "--catalog-labels", help="Let the adapter learn from the catalog's own product ids."),
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
+    query_views: Optional[str] = typer.Option(None, "--query-views", help="regions: pool each query with six "
+                                              "crops of it (default with --train); none: the whole photo only."),
     overwrite: bool = typer.Option(False, help="Replace an existing catalog folder."),
     ocr: bool = typer.Option(False, "--ocr", help="Read the print on gallery and query photos and fuse it with "
                                                   "the image score (needs --train: the weight is chosen on "
@@ -77,7 +79,7 @@ def build(
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
                                 use_gallery_labels=catalog_labels, finetune=finetune and train_items is not None,
-                                overwrite=overwrite, ocr=ocr, store=spec)
+                                overwrite=overwrite, ocr=ocr, store=spec, query_views=query_views)
     with cat:
         if ocr:
             weight, table = choose_text_weight(items, train_items, embedder=model,

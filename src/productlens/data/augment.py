@@ -84,16 +84,25 @@ def _crops(scale: float, flip: bool = False) -> list[View]:
     return [View(x, y, x + scale, y + scale, flip) for x, y in spots]
 
 
+#: the names :func:`view_set` knows
+VIEW_SETS = ("none", "flip", "tta", "train", "regions")
+
+
 def view_set(name: str) -> list[View]:
     """Named sets of views; the first view of every set is the whole image.
 
     ``none``: the whole image. ``flip``: plus its mirror. ``tta``: whole, mirror,
     centre crop 0.8 and its mirror. ``train``: whole and mirror, the centre and four
     corner crops of side 0.8 and mirrors of the corner crops (12 views).
+    ``regions``: whole, centre crops 0.75 and 0.5 and the four corner crops 0.6
+    (7 views; pooled by :class:`PooledViewEmbedder` into one multi-region descriptor).
     """
     whole = View()
     if name == "none":
         return [whole]
+    if name == "regions":
+        c75, c50 = (1 - 0.75) / 2, (1 - 0.5) / 2
+        return [whole, View(c75, c75, 1 - c75, 1 - c75), *_crops(0.6)[1:], View(c50, c50, 1 - c50, 1 - c50)]
     if name == "flip":
         return [whole, View(flip=True)]
     c = (1 - 0.8) / 2
@@ -101,7 +110,7 @@ def view_set(name: str) -> list[View]:
         return [whole, View(flip=True), View(c, c, 1 - c, 1 - c), View(c, c, 1 - c, 1 - c, True)]
     if name == "train":
         return [whole, View(flip=True), *_crops(0.8), *_crops(0.8, flip=True)]
-    raise ProductLensError(f"unknown view set {name!r}; known: none, flip, tta, train")
+    raise ProductLensError(f"unknown view set {name!r}; known: {', '.join(VIEW_SETS)}")
 
 
 class ViewPreprocess:
@@ -140,4 +149,56 @@ class ViewEmbedder:
         return self.base.embed(batch)
 
 
-__all__ = ["View", "ViewEmbedder", "ViewPreprocess", "view_set"]
+class PooledViewPreprocess:
+    """Every view of ``views`` preprocessed, stacked: one row of a batch is ``(len(views), *base.shape)``."""
+
+    def __init__(self, base, views: list[View]) -> None:
+        if not views:
+            raise ProductLensError("a pooled view set needs at least one view")
+        self.base = base
+        self.views = [ViewPreprocess(base, v) for v in views]
+        self.size = max(v.size for v in self.views)
+        self.shape = (len(views), *base.shape)
+        self.dtype = base.dtype
+
+    def __call__(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty(self.shape, self.dtype)
+        for j, v in enumerate(self.views):
+            v(img, out[j])
+        return out
+
+
+class PooledViewEmbedder:
+    """An embedder whose vector of an image is the L2-normalised sum of its views' vectors.
+
+    With ``view_set("regions")`` this is a multi-region descriptor: a product
+    that fills only part of a shopper's photo also counts through the crops
+    that frame it. All views of a batch go through the model as one batch.
+    """
+
+    def __init__(self, embedder, views: list[View]) -> None:
+        self.base = embedder
+        self.views = list(views)
+        self.name = embedder.name
+        self.dim = embedder.dim
+        self.preprocess = PooledViewPreprocess(embedder.preprocess, self.views)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        from productlens.models.embedders.base import l2_normalize
+
+        n, v = batch.shape[0], len(self.views)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        vecs = self.base.embed(batch.reshape(n * v, *batch.shape[2:]))
+        return l2_normalize(vecs.reshape(n, v, -1).sum(axis=1))
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Decoded RGB images -> L2-normalised pooled vectors (N x dim)."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed(np.stack([self.preprocess(im) for im in images]))
+
+
+__all__ = ["VIEW_SETS", "PooledViewEmbedder", "PooledViewPreprocess", "View", "ViewEmbedder", "ViewPreprocess",
+           "view_set"]

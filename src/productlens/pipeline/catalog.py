@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 QE_K = 2          # alpha-QE neighbours (see pipeline/rerank.py for the measurements)
 QE_ALPHA = 3.0
+#: how an adapted catalog embeds queries (see :func:`query_embedder`; chosen on the train-only
+#: development splits, benchmarks/dev_protocol.py)
+DEFAULT_QUERY_VIEWS = "regions"
 BACKBONE_DIR = "backbone"  # a fine-tuned backbone inside the catalog folder
 CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
 
@@ -71,6 +74,7 @@ class Catalog:
         self.store = store
         self.embedder = embedder
         self.adapter = adapter
+        self.query_embedder = query_embedder(embedder, store.get_info("query_views", "none"))
         self._classifier = None
         self._matcher = None
         self._has_products: bool | None = None
@@ -205,7 +209,7 @@ class Catalog:
     def embed_queries(self, items: Sequence[Any], boxes: Sequence[Box | None] | None = None,
                       progress: bool = False):
         """Embed query images (paths, URLs, bytes or Items) into the index space."""
-        res = embed_items(self.embedder, items, boxes=boxes, progress=progress, desc="queries")
+        res = embed_items(self.query_embedder, items, boxes=boxes, progress=progress, desc="queries")
         res.vectors = self.to_index_space(res.vectors, "query")
         return res
 
@@ -333,16 +337,31 @@ class Catalog:
             from productlens.pipeline.detect import best_box
 
             box = best_box(detector, load_image(source))
-        img = load_image(source, box=box, target=self.embedder.preprocess.size)  # ImageError / BoxError
-        query = self.to_index_space(self.embedder.embed_images([img]), "query")
+        img = load_image(source, box=box, target=self.query_embedder.preprocess.size)  # ImageError / BoxError
+        query = self.to_index_space(self.query_embedder.embed_images([img]), "query")
         texts = self.query_texts([img], None, [text])
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts))[0]
+
+
+def query_embedder(embedder: Embedder, views: str = "none"):
+    """What embeds a catalog's queries (and the shopper photos its adapter learns from).
+
+    ``views``: ``"none"`` (the embedder itself) or a view set of
+    :func:`productlens.data.augment.view_set` pooled into one descriptor
+    (:class:`~productlens.data.augment.PooledViewEmbedder`), e.g. ``"regions"``.
+    """
+    if views == "none":
+        return embedder
+    from productlens.data.augment import PooledViewEmbedder, view_set
+
+    return PooledViewEmbedder(embedder, view_set(views))
 
 
 def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
                   train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
                   finetune: bool = False, overwrite: bool = False, progress: bool = True,
-                  ocr: bool = False, store: "StoreSpec | None" = None) -> tuple[Catalog, list]:
+                  ocr: bool = False, store: "StoreSpec | None" = None,
+                  query_views: str | None = None) -> tuple[Catalog, list]:
     """Embed ``items`` into a new catalog folder at ``path``; returns (catalog, skipped errors).
 
     ``train``: labelled shopper photos (Item.product_id set) that fit the
@@ -359,6 +378,11 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     ``store``: where the vectors go (:class:`~productlens.pipeline.store_spec.StoreSpec`;
     default the embedded store inside the folder). A server collection of that
     name is replaced only with ``overwrite``.
+    ``query_views``: how queries (and the training photos, which stand for
+    queries) are embedded: ``"regions"`` pools the whole photo with six crops
+    (:func:`query_embedder`; default when there are training photos, since the
+    adapter then centres the two domains apart), ``"none"`` the whole photo
+    only (default without training photos). Gallery photos are always embedded whole.
     The catalog is written to a temporary folder beside ``path`` and renamed into place.
     """
     from productlens.pipeline.store_spec import StoreSpec
@@ -373,10 +397,13 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     labelled = [t for t in train or () if t.product_id is not None]
     if finetune and not labelled:
         raise ProductLensError("fine-tuning needs labelled training photos (--train)")
+    if query_views is None:
+        query_views = DEFAULT_QUERY_VIEWS if labelled else "none"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".building.", dir=path.parent))
     try:
         name, emb = embedder, get_embedder(embedder)
+        query_embedder(emb, query_views)  # an unknown view set fails before any work
         if finetune:
             from productlens.models.finetune import FinetuneConfig, finetune_backbone, supports
 
@@ -394,7 +421,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         ok_items = [items[i] for i in gal.ok]
         adapter = None
         if labelled:
-            tr = embed_items(emb, labelled, progress=progress, desc="training photos")
+            tr = embed_items(query_embedder(emb, query_views), labelled, progress=progress, desc="training photos")
             labels = np.array([labelled[i].product_id for i in tr.ok])
             glabels = None
             if use_gallery_labels:
@@ -406,6 +433,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         spec.save(tmp)
         store.set_info("embedder", name)
         store.set_info("adapter", adapter is not None)
+        store.set_info("query_views", query_views)
         store.set_info("ocr", bool(ocr))
         mds = [_metadata(it) for it in ok_items]
         if ocr:

@@ -90,7 +90,7 @@ class Engine:
 
     def _search(self, img: Image.Image, k: int):
         cat = self.catalog
-        query = cat.to_index_space(cat.embedder.embed_images([img]), "query")
+        query = cat.to_index_space(cat.query_embedder.embed_images([img]), "query")
         texts = cat.query_texts([img])
         scores, ids = cat.search_vectors(query, min(k * 4, len(cat.store)), texts=texts,
                                          group_by_product=cat.grouping() is not None)
