@@ -101,6 +101,16 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def info_text(key: str, value: Any) -> str:
+    """Validate a :meth:`Store.set_info` key and return ``value`` as JSON text (what every backend stores)."""
+    if not isinstance(key, str) or not key:
+        raise ProductLensError(f"info key must be a non-empty str, got {key!r}")
+    try:
+        return json.dumps(value, default=json_default)
+    except (TypeError, ValueError) as e:
+        raise ProductLensError(f"info value for {key!r} is not JSON-able: {e}") from None
+
+
 def check_ids(ids: Sequence[int] | np.ndarray, *, unique: bool = False, what: str = "ids") -> np.ndarray:
     """Return ``ids`` as a 1-d int64 array; refuse negatives (and duplicates if ``unique``)."""
     try:

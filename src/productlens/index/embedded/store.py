@@ -27,7 +27,7 @@ from ..base import (
     check_metadata,
     check_update,
     check_vectors,
-    json_default,
+    info_text,
     pad_results,
     parse_where,
 )
@@ -289,12 +289,7 @@ class EmbeddedStore(Store):
             )
 
     def set_info(self, key: str, value: Any) -> None:
-        if not isinstance(key, str) or not key:
-            raise ProductLensError(f"info key must be a non-empty str, got {key!r}")
-        try:
-            text = json.dumps(value, default=json_default)
-        except (TypeError, ValueError) as e:
-            raise ProductLensError(f"info value for {key!r} is not JSON-able: {e}") from None
+        text = info_text(key, value)
         with self._write_txn() as db:
             db.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, text))
 

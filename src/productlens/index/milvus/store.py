@@ -20,6 +20,7 @@ from ..base import (
     check_update,
     check_vectors,
     clean_metadata,
+    info_text,
     json_default,
     pad_results,
     parse_where,
@@ -240,10 +241,7 @@ class MilvusStore(Store):
         if not isinstance(key, str) or not key or len(key) > 480 or _PART in key:
             raise ProductLensError(f"info key must be a non-empty str (at most 480 characters, "
                                    f"without {_PART!r}), got {key!r}")
-        try:
-            text = json.dumps(value, default=json_default)
-        except (TypeError, ValueError) as e:
-            raise ProductLensError(f"info value for {key!r} is not JSON-able: {e}") from None
+        text = info_text(key, value)
         parts = [text[a : a + _INFO_CHUNK] for a in range(0, max(1, len(text)), _INFO_CHUNK)]
         rows = [{"key": key, "vector": [0.0, 0.0], "value": json.dumps({"n": len(parts), "v": parts[0]})}]
         rows += [{"key": f"{key}{_PART}{j}", "vector": [0.0, 0.0], "value": p} for j, p in enumerate(parts[1:], 1)]

@@ -21,6 +21,7 @@ from ..base import (
     check_update,
     check_vectors,
     clean_metadata,
+    info_text,
     json_default,
     pad_results,
     parse_where,
@@ -252,14 +253,8 @@ class QdrantStore(Store):
     def set_info(self, key: str, value: Any) -> None:
         from qdrant_client import models
 
-        if not isinstance(key, str) or not key:
-            raise ProductLensError(f"info key must be a non-empty str, got {key!r}")
-        try:
-            text = json.dumps(value, default=json_default)
-        except (TypeError, ValueError) as e:
-            raise ProductLensError(f"info value for {key!r} is not JSON-able: {e}") from None
         point = models.PointStruct(id=str(uuid.uuid5(_INFO_NS, key)), vector=[0.0],
-                                   payload={"key": key, "value": text})
+                                   payload={"key": key, "value": info_text(key, value)})
         self._call(self.client.upsert, self.info_name, points=[point], wait=True)
 
     def get_info(self, key: str, default: Any = None) -> Any:
