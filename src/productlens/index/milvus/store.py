@@ -8,13 +8,12 @@ import logging
 import os
 import re
 import threading
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ...types import ProductLensError
 from ..base import (
-    Store,
     check_ids,
     check_metadata,
     check_update,
@@ -25,9 +24,9 @@ from ..base import (
     pad_results,
     parse_where,
 )
+from ..client_store import ClientStore, reason
 from .filters import where_expr
 
-T = TypeVar("T")
 
 DEFAULT_URI = "http://127.0.0.1:19530"
 #: the most results Milvus returns per query (its ``topk`` limit)
@@ -56,7 +55,7 @@ def _client_class():
     return MilvusClient
 
 
-class MilvusStore(Store):
+class MilvusStore(ClientStore):
     """A catalog store in a Milvus collection (a server: standalone or a cluster).
 
     ``open_store(name, dim, backend="milvus", uri=...)``: ``name`` is the
@@ -82,6 +81,7 @@ class MilvusStore(Store):
     search returns at most 16,384 results per query.
     """
 
+    engine = "Milvus"
     reindexes_in_background = True
 
     def __init__(self, name: str, dim: int | None = None, *, uri: str | None = None, token: str | None = None,
@@ -94,7 +94,7 @@ class MilvusStore(Store):
         if index not in INDEXES:
             raise ProductLensError(f"unknown Milvus index {index!r}; known: {sorted(INDEXES)}")
         self.name, self.info_name = name, name + _INFO_SUFFIX
-        self.uri = uri or os.environ.get("PRODUCTLENS_MILVUS_URI") or DEFAULT_URI
+        self.uri = self.where = uri or os.environ.get("PRODUCTLENS_MILVUS_URI") or DEFAULT_URI
         if consistency not in ("Strong", "Session", "Bounded", "Eventually"):
             raise ProductLensError(f"unknown Milvus consistency level {consistency!r}")
         self.ef, self.nprobe, self.timeout, self.consistency = ef, nprobe, float(timeout), consistency
@@ -105,7 +105,7 @@ class MilvusStore(Store):
         except ProductLensError:
             raise
         except Exception as e:
-            raise ProductLensError(f"cannot reach Milvus at {self.uri}: {_reason(e)}") from None
+            raise ProductLensError(f"cannot reach Milvus at {self.uri}: {reason(e)}") from None
         try:
             if self._call(self.client.has_collection, name):
                 self.dim, self.index = self._describe()
@@ -123,29 +123,9 @@ class MilvusStore(Store):
             self.close()
             raise
 
-    @classmethod
-    def open(cls, path: str | os.PathLike, dim: int | None = None, **options: Any) -> "MilvusStore":
-        return cls(path, dim, **options)
-
     # ============================================================ plumbing
-    @property
-    def client(self):
-        """The pymilvus ``MilvusClient`` (raises ProductLensError once the store is closed)."""
-        if self._client is None:
-            raise ProductLensError("store is closed")
-        return self._client
-
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call the client; any failure of the server or the network becomes a ProductLensError."""
-        if self._client is None:
-            raise ProductLensError("store is closed")
-        try:
-            with self._lock:
-                return fn(*args, timeout=self.timeout, **kwargs)
-        except ProductLensError:
-            raise
-        except Exception as e:
-            raise ProductLensError(f"Milvus at {self.uri} (collection {self.name}): {_reason(e)}") from None
+    def _call_options(self) -> dict[str, Any]:
+        return {"timeout": self.timeout}
 
     def _describe(self) -> tuple[int, str]:
         desc = self._call(self.client.describe_collection, self.name)
@@ -289,7 +269,7 @@ class MilvusStore(Store):
                     out.extend(int(r["id"]) for r in batch)
                 it.close()
             except Exception as e:
-                raise ProductLensError(f"Milvus at {self.uri} (collection {self.name}): {_reason(e)}") from None
+                raise self.failure(e) from None
         return np.unique(np.asarray(out, dtype=np.int64))
 
     def get(self, ids: Sequence[int]) -> list[dict | None]:
@@ -411,11 +391,6 @@ def _loaded(meta: Any) -> dict:
     if isinstance(meta, str):  # some pymilvus versions hand JSON back as text
         meta = json.loads(meta)
     return dict(meta or {})
-
-
-def _reason(e: BaseException) -> str:
-    msg = getattr(e, "message", None) or str(e) or type(e).__name__
-    return msg.splitlines()[0][:300]
 
 
 @contextlib.contextmanager

@@ -9,13 +9,12 @@ import re
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence
 
 import numpy as np
 
 from ...types import ProductLensError
 from ..base import (
-    Store,
     check_ids,
     check_metadata,
     check_update,
@@ -26,9 +25,9 @@ from ..base import (
     pad_results,
     parse_where,
 )
+from ..client_store import ClientStore, reason
 from .filters import where_filter
 
-T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:6333"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,199}$")
@@ -78,7 +77,7 @@ class _Shared:
                     entry[0].close()
 
 
-class QdrantStore(Store):
+class QdrantStore(ClientStore):
     """A catalog store in a Qdrant collection: on a server, or in a local folder (no server).
 
     ``open_store(name, dim, backend="qdrant", url=... | location=...)``: ``name``
@@ -107,6 +106,8 @@ class QdrantStore(Store):
     approximately unless ``exact=True``.
     """
 
+    engine = "Qdrant"
+
     def __init__(self, name: str, dim: int | None = None, *, location: str | os.PathLike | None = None,
                  url: str | None = None, api_key: str | None = None, exact: bool = False,
                  hnsw_ef: int | None = None, timeout: float = 30.0) -> None:
@@ -125,7 +126,7 @@ class QdrantStore(Store):
             except ProductLensError:
                 raise
             except Exception as e:
-                raise ProductLensError(f"cannot open Qdrant's {self.where}: {_reason(e)}") from None
+                raise ProductLensError(f"cannot open Qdrant's {self.where}: {reason(e)}") from None
         else:
             self.url = url or os.environ.get("PRODUCTLENS_QDRANT_URL") or DEFAULT_URL
             self.where = self.url
@@ -138,7 +139,7 @@ class QdrantStore(Store):
                 raise
             except Exception as e:
                 self.close()
-                raise ProductLensError(f"cannot reach Qdrant at {self.url}: {_reason(e)}") from None
+                raise ProductLensError(f"cannot reach Qdrant at {self.url}: {reason(e)}") from None
         try:
             if self._call(self.client.collection_exists, name):
                 self.dim = self._describe()
@@ -154,30 +155,7 @@ class QdrantStore(Store):
             self.close()
             raise
 
-    @classmethod
-    def open(cls, path: str | os.PathLike, dim: int | None = None, **options: Any) -> "QdrantStore":
-        return cls(path, dim, **options)
-
     # ============================================================ plumbing
-    @property
-    def client(self):
-        """The ``qdrant_client.QdrantClient`` (raises ProductLensError once the store is closed)."""
-        if self._client is None:
-            raise ProductLensError("store is closed")
-        return self._client
-
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call the client; any failure of the server or the network becomes a ProductLensError."""
-        if self._client is None:
-            raise ProductLensError("store is closed")
-        try:
-            with self._lock:
-                return fn(*args, **kwargs)
-        except ProductLensError:
-            raise
-        except Exception as e:
-            raise ProductLensError(f"Qdrant at {self.where} (collection {self.name}): {_reason(e)}") from None
-
     def _describe(self) -> int:
         vectors = self._call(self.client.get_collection, self.name).config.params.vectors
         if not hasattr(vectors, "size") or not self._call(self.client.collection_exists, self.info_name):
@@ -405,8 +383,3 @@ def _stored(md: dict) -> dict:
 
 def _meta(point: Any) -> dict:
     return dict((point.payload or {}).get("meta") or {})
-
-
-def _reason(e: BaseException) -> str:
-    msg = str(e) or type(e).__name__
-    return msg.splitlines()[0][:300]
