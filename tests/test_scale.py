@@ -79,6 +79,26 @@ def assert_same_catalog(cat: Catalog, ref: Catalog, data: dict) -> None:
     np.testing.assert_allclose(s1, s2, atol=1e-5)
 
 
+def assert_ray_build_equals_local(spec: StoreSpec, out, data: dict, tiny: str, local: Catalog) -> None:
+    """A Ray build into ``spec``'s store completes and equals the locally embedded catalog."""
+    cat, errors = build_catalog_sharded(read_catalog(data["gallery"]), out, embedder=tiny,
+                                        store=spec, ray=RayOptions(shard_size=5), progress=False)
+    with cat:
+        assert not errors and cat.store.get_info("load_complete") is True
+        assert_same_catalog(cat, local, data)
+
+
+def assert_unreachable_is_clear(backend: str, **options) -> None:
+    """Opening a store on a server that does not answer fails fast with a message naming it."""
+    from productlens.index import open_store
+
+    name = {"milvus": "Milvus", "qdrant": "Qdrant"}[backend]
+    t0 = time.monotonic()
+    with pytest.raises(ProductLensError, match=f"cannot reach {name} at http://127.0.0.1:9"):
+        open_store("products", dim=8, backend=backend, timeout=3, **options)
+    assert time.monotonic() - t0 < 20
+
+
 # ======================================================================== Ray
 @pytest.mark.ray
 def test_cli_ray_build_equals_local(tmp_path, data, tiny, local, ray_local):
@@ -149,22 +169,13 @@ def test_cli_build_into_milvus(tmp_path, data, tiny, local, collection):
 @pytest.mark.milvus
 def test_ray_build_into_milvus(tmp_path, data, tiny, local, collection, ray_local):
     uri, name = collection
-    spec = StoreSpec("milvus", name, {"uri": uri, "index": "hnsw"})
-    cat, errors = build_catalog_sharded(read_catalog(data["gallery"]), tmp_path / "cat", embedder=tiny,
-                                        store=spec, ray=RayOptions(shard_size=5), progress=False)
-    with cat:
-        assert not errors and cat.store.get_info("load_complete") is True
-        assert_same_catalog(cat, local, data)
+    assert_ray_build_equals_local(StoreSpec("milvus", name, {"uri": uri, "index": "hnsw"}), tmp_path / "cat",
+                                  data, tiny, local)
 
 
 @pytest.mark.milvus
 def test_milvus_down_gives_a_clear_error():
-    from productlens.index import open_store
-
-    t0 = time.monotonic()
-    with pytest.raises(ProductLensError, match="cannot reach Milvus at http://127.0.0.1:9"):
-        open_store("products", dim=8, backend="milvus", uri="http://127.0.0.1:9", timeout=3)
-    assert time.monotonic() - t0 < 20
+    assert_unreachable_is_clear("milvus", uri="http://127.0.0.1:9")
 
 
 @pytest.mark.ray
@@ -224,22 +235,13 @@ def test_cli_build_into_qdrant_local(tmp_path, data, tiny, local):
 @pytest.mark.ray
 @pytest.mark.qdrant
 def test_ray_build_into_qdrant_local(tmp_path, data, tiny, local, ray_local):
-    spec = StoreSpec("qdrant", "products", {"location": str(tmp_path / "qdrant")})
-    cat, errors = build_catalog_sharded(read_catalog(data["gallery"]), tmp_path / "cat", embedder=tiny,
-                                        store=spec, ray=RayOptions(shard_size=5), progress=False)
-    with cat:
-        assert not errors and cat.store.get_info("load_complete") is True
-        assert_same_catalog(cat, local, data)
+    assert_ray_build_equals_local(StoreSpec("qdrant", "products", {"location": str(tmp_path / "qdrant")}),
+                                  tmp_path / "cat", data, tiny, local)
 
 
 @pytest.mark.qdrant
 def test_qdrant_down_gives_a_clear_error():
-    from productlens.index import open_store
-
-    t0 = time.monotonic()
-    with pytest.raises(ProductLensError, match="cannot reach Qdrant at http://127.0.0.1:9"):
-        open_store("products", dim=8, backend="qdrant", url="http://127.0.0.1:9", timeout=3)
-    assert time.monotonic() - t0 < 20
+    assert_unreachable_is_clear("qdrant", url="http://127.0.0.1:9")
 
 
 @pytest.mark.qdrant

@@ -111,6 +111,20 @@ def info_text(key: str, value: Any) -> str:
         raise ProductLensError(f"info value for {key!r} is not JSON-able: {e}") from None
 
 
+def check_k(k: Any) -> int:
+    """Return ``k`` (results per query) as an int; refuse anything but a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ProductLensError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def check_present(ids: Sequence[int], found: Any, what: str = "ids") -> None:
+    """Raise ProductLensError naming (up to 5 of) the ``ids`` not in ``found``."""
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise ProductLensError(f"{what} not in the store: {missing[:5]}")
+
+
 def check_ids(ids: Sequence[int] | np.ndarray, *, unique: bool = False, what: str = "ids") -> np.ndarray:
     """Return ``ids`` as a 1-d int64 array; refuse negatives (and duplicates if ``unique``)."""
     try:

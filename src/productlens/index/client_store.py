@@ -3,12 +3,13 @@ failures of the server or the network turned into errors that name the server an
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any, Callable, TypeVar
 
 from ..types import ProductLensError
-from .base import Store
+from .base import Store, json_default
 
 T = TypeVar("T")
 
@@ -58,10 +59,15 @@ class ClientStore(Store):
         return ProductLensError(f"{self.engine} at {self.where} (collection {self.name}): {reason(e)}")
 
 
+def json_ready(md: dict) -> dict:
+    """``md`` as plain JSON types (numpy scalars and arrays converted), as a client library sends it."""
+    return json.loads(json.dumps(md, default=json_default))
+
+
 def reason(e: BaseException) -> str:
     """The first line of an exception's message (at most 300 characters)."""
     msg = getattr(e, "message", None) or str(e) or type(e).__name__
     return str(msg).splitlines()[0][:300]
 
 
-__all__ = ["ClientStore", "reason"]
+__all__ = ["ClientStore", "json_ready", "reason"]

@@ -24,6 +24,8 @@ from ..base import (
     Condition,
     Store,
     check_ids,
+    check_k,
+    check_present,
     check_metadata,
     check_update,
     check_vectors,
@@ -275,9 +277,7 @@ class EmbeddedStore(Store):
                     (ids_json(ids_a),),
                 )
             }
-            missing = [i for i in ids_a.tolist() if i not in cur]
-            if missing:
-                raise ProductLensError(f"update_metadata: ids not in the store: {missing[:5]}")
+            check_present(ids_a.tolist(), cur, "update_metadata: ids")
             params = []
             for i, md in zip(ids_a.tolist(), mds):
                 merged = cur[i]
@@ -427,9 +427,7 @@ class EmbeddedStore(Store):
     # ---------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, where: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = check_vectors(queries, self.dim, what="queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ProductLensError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        k = check_k(k)
         conds = parse_where(where)
         nq = q.shape[0]
         with self._read_txn() as db:

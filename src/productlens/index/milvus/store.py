@@ -15,16 +15,17 @@ import numpy as np
 from ...types import ProductLensError
 from ..base import (
     check_ids,
+    check_k,
+    check_present,
     check_metadata,
     check_update,
     check_vectors,
     clean_metadata,
     info_text,
-    json_default,
     pad_results,
     parse_where,
 )
-from ..client_store import ClientStore, reason
+from ..client_store import ClientStore, json_ready, reason
 from .filters import where_expr
 
 
@@ -178,7 +179,7 @@ class MilvusStore(ClientStore):
 
     def _write(self, ids: np.ndarray, vectors: np.ndarray, metas: list[dict]) -> None:
         for a in range(0, ids.size, _ROWS_PER_CALL):
-            rows = [{"id": int(i), "vector": v, "meta": _stored(md)}
+            rows = [{"id": int(i), "vector": v, "meta": json_ready(md)}
                     for i, v, md in zip(ids[a : a + _ROWS_PER_CALL].tolist(),
                                         vectors[a : a + _ROWS_PER_CALL], metas[a : a + _ROWS_PER_CALL])]
             self._call(self.client.upsert, self.name, rows)
@@ -200,9 +201,7 @@ class MilvusStore(ClientStore):
         if ids_a.size == 0:
             return
         cur = self._rows(ids_a, ["meta", "vector"])
-        missing = [i for i in ids_a.tolist() if i not in cur]
-        if missing:
-            raise ProductLensError(f"update_metadata: ids not in the store: {missing[:5]}")
+        check_present(ids_a.tolist(), cur, "update_metadata: ids")
         merged = [clean_metadata(_loaded(cur[i]["meta"]) | md) for i, md in zip(ids_a.tolist(), mds)]
         vecs = np.asarray([cur[i]["vector"] for i in ids_a.tolist()], dtype=np.float32)
         self._write(ids_a, vecs, merged)
@@ -282,20 +281,16 @@ class MilvusStore(ClientStore):
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         ids_a = check_ids(ids)
         found = self._rows(ids_a, ["vector"])
-        missing = [i for i in ids_a.tolist() if i not in found]
-        if missing:
-            raise ProductLensError(f"ids not in the store: {missing[:5]}")
+        check_present(ids_a.tolist(), found)
         if not ids_a.size:
             return np.zeros((0, self.dim), np.float32)
         return np.asarray([found[i]["vector"] for i in ids_a.tolist()], dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int, where: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = check_vectors(queries, self.dim, what="queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ProductLensError(f"k must be a positive integer, got {k!r}")
+        k = check_k(k)
         if k > MAX_K:
             raise ProductLensError(f"Milvus returns at most {MAX_K} results per query; asked for k={k}")
-        k = int(k)
         flt = where_expr(parse_where(where))
         scores, ids = pad_results(q.shape[0], k)
         if q.shape[0] == 0:
@@ -381,10 +376,6 @@ def _deleted_now(collection: str) -> None:
 
     ts_utils.update_collection_ts(collection, max(ts_utils.get_collection_ts(collection) or 0,
                                                   mkts_from_unixtime(time.time())))
-
-
-def _stored(md: dict) -> dict:
-    return json.loads(json.dumps(md, default=json_default))
 
 
 def _loaded(meta: Any) -> dict:

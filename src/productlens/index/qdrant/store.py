@@ -16,16 +16,17 @@ import numpy as np
 from ...types import ProductLensError
 from ..base import (
     check_ids,
+    check_k,
+    check_present,
     check_metadata,
     check_update,
     check_vectors,
     clean_metadata,
     info_text,
-    json_default,
     pad_results,
     parse_where,
 )
-from ..client_store import ClientStore, reason
+from ..client_store import ClientStore, json_ready, reason
 from .filters import where_filter
 
 
@@ -185,7 +186,8 @@ class QdrantStore(ClientStore):
 
         with self._lock:  # readers in this process see all of a write or none of it
             for a in range(0, ids.size, _ROWS_PER_CALL):
-                points = [models.PointStruct(id=int(i), vector=v.tolist(), payload={"id": int(i), "meta": _stored(md)})
+                points = [models.PointStruct(id=int(i), vector=v.tolist(),
+                                             payload={"id": int(i), "meta": json_ready(md)})
                           for i, v, md in zip(ids[a : a + _ROWS_PER_CALL].tolist(), vectors[a : a + _ROWS_PER_CALL],
                                               metas[a : a + _ROWS_PER_CALL])]
                 self._call(self.client.upsert, self.name, points=points, wait=True)
@@ -209,9 +211,7 @@ class QdrantStore(ClientStore):
             return
         with self._lock:
             cur = self._retrieve(ids_a, vectors=True)
-            missing = [i for i in ids_a.tolist() if i not in cur]
-            if missing:
-                raise ProductLensError(f"update_metadata: ids not in the store: {missing[:5]}")
+            check_present(ids_a.tolist(), cur, "update_metadata: ids")
             merged = [clean_metadata(_meta(cur[i]) | md) for i, md in zip(ids_a.tolist(), mds)]
             vecs = np.asarray([cur[i].vector for i in ids_a.tolist()], dtype=np.float32)
             self._write(ids_a, vecs, merged)
@@ -279,9 +279,7 @@ class QdrantStore(ClientStore):
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         ids_a = check_ids(ids)
         found = self._retrieve(ids_a, payload=False, vectors=True)
-        missing = [i for i in ids_a.tolist() if i not in found]
-        if missing:
-            raise ProductLensError(f"ids not in the store: {missing[:5]}")
+        check_present(ids_a.tolist(), found)
         if not ids_a.size:
             return np.zeros((0, self.dim), np.float32)
         return np.asarray([found[i].vector for i in ids_a.tolist()], dtype=np.float32)
@@ -290,9 +288,7 @@ class QdrantStore(ClientStore):
         from qdrant_client import models
 
         q = check_vectors(queries, self.dim, what="queries")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ProductLensError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        k = check_k(k)
         flt = where_filter(parse_where(where))
         scores, ids = pad_results(q.shape[0], k)
         if q.shape[0] == 0:
@@ -375,10 +371,6 @@ class QdrantStore(ClientStore):
         else:
             with contextlib.suppress(Exception):
                 client.close()
-
-
-def _stored(md: dict) -> dict:
-    return json.loads(json.dumps(md, default=json_default))
 
 
 def _meta(point: Any) -> dict:
