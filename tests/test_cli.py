@@ -79,3 +79,35 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
     assert "adapting on 16 labelled photos" in r.output and r.output.count("query ") == 2
     assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()
     assert "classifier attached: 2 categories" in r.output and (tmp_path / "cat" / "classifier").is_dir()
+
+
+def test_demo_detector_trains_once_skips_without_backgrounds(tmp_path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from productlens.cli.search_cmd import demo_detector
+    from productlens.models.detectors import load_detector
+    from productlens.types import Item
+
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "bg").mkdir()
+    items = []
+    for i, colour in enumerate([(200, 30, 30), (30, 160, 40)]):
+        img = Image.new("RGB", (120, 100), (255, 255, 255))
+        img.paste(colour, (30, 20, 90, 80))
+        img.save(tmp_path / "shop" / f"p{i}.jpg", quality=95)
+        items.append(Item(i, str(tmp_path / "shop" / f"p{i}.jpg")))
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(
+            tmp_path / "bg" / f"b{i}.jpg")
+    demo_detector(items, tmp_path / "det", None)
+    assert "skipped, no background photos" in capsys.readouterr().out and not (tmp_path / "det").exists()
+    Image.new("RGB", (90, 90), (255, 255, 255)).save(tmp_path / "blank.jpg")  # nothing to cut out
+    demo_detector([Item(0, str(tmp_path / "blank.jpg"))], tmp_path / "det", tmp_path / "bg", composites=4)
+    assert "skipped (no product photo gave a cut-out" in capsys.readouterr().out
+    demo_detector(items, tmp_path / "det", tmp_path / "bg", composites=6)
+    assert "product detector written to" in capsys.readouterr().out
+    det = load_detector(tmp_path / "det")
+    assert list(det.spec.labels) == ["product"]
+    demo_detector(items, tmp_path / "det", tmp_path / "bg", composites=6)
+    assert "reusing" in capsys.readouterr().out

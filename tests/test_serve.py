@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from productlens.serve import ServeConfig, create_app  # noqa: E402
 from productlens.serve.admission import Admission, Busy  # noqa: E402
+from productlens.serve.batcher import Batcher  # noqa: E402
 
 KEY = "s3cret-key"
 
@@ -105,6 +107,14 @@ def test_products_and_admin_need_the_key(client):
     # the next query sees it, without a restart
     q = client.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(5, 2, shop=False)), "image/jpeg")})
     assert q.json()["matches"][0]["product_id"] == 7
+    thumb = client.get(f"/v1/items/{r.json()['id']}/thumbnail").content
+    assert client.get(f"/v1/items/{r.json()['id']}/thumbnail").content == thumb  # from the cache
+    engine = client.app.state.engine
+    path = engine.catalog.store.get([r.json()["id"]])[0]["image"]
+    Image.new("RGB", (50, 40), (0, 0, 255)).save(path, "JPEG")  # the file changes: the cache sees it
+    os.utime(path, ns=(1, 10**18))
+    new = client.get(f"/v1/items/{r.json()['id']}/thumbnail").content
+    assert new != thumb and Image.open(io.BytesIO(new)).size == (50, 40)
     assert client.put("/v1/products/7", json={"title": "renamed"}, headers={"X-API-Key": KEY}).status_code == 200
     assert client.get("/v1/products/7").json()["title"] == "renamed"
     assert client.delete("/v1/products/7").status_code == 401
@@ -161,7 +171,7 @@ def test_admission_refuses_beyond_the_queue():
 
 def test_busy_service_answers_503(catalog_dir, tmp_path):
     app = create_app(ServeConfig(catalog=catalog_dir, queue=0, history_db=tmp_path / "h.sqlite"))
-    app.state.admission._inside = app.state.admission.limit  # as if a request were running
+    app.state.batcher._running = app.state.batcher.limit  # as if a request were running
     with TestClient(app) as c:
         r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(0, 0, shop=True)), "image/jpeg")})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -207,6 +217,64 @@ def test_identify_with_a_detector_returns_boxes_and_searches_the_best(catalog_di
         assert [d["tag"] for d in body["detections"]] == ["red"]
         assert body["box"] == body["detections"][0]["box"]  # the search used the best box
     app.state.engine.close()
+    app = create_app(ServeConfig(catalog=catalog_dir, detector=f"onnx:{model}", search_detected=False,
+                                 history_db=tmp_path / "h2.sqlite"))
+    with TestClient(app) as c:
+        body = c.post("/v1/identify", files={"image": ("red.jpg", _jpeg(red), "image/jpeg")}).json()
+        assert [d["tag"] for d in body["detections"]] == ["red"] and body["box"] is None  # whole photo searched
+    app.state.engine.close()
+    app = create_app(ServeConfig(catalog=catalog_dir, detector=f"onnx:{model}", min_box_score=0.5, max_boxes=0,
+                                 history_db=tmp_path / "h3.sqlite"))
+    with TestClient(app) as c:
+        body = c.post("/v1/identify", files={"image": ("red.jpg", _jpeg(red), "image/jpeg")}).json()
+        assert body["detections"] == [] and body["box"] is not None  # none shown; the best box still searched
+    app.state.engine.close()
+
+
+def test_batcher_runs_waiting_requests_together_and_fails_only_the_bad_one():
+    calls = []
+
+    def fn(requests):
+        calls.append(list(requests))
+        return [ValueError(f"bad {r}") if r < 0 else r * 10 for r in requests]
+
+    async def scenario():
+        b = Batcher(fn, workers=1, queue=4, max_batch=3)
+        tasks = [asyncio.create_task(b.submit(r, finish=lambda x: x + 1)) for r in (1, 2, -3, 4, 5)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        with pytest.raises(Busy):  # 5 = workers + queue are inside now
+            await asyncio.gather(*[b.submit(r) for r in range(6)])
+        await b.aclose()
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[:2] == [11, 21] and results[3:] == [41, 51]
+    assert isinstance(results[2], ValueError) and str(results[2]) == "bad -3"
+    assert calls[:2] == [[1, 2, -3], [4, 5]]  # oldest first, at most max_batch; nobody waited for a batch to fill
+
+
+def test_identify_batch_matches_one_by_one(catalog_dir):
+    from productlens.serve.engine import Engine, IdentifyRequest
+    from productlens.types import Box, BoxError
+
+    engine = Engine(ServeConfig(catalog=catalog_dir))
+    try:
+        photos = [product_photo(p, 0, shop=True) for p in (0, 1, 3)]
+        reqs = [IdentifyRequest(photos[0]), IdentifyRequest(photos[1], k=1),
+                IdentifyRequest(photos[2], box=Box(500, 500, 10, 10)), IdentifyRequest(photos[2], box=Box(4, 4, 40, 40))]
+        batch = engine.identify_batch(reqs)
+        assert isinstance(batch[2], BoxError)  # the bad box fails its own request only
+        for req, got in zip(reqs[:2] + reqs[3:], batch[:2] + batch[3:]):
+            alone = engine.identify(req.image, req.box, req.k)
+            assert [m["id"] for m in got["matches"]] == [m["id"] for m in alone["matches"]]
+            assert [c["category"] for c in got["categories"]] == [c["category"] for c in alone["categories"]]
+            assert len(got["categories"]) <= req.k and got["box"] == alone["box"]
+            for a, b in zip(got["matches"], alone["matches"]):
+                assert abs(a["score"] - b["score"]) < 1e-3
+        assert batch[0]["matches"][0]["product_id"] == 0 and batch[1]["matches"][0]["product_id"] == 1
+        assert engine.default_batch == 8  # whole-photo queries: 8 per batch
+    finally:
+        engine.close()
 
 
 def test_no_path_traversal_through_parameters(client):

@@ -81,6 +81,50 @@ def default_catalog() -> Path | None:
     return None
 
 
+DEMO_COMPOSITES = 300  # composites for the demo's product detector: a few minutes on 2 cores
+
+
+def default_backgrounds(catalog: Path) -> Path | None:
+    """Photos without grocery products to paste onto: the ccp street photos beside the catalog's
+    folders, or in ../shared/data beside the project (as :func:`default_catalog`), if present."""
+    here = Path(catalog).resolve()
+    candidates = [p.parent / "ccp" / "photos" for p in (here, *here.parents)]
+    candidates += [base.parent / "shared" / "data" / "ccp" / "photos"
+                   for base in (Path.cwd(), Path(__file__).resolve().parents[3])]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def demo_detector(items, out: Path, backgrounds: Path | None, composites: int = DEMO_COMPOSITES) -> None:
+    """Train (or reuse) the demo's class-agnostic product detector at ``out``, or say why not."""
+    import glob
+    import tempfile
+
+    from productlens.data.coco import read_coco
+    from productlens.data.synth import synthesize_coco
+    from productlens.pipeline.detect_train import DetectTrainOptions, train_detector
+    from productlens.types import ProductLensError
+
+    if (out / "detector.json").is_file():
+        typer.echo(f"product detector: reusing {out} (delete it to retrain)")
+        return
+    photos = sorted(glob.glob(str(backgrounds / "*.jpg"))) if backgrounds and backgrounds.is_dir() else []
+    if not photos:
+        typer.echo("product detector: skipped, no background photos (give --backgrounds DIR); "
+                   "the page then shows no boxes")
+        return
+    typer.echo(f"training a product detector on {composites} composites (catalog photos pasted onto "
+               f"{len(photos)} photos from {backgrounds}) ...")
+    try:
+        with tempfile.TemporaryDirectory(prefix="productlens-demo-det-") as tmp:
+            ann = synthesize_coco([it.image for it in items], photos, Path(tmp) / "composites",
+                                  n_images=composites, progress=False)
+            m = train_detector(read_coco(ann), out, DetectTrainOptions(epochs=3, scales=(1.0,)))
+    except ProductLensError as e:  # e.g. no white-background catalog photo to cut out
+        typer.echo(f"product detector: skipped ({e}); the page then shows no boxes")
+        return
+    typer.echo(f"product detector written to {out} ({m.get('seconds', 0):.0f} s)")
+
+
 def demo(
     catalog: Optional[Path] = typer.Option(None, help="Catalog folder/csv/jsonl; default $CATALOG or ../shared/data/grocery."),
     out: Path = typer.Option(Path("runs/catalog"), help="Where the catalog index is written."),
@@ -90,6 +134,12 @@ def demo(
     classifier: bool = typer.Option(True, help="With a train.csv that has a category_name column: train a "
                                                "category classifier (frozen backbone, flips; minutes) and "
                                                "attach it, for the top-4 categories."),
+    detector: bool = typer.Option(True, help="Train a product detector on copy-paste composites of the "
+                                             "catalog's white-background photos (minutes; kept beside the "
+                                             "catalog as detector/ and reused on later runs), for the boxes "
+                                             "on the page. Needs background photos."),
+    backgrounds: Optional[Path] = typer.Option(None, help="Folder of photos without products to paste onto; "
+                                                          "default ../shared/data/ccp/photos when present."),
 ) -> None:
     """Index a catalog and answer example queries (the main job of `make run`)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
@@ -122,6 +172,8 @@ def demo(
             cat.attach_classifier(Path(tmp) / "clf")
         typer.echo(f"classifier attached: {res.classifier.metrics['classes']} categories, "
                    f"{res.seconds:.0f} s")
+    if detector:
+        demo_detector(items, out.parent / "detector", backgrounds or default_backgrounds(src))
     pool = read_labelled_csv(base / "val.csv") if (base / "val.csv").is_file() else items
     rng = random.Random(seed)
     with cat:

@@ -14,7 +14,12 @@ def serve(
     port: int = typer.Option(8000, help="Port."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH: boxes on the page and the "
                                                       "search on the best box."),
+    search_detected: bool = typer.Option(True, "--search-detected/--search-whole",
+                                         help="With a detector and no box: search the best detected box, "
+                                              "or the whole photo (boxes are drawn either way)."),
     workers: int = typer.Option(1, help="Inferences at once (each uses every core)."),
+    max_batch: Optional[int] = typer.Option(None, help="Waiting requests run together, at most this many "
+                                                       "(default: 8 model inputs' worth for the catalog)."),
     queue: int = typer.Option(8, help="Requests allowed to wait; beyond them the service answers 503."),
     max_upload_mb: float = typer.Option(10.0, help="Upload size limit."),
 ) -> None:
@@ -28,7 +33,7 @@ def serve(
     from productlens.pipeline.catalog import Catalog
 
     Catalog.open(catalog_dir).close()  # a clear error before the server starts
-    app = create_app(ServeConfig(catalog=catalog_dir, detector=detector, workers=workers, queue=queue,
-                                 max_upload_mb=max_upload_mb))
+    app = create_app(ServeConfig(catalog=catalog_dir, detector=detector, search_detected=search_detected,
+                                 workers=workers, queue=queue, max_batch=max_batch, max_upload_mb=max_upload_mb))
     typer.echo(f"productlens is serving {catalog_dir} at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

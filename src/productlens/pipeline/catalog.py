@@ -77,7 +77,7 @@ class Catalog:
         self.query_embedder = query_embedder(embedder, store.get_info("query_views", "none"))
         self._classifier = None
         self._matcher = None
-        self._has_products: bool | None = None
+        self._by_product: dict[int, list[int]] | None = None
 
     # -------------------------------------------------------------- text
     @property
@@ -158,18 +158,30 @@ class Catalog:
     def grouping(self):
         """The product grouping of catalog mode (``_group``), or None when no item has a product.
 
-        Whether any item has a product is read once and kept until the catalog changes.
+        Which items belong to which product is read once and kept until the catalog changes.
         """
-        if self._has_products is None:
+        return self._group if self._products() else None
+
+    def items_of(self, product_id: int) -> list[int]:
+        """The ids of a product's items (from a product -> items map kept until the catalog changes)."""
+        return list(self._products().get(int(product_id), ()))
+
+    def _products(self) -> dict[int, list[int]]:
+        """Item ids per product (items without a product, or distractors, are left out); read once."""
+        if self._by_product is None:
             ids = self.store.ids()
-            self._has_products = any(product_key(int(i), (md or {}).get("product_id")) >= 0
-                                     for i, md in zip(ids.tolist(), self.store.get(ids)))
-        return self._group if self._has_products else None
+            by_product: dict[int, list[int]] = {}
+            for i, md in zip(ids.tolist(), self.store.get(ids)):
+                key = product_key(int(i), (md or {}).get("product_id"))
+                if key >= 0:
+                    by_product.setdefault(key, []).append(int(i))
+            self._by_product = by_product
+        return self._by_product
 
     def _changed(self) -> None:
-        """Forget what was derived from the items (text matcher, product grouping)."""
+        """Forget what was derived from the items (text matcher, product map)."""
         self._matcher = None
-        self._has_products = None
+        self._by_product = None
 
     # -------------------------------------------------------------- open
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import logging
 import secrets
@@ -16,8 +17,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from productlens.serve.admission import Admission, Busy
+from productlens.serve.batcher import Batcher
 from productlens.serve.config import ServeConfig
-from productlens.serve.engine import Engine, sniff_image, thumbnail_jpeg
+from productlens.serve.engine import Engine, IdentifyRequest, sniff_image, thumbnail_jpeg
 from productlens.serve.history import History
 from productlens.types import Box, BoxError, ImageError, ProductLensError
 
@@ -28,11 +30,19 @@ SESSION_COOKIE = "productlens_session"
 
 def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or Engine(config)
-    admission = Admission(config.workers, config.queue)
+    admission = Admission(config.workers, config.queue)  # catalog writes
+    batcher = Batcher(engine.identify_batch, workers=config.workers, queue=config.queue,
+                      max_batch=config.max_batch or engine.default_batch)  # identify requests
     history = History(config.history_db)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     rng = np.random.default_rng()
-    app = FastAPI(title="productlens", version="0.1.0",
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await batcher.aclose()
+
+    app = FastAPI(title="productlens", version="0.1.0", lifespan=lifespan,
                   description="Identify products in photos: categories, boxes and matching catalog products.")
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     if config.cors_origins:
@@ -74,7 +84,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @app.get("/v1/health")
     def health() -> dict:
         return {"status": "ok", "items": len(engine.catalog), "classifier": engine.catalog.classifier is not None,
-                "detector": engine.detector is not None, "in_flight": admission.inside}
+                "detector": engine.detector is not None, "in_flight": batcher.inside + admission.inside}
 
     @app.post("/v1/identify", dependencies=[Depends(reader)])
     async def identify(request: Request, response: Response, image: UploadFile = File(...),
@@ -88,19 +98,17 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             raise HTTPException(400, str(e)) from None
         sid = session_of(request, response)
 
-        def work() -> dict:  # one trip to the thread pool: inference, then the history row
-            out = engine.identify(img, qbox, k)
+        def finish(out: dict) -> dict:  # in the same trip to the thread pool: the history row
             top = out["categories"][0] if out["categories"] else {"category": "", "probability": 0.0}
             out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
                                             out["matches"][0]["title"] if out["matches"] else "")
             out["image_size"] = list(img.size)
             return out
 
-        async with admission.slot():
-            try:
-                return await _run(work)
-            except (BoxError, ProductLensError) as e:
-                raise HTTPException(400, _short(e)) from None
+        try:
+            return await batcher.submit(IdentifyRequest(img, qbox, k), finish)
+        except (BoxError, ProductLensError) as e:
+            raise HTTPException(400, _short(e)) from None
 
     @app.get("/v1/history")
     def get_history(request: Request, response: Response) -> list[dict]:
@@ -172,6 +180,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.history = history
     app.state.admission = admission
+    app.state.batcher = batcher
     return app
 
 

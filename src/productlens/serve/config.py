@@ -21,16 +21,26 @@ class ServeConfig:
     ``open_reads``: identify, products and thumbnails need no key (default).
     ``workers``: inferences at once (each already uses every core; 1 is right
     on a CPU). ``queue``: requests allowed to wait beyond those; more get 503.
+    ``max_batch``: waiting identify requests run together in one model run,
+    at most this many (default: the engine's choice for its catalog).
+    ``search_detected``: with a detector and no box given, search with the
+    best detected box (True) or the whole photo (False; boxes are still drawn).
+    ``min_box_score``, ``max_boxes``: which detections are returned (and drawn):
+    at most this many, best first, scoring at least this much.
     """
 
     catalog: Path
     api_key: str | None = field(default_factory=lambda: os.environ.get("PRODUCTLENS_API_KEY") or None)
     open_reads: bool = field(default_factory=lambda: _env_bool("PRODUCTLENS_OPEN_READS", True))
     detector: str | None = None
+    search_detected: bool = True
+    min_box_score: float = 0.3
+    max_boxes: int = 10
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000
     workers: int = 1
     queue: int = 8
+    max_batch: int | None = None
     history_db: Path | None = None  # default: <catalog>/history.sqlite
     cors_origins: tuple[str, ...] = ()  # CORS off unless origins are listed
 
