@@ -12,7 +12,9 @@ It prints mAP@1000 of the plain backbone, domain centring alone, and the adapter
 catalog-mode adapter (shop photos labelled) on dev-closed. A second table
 compares query embeddings: the whole photo, or the whole photo pooled with six
 crops (``--query-views regions``; the fitting photos, which stand for queries,
-are embedded the same way; shop photos always whole).
+are embedded the same way; shop photos always whole). A third table varies the
+weight of the adapter's product evidence (regions queries, C=30), in challenge
+and catalog mode.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def main() -> None:
             ad = fit_adapter(emb.name, T[fit], y[fit], gallery_vectors=G, C=C)
             row.append(score(ad.transform(Q, "query"), ad.transform(G, "gallery"), gy, qy))
         if name == "dev-closed":
-            ad = fit_adapter(emb.name, T[fit], y[fit], gallery_vectors=G, gallery_labels=gy, C=30)
+            ad = fit_adapter(emb.name, T[fit], y[fit], gallery_vectors=G, gallery_labels=gy, C=30, weight=1.0)
             row.append(score(ad.transform(Q, "query"), ad.transform(G, "gallery"), gy, qy))
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + (" | - |" if len(row) == 5 else " |"))
 
@@ -87,10 +89,26 @@ def main() -> None:
                 if gl and with_fit_photos or gl and name == "dev-open":
                     row.append(None)
                     continue
-                ad = fit_adapter(emb.name, X[fit], y[fit], gallery_vectors=G, C=30,
+                ad = fit_adapter(emb.name, X[fit], y[fit], gallery_vectors=G, C=30, weight=1.0,
                                  gallery_labels=gy if gl else None)
                 row.append(score(ad.transform(X[query], "query"), ad.transform(G, "gallery"), gy, y[query]))
         print(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row) + " |")
+
+    weights = (0.5, 1.0, 2.0, 4.0)
+    print("\n| split, mode (regions, C=30) | " + " | ".join(f"weight {w:g}" for w in weights) + " |")
+    print("|---|" + "---|" * len(weights))
+    for name, (fit, query, with_fit_photos) in splits(y).items():
+        G, gy = (np.vstack([S, T[fit]]), np.r_[shop_y, y[fit]]) if with_fit_photos else (S, shop_y)
+        for mode in ("challenge", "catalog"):
+            if mode == "catalog" and name != "dev-closed":
+                continue
+            ad = fit_adapter(emb.name, R[fit], y[fit], gallery_vectors=G, C=30,
+                             gallery_labels=gy if mode == "catalog" else None)
+            row = []
+            for w in weights:
+                ad.weight = w
+                row.append(score(ad.transform(R[query], "query"), ad.transform(G, "gallery"), gy, y[query]))
+            print(f"| {name}, {mode} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
 
 if __name__ == "__main__":
