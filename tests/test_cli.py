@@ -74,7 +74,7 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
         w.writeheader()
         w.writerows({**r, "category_name": f"shape {int(r['product_id']) % 2}"} for r in rows)
     r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
-                            "--model", "efficientnet-lite0", "--queries", "2"])
+                            "--model", "efficientnet-lite0", "--queries", "2", "--no-detector"])
     assert r.exit_code == 0, r.output
     assert "adapting on 16 labelled photos" in r.output and r.output.count("query ") == 2
     assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()

@@ -12,8 +12,8 @@ def serve(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder (from `productlens index build` or `demo`)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),
-    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH: boxes on the page and the "
-                                                      "search on the best box."),
+    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH: boxes on the page and (unless "
+                                                      "--search-whole) the search on the best box."),
     search_detected: bool = typer.Option(True, "--search-detected/--search-whole",
                                          help="With a detector and no box: search the best detected box, "
                                               "or the whole photo (boxes are drawn either way)."),

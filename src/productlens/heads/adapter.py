@@ -21,8 +21,10 @@ In catalog mode the gallery's own labelled seller photos join the classifier's
 training set, and the product evidence weighs twice as much (``CATALOG_WEIGHT``):
 every gallery product is then a class of the classifier, so the evidence no
 longer has to leave room for products it never saw (on the development splits,
-a higher weight helps closed sets and hurts open ones). The adapter is a folder (``adapter.npz`` + ``adapter.json``) that
-records the backbone it expects; loading refuses a different backbone.
+a higher weight helps closed sets and hurts open ones).
+
+The adapter is a folder (``adapter.npz`` + ``adapter.json``) that records the
+backbone it expects; loading refuses a different backbone.
 """
 
 from __future__ import annotations
