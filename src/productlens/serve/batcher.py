@@ -35,7 +35,6 @@ class Batcher:
         self._running = 0
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
-        self.sizes: deque[int] = deque(maxlen=1000)  # size of each batch run lately (stats, tests)
 
     @property
     def inside(self) -> int:
@@ -86,7 +85,6 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-            self.sizes.append(len(batch))
             self._running += len(batch)
             try:
                 results = await run_in_threadpool(self._call, batch)
