@@ -171,7 +171,7 @@ def test_admission_refuses_beyond_the_queue():
 
 def test_busy_service_answers_503(catalog_dir, tmp_path):
     app = create_app(ServeConfig(catalog=catalog_dir, queue=0, history_db=tmp_path / "h.sqlite"))
-    app.state.batcher._running = app.state.batcher.limit  # as if a request were running
+    app.state.admission._inside = app.state.admission.limit  # as if a request were running
     with TestClient(app) as c:
         r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(0, 0, shop=True)), "image/jpeg")})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -239,7 +239,7 @@ def test_batcher_runs_waiting_requests_together_and_fails_only_the_bad_one():
         return [ValueError(f"bad {r}") if r < 0 else r * 10 for r in requests]
 
     async def scenario():
-        b = Batcher(fn, workers=1, queue=4, max_batch=3)
+        b = Batcher(fn, Admission(workers=1, queue=4), max_batch=3)
         tasks = [asyncio.create_task(b.submit(r, finish=lambda x: x + 1)) for r in (1, 2, -3, 4, 5)]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         with pytest.raises(Busy):  # 5 = workers + queue are inside now

@@ -74,8 +74,13 @@ def default_catalog() -> Path | None:
     env = os.environ.get("CATALOG")
     if env:
         return Path(env)
+    return beside_project("grocery")
+
+
+def beside_project(*parts: str) -> Path | None:
+    """``../shared/data/<parts>`` beside the working directory or beside the project, if it is a folder."""
     for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        cand = base.parent / "shared" / "data" / "grocery"
+        cand = base.parent.joinpath("shared", "data", *parts)
         if cand.is_dir():
             return cand
     return None
@@ -88,10 +93,8 @@ def default_backgrounds(catalog: Path) -> Path | None:
     """Photos without grocery products to paste onto: the ccp street photos beside the catalog's
     folders, or in ../shared/data beside the project (as :func:`default_catalog`), if present."""
     here = Path(catalog).resolve()
-    candidates = [p.parent / "ccp" / "photos" for p in (here, *here.parents)]
-    candidates += [base.parent / "shared" / "data" / "ccp" / "photos"
-                   for base in (Path.cwd(), Path(__file__).resolve().parents[3])]
-    return next((c for c in candidates if c.is_dir()), None)
+    near = (p.parent / "ccp" / "photos" for p in (here, *here.parents))
+    return next((c for c in near if c.is_dir()), None) or beside_project("ccp", "photos")
 
 
 def demo_detector(items, out: Path, backgrounds: Path | None, composites: int = DEMO_COMPOSITES) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 
 class Busy(Exception):
@@ -27,14 +27,22 @@ class Admission:
         """Requests running or waiting now."""
         return self._inside
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Run the body when a worker is free; raise Busy at once when the queue is full."""
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count the body as a request inside; raise Busy at once when the queue is full.
+
+        For work that waits for a worker some other way (the identify batcher)."""
         if self._inside >= self.limit:
             raise Busy()
         self._inside += 1
         try:
-            async with self._slots:
-                yield
+            yield
         finally:
             self._inside -= 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Run the body when a worker is free; raise Busy at once when the queue is full."""
+        with self.admitted():
+            async with self._slots:
+                yield

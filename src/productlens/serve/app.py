@@ -30,8 +30,8 @@ SESSION_COOKIE = "productlens_session"
 
 def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or Engine(config)
-    admission = Admission(config.workers, config.queue)  # catalog writes
-    batcher = Batcher(engine.identify_batch, workers=config.workers, queue=config.queue,
+    admission = Admission(config.workers, config.queue)  # every inference and catalog write counts here
+    batcher = Batcher(engine.identify_batch, admission, workers=config.workers,
                       max_batch=config.max_batch or engine.default_batch)  # identify requests
     history = History(config.history_db)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -84,7 +84,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @app.get("/v1/health")
     def health() -> dict:
         return {"status": "ok", "items": len(engine.catalog), "classifier": engine.catalog.classifier is not None,
-                "detector": engine.detector is not None, "in_flight": batcher.inside + admission.inside}
+                "detector": engine.detector is not None, "in_flight": admission.inside}
 
     @app.post("/v1/identify", dependencies=[Depends(reader)])
     async def identify(request: Request, response: Response, image: UploadFile = File(...),

@@ -4,8 +4,9 @@ Requests join a FIFO list; ``workers`` worker tasks each take the oldest
 waiting requests, up to ``max_batch``, and run them through ``fn`` in one trip
 to the thread pool. Nothing waits for a batch to fill: at concurrency 1 every
 batch is one request, and batches form only from requests that would have
-queued anyway. Beyond ``workers + queue`` requests running or waiting, a new
-one is refused at once with :class:`~productlens.serve.admission.Busy` (503).
+queued anyway. Requests are counted by the app's
+:class:`~productlens.serve.admission.Admission`: beyond its ``workers + queue``
+requests running or waiting, a new one is refused at once with ``Busy`` (503).
 
 ``fn`` takes a list of requests and returns one result per request: a value,
 or the exception that request raised (one bad request does not fail the
@@ -18,7 +19,7 @@ import asyncio
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from productlens.serve.admission import Busy
+from productlens.serve.admission import Admission
 
 BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
 
@@ -26,39 +27,32 @@ BatchFn = Callable[[Sequence[Any]], Sequence[Any]]
 class Batcher:
     """Run ``fn`` on batches of at most ``max_batch`` waiting requests, ``workers`` batches at once."""
 
-    def __init__(self, fn: BatchFn, *, workers: int = 1, queue: int = 8, max_batch: int = 1) -> None:
+    def __init__(self, fn: BatchFn, admission: Admission, *, workers: int = 1, max_batch: int = 1) -> None:
         self.fn = fn
+        self.admission = admission
         self.workers = max(1, int(workers))
-        self.limit = self.workers + max(0, int(queue))
         self.max_batch = max(1, int(max_batch))
         self._pending: deque[tuple[Any, Callable | None, asyncio.Future]] = deque()
-        self._running = 0
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
-
-    @property
-    def inside(self) -> int:
-        """Requests running or waiting now."""
-        return self._running + len(self._pending)
 
     async def submit(self, request: Any, finish: Callable[[Any], Any] | None = None) -> Any:
         """The result of ``request``, with ``finish`` applied to it in the worker thread if given.
 
-        Raises :class:`Busy` at once when the queue is full, and the request's
-        own exception when it failed.
+        Raises :class:`~productlens.serve.admission.Busy` at once when the
+        queue is full, and the request's own exception when it failed.
         """
-        if self.inside >= self.limit:
-            raise Busy()
-        self._start()
-        fut = asyncio.get_running_loop().create_future()
-        entry = (request, finish, fut)
-        self._pending.append(entry)
-        self._wake.set()
-        try:
-            return await fut
-        finally:
-            if not fut.done() and entry in self._pending:  # the caller went away: nobody runs it
-                self._pending.remove(entry)
+        with self.admission.admitted():
+            self._start()
+            fut = asyncio.get_running_loop().create_future()
+            entry = (request, finish, fut)
+            self._pending.append(entry)
+            self._wake.set()
+            try:
+                return await fut
+            finally:
+                if not fut.done() and entry in self._pending:  # the caller went away: nobody runs it
+                    self._pending.remove(entry)
 
     async def aclose(self) -> None:
         """Stop the worker tasks (the app's shutdown); waiting requests are cancelled."""
@@ -85,7 +79,6 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-            self._running += len(batch)
             try:
                 results = await run_in_threadpool(self._call, batch)
             except Exception as exc:  # fn itself broke: every request of the batch hears it
@@ -94,8 +87,6 @@ class Batcher:
                 for _, _, fut in batch:
                     fut.cancel()
                 raise
-            finally:
-                self._running -= len(batch)
             for (_, _, fut), res in zip(batch, results):
                 if fut.done():
                     continue

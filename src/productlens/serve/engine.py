@@ -188,7 +188,7 @@ class Engine:
     # ---------------------------------------------------------------- products
     def product(self, product_id: int) -> dict | None:
         with self.lock:
-            ids = self._items_of(product_id)
+            ids = self.catalog.items_of(product_id)
             md = self.catalog.store.get(ids[:1])[0] if ids else None
         if md is None:
             return None
@@ -252,15 +252,12 @@ class Engine:
     def update_product(self, product_id: int, fields: dict[str, str]) -> int:
         allowed = {k: v for k, v in fields.items() if k in ("title", "category") and v is not None}
         with self.lock:
-            ids = self._items_of(product_id)
+            ids = self.catalog.items_of(product_id)
             if ids:
                 self.catalog.update_metadata(ids, [allowed] * len(ids))
         return len(ids)
 
     def remove_product(self, product_id: int) -> int:
         with self.lock:
-            ids = self._items_of(product_id)
+            ids = self.catalog.items_of(product_id)
             return self.catalog.remove(ids) if ids else 0
-
-    def _items_of(self, product_id: int) -> list[int]:
-        return self.catalog.items_of(product_id)
