@@ -1,16 +1,24 @@
 """How the fine-tuning defaults were checked: train-only development splits.
 
-    python benchmarks/dev_finetune.py [--data ../shared/data/grocery] [--split closed|open|both]
+    python benchmarks/dev_finetune.py [--data ../shared/data/grocery] [--split closed,open,session]
+                                      [--seller-repeats 2,4,8]
 
 No evaluation query (val photo) is read. Splits of `train.csv` against the 81
-unlabelled shop photos:
+shop photos (their labels are read only to score, and in catalog mode):
   * dev-closed: per product, the first 75% of its photos in file order fit and
     the last 25% query (the photos come in sequences, so a random split would
     put near-duplicates on both sides);
+  * dev-session: per product, the smaller of two k-means clusters of its frozen
+    features queries (a stand-in for a shopping session never trained on; the
+    last 25% in file order where that cluster is under 10%), the rest fit;
   * dev-open: half of the products fit, the other products' photos query.
 For the frozen backbone and for the backbone fine-tuned on the fitting photos
 (`productlens.models.finetune`, default settings) it prints mAP@1000 of plain
 cosine search, of the adapter (challenge mode) and of the catalog-mode adapter.
+With ``--seller-repeats``, catalog mode's fine-tuning is also run with the
+labelled shop photos beside the fitting photos, each counted r times
+(``build_catalog``'s ``FINETUNE_SELLER_REPEATS``); those backbones saw the shop
+labels, so only their catalog-mode column is printed.
 """
 
 from __future__ import annotations
@@ -33,11 +41,23 @@ from productlens.pipeline.embed import embed_items
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def split(train, kind: str, seed: int = 0) -> np.ndarray:
-    """Boolean mask of the fitting photos."""
+def split(train, kind: str, frozen: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Boolean mask of the fitting photos (``frozen``: the photos' frozen vectors, for dev-session)."""
     y = np.array([t.product_id for t in train])
     fit = np.zeros(len(y), bool)
-    if kind == "closed":
+    if kind == "session":
+        from sklearn.cluster import KMeans
+
+        for p in np.unique(y):
+            idx = np.flatnonzero(y == p)
+            cluster = KMeans(2, n_init=10, random_state=0).fit_predict(frozen[idx])
+            small = np.argmin(np.bincount(cluster, minlength=2))
+            if (cluster == small).mean() >= 0.1:
+                fit[idx[cluster != small]] = True
+            else:
+                idx = idx[np.argsort([str(train[i].image) for i in idx])]
+                fit[idx[: int(round(len(idx) * 0.75))]] = True
+    elif kind == "closed":
         for p in np.unique(y):
             idx = np.where(y == p)[0]
             idx = idx[np.argsort([str(train[i].image) for i in idx])]
@@ -64,7 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "grocery")
     ap.add_argument("--model", default=DEFAULT_EMBEDDER)
-    ap.add_argument("--split", choices=["closed", "open", "both"], default="both")
+    ap.add_argument("--split", default="closed,open", help="comma-separated: closed, open, session")
+    ap.add_argument("--seller-repeats", default="", help="comma-separated counts, e.g. 2,4,8 (catalog mode)")
     args = ap.parse_args()
     train = read_labelled_csv(args.data / "train.csv")
     shop = read_gallery(args.data / "retrieval-shop" / "gallery.csv")
@@ -73,23 +94,32 @@ def main() -> None:
     frozen = get_embedder(args.model)
     T0 = embed_items(frozen, train, desc="train photos").vectors
     S0 = embed_items(frozen, shop, desc="shop photos").vectors
+    repeats = [int(r) for r in args.seller_repeats.split(",") if r]
     print("| split | backbone | plain | adapter | catalog mode | fine-tuning s |")
     print("|---|---|---|---|---|---|")
-    for kind in (["closed", "open"] if args.split == "both" else [args.split]):
-        fit = split(train, kind)
+    for kind in args.split.split(","):
+        fit = split(train, kind, T0)
         r = scores(T0, y, fit, S0, shop_y, args.model)
         print(f"| dev-{kind} | frozen | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | |", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            items = [t for t, f in zip(train, fit) if f]
-            res = finetune_backbone(items, [t.product_id for t in items], tmp, FinetuneConfig(backbone=args.model))
-            secs = time.perf_counter() - t0
-            tuned = create_embedder(res.embedder_name)
-            T1 = embed_items(tuned, train, desc="train photos").vectors
-            S1 = embed_items(tuned, shop, desc="shop photos").vectors
-        r = scores(T1, y, fit, S1, shop_y, args.model)
-        print(f"| dev-{kind} | fine-tuned | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | {secs:.0f} |",
-              flush=True)
+        items = [t for t, f in zip(train, fit) if f]
+        for rep in [0, *repeats]:
+            photos = items + (list(shop) if rep else [])
+            counts = [1] * len(items) + [rep] * (len(photos) - len(items))
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                res = finetune_backbone(photos, [t.product_id for t in photos], tmp,
+                                        FinetuneConfig(backbone=args.model), repeats=counts)
+                secs = time.perf_counter() - t0
+                tuned = create_embedder(res.embedder_name)
+                T1 = embed_items(tuned, train, desc="train photos").vectors
+                S1 = embed_items(tuned, shop, desc="shop photos").vectors
+            r = scores(T1, y, fit, S1, shop_y, args.model)
+            if rep:
+                print(f"| dev-{kind} | fine-tuned + shop photos x {rep} | - | - | {r['catalog']:.3f} | {secs:.0f} |",
+                      flush=True)
+            else:
+                print(f"| dev-{kind} | fine-tuned | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} "
+                      f"| {secs:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

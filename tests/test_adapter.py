@@ -46,3 +46,18 @@ def test_adapter_needs_two_products() -> None:
     q, yq, _ = _domains()
     with pytest.raises(ProductLensError, match="at least 2"):
         fit_adapter("bb", q[:5], np.zeros(5, int))
+
+
+def test_catalog_mode_leaves_products_without_shopper_photos_out_of_the_classifier() -> None:
+    q, yq, g = _domains(2, n_prod=8)
+    fit = yq < 4  # products 4-7 are new: the catalog has only their seller photos
+    labels = np.arange(len(g))
+    labels[0] = -1  # a distractor
+    ad = fit_adapter("bb", q[fit], yq[fit], gallery_vectors=g, gallery_labels=labels)
+    assert ad.classes.tolist() == [0, 1, 2, 3] and ad.weight == 2.0
+    # the seller photos of products 1-3 trained it: not the challenge-mode classifier
+    challenge = fit_adapter("bb", q[fit], yq[fit], gallery_vectors=g)
+    assert not np.allclose(ad.coef, challenge.coef)
+    # a catalog of products without shopper photos (or distractors only) adds nothing
+    alone = fit_adapter("bb", q[fit], yq[fit], gallery_vectors=g, gallery_labels=np.full(len(g), 9))
+    assert np.allclose(alone.coef, challenge.coef, atol=1e-4) and alone.classes.tolist() == [0, 1, 2, 3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -15,7 +16,7 @@ from productlens.data.readers import read_gallery, read_labelled_csv, read_queri
 from productlens.models.embedders import create_embedder
 from productlens.models.finetune import FinetuneConfig, finetune_backbone
 from productlens.models.finetune.augment import random_crop, random_view
-from productlens.pipeline.catalog import Catalog, build_catalog
+from productlens.pipeline.catalog import FINETUNE_SELLER_REPEATS, Catalog, build_catalog
 from productlens.types import Item, ProductLensError
 
 MODEL = "efficientnet-lite0"
@@ -45,11 +46,13 @@ def test_finetune_writes_a_loadable_model_and_skips_bad_photos(tmp_path) -> None
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     items.append(Item(id=99, image=str(tmp_path / "bad.jpg")))
     labels.append("product-0")
-    res = finetune_backbone(items, labels, tmp_path / "model", TINY, progress=False)
+    repeats = [3] + [1] * 12  # the first photo counts three times; the bad one is skipped
+    res = finetune_backbone(items, labels, tmp_path / "model", TINY, progress=False, repeats=repeats)
     assert [s[0] for s in res.skipped] == [12] and "bad.jpg" in res.skipped[0][1]
     assert res.path.is_file() and (tmp_path / "model" / "model.json").is_file()
     meta = json.loads((tmp_path / "model" / "finetune.json").read_text())
-    assert meta["photos"] == 12 and meta["labels"] == 3 and np.isfinite(meta["final_loss"])
+    assert meta["photos"] == 12 and meta["photos_with_repeats"] == 14 and meta["labels"] == 3
+    assert np.isfinite(meta["final_loss"])
     emb = create_embedder(res.embedder_name)
     base = create_embedder(MODEL)
     img = [Image.open(items[0].image)]
@@ -68,6 +71,35 @@ def test_finetune_refuses_unsupported_backbone_and_single_label(tmp_path) -> Non
         finetune_backbone(items, [0, 0], tmp_path / "m", TINY, progress=False)
     with pytest.raises(ProductLensError, match="labels for"):
         finetune_backbone(items, [0], tmp_path / "m", TINY, progress=False)
+    with pytest.raises(ProductLensError, match="repeats"):
+        finetune_backbone(items, [0, 1], tmp_path / "m", TINY, progress=False, repeats=[1, 0])
+
+
+@pytest.mark.parametrize("catalog_mode", [False, True])
+def test_catalog_finetuning_reads_seller_labels_only_in_catalog_mode(tmp_path, monkeypatch, catalog_mode) -> None:
+    from productlens.models import finetune
+
+    ds = write_dataset(tmp_path / "ds", n_products=3, per_product=2)
+    gallery = read_gallery(ds["gallery"])
+    if not catalog_mode:  # as `eval retrieval` hands a challenge gallery over
+        gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
+    seen = {}
+
+    def spy(items, labels, out_dir, config=None, progress=True, repeats=None):
+        seen.update(images=[str(it.image) for it in items], labels=list(labels), repeats=list(repeats))
+        raise ProductLensError("stop after the call")
+
+    monkeypatch.setattr(finetune, "finetune_backbone", spy)
+    train = [t for t in read_labelled_csv(ds["train"]) if t.product_id != 2]  # product 2: a seller photo only
+    with pytest.raises(ProductLensError, match="stop after"):
+        build_catalog(gallery, tmp_path / "cat", embedder=MODEL, train=train,
+                      finetune=True, use_gallery_labels=catalog_mode, progress=False)
+    shop = [i for i, name in enumerate(seen["images"]) if "shop_" in name]
+    assert len(seen["images"]) == 4 + len(shop)
+    assert [seen["labels"][i] for i in shop] == ([0, 1] if catalog_mode else [])
+    assert all(seen["repeats"][i] == FINETUNE_SELLER_REPEATS for i in shop)
+    assert sum(seen["repeats"]) == 4 + len(shop) * FINETUNE_SELLER_REPEATS
+    assert not (tmp_path / "cat").exists()  # nothing half-written
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ def build(
     out: Path = typer.Option(..., "--out", "-o", help="Catalog folder to create."),
     train: Optional[Path] = typer.Option(None, help="csv of labelled shopper photos (image, product_id) to adapt the embedding."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name (see `productlens models`)."),
-    catalog_labels: bool = typer.Option(False, "--catalog-labels", help="Let the adapter learn from the catalog's own product ids."),
+    catalog_labels: bool = typer.Option(False, "--catalog-labels",
+                                        help="Let the fine-tuning and the adapter learn from the catalog's own product ids."),
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     query_views: Optional[str] = typer.Option(None, "--query-views", help="regions: pool each query with six "
                                               "crops of it (default with --train); none: the whole photo only."),

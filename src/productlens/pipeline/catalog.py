@@ -54,6 +54,9 @@ QE_ALPHA = 3.0
 DEFAULT_QUERY_VIEWS = "regions"
 BACKBONE_DIR = "backbone"  # a fine-tuned backbone inside the catalog folder
 CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
+#: catalog mode with fine-tuning: each labelled seller photo counts this many times beside
+#: the shopper photos (benchmarks/dev_finetune.py --split session --seller-repeats ...)
+FINETUNE_SELLER_REPEATS = 4
 
 
 def _metadata(item: Item) -> dict[str, Any]:
@@ -383,7 +386,9 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     does not support is used frozen, with a warning); the model is
     kept in the catalog folder (``backbone/``) and embeds gallery and queries.
     ``use_gallery_labels`` (catalog mode): the gallery's own product ids also
-    train the adapter; otherwise they are never read (challenge mode).
+    train the adapter; with ``finetune``, the seller photos of products that also
+    have training photos join the fine-tuning (each counted
+    ``FINETUNE_SELLER_REPEATS`` times). Otherwise they are never read (challenge mode).
     ``ocr``: read the print on every gallery photo (kept in the metadata as
     ``ocr``) and on every query; fusion starts once a text weight is chosen
     (:meth:`Catalog.fit_text_weight`).
@@ -423,8 +428,14 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                 log.warning("%s cannot be fine-tuned here; using it frozen", embedder)
                 finetune = False
         if finetune:
-            res = finetune_backbone(labelled, [t.product_id for t in labelled], tmp / BACKBONE_DIR,
-                                    FinetuneConfig(backbone=embedder), progress=progress)
+            photos, repeats = list(labelled), [1] * len(labelled)
+            if use_gallery_labels:  # catalog mode: seller photos of the trained products join them
+                known = {t.product_id for t in labelled}
+                seller = [it for it in items if it.product_id in known]
+                photos += seller
+                repeats += [FINETUNE_SELLER_REPEATS] * len(seller)
+            res = finetune_backbone(photos, [t.product_id for t in photos], tmp / BACKBONE_DIR,
+                                    FinetuneConfig(backbone=embedder), progress=progress, repeats=repeats)
             name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
             emb = create_embedder(res.embedder_name)
         gal = embed_items(emb, items, progress=progress, desc="gallery")

@@ -108,12 +108,16 @@ def _trunk_maps(trunk: Embedder, images: list, views: int, rng: random.Random, p
 
 
 def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str | Path,
-                      config: FinetuneConfig | None = None, progress: bool = True) -> FinetuneResult:
+                      config: FinetuneConfig | None = None, progress: bool = True,
+                      repeats: Sequence[int] | None = None) -> FinetuneResult:
     """Fine-tune ``config.backbone``'s last blocks to tell ``labels`` apart; write ``out_dir/model.onnx``.
 
     ``items``: labelled photos (their ``box`` is applied); ``labels``: one
     hashable label per item (product ids for search, categories for
-    classification). Unreadable photos are skipped and returned in ``skipped``.
+    classification). ``repeats``: how many times each photo counts (default 1
+    each): a photo repeated r times gets r x ``config.views`` random views,
+    e.g. the single seller photo of a product beside its many shopper photos.
+    Unreadable photos are skipped and returned in ``skipped``.
     The model and ``model.json`` (its preprocessing) are written atomically;
     use the result as the embedder ``onnx:<out_dir>/model.onnx``.
     """
@@ -122,13 +126,16 @@ def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str
     cfg = config or FinetuneConfig()
     if len(items) != len(labels):
         raise ProductLensError(f"got {len(labels)} labels for {len(items)} photos")
+    repeats = [1] * len(items) if repeats is None else [int(r) for r in repeats]
+    if len(repeats) != len(items) or min(repeats, default=1) < 1:
+        raise ProductLensError("repeats needs one count >= 1 per photo")
     t0 = time.perf_counter()
     pre, full, top, trunk = _parts(cfg.backbone)
     images, y_raw, skipped = [], [], []
-    for i, (it, lab) in enumerate(zip(items, labels)):
+    for i, (it, lab, r) in enumerate(zip(items, labels, repeats)):
         try:  # decoded once, shrunk on decode; views are cut from these
-            images.append(load_image(it.image, box=it.box, target=pre.size))
-            y_raw.append(lab)
+            images.extend([load_image(it.image, box=it.box, target=pre.size)] * r)
+            y_raw.extend([lab] * r)
         except Exception as exc:  # noqa: BLE001 - one bad photo must not stop training
             skipped.append((i, it.image, str(exc)))
     classes = sorted(set(y_raw), key=str)
@@ -150,8 +157,9 @@ def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str
     out = Path(out_dir)
     target = export_onnx(image_model(full.eval(), pre, gem_p=3.0), pre.size, out / MODEL_FILE)
     (out / "model.json").write_text(json.dumps(pre.to_json()))
-    metrics = {"backbone": cfg.backbone, "train_from_block": TRAIN_FROM[cfg.backbone], "photos": int(len(y)),
-               "labels": len(classes), "views": views, "epochs": cfg.epochs, "final_loss": losses[-1],
+    metrics = {"backbone": cfg.backbone, "train_from_block": TRAIN_FROM[cfg.backbone],
+               "photos": len(items) - len(skipped), "photos_with_repeats": int(len(y)), "labels": len(classes),
+               "views": views, "epochs": cfg.epochs, "final_loss": losses[-1],
                "seconds_views": round(t_views, 1), "seconds": round(time.perf_counter() - t0, 1)}
     (out / "finetune.json").write_text(json.dumps(metrics, indent=1))
     return FinetuneResult(target, skipped, metrics)
