@@ -142,15 +142,17 @@ def _package_dataset(root, words, per_product=4):
 def test_index_build_ocr_chooses_the_weight_by_cross_fitting(tmp_path):
     from productlens.pipeline.catalog import Catalog
 
-    gallery, train, queries = _package_dataset(tmp_path, ["BRAVO", "GARDEN", "MOXIE", "OATLY"])
+    # eight five-letter words: the image alone confuses some of the packages, OCR does not
+    gallery, train, queries = _package_dataset(tmp_path, ["BRAVO", "ZESTA", "KALMO", "NORDA", "PIXEL", "MOXIE",
+                                                          "OATLY", "GUSTO"])
     res = CliRunner().invoke(app, ["index", "build", str(gallery), "--out", str(tmp_path / "cat"), "--train",
                                    str(train), "--catalog-labels", "--no-finetune", "--ocr"])
     assert res.exit_code == 0, res.output
     assert "text fusion weight" in res.output
     with Catalog.open(tmp_path / "cat") as cat:
         assert cat.uses_ocr and cat.text_weight > 0
-        assert "GARDEN" in cat.store.get([1])[0]["ocr"].upper() and cat.store.get([1])[0]["title"] == "GARDEN juice"
-        assert sum(cat.search(q.image, k=4)[0].product_id == q.product_id for q in queries) >= 3
+        assert "ZESTA" in cat.store.get([1])[0]["ocr"].upper() and cat.store.get([1])[0]["title"] == "ZESTA juice"
+        assert sum(cat.search(q.image, k=4)[0].product_id == q.product_id for q in queries) >= 7
 
 
 def test_choose_text_weight_needs_catalog_mode():
