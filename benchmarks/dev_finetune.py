@@ -16,7 +16,7 @@ For the frozen backbone and for the backbone fine-tuned on the fitting photos
 (`productlens.models.finetune`, default settings) it prints mAP@1000 of plain
 cosine search, of the adapter (challenge mode) and of the catalog-mode adapter.
 With ``--seller-repeats``, catalog mode's fine-tuning is also run with the
-labelled shop photos beside the fitting photos, each counted r times
+labelled shop photos of the fitting products beside their photos, each counted r times
 (``build_catalog``'s ``FINETUNE_SELLER_REPEATS``); those backbones saw the shop
 labels, so only their catalog-mode column is printed.
 """
@@ -102,8 +102,9 @@ def main() -> None:
         r = scores(T0, y, fit, S0, shop_y, args.model)
         print(f"| dev-{kind} | frozen | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | |", flush=True)
         items = [t for t, f in zip(train, fit) if f]
+        sellers = [g for g in shop if g.product_id in {t.product_id for t in items}]  # as build_catalog does
         for rep in [0, *repeats]:
-            photos = items + (list(shop) if rep else [])
+            photos = items + (sellers if rep else [])
             counts = [1] * len(items) + [rep] * (len(photos) - len(items))
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
