@@ -173,13 +173,11 @@ def fit_adapter(backbone: str, train_vectors: np.ndarray, train_labels: np.ndarr
 
 def domain_balanced_weights(train_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
     """Weights of labelled gallery photos so that, per product, the seller photos
-    weigh as much in total as that product's shopper photos (the mean count for
-    a product without any). One seller photo against thirty shopper photos would
-    otherwise barely move the classifier."""
+    weigh as much in total as that product's shopper photos (every gallery label
+    must be among ``train_labels``). One seller photo against thirty shopper
+    photos would otherwise barely move the classifier."""
     ids, counts = np.unique(train_labels, return_counts=True)
     per_product = dict(zip(ids.tolist(), counts.tolist()))
-    default = float(np.mean(counts)) if len(counts) else 1.0
     gids, gcounts = np.unique(gallery_labels, return_counts=True)
     n_gallery = dict(zip(gids.tolist(), gcounts.tolist()))
-    return np.array([per_product.get(p, default) / n_gallery[p] for p in np.asarray(gallery_labels).tolist()],
-                    dtype=np.float64)
+    return np.array([per_product[p] / n_gallery[p] for p in np.asarray(gallery_labels).tolist()], dtype=np.float64)
