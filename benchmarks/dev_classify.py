@@ -1,6 +1,6 @@
 """Train-only development split for classification: does fine-tuning help on a new photo session?
 
-    python benchmarks/dev_classify.py [--finetune] [--split session|block] [--data ../shared/data/grocery]
+    python benchmarks/dev_classify.py [--finetune] [--split session|block] [--views V] [--tta V] [--data ...]
 
 Reads only ``train.csv`` (val is never read). ``block``: the last 25% of each
 product's photos in file-name order are held out (the photos come in
@@ -60,13 +60,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "grocery")
     ap.add_argument("--split", choices=["session", "block"], default="session")
     ap.add_argument("--finetune", action="store_true")
+    ap.add_argument("--views", default=None, help="training views (default: TrainOptions' default)")
+    ap.add_argument("--tta", default=None, help="prediction views (default: TrainOptions' default)")
     args = ap.parse_args()
     data = read_labelled(args.data / "train.csv", label="product_id")
     test = held_out(data, args.split)
+    options = TrainOptions(finetune=args.finetune, views=args.views)
+    if args.tta:
+        options.tta = args.tta
     start = time.perf_counter()
     m = evaluate_classification(data.subset(np.flatnonzero(~test)), data.subset(np.flatnonzero(test)), "product_id",
-                                options=TrainOptions(finetune=args.finetune), progress=False)
-    print(json.dumps({"split": args.split, "finetune": args.finetune, "held_out": int(test.sum()),
+                                options=options, progress=False)
+    print(json.dumps({"split": args.split, "finetune": args.finetune, "views": options.train_views,
+                      "tta": options.tta, "held_out": int(test.sum()),
                       "train": int((~test).sum()), "top1": round(m["top1"], 4), "top5": round(m["top5"], 4),
                       "seconds": round(time.perf_counter() - start)}))
 

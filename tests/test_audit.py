@@ -73,7 +73,8 @@ def test_audit_finds_swapped_labels_and_copies(tmp_path) -> None:
     assert any({d.first, d.second} == {0, 40} and d.cosine > 0.999 for d in report.duplicates)
     json.dumps(report.to_json())
     r = CliRunner().invoke(app, ["audit", "labels", str(csv_path), "--label", "sku", "--model", "fake-tiny",
-                                 "--views", "flip", "--folds", "4", "--out", str(tmp_path / "flags.csv"), "--json"])
+                                 "--views", "flip", "--tta", "flip", "--folds", "4", "--out", str(tmp_path / "flags.csv"),
+                                 "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output.strip().splitlines()[-1])
     assert out["images"] == 41 and len(out["suspects"]) >= 2 and out["duplicates"]

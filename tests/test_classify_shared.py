@@ -49,7 +49,7 @@ def test_eval_classify_and_audit_on_grocery_subset(shared_data, tmp_path, monkey
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["top1"] >= 0.7
     r = runner.invoke(app, ["audit", "labels", str(train), "--label", "product_id", "--model", "efficientnet-lite0",
-                            "--views", "flip", "--folds", "3", "--json"])
+                            "--views", "flip", "--tta", "flip", "--folds", "3", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.output.strip().splitlines()[-1])
     assert report["images"] == n_train and len(report["suspects"]) <= n_train // 5

@@ -189,7 +189,7 @@ def test_identify_uses_the_attached_classifier(tmp_path):
     paths = write_dataset(tmp_path / "ds", n_products=4, per_product=4)
     add_columns(paths["train"], tmp_path / "ds" / "cats.csv", {"category": lambda r: f"kind {int(r['product_id']) % 2}"})
     train_classifier(read_labelled(tmp_path / "ds" / "cats.csv", label="category"), tmp_path / "clf",
-                     TrainOptions(views="flip"))
+                     TrainOptions(views="flip", tta="tta"))
     cat, _ = build_catalog(read_gallery(paths["gallery"]), tmp_path / "cat", use_gallery_labels=True, progress=False)
     with cat:
         cat.attach_classifier(tmp_path / "clf")

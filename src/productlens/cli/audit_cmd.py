@@ -21,7 +21,10 @@ def labels(
     data: Path = typer.Argument(..., help="Training csv, folder per category or Shopee root."),
     label: Optional[str] = typer.Option(None, help="Label column of a csv."),
     model: str = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH."),
-    views: str = typer.Option("train", help="Training views: none, flip, tta or train."),
+    views: Optional[str] = typer.Option(None, help="Training views: none, flip, tta, train or regions "
+                                              "(default: the classifier's, regions)."),
+    tta: str = typer.Option("regions", help="Views whose probabilities are averaged: none, flip, tta, train or "
+                                            "regions."),
     folds: int = typer.Option(5, help="Cross-validation folds for the out-of-fold probabilities."),
     threshold: float = typer.Option(0.95, help="Cosine similarity from which two images count as near-duplicates."),
     top: int = typer.Option(50, help="Rows of each list to print."),
@@ -35,7 +38,7 @@ def labels(
     from productlens.pipeline.classify import TrainOptions
 
     ds = read_labelled(data, label=label)
-    report = audit_labels(ds, TrainOptions(embedder=model, views=views), folds=folds, threshold=threshold,
+    report = audit_labels(ds, TrainOptions(embedder=model, views=views, tta=tta), folds=folds, threshold=threshold,
                           progress=not as_json)
     for _, _, msg in report.errors:
         typer.echo(f"skipped: {msg}", err=True)

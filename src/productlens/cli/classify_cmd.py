@@ -25,9 +25,10 @@ def _options(model: str, views: Optional[str], tta: str, epochs: int, noise_filt
 
 
 _MODEL = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH.")
-_VIEWS = typer.Option(None, help="Training views: none, flip, tta or train (12 crops and flips); "
-                                  "default train, or tta with --finetune.")
-_TTA = typer.Option("tta", help="Prediction views averaged (test-time augmentation): none, flip or tta.")
+_VIEWS = typer.Option(None, help="Training views: none, flip, tta, train (12 crops 0.8 and flips) or regions "
+                                  "(whole, centre crops 0.75 and 0.5, four corners 0.6; the default).")
+_TTA = typer.Option("regions", help="Prediction views averaged (test-time augmentation): none, flip, tta, "
+                                    "train or regions.")
 _EPOCHS = typer.Option(15, help="Head training epochs.")
 _NOISE = typer.Option(True, "--noise-filter/--no-noise-filter", help="Small-loss selection against noisy labels.")
 _BALANCE = typer.Option("logit-adjust", help="Imbalance handling: logit-adjust, class-weight or none.")

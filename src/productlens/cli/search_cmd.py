@@ -171,7 +171,7 @@ def demo(
         typer.echo("training a category classifier on train.csv (category_name) ...")
         with tempfile.TemporaryDirectory(prefix="productlens-demo-") as tmp:
             res = train_classifier(read_labelled(base / "train.csv", label="category_name"), Path(tmp) / "clf",
-                                   TrainOptions(embedder=model, views="flip"))
+                                   TrainOptions(embedder=model, views="flip", tta="tta"))
             cat.attach_classifier(Path(tmp) / "clf")
         typer.echo(f"classifier attached: {res.classifier.metrics['classes']} categories, "
                    f"{res.seconds:.0f} s")
