@@ -157,3 +157,13 @@ def test_onnx_backbone_is_recorded_and_recreated(tmp_path) -> None:
     with pytest.raises(ProductLensError, match="changed since this classifier was trained"):
         load_classifier(tmp_path / "m").predict(train.items[0].image)
     embedders._CACHE.pop(name, None)
+
+
+def test_default_views_are_the_seven_regions_for_training_and_prediction(tmp_path) -> None:
+    from productlens.data.augment import view_set
+
+    train = read_labelled(write_set(tmp_path, 3, 6), label="sku")
+    clf = train_classifier(train, None, TrainOptions("fake-tiny", head=FAST), progress=False).classifier
+    regions = [v.key for v in view_set("regions")]
+    assert clf.views == regions and clf.config["training"]["views"] == "regions"
+    assert TrainOptions(finetune=True).train_views == "regions"  # fine-tuned features too

@@ -5,9 +5,10 @@
 >>> load_classifier("model/").predict("photo.jpg", k=4)            # doctest: +SKIP
 
 Steps: embed every training photo under the training views (by default the
-whole photo and six crops, through the feature cache); hold out a contiguous block of ``holdout`` of each
-class's photos (in file-name order: photo sequences stay on one side); fit the head on
-the rest and the temperature on the held-out photos (with the prediction views);
+whole photo and six crops, through the feature cache); hold out a contiguous
+block of ``holdout`` of each class's photos (in file-name order: photo sequences
+stay on one side); fit the head on the rest and the temperature on the held-out
+photos (with the prediction views);
 then fit the head again on all photos and keep that temperature.
 
 With ``finetune`` the backbone's last blocks are first fine-tuned on the
