@@ -42,7 +42,7 @@ BACKBONE_DIR = "backbone"
 #: Training sets from this many images on skip the refit after calibration (see TrainOptions).
 REFIT_BELOW = 50_000
 
-#: The training views of a classifier (see TrainOptions).
+#: The training and prediction views of a classifier (see TrainOptions).
 DEFAULT_VIEWS = "regions"
 
 
@@ -68,7 +68,7 @@ class TrainOptions:
 
     embedder: str = DEFAULT_EMBEDDER
     views: str | None = None    # None: DEFAULT_VIEWS
-    tta: str = "regions"
+    tta: str = DEFAULT_VIEWS
     head: HeadConfig = field(default_factory=HeadConfig)
     holdout: float = 0.15
     max_holdout: int = 5000
