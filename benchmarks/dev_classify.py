@@ -65,14 +65,12 @@ def main() -> None:
     args = ap.parse_args()
     data = read_labelled(args.data / "train.csv", label="product_id")
     test = held_out(data, args.split)
-    options = TrainOptions(finetune=args.finetune, views=args.views)
-    if args.tta:
-        options.tta = args.tta
+    options = TrainOptions(finetune=args.finetune, views=args.views, tta=args.tta)
     start = time.perf_counter()
     m = evaluate_classification(data.subset(np.flatnonzero(~test)), data.subset(np.flatnonzero(test)), "product_id",
                                 options=options, progress=False)
     print(json.dumps({"split": args.split, "finetune": args.finetune, "views": options.train_views,
-                      "tta": options.tta, "held_out": int(test.sum()),
+                      "tta": options.prediction_views, "held_out": int(test.sum()),
                       "train": int((~test).sum()), "top1": round(m["top1"], 4), "top5": round(m["top5"], 4),
                       "seconds": round(time.perf_counter() - start)}))
 

@@ -102,7 +102,8 @@ def main() -> None:
         r = scores(T0, y, fit, S0, shop_y, args.model)
         print(f"| dev-{kind} | frozen | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | |", flush=True)
         items = [t for t, f in zip(train, fit) if f]
-        sellers = [g for g in shop if g.product_id in {t.product_id for t in items}]  # as build_catalog does
+        known = {t.product_id for t in items}
+        sellers = [g for g in shop if g.product_id in known]  # as build_catalog does
         for rep in [0, *repeats]:
             photos = items + (sellers if rep else [])
             counts = [1] * len(items) + [rep] * (len(photos) - len(items))

@@ -23,8 +23,8 @@ def labels(
     model: str = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH."),
     views: Optional[str] = typer.Option(None, help="Training views: none, flip, tta, train or regions "
                                               "(default: the classifier's, regions)."),
-    tta: str = typer.Option("regions", help="Views whose probabilities are averaged: none, flip, tta, train or "
-                                            "regions."),
+    tta: Optional[str] = typer.Option(None, help="Views whose probabilities are averaged: none, flip, tta, train "
+                                                 "or regions (the default)."),
     folds: int = typer.Option(5, help="Cross-validation folds for the out-of-fold probabilities."),
     threshold: float = typer.Option(0.95, help="Cosine similarity from which two images count as near-duplicates."),
     top: int = typer.Option(50, help="Rows of each list to print."),

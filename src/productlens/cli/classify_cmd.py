@@ -15,8 +15,8 @@ from productlens.config import DEFAULT_EMBEDDER
 app = typer.Typer(help="Train category classifiers and predict categories.", no_args_is_help=True)
 
 
-def _options(model: str, views: Optional[str], tta: str, epochs: int, noise_filter: bool, balance: str, holdout: float,
-             finetune: bool):
+def _options(model: str, views: Optional[str], tta: Optional[str], epochs: int, noise_filter: bool, balance: str,
+             holdout: float, finetune: bool):
     from productlens.models.classifiers.head import HeadConfig
     from productlens.pipeline.classify import TrainOptions
 
@@ -27,8 +27,8 @@ def _options(model: str, views: Optional[str], tta: str, epochs: int, noise_filt
 _MODEL = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH.")
 _VIEWS = typer.Option(None, help="Training views: none, flip, tta, train (12 crops 0.8 and flips) or regions "
                                   "(whole, centre crops 0.75 and 0.5, four corners 0.6; the default).")
-_TTA = typer.Option("regions", help="Prediction views averaged (test-time augmentation): none, flip, tta, "
-                                    "train or regions.")
+_TTA = typer.Option(None, help="Prediction views averaged (test-time augmentation): none, flip, tta, train "
+                               "or regions (the default).")
 _EPOCHS = typer.Option(15, help="Head training epochs.")
 _NOISE = typer.Option(True, "--noise-filter/--no-noise-filter", help="Small-loss selection against noisy labels.")
 _BALANCE = typer.Option("logit-adjust", help="Imbalance handling: logit-adjust, class-weight or none.")
@@ -44,7 +44,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     label: Optional[str] = typer.Option(None, help="Label column of a csv."),
     parent: List[str] = typer.Option([], help="Coarser category column(s) of a csv (repeatable)."),
-    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: str = _TTA, epochs: int = _EPOCHS,
+    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
     noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
 ) -> None:
     """Train a classifier and write its model folder."""
@@ -140,7 +140,7 @@ def eval_classify(
     label: str = typer.Option(..., help="Label column scored."),
     fine: Optional[str] = typer.Option(None, help="Train on this finer column of the training csv and score "
                                                   "--label on the summed probabilities."),
-    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: str = _TTA, epochs: int = _EPOCHS,
+    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
     noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
     plot: Optional[Path] = typer.Option(None, help="Write a confusion-matrix PNG here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),

@@ -68,7 +68,7 @@ class TrainOptions:
 
     embedder: str = DEFAULT_EMBEDDER
     views: str | None = None    # None: DEFAULT_VIEWS
-    tta: str = DEFAULT_VIEWS
+    tta: str | None = None      # None: DEFAULT_VIEWS
     head: HeadConfig = field(default_factory=HeadConfig)
     holdout: float = 0.15
     max_holdout: int = 5000
@@ -81,10 +81,15 @@ class TrainOptions:
         """The training view set."""
         return self.views or DEFAULT_VIEWS
 
+    @property
+    def prediction_views(self) -> str:
+        """The view set whose probabilities a prediction averages."""
+        return self.tta or DEFAULT_VIEWS
+
     def to_json(self) -> dict[str, Any]:
-        return {"embedder": self.embedder, "views": self.train_views, "tta": self.tta, "holdout": self.holdout,
-                "max_holdout": self.max_holdout, "refit": self.refit, "finetune": self.finetune,
-                "head": self.head.to_json()}
+        return {"embedder": self.embedder, "views": self.train_views, "tta": self.prediction_views,
+                "holdout": self.holdout, "max_holdout": self.max_holdout, "refit": self.refit,
+                "finetune": self.finetune, "head": self.head.to_json()}
 
 
 @dataclass
@@ -109,7 +114,7 @@ def view_lists(options: TrainOptions) -> tuple[list, list[int]]:
     """The union of training and prediction views, and the positions of the prediction views in it."""
     from productlens.data.augment import view_set
 
-    train, tta = view_set(options.train_views), view_set(options.tta)
+    train, tta = view_set(options.train_views), view_set(options.prediction_views)
     union = list(train) + [v for v in tta if v not in train]
     return union, [union.index(v) for v in tta]
 
