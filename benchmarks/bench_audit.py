@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.augment import View
 from productlens.data.labelled import LabelledSet, read_labelled
 from productlens.eval.audit import audit_labels
@@ -64,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "grocery")
     ap.add_argument("--label", default="product_id")
-    ap.add_argument("--model", default=DEFAULT_EMBEDDER)
+    ap.add_argument("--model", default=None, help="backbone (default: the classifier's)")
     ap.add_argument("--rate", type=float, default=0.1)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -73,16 +72,17 @@ def main() -> None:
     noisy = flip(clean, args.rate, args.seed)
     flipped = np.array(noisy.labels) != np.array(clean.labels)
     options = TrainOptions(embedder=args.model)
+    backbone = options.backbone
 
     rows = []
     for name, data in (("flipped", noisy), ("unmodified", clean)):
         report = audit_labels(data, options, folds=args.folds, progress=False)
         pl = [s.index for s in report.suspects]
-        base, base_s = lr_flags(data, args.model, args.folds)
+        base, base_s = lr_flags(data, backbone, args.folds)
         rows.append((name, pl, report.seconds, base, base_s, len(report.duplicates)))
         print(f"done: {name}: productlens flagged {len(pl)} ({report.seconds:.0f} s), baseline {len(base)}", flush=True)
 
-    print(f"\nmachine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; backbone {args.model}; "
+    print(f"\nmachine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; backbone {backbone}; "
           f"{len(clean)} training photos, label {args.label}; {int(flipped.sum())} labels "
           f"({args.rate:.0%}) flipped at random (seed {args.seed}); {args.folds} folds\n")
     print("| method | flagged | precision | recall | precision of top N (N = flipped) | flagged on unmodified labels "

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.augment import View
 from productlens.data.labelled import LabelledSet, read_labelled
 from productlens.eval.classification import classification_metrics
@@ -169,7 +168,8 @@ def train_and_score(train: LabelledSet, val: LabelledSet, levels: list[str], opt
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "grocery")
-    ap.add_argument("--model", default=DEFAULT_EMBEDDER)
+    ap.add_argument("--model", default=None, help="backbone (default: TrainOptions' default; the fine-tuned rows "
+                                                 "then tune efficientnet-lite2)")
     ap.add_argument("--noise", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cold", action="store_true", help="Start from an empty feature cache.")
@@ -177,8 +177,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["frozen", "fine-tuned"], help="Run only this productlens variant.")
     ap.add_argument("--dev", action="store_true", help="Print the train-only development table instead.")
     args = ap.parse_args()
+    backbone = TrainOptions(embedder=args.model).backbone  # of the frozen rows and the baselines
     if args.dev:
-        dev_table(args.data / "train.csv", args.model)
+        dev_table(args.data / "train.csv", backbone)
         return
     if args.cold:
         os.environ["PRODUCTLENS_FEATURE_CACHE"] = tempfile.mkdtemp(prefix="productlens-features-")
@@ -217,11 +218,13 @@ def main() -> None:
             train = LabelledSet(src.items, src.labels if src.label == label else src.parents[label], label, {},
                                 src.source)
             test = val if label == "product_id" else val_cat
-            b_top1, b_f1, _ = baseline(train, test, args.model)
-            base[label, is_noisy] = (b_top1, b_f1, baseline(train, test, args.model, scaled=True)[0])
+            b_top1, b_f1, _ = baseline(train, test, backbone)
+            base[label, is_noisy] = (b_top1, b_f1, baseline(train, test, backbone, scaled=True)[0])
     total = time.perf_counter() - start_all
 
-    print(f"\nmachine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; backbone {args.model}; "
+    tuned = TrainOptions(embedder=args.model, finetune=True).backbone
+    print(f"\nmachine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; backbone {backbone} "
+          f"(fine-tuned rows: {tuned}); "
           f"train {len(prod)} photos, val {len(val)}; feature cache "
           f"{'cold (empty at start)' if args.cold else 'as found'}\n")
     print("| scored | trained on | train labels | productlens | classes | baseline LR | baseline scaled LR "

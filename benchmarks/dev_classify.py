@@ -1,6 +1,7 @@
 """Train-only development split for classification: does fine-tuning help on a new photo session?
 
-    python benchmarks/dev_classify.py [--finetune] [--split session|block] [--views V] [--tta V] [--data ...]
+    python benchmarks/dev_classify.py [--finetune] [--split session|block] [--views V] [--tta V] [--model M]
+                                      [--data ...]
 
 Reads only ``train.csv`` (val is never read). ``block``: the last 25% of each
 product's photos in file-name order are held out (the photos come in
@@ -62,15 +63,16 @@ def main() -> None:
     ap.add_argument("--finetune", action="store_true")
     ap.add_argument("--views", default=None, help="training views (default: TrainOptions' default)")
     ap.add_argument("--tta", default=None, help="prediction views (default: TrainOptions' default)")
+    ap.add_argument("--model", default=None, help="backbone (default: TrainOptions' default)")
     args = ap.parse_args()
     data = read_labelled(args.data / "train.csv", label="product_id")
     test = held_out(data, args.split)
-    options = TrainOptions(finetune=args.finetune, views=args.views, tta=args.tta)
+    options = TrainOptions(embedder=args.model, finetune=args.finetune, views=args.views, tta=args.tta)
     start = time.perf_counter()
     m = evaluate_classification(data.subset(np.flatnonzero(~test)), data.subset(np.flatnonzero(test)), "product_id",
                                 options=options, progress=False)
-    print(json.dumps({"split": args.split, "finetune": args.finetune, "views": options.train_views,
-                      "tta": options.prediction_views, "held_out": int(test.sum()),
+    print(json.dumps({"split": args.split, "model": options.backbone, "finetune": args.finetune,
+                      "views": options.train_views, "tta": options.prediction_views, "held_out": int(test.sum()),
                       "train": int((~test).sum()), "top1": round(m["top1"], 4), "top5": round(m["top5"], 4),
                       "seconds": round(time.perf_counter() - start)}))
 

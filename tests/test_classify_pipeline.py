@@ -167,3 +167,13 @@ def test_default_views_are_the_seven_regions_for_training_and_prediction(tmp_pat
     regions = [v.key for v in view_set("regions")]
     assert clf.views == regions and clf.config["training"]["views"] == "regions"
     assert TrainOptions(finetune=True).train_views == "regions"  # fine-tuned features too
+
+
+def test_default_backbone_is_the_ensemble_and_lite2_when_fine_tuning() -> None:
+    from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
+
+    assert TrainOptions().backbone == CLASSIFIER_EMBEDDER
+    assert CLASSIFIER_EMBEDDER.startswith("ensemble:") and DEFAULT_EMBEDDER in CLASSIFIER_EMBEDDER
+    assert TrainOptions(finetune=True).backbone == DEFAULT_EMBEDDER  # an ensemble is not fine-tuned
+    assert TrainOptions("mobilenetv2", finetune=True).backbone == "mobilenetv2"
+    assert TrainOptions().to_json()["embedder"] == CLASSIFIER_EMBEDDER

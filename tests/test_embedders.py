@@ -52,6 +52,30 @@ def test_export_is_cached_by_weight_hash() -> None:
     assert "efficientnet-lite0-" in a.onnx_path.name
 
 
+def test_ensemble_concatenates_its_members_unit_vectors() -> None:
+    """``ensemble:A+B`` takes the largest member's pixels and returns each member's unit
+    vector (scaled by 1/sqrt(2)) side by side; a member's part equals the member's own
+    embedding of the same pixels resized to its input size (resized inside the graph)."""
+    ens = create_embedder("ensemble:efficientnet-lite2+efficientnet-lite0")
+    lite2, lite0 = create_embedder("efficientnet-lite2"), create_embedder("efficientnet-lite0")
+    assert ens.dim == 2560 and ens.preprocess.size == 260 and ens.preprocess.uint8
+    rng = np.random.default_rng(4)
+    img = Image.fromarray(np.kron(rng.integers(0, 255, (26, 26, 3)), np.ones((10, 10, 1))).astype(np.uint8))
+    vec = ens.embed_images([img])[0]
+    assert np.isclose(np.linalg.norm(vec), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vec[:1280] * np.sqrt(2), lite2.embed_images([img])[0], atol=1e-4)
+    part = vec[1280:] * np.sqrt(2)
+    assert np.isclose(np.linalg.norm(part), 1.0, atol=1e-4)
+    assert float(part @ lite0.embed_images([img])[0]) > 0.97  # bilinear in the graph vs Pillow's resize
+
+
+@pytest.mark.parametrize("spec", ["efficientnet-lite2", "efficientnet-lite2+efficientnet-lite2",
+                                  "efficientnet-lite2+resnet50"])
+def test_ensemble_refuses_bad_member_lists(spec: str) -> None:
+    with pytest.raises(ProductLensError, match="ensemble"):
+        create_embedder(f"ensemble:{spec}")
+
+
 def test_unknown_embedder_lists_known_names() -> None:
     with pytest.raises(KeyError, match="efficientnet-lite2"):
         create_embedder("resnet-9000")

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 DEFAULT_EMBEDDER = "efficientnet-lite2"
+#: The classifier's default backbone: the three bundled backbones concatenated (see pipeline/classify.py).
+CLASSIFIER_EMBEDDER = "ensemble:efficientnet-lite2+efficientnet-lite0+mobilenetv2"
 
 
 def cache_dir() -> Path:

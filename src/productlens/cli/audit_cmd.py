@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from productlens.cli.common import fail_cleanly
-from productlens.config import DEFAULT_EMBEDDER
+from productlens.config import CLASSIFIER_EMBEDDER
 
 app = typer.Typer(help="Audit training data.", no_args_is_help=True)
 
@@ -20,7 +20,8 @@ app = typer.Typer(help="Audit training data.", no_args_is_help=True)
 def labels(
     data: Path = typer.Argument(..., help="Training csv, folder per category or Shopee root."),
     label: Optional[str] = typer.Option(None, help="Label column of a csv."),
-    model: str = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH."),
+    model: Optional[str] = typer.Option(None, "--model", help="Embedder name, or onnx:PATH (default: the "
+                                                               f"classifier's, {CLASSIFIER_EMBEDDER})."),
     views: Optional[str] = typer.Option(None, help="Training views: none, flip, tta, train or regions "
                                               "(default: the classifier's, regions)."),
     tta: Optional[str] = typer.Option(None, help="Views whose probabilities are averaged: none, flip, tta, train "
@@ -38,12 +39,12 @@ def labels(
     from productlens.pipeline.classify import TrainOptions
 
     ds = read_labelled(data, label=label)
-    report = audit_labels(ds, TrainOptions(embedder=model, views=views, tta=tta), folds=folds, threshold=threshold,
-                          progress=not as_json)
+    options = TrainOptions(embedder=model, views=views, tta=tta)
+    report = audit_labels(ds, options, folds=folds, threshold=threshold, progress=not as_json)
     for _, _, msg in report.errors:
         typer.echo(f"skipped: {msg}", err=True)
     typer.echo(f"{len(report.suspects)} of {report.images} images probably mislabelled "
-               f"({folds}-fold out-of-fold probabilities, {model}); {report.seconds:.1f} s")
+               f"({folds}-fold out-of-fold probabilities, {options.backbone}); {report.seconds:.1f} s")
     if report.suspects:
         typer.echo("rank  margin  given -> suggested  (p given / p suggested)  image")
     for r, s in enumerate(report.suspects[:top], start=1):

@@ -10,13 +10,13 @@ from typing import List, Optional
 import typer
 
 from productlens.cli.common import fail_cleanly
-from productlens.config import DEFAULT_EMBEDDER
+from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Train category classifiers and predict categories.", no_args_is_help=True)
 
 
-def _options(model: str, views: Optional[str], tta: Optional[str], epochs: int, noise_filter: bool, balance: str,
-             holdout: float, finetune: bool):
+def _options(model: Optional[str], views: Optional[str], tta: Optional[str], epochs: int, noise_filter: bool,
+             balance: str, holdout: float, finetune: bool):
     from productlens.models.classifiers.head import HeadConfig
     from productlens.pipeline.classify import TrainOptions
 
@@ -24,7 +24,8 @@ def _options(model: str, views: Optional[str], tta: Optional[str], epochs: int, 
                         head=HeadConfig(epochs=epochs, noise_filter=noise_filter, balance=balance))
 
 
-_MODEL = typer.Option(DEFAULT_EMBEDDER, "--model", help="Embedder name, or onnx:PATH.")
+_MODEL = typer.Option(None, "--model", help=f"Embedder name, or onnx:PATH (default: {CLASSIFIER_EMBEDDER}, "
+                                             f"or {DEFAULT_EMBEDDER} with --finetune).")
 _VIEWS = typer.Option(None, help="Training views: none, flip, tta, train (12 crops 0.8 and flips) or regions "
                                   "(whole, centre crops 0.75 and 0.5, four corners 0.6; the default).")
 _TTA = typer.Option(None, help="Prediction views averaged (test-time augmentation): none, flip, tta, train "
@@ -44,7 +45,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     label: Optional[str] = typer.Option(None, help="Label column of a csv."),
     parent: List[str] = typer.Option([], help="Coarser category column(s) of a csv (repeatable)."),
-    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
+    model: Optional[str] = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
     noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
 ) -> None:
     """Train a classifier and write its model folder."""
@@ -52,12 +53,13 @@ def train(
     from productlens.pipeline.classify import train_classifier
 
     ds = read_labelled(data, label=label, parents=parent)
-    res = train_classifier(ds, out, _options(model, views, tta, epochs, noise_filter, balance, holdout, finetune))
+    options = _options(model, views, tta, epochs, noise_filter, balance, holdout, finetune)
+    res = train_classifier(ds, out, options)
     m = res.classifier.metrics
     for _, _, msg in res.errors:
         typer.echo(f"skipped: {msg}", err=True)
-    typer.echo(f"trained {m['classes']} classes on {m['train_images']} images ({model}) in {res.seconds:.1f} s; "
-               f"skipped {len(res.errors)}; temperature {res.classifier.temperature:.2f}"
+    typer.echo(f"trained {m['classes']} classes on {m['train_images']} images ({options.backbone}) in "
+               f"{res.seconds:.1f} s; skipped {len(res.errors)}; temperature {res.classifier.temperature:.2f}"
                + (f"; held-out top-1 {m['holdout_top1']:.3f}" if "holdout_top1" in m else ""))
     typer.echo(f"model written to {out}")
 
@@ -140,7 +142,7 @@ def eval_classify(
     label: str = typer.Option(..., help="Label column scored."),
     fine: Optional[str] = typer.Option(None, help="Train on this finer column of the training csv and score "
                                                   "--label on the summed probabilities."),
-    model: str = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
+    model: Optional[str] = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
     noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
     plot: Optional[Path] = typer.Option(None, help="Write a confusion-matrix PNG here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
@@ -148,12 +150,12 @@ def eval_classify(
     """Train on TRAIN, report top-1, top-5, macro-F1 and per-class accuracy on TEST."""
     from productlens.eval.classification import evaluate_classification
 
-    m = evaluate_classification(train, test, label, fine=fine, plot=plot, progress=not as_json,
-                                options=_options(model, views, tta, epochs, noise_filter, balance, holdout, finetune))
+    options = _options(model, views, tta, epochs, noise_filter, balance, holdout, finetune)
+    m = evaluate_classification(train, test, label, fine=fine, plot=plot, progress=not as_json, options=options)
     for msg in m["errors"]:
         typer.echo(f"skipped: {msg}", err=True)
-    typer.echo(f"label: {label}{f' (trained on {fine})' if fine else ''}  model: {model}  classes: {m['classes']}  "
-               f"train: {m['train']}  test: {m['test']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
+    typer.echo(f"label: {label}{f' (trained on {fine})' if fine else ''}  model: {options.backbone}  "
+               f"classes: {m['classes']}  train: {m['train']}  test: {m['test']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
     typer.echo("per-class accuracy: " + ", ".join(f"{c} {a:.2f}" for c, a in sorted(m["per_class"].items(), key=lambda t: t[1])))
     typer.echo(f"top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  macro-F1: {m['macro_f1']:.4f}  "
                f"balanced accuracy: {m['balanced_accuracy']:.4f}")

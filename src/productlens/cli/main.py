@@ -34,6 +34,7 @@ def models() -> None:
 
     for name in list_embedders():
         typer.echo(name)
+    typer.echo("ensemble:A+B+...  (bundled backbones concatenated; the classifier's default joins all three)")
     typer.echo("onnx:PATH  (your own ONNX model with PATH.json preprocessing beside it)")
 
 

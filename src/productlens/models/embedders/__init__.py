@@ -5,7 +5,9 @@
 >>> vecs = emb.embed_images([pil_image])             # doctest: +SKIP
 
 Names: ``efficientnet-lite2`` (default), ``efficientnet-lite0``, ``mobilenetv2``,
-and ``onnx:PATH`` for a user's own ONNX model. Bundled backbones are exported
+``ensemble:A+B+...`` for several of them concatenated (the classifier's default,
+see :mod:`~productlens.models.embedders.ensemble`), and ``onnx:PATH`` for a
+user's own ONNX model. Bundled backbones are exported
 to ONNX on first use (needs the ``torch`` extra) and cached by weight hash.
 """
 
@@ -23,6 +25,7 @@ EMBEDDERS.register("efficientnet-lite2", "productlens.models.embedders.efficient
 EMBEDDERS.register("efficientnet-lite0", "productlens.models.embedders.efficientnet_lite:efficientnet_lite0")
 EMBEDDERS.register("mobilenetv2", "productlens.models.embedders.mobilenetv2:mobilenetv2")
 EMBEDDERS.register_prefix("onnx", "productlens.models.embedders.onnx_file:onnx_model")
+EMBEDDERS.register_prefix("ensemble", "productlens.models.embedders.ensemble:ensemble")
 
 _CACHE: dict[str, Embedder] = {}
 
