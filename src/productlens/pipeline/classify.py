@@ -68,8 +68,9 @@ class TrainOptions:
     Backbone: ``embedder``, by default (None) ``CLASSIFIER_EMBEDDER``, the three
     bundled backbones concatenated (:mod:`~productlens.models.embedders.ensemble`):
     on the same session split 0.787 against 0.750 with ``efficientnet-lite2``
-    alone (block split 0.997 against 0.990), at about 1.8x its embedding time.
-    With ``finetune`` the default is ``efficientnet-lite2`` (an ensemble is not fine-tuned).
+    alone (block split 0.997 against 0.990), at about twice its model time
+    (24.8 against 11.5 ms an image). With ``finetune`` the default is
+    ``efficientnet-lite2`` (an ensemble is not fine-tuned).
     """
 
     embedder: str | None = None  # None: CLASSIFIER_EMBEDDER, or DEFAULT_EMBEDDER with finetune
