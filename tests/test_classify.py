@@ -106,6 +106,31 @@ def test_noise_filter_drops_flipped_labels() -> None:
     assert likely_clean(x, y, 5, HeadConfig(epochs=20)).all()  # clean labels: nothing left out
 
 
+def test_final_head_trains_longer_only_when_the_labels_look_clean(monkeypatch) -> None:
+    import productlens.models.classifiers.head as head_mod
+
+    seen = []
+    real = head_mod._train
+
+    def spy(x, y, n_classes, cfg, parents, progress):
+        seen.append((cfg.noise_filter, cfg.epochs))
+        return real(x, y, n_classes, cfg, parents, progress)
+
+    monkeypatch.setattr(head_mod, "_train", spy)
+    x, y = clusters(n_classes=5, per_class=60, spread=0.5, seed=1)
+    cfg = HeadConfig(epochs=6, clean_epochs=9)
+    train_head(x, y, 5, cfg)
+    assert seen == [(True, 6), (False, 9)]  # selection head, then the final head for clean_epochs
+    rng = np.random.default_rng(2)
+    noisy = np.where(rng.random(len(y)) < 0.2, (y + rng.integers(1, 5, len(y))) % 5, y)
+    seen.clear()
+    head = train_head(x, noisy, 5, HeadConfig(epochs=20, clean_epochs=30))
+    assert not head.kept.all() and seen == [(True, 20), (False, 20)]  # flagged labels: the usual epochs
+    seen.clear()
+    train_head(x, y, 5, HeadConfig(epochs=6, clean_epochs=9, noise_filter=False))
+    assert seen == [(False, 6)]  # no filter, no evidence that the labels are clean
+
+
 def test_small_loss_keep_limits() -> None:
     losses = np.r_[np.full(90, 0.1), np.full(10, 3.0)] + np.linspace(0, 0.01, 100)
     keep = small_loss_keep(losses, max_drop=0.5)

@@ -15,13 +15,14 @@ from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
 app = typer.Typer(help="Train category classifiers and predict categories.", no_args_is_help=True)
 
 
-def _options(model: Optional[str], views: Optional[str], tta: Optional[str], epochs: int, noise_filter: bool,
-             balance: str, holdout: float, finetune: bool):
+def _options(model: Optional[str], views: Optional[str], tta: Optional[str], epochs: Optional[int],
+             noise_filter: bool, balance: str, holdout: float, finetune: bool):
     from productlens.models.classifiers.head import HeadConfig
     from productlens.pipeline.classify import TrainOptions
 
     return TrainOptions(embedder=model, views=views, tta=tta, holdout=holdout, finetune=finetune,
-                        head=HeadConfig(epochs=epochs, noise_filter=noise_filter, balance=balance))
+                        head=HeadConfig(noise_filter=noise_filter, balance=balance,
+                                        **({} if epochs is None else {"epochs": epochs, "clean_epochs": epochs})))
 
 
 _MODEL = typer.Option(None, "--model", help=f"Embedder name, or onnx:PATH (default: {CLASSIFIER_EMBEDDER}, "
@@ -30,7 +31,8 @@ _VIEWS = typer.Option(None, help="Training views: none, flip, tta, train (12 cro
                                   "(whole, centre crops 0.75 and 0.5, four corners 0.6; the default).")
 _TTA = typer.Option(None, help="Prediction views averaged (test-time augmentation): none, flip, tta, train "
                                "or regions (the default).")
-_EPOCHS = typer.Option(15, help="Head training epochs.")
+_EPOCHS = typer.Option(None, help="Head training epochs (default: 15, or 25 when the noise filter finds the labels "
+                                   "clean); a value sets both.")
 _NOISE = typer.Option(True, "--noise-filter/--no-noise-filter", help="Small-loss selection against noisy labels.")
 _BALANCE = typer.Option("logit-adjust", help="Imbalance handling: logit-adjust, class-weight or none.")
 _HOLDOUT = typer.Option(0.15, help="Share of each class held out to fit the temperature.")
@@ -45,7 +47,8 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
     label: Optional[str] = typer.Option(None, help="Label column of a csv."),
     parent: List[str] = typer.Option([], help="Coarser category column(s) of a csv (repeatable)."),
-    model: Optional[str] = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
+    model: Optional[str] = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA,
+    epochs: Optional[int] = _EPOCHS,
     noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
 ) -> None:
     """Train a classifier and write its model folder."""
@@ -142,7 +145,8 @@ def eval_classify(
     label: str = typer.Option(..., help="Label column scored."),
     fine: Optional[str] = typer.Option(None, help="Train on this finer column of the training csv and score "
                                                   "--label on the summed probabilities."),
-    model: Optional[str] = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA, epochs: int = _EPOCHS,
+    model: Optional[str] = _MODEL, views: Optional[str] = _VIEWS, tta: Optional[str] = _TTA,
+    epochs: Optional[int] = _EPOCHS,
     noise_filter: bool = _NOISE, balance: str = _BALANCE, holdout: float = _HOLDOUT, finetune: bool = _FINETUNE,
     plot: Optional[Path] = typer.Option(None, help="Write a confusion-matrix PNG here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),

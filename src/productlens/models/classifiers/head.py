@@ -21,7 +21,11 @@ makes it more than logistic regression:
   because a hidden layer memorises flipped labels within a few epochs, after
   which their loss is no longer high (train-only dev splits, 20% of labels
   flipped: the linear selection found 98% of them at 98% precision, selecting
-  inside the hidden-layer head 6-31%).
+  inside the hidden-layer head 6-31%). When the filter leaves nothing out, the
+  final head trains for ``clean_epochs`` (25) instead of ``epochs`` (15): on the
+  train-only session split (multi-region views, the three-backbone ensemble)
+  clean labels gained 2.7 points of top-1 from the longer training, while 20%
+  flipped labels gained nothing from it (0.776 -> 0.770).
 * **Hierarchy**: with parent levels, the loss also scores each coarse level on
   the sum of the fine probabilities of its children, so coarse predictions
   (always obtained by that sum) are trained directly.
@@ -46,6 +50,7 @@ class HeadConfig:
     """Hyper-parameters of :func:`train_head` (defaults chosen on train-only dev splits)."""
 
     epochs: int = 15
+    clean_epochs: int = 25            # the final head's epochs when the noise filter left nothing out
     batch_size: int = 256             # the most: small sets use smaller batches
     lr: float = 1e-2
     weight_decay: float = 1e-4
@@ -206,10 +211,14 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig | N
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
             torch.manual_seed(cfg.seed)
             keep = np.ones(len(y), bool)
+            epochs = cfg.epochs
             if cfg.noise_filter:
                 with torch.random.fork_rng(devices=[]):  # the final head starts from the same state either way
                     keep = _noise_keep(x, y, n_classes, cfg, parents, progress)
-            head = _train(x[:, keep], y[keep], n_classes, replace(cfg, noise_filter=False), parents, progress)
+                if keep.all():  # the labels look clean: train longer (with flipped labels that only hurts)
+                    epochs = max(cfg.epochs, cfg.clean_epochs)
+            head = _train(x[:, keep], y[keep], n_classes, replace(cfg, noise_filter=False, epochs=epochs), parents,
+                          progress)
             head.kept = keep
             return head
     finally:
