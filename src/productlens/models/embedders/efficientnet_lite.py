@@ -89,8 +89,13 @@ def split_torch(arch: str, train_from: int):
     return backbone, Trunk().eval(), Top()
 
 
+def preprocess(arch: str) -> Preprocess:
+    """The exported graph's input: uint8 pixels at ``arch``'s size, scaled to [-1, 1] inside the graph."""
+    return Preprocess(size=_SIZES[arch], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), uint8=True)
+
+
 def _create(arch: str, gem_p: float = 3.0, **kwargs) -> Embedder:
-    pre = Preprocess(size=_SIZES[arch], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), uint8=True)
+    pre = preprocess(arch)
     onnx = cached_onnx(arch, weights_path(arch), lambda: build_torch(arch), pre, gem_p)
     return Embedder(arch, onnx, pre, gem_p=gem_p, **kwargs)
 

@@ -31,13 +31,11 @@ def member_parts(name: str) -> tuple[Path, Callable[[], object], Preprocess]:
     if name in ("efficientnet-lite0", "efficientnet-lite2"):
         from productlens.models.embedders import efficientnet_lite as m
 
-        pre = Preprocess(size=m._SIZES[name], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), uint8=True)
-        return m.weights_path(name), lambda: m.build_torch(name), pre
+        return m.weights_path(name), lambda: m.build_torch(name), m.preprocess(name)
     if name == "mobilenetv2":
         from productlens.models.embedders import mobilenetv2 as mn
 
-        return mn.weights_path(), mn.build_torch, Preprocess(size=224, mean=mn.IMAGENET_MEAN,
-                                                             std=mn.IMAGENET_STD, uint8=True)
+        return mn.weights_path(), mn.build_torch, mn.preprocess()
     raise ProductLensError(f"ensemble member {name!r} is not a bundled backbone; choose from {', '.join(MEMBERS)}")
 
 

@@ -39,8 +39,13 @@ def build_torch():
     return Features().eval()
 
 
+def preprocess() -> Preprocess:
+    """The exported graph's input: uint8 pixels, 224 px, ImageNet mean/std applied inside the graph."""
+    return Preprocess(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, uint8=True)
+
+
 def mobilenetv2(gem_p: float = 3.0, **kwargs) -> Embedder:
     """MobileNetV2, 224 px input, 1280-d GeM features."""
-    pre = Preprocess(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, uint8=True)
+    pre = preprocess()
     onnx = cached_onnx("mobilenetv2", weights_path(), build_torch, pre, gem_p)
     return Embedder("mobilenetv2", onnx, pre, gem_p=gem_p, **kwargs)
