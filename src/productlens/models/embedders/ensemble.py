@@ -44,8 +44,10 @@ def parse_members(spec: str) -> list[str]:
     names = [n.strip() for n in spec.split("+") if n.strip()]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ProductLensError(f"an ensemble needs at least two different backbones joined by '+', got {spec!r}")
-    for n in names:
-        member_parts(n)
+    unknown = [n for n in names if n not in MEMBERS]
+    if unknown:
+        raise ProductLensError(f"ensemble member {unknown[0]!r} is not a bundled backbone; "
+                               f"choose from {', '.join(MEMBERS)}")
     return names
 
 

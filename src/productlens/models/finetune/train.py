@@ -23,7 +23,7 @@ import numpy as np
 
 from productlens.config import cache_dir, num_threads
 from productlens.data.images import load_image
-from productlens.models.embedders.base import Embedder, Preprocess
+from productlens.models.embedders.base import Embedder
 from productlens.models.embedders.export import EXPORT_VERSION, export_onnx, file_sha256, image_model
 from productlens.models.finetune.augment import random_view
 from productlens.types import Item, ProductLensError
@@ -69,13 +69,12 @@ def _parts(backbone: str):
         raise ProductLensError(f"fine-tuning supports {sorted(TRAIN_FROM)}, not {backbone!r}")
     from productlens.models.embedders import efficientnet_lite
 
-    size = efficientnet_lite._SIZES[backbone]
-    pre = Preprocess(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), uint8=True)
+    pre = efficientnet_lite.preprocess(backbone)
     full, trunk, top = efficientnet_lite.split_torch(backbone, TRAIN_FROM[backbone])
     digest = file_sha256(efficientnet_lite.weights_path(backbone))[:16]
     trunk_file = cache_dir() / "onnx" / f"{backbone}-{digest}-trunk{TRAIN_FROM[backbone]}-v{EXPORT_VERSION}.onnx"
     if not trunk_file.exists():
-        export_onnx(image_model(trunk, pre, gem_p=None), size, trunk_file)
+        export_onnx(image_model(trunk, pre, gem_p=None), pre.size, trunk_file)
     return pre, full, top, Embedder(f"{backbone}-trunk", trunk_file, pre)
 
 
