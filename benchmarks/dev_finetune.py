@@ -1,7 +1,7 @@
 """How the fine-tuning defaults were checked: train-only development splits.
 
     python benchmarks/dev_finetune.py [--data ../shared/data/grocery] [--split closed,open,session]
-                                      [--seller-repeats 2,4,8]
+                                      [--seller-repeats 2,4,8] [--companions] [--query-views regions]
 
 No evaluation query (val photo) is read. Splits of `train.csv` against the 81
 shop photos (their labels are read only to score, and in catalog mode):
@@ -19,6 +19,10 @@ With ``--seller-repeats``, catalog mode's fine-tuning is also run with the
 labelled shop photos of the fitting products beside their photos, each counted r times
 (``build_catalog``'s ``FINETUNE_SELLER_REPEATS``); those backbones saw the shop
 labels, so only their catalog-mode column is printed.
+With ``--companions``, each fine-tuned backbone is also scored joined with the
+other bundled backbones on the whole photo (``build_catalog``'s default
+companions). ``--query-views regions`` embeds the train photos (fitting photos
+and queries) as multi-region descriptors, as catalogs do; default whole photos.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from productlens.eval.metrics import retrieval_metrics
 from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.finetune import FinetuneConfig, finetune_backbone
+from productlens.models.embedders.joined import companions_for, joined
+from productlens.pipeline.catalog import query_embedder
 from productlens.pipeline.embed import embed_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,20 +92,25 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_EMBEDDER)
     ap.add_argument("--split", default="closed,open", help="comma-separated: closed, open, session")
     ap.add_argument("--seller-repeats", default="", help="comma-separated counts, e.g. 2,4,8 (catalog mode)")
+    ap.add_argument("--companions", action="store_true", help="also score the fine-tuned backbones joined "
+                    "with the other bundled backbones (whole photo)")
+    ap.add_argument("--query-views", default="none", help="none (whole photos) or regions")
     args = ap.parse_args()
     train = read_labelled_csv(args.data / "train.csv")
     shop = read_gallery(args.data / "retrieval-shop" / "gallery.csv")
     y = np.array([t.product_id for t in train])
     shop_y = np.array([g.product_id for g in shop])  # scoring, and catalog mode only
     frozen = get_embedder(args.model)
-    T0 = embed_items(frozen, train, desc="train photos").vectors
+    T0 = embed_items(frozen, train, desc="train photos").vectors  # whole photos: the dev-session split
+    Tq = T0 if args.query_views == "none" else \
+        embed_items(query_embedder(frozen, args.query_views), train, desc="train photos").vectors
     S0 = embed_items(frozen, shop, desc="shop photos").vectors
     repeats = [int(r) for r in args.seller_repeats.split(",") if r]
     print("| split | backbone | plain | adapter | catalog mode | fine-tuning s |")
     print("|---|---|---|---|---|---|")
     for kind in args.split.split(","):
         fit = split(train, kind, T0)
-        r = scores(T0, y, fit, S0, shop_y, args.model)
+        r = scores(Tq, y, fit, S0, shop_y, args.model)
         print(f"| dev-{kind} | frozen | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | |", flush=True)
         items = [t for t, f in zip(train, fit) if f]
         known = {t.product_id for t in items}
@@ -113,15 +124,19 @@ def main() -> None:
                                         FinetuneConfig(backbone=args.model), repeats=counts)
                 secs = time.perf_counter() - t0
                 tuned = create_embedder(res.embedder_name)
-                T1 = embed_items(tuned, train, desc="train photos").vectors
-                S1 = embed_items(tuned, shop, desc="shop photos").vectors
-            r = scores(T1, y, fit, S1, shop_y, args.model)
-            if rep:
-                print(f"| dev-{kind} | fine-tuned + shop photos x {rep} | - | - | {r['catalog']:.3f} | {secs:.0f} |",
-                      flush=True)
-            else:
-                print(f"| dev-{kind} | fine-tuned | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} "
-                      f"| {secs:.0f} |", flush=True)
+                variants = {"": tuned}
+                if args.companions:
+                    variants[" + companions"] = joined(tuned, companions_for(args.model))
+                for suffix, emb in variants.items():
+                    T1 = embed_items(query_embedder(emb, args.query_views), train, desc="train photos").vectors
+                    S1 = embed_items(emb, shop, desc="shop photos").vectors
+                    r = scores(T1, y, fit, S1, shop_y, args.model)
+                    if rep:
+                        print(f"| dev-{kind} | fine-tuned + shop photos x {rep}{suffix} | - | - | {r['catalog']:.3f} "
+                              f"| {secs:.0f} |", flush=True)
+                    else:
+                        print(f"| dev-{kind} | fine-tuned{suffix} | {r['plain']:.3f} | {r['adapter']:.3f} "
+                              f"| {r['catalog']:.3f} | {secs:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

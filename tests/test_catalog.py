@@ -39,6 +39,31 @@ def test_build_search_reopen(dataset, tmp_path, adapted: bool) -> None:
         assert (again.adapter is not None) == adapted
 
 
+def test_companions_recorded_and_used_on_reopen(dataset, tmp_path) -> None:
+    """Companion backbones (off by default) are joined to gallery and query vectors and recorded in the
+    store, so that a reopened catalog embeds queries the same way."""
+    from productlens.models.embedders.joined import JoinedEmbedder
+
+    gallery, train = read_gallery(dataset["gallery"]), read_labelled_csv(dataset["train"])
+    query = read_queries(dataset["queries"])[0]
+    cat, _ = build_catalog(gallery, tmp_path / "plain", embedder=MODEL, train=train, progress=False)
+    with cat:
+        assert cat.embedder.dim == 1280 and cat.store.get_info("companions") == "" and cat.vector_name == MODEL
+    cat, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL, train=train, progress=False,
+                           companions=["efficientnet-lite2", "mobilenetv2"])
+    with cat:
+        assert isinstance(cat.embedder, JoinedEmbedder) and cat.embedder.dim == 3840
+        assert cat.vector_name == f"{MODEL}+efficientnet-lite2+mobilenetv2"
+        hits = [(h.id, round(h.score, 5)) for h in cat.search(query.image, k=3)]
+        assert cat.search(query.image, k=1)[0].product_id == query.product_id
+    with Catalog.open(tmp_path / "cat") as again:
+        assert again.store.get_info("companions") == "efficientnet-lite2+mobilenetv2"
+        assert [(h.id, round(h.score, 5)) for h in again.search(query.image, k=3)] == hits
+    with pytest.raises(ProductLensError, match="companions"):
+        build_catalog(gallery, tmp_path / "bad", embedder=MODEL, train=train, progress=False, companions=["resnet50"])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_query_views_recorded_and_used(dataset, tmp_path) -> None:
     """An adapted catalog pools each query with its crops by default ("regions"), recorded in the store so
     that a reopened catalog (and every query path: files, a single image) embeds queries the same way."""

@@ -69,6 +69,35 @@ def test_ensemble_concatenates_its_members_unit_vectors() -> None:
     assert float(part @ lite0.embed_images([img])[0]) > 0.97  # bilinear in the graph vs Pillow's resize
 
 
+def test_joined_embedder_runs_companions_on_the_whole_image_only() -> None:
+    """A joined embedder is [main / sqrt(3), companions / sqrt(3)]; pooled over views, the main
+    part is the main backbone's pooled descriptor and the companions see only the first view."""
+    from productlens.data.augment import PooledViewEmbedder, view_set
+    from productlens.models.embedders.joined import companions_for, joined
+
+    lite2 = create_embedder("efficientnet-lite2")
+    names = companions_for("efficientnet-lite2")
+    assert names == ["efficientnet-lite0", "mobilenetv2"]
+    with pytest.raises(ProductLensError, match="bundled backbone"):
+        companions_for("onnx:x.onnx")
+    emb = joined(lite2, names)
+    assert emb.dim == 3840 and emb.preprocess is lite2.preprocess
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(np.kron(rng.integers(0, 255, (26, 26, 3)), np.ones((10, 10, 1))).astype(np.uint8))
+    vec = emb.embed_images([img])[0]
+    assert np.isclose(np.linalg.norm(vec), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vec[:1280] * np.sqrt(3), lite2.embed_images([img])[0], atol=1e-4)
+    assert np.isclose(np.linalg.norm(vec[1280:]), np.sqrt(2 / 3), atol=1e-4)
+    views = view_set("regions")
+    pooled = PooledViewEmbedder(emb, views).embed_images([img])[0]
+    np.testing.assert_allclose(pooled[:1280] * np.sqrt(3), PooledViewEmbedder(lite2, views).embed_images([img])[0],
+                               atol=1e-4)
+    np.testing.assert_allclose(pooled[1280:], vec[1280:], atol=1e-5)  # companions: the whole image
+    assert joined(lite2, []) is lite2
+    with pytest.raises(ProductLensError, match="companions"):
+        joined(lite2, ["efficientnet-lite0", "resnet50"])
+
+
 @pytest.mark.parametrize("spec", ["efficientnet-lite2", "efficientnet-lite2+efficientnet-lite2",
                                   "efficientnet-lite2+resnet50"])
 def test_ensemble_refuses_bad_member_lists(spec: str) -> None:

@@ -175,6 +175,8 @@ class PooledViewEmbedder:
     With ``view_set("regions")`` this is a multi-region descriptor: a product
     that fills only part of a shopper's photo also counts through the crops
     that frame it. All views of a batch go through the model as one batch.
+    Around a :class:`~productlens.models.embedders.joined.JoinedEmbedder`, only
+    its main backbone sees every view; its companions see the whole image.
     """
 
     def __init__(self, embedder, views: list[View]) -> None:
@@ -183,6 +185,8 @@ class PooledViewEmbedder:
         self.name = embedder.name
         self.dim = embedder.dim
         self.preprocess = PooledViewPreprocess(embedder.preprocess, self.views)
+        if hasattr(embedder, "companion") and not self.views[0].is_identity:
+            raise ProductLensError("a joined embedder's companions see the first view, which must be the whole image")
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         from productlens.models.embedders.base import l2_normalize
@@ -190,8 +194,11 @@ class PooledViewEmbedder:
         n, v = batch.shape[0], len(self.views)
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
-        vecs = self.base.embed(batch.reshape(n * v, *batch.shape[2:]))
-        return l2_normalize(vecs.reshape(n, v, -1).sum(axis=1))
+        main = getattr(self.base, "main", self.base)  # a joined embedder pools through its main backbone
+        vecs = l2_normalize(main.embed(batch.reshape(n * v, *batch.shape[2:])).reshape(n, v, -1).sum(axis=1))
+        if main is self.base:
+            return vecs
+        return self.base.join(vecs, self.base.companion.embed(batch[:, 0]))  # companions: the whole image
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """Decoded RGB images -> L2-normalised pooled vectors (N x dim)."""

@@ -12,6 +12,7 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -29,12 +30,14 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
                        catalog_mode: bool = False, embedder: str = DEFAULT_EMBEDDER, rerank: bool = True, finetune: bool = False,
                        k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None,
                        detector: Detector | None = None, text: bool = False,
-                       products: str | Path | None = None, query_views: str | None = None) -> dict:
+                       products: str | Path | None = None, query_views: str | None = None,
+                       companions: Sequence[str] = ()) -> dict:
     """Evaluate retrieval end to end and return the metrics dict.
 
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
     ``query_views``: how queries are embedded (``build_catalog``'s option; default
-    ``"regions"`` with ``train_csv``, ``"none"`` without).
+    ``"regions"`` with ``train_csv``, ``"none"`` without). ``companions``: also
+    ``build_catalog``'s (bundled backbones joined on the whole photo; default none).
     ``detector``: queries without a box are searched with their best detected box.
     ``text`` (needs ``train_csv``): OCR gallery and query photos and fuse the
     words with the image score; the fusion weight is chosen on training photos
@@ -63,7 +66,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     with tempfile.TemporaryDirectory(prefix="productlens-eval-") as tmp:
         catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
                                          use_gallery_labels=catalog_mode, finetune=finetune and train is not None,
-                                         progress=progress, ocr=text, query_views=query_views)
+                                         progress=progress, ocr=text, query_views=query_views,
+                                         companions=companions)
         with catalog:
             if text:
                 catalog.set_text_weight(weight)

@@ -38,6 +38,7 @@ from productlens.heads.adapter import Adapter, fit_adapter
 from productlens.index.base import Store
 from productlens.models.detectors.runtime import Detector
 from productlens.models.embedders import Embedder, create_embedder, embedder_in_folder, get_embedder
+from productlens.models.embedders.joined import joined
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.rerank import alpha_qe
 from productlens.types import Box, Hit, Item, ProductLensError, product_key
@@ -81,6 +82,11 @@ class Catalog:
         self._classifier = None
         self._matcher = None
         self._by_product: dict[int, list[int]] | None = None
+
+    @property
+    def vector_name(self) -> str:
+        """What made the catalog's vectors: the embedder's name, plus its companions if any."""
+        return vector_name(self.store.get_info("embedder", DEFAULT_EMBEDDER), stored_companions(self.store))
 
     # -------------------------------------------------------------- text
     @property
@@ -201,7 +207,9 @@ class Catalog:
             raise
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
         embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
-        adapter = Adapter.load(path / "adapter", backbone=name) if store.get_info("adapter") else None
+        embedder = joined(embedder, stored_companions(store))
+        adapter = Adapter.load(path / "adapter", backbone=vector_name(name, stored_companions(store))) \
+            if store.get_info("adapter") else None
         return cls(path, store, embedder, adapter)
 
     def close(self) -> None:
@@ -358,6 +366,16 @@ class Catalog:
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts))[0]
 
 
+def stored_companions(store: Store) -> list[str]:
+    """The companion backbones a catalog's store records (see :func:`build_catalog`)."""
+    return [c for c in str(store.get_info("companions", "")).split("+") if c]
+
+
+def vector_name(embedder: str, companions: Sequence[str] = ()) -> str:
+    """What a catalog's vectors are made by: the embedder's name, plus its companions if any."""
+    return "+".join([embedder, *companions]) if companions else embedder
+
+
 def query_embedder(embedder: Embedder, views: str = "none"):
     """What embeds a catalog's queries (and the shopper photos its adapter learns from).
 
@@ -376,7 +394,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                   train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
                   finetune: bool = False, overwrite: bool = False, progress: bool = True,
                   ocr: bool = False, store: "StoreSpec | None" = None,
-                  query_views: str | None = None) -> tuple[Catalog, list]:
+                  query_views: str | None = None, companions: Sequence[str] = ()) -> tuple[Catalog, list]:
     """Embed ``items`` into a new catalog folder at ``path``; returns (catalog, skipped errors).
 
     ``train``: labelled shopper photos (Item.product_id set) that fit the
@@ -400,6 +418,11 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     (:func:`query_embedder`; default when there are training photos, since the
     adapter then centres the two domains apart), ``"none"`` the whole photo
     only (default without training photos). Gallery photos are always embedded whole.
+    ``companions``: bundled backbones joined to the embedder, run on the whole
+    photo only (:mod:`productlens.models.embedders.joined`; ``companions_for(embedder)``
+    gives the other bundled backbones). None by default: on the train-only
+    splits they helped queries of products never trained on and hurt a gallery
+    that holds photos of the trained products (see docs/benchmarks.md).
     The catalog is written to a temporary folder beside ``path`` and renamed into place.
     """
     from productlens.pipeline.store_spec import StoreSpec
@@ -416,6 +439,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         raise ProductLensError("fine-tuning needs labelled training photos (--train)")
     if query_views is None:
         query_views = DEFAULT_QUERY_VIEWS if labelled else "none"
+    companions = list(companions)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".building.", dir=path.parent))
     try:
@@ -438,6 +462,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                                     FinetuneConfig(backbone=embedder), progress=progress, repeats=repeats)
             name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
             emb = create_embedder(res.embedder_name)
+        emb = joined(emb, companions)
         gal = embed_items(emb, items, progress=progress, desc="gallery")
         if not len(gal.ok):
             raise ProductLensError("no gallery image could be read")
@@ -449,12 +474,14 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             glabels = None
             if use_gallery_labels:
                 glabels = np.array([-1 if it.product_id is None else it.product_id for it in ok_items])
-            adapter = fit_adapter(name, tr.vectors, labels, gallery_vectors=gal.vectors, gallery_labels=glabels)
+            adapter = fit_adapter(vector_name(name, companions), tr.vectors, labels, gallery_vectors=gal.vectors,
+                                  gallery_labels=glabels)
         vectors = gal.vectors if adapter is None else adapter.transform(gal.vectors, "gallery")
         spec = store or StoreSpec()
         store = spec.create(tmp, vectors.shape[1], overwrite=overwrite)
         spec.save(tmp)
         store.set_info("embedder", name)
+        store.set_info("companions", "+".join(companions))
         store.set_info("adapter", adapter is not None)
         store.set_info("query_views", query_views)
         store.set_info("ocr", bool(ocr))

@@ -40,7 +40,7 @@ def text_search(catalog: Catalog, query: str, k: int = 10) -> list[tuple[int, st
 
 
 def _image_space(catalog: Catalog) -> str:
-    return f"catalog:{catalog.store.get_info('embedder')}:{'adapted' if catalog.adapter else 'plain'}"
+    return f"catalog:{catalog.vector_name}:{'adapted' if catalog.adapter else 'plain'}"
 
 
 def fit_catalog_alignment(catalog: Catalog, train: Sequence[Item] = (), *, progress: bool = False) -> dict:

@@ -80,11 +80,24 @@ def ensemble_model(parts: list[tuple[object, Preprocess]], size: int, gem_p: flo
 
 def ensemble(spec: str, gem_p: float = 3.0, **kwargs) -> Embedder:
     """The backbones named in ``spec`` (``'efficientnet-lite2+efficientnet-lite0+mobilenetv2'``) as one embedder."""
-    names = parse_members(spec)
+    return members_embedder(parse_members(spec), gem_p=gem_p, **kwargs)
+
+
+def members_embedder(names: list[str], input_size: int | None = None, gem_p: float = 3.0, **kwargs) -> Embedder:
+    """Bundled backbones ``names`` (one or more, validated by the caller) as one embedder.
+
+    ``input_size``: the side of the graph's input pixels (default the largest
+    member's); members of another size get the pixels resized inside the graph.
+    A joined embedder (:mod:`~productlens.models.embedders.joined`) builds its
+    companions at its main backbone's size this way, so both take the same batch.
+    """
+    if not names:
+        raise ProductLensError("an ensemble needs at least one member")
     members = [member_parts(n) for n in names]
-    size = max(pre.size for _, _, pre in members)
+    size = int(input_size or max(pre.size for _, _, pre in members))
     digest = hashlib.sha256("".join(file_sha256(w) for w, _, _ in members).encode()).hexdigest()[:16]
-    target = cache_dir() / "onnx" / f"ensemble-{'+'.join(names)}-{digest}-gem{gem_p:g}-v{EXPORT_VERSION}.onnx"
+    at = "" if input_size is None else f"-in{size}"
+    target = cache_dir() / "onnx" / f"ensemble-{'+'.join(names)}-{digest}{at}-gem{gem_p:g}-v{EXPORT_VERSION}.onnx"
     if not target.exists():
         export_onnx(ensemble_model([(build(), pre) for _, build, pre in members], size, gem_p), size, target)
     return Embedder(f"ensemble:{'+'.join(names)}", target, Preprocess(size=size, uint8=True), gem_p=gem_p, **kwargs)
