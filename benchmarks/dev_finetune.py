@@ -20,8 +20,8 @@ labelled shop photos of the fitting products beside their photos, each counted r
 (``build_catalog``'s ``FINETUNE_SELLER_REPEATS``); those backbones saw the shop
 labels, so only their catalog-mode column is printed.
 With ``--companions``, each fine-tuned backbone is also scored joined with the
-other bundled backbones on the whole photo (``build_catalog``'s default
-companions). ``--query-views regions`` embeds the train photos (fitting photos
+other bundled backbones on the whole photo (the catalog commands'
+``--companions``, off by default). ``--query-views regions`` embeds the train photos (fitting photos
 and queries) as multi-region descriptors, as catalogs do; default whole photos.
 """
 
@@ -39,8 +39,8 @@ from productlens.data.readers import read_gallery, read_labelled_csv
 from productlens.eval.metrics import retrieval_metrics
 from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
-from productlens.models.finetune import FinetuneConfig, finetune_backbone
 from productlens.models.embedders.joined import companions_for, joined
+from productlens.models.finetune import FinetuneConfig, finetune_backbone
 from productlens.pipeline.catalog import query_embedder
 from productlens.pipeline.embed import embed_items
 

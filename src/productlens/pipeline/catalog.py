@@ -207,8 +207,9 @@ class Catalog:
             raise
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
         embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
-        embedder = joined(embedder, stored_companions(store))
-        adapter = Adapter.load(path / "adapter", backbone=vector_name(name, stored_companions(store))) \
+        companions = stored_companions(store)
+        embedder = joined(embedder, companions)
+        adapter = Adapter.load(path / "adapter", backbone=vector_name(name, companions)) \
             if store.get_info("adapter") else None
         return cls(path, store, embedder, adapter)
 
