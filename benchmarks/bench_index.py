@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerank", type=int, default=None, help="store's rerank factor (default: the store's)")
     ap.add_argument("--threads", type=int, default=None, help="faiss threads (default: available cores)")
     ap.add_argument("--store-dir", default=None, help="where to build the store (default: a temp dir, removed)")
+    ap.add_argument("--vector-dtype", choices=("float32", "float16"), default="float32",
+                    help="how the store keeps its vectors on disk (float16: half the disk and page cache)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--exact", choices=("faiss", "stream"), default="faiss",
                     help="exact baseline: faiss IndexFlatIP in RAM (timed), or only a streamed ground truth "
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or len(os.sched_getaffinity(0))
     faiss.omp_set_num_threads(threads)
     options = {"exact_max": args.exact_max if args.exact_max is not None else args.n - 1, "threads": threads}
+    options["vector_dtype"] = args.vector_dtype
     for name in ("nlist", "nprobe", "rerank"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -203,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     queries = data.queries(args.queries)
     tmp = None
     store_dir = Path(args.store_dir) if args.store_dir else Path(tmp := tempfile.mkdtemp(prefix="bench-index-"))
+    need = args.n * args.dim * (4 if args.vector_dtype == "float32" else 2) + args.n * (args.dim + 8) * 2
+    free = shutil.disk_usage(store_dir).free
+    if free < need:  # vector segments + the IVF file written twice (old and new generation) at worst
+        shutil.rmtree(tmp, ignore_errors=True) if tmp else None
+        sys.exit(f"bench_index: {store_dir} has {free / 1e9:.0f} GB free; {args.n:,} x {args.dim} "
+                 f"{args.vector_dtype} vectors plus the SQ8 index need about {need / 1e9:.0f} GB")
     load_start = os.getloadavg()[0]
     log = lambda *a: print(f"[{time.strftime('%H:%M:%S')}]", *a, file=sys.stderr, flush=True)  # noqa: E731
     rows: list[dict] = []
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - t0
         m1 = rss_mib()
         ann = store._ann.index  # noqa: SLF001 - benchmark reports the chosen parameters
-        params = f"IVF{ann.nlist},SQ8 nprobe={ann.nprobe} rerank={store.rerank}x"
+        params = f"IVF{ann.nlist},SQ8 nprobe={ann.nprobe} rerank={store.rerank}x from {args.vector_dtype}"
         log(f"approximate build {build_s:.1f}s: {params}")
         lat_a, found_a = latencies(store.search, queries, args.k)
         m2 = rss_mib()
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = fmt_table(rows, args.k)
     setup = (
-        f"{args.n:,} x {args.dim} float32 clustered vectors ({args.clusters} products), "
+        f"{args.n:,} x {args.dim} clustered vectors ({args.clusters} products) kept as {args.vector_dtype}, "
         f"{args.queries} single queries, k={args.k}, {threads} threads, "
         f"{platform.processor() or platform.machine()}, faiss {faiss.__version__}; "
         f"store ingest {ingest_s:.0f}s; load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end"

@@ -791,3 +791,93 @@ def test_kill_9_leaves_a_committed_state(store_factory, tmp_path, rounds, dim, m
             live = {p.name for p in path.glob("seg-*.npy")}
             assert len(live) <= 8
     assert done >= rounds
+
+
+# ============================================================ embedded: float16
+def half(x: np.ndarray) -> np.ndarray:
+    """``x`` as a float16 store keeps it (rounded to float16), back in float32."""
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def test_float16_store_congruent_with_rounded_reference(store_factory):
+    embedded_only(store_factory)
+    rng = np.random.default_rng(21)
+    s = store_factory(dim=24, vector_dtype="float16", max_segments=6)
+    assert s.vector_dtype == "float16"
+    ref = ReferenceStore(24)  # holds the float16-rounded vectors: then the store must agree exactly
+    for step in range(12):
+        ids = rng.choice(400, 60, replace=False)
+        x = unit(rng, 60, 24)
+        md = catalog_metadata(ids, rng)
+        s.upsert(ids, x, md)
+        ref.upsert(ids, half(x), md)
+        if step % 4 == 3:
+            gone = rng.choice(400, 30, replace=False)
+            assert s.remove(gone) == ref.remove(gone)
+    assert s.vectors(ref.ids()[:3]).dtype == np.float32
+    assert_congruent(s, ref, rng, wheres=WHERES[:5])
+    s.compact()
+    segs = list(s.path.glob("seg-*.npy"))
+    assert len(segs) == 1
+    seg = np.load(segs[0], mmap_mode="r")
+    assert seg.dtype == np.float16 and segs[0].stat().st_size < 128 + seg.size * 2 + 1
+    assert_congruent(s, ref, rng, wheres=WHERES[:5])
+    s.close()
+    s2 = store_factory()  # reopened without naming the dtype: the store remembers it
+    assert s2.vector_dtype == "float16"
+    assert_congruent(s2, ref, rng)
+    with pytest.raises(ProductLensError, match="holds float16 vectors"):
+        store_factory(vector_dtype="float32")
+    plain = store_factory(dim=24, name="plain")
+    assert plain.vector_dtype == "float32"
+
+
+def test_float16_store_approximate_recall(store_factory):
+    """The IVF path on float16 segments, measured against exact float32 search of the original vectors."""
+    embedded_only(store_factory)
+    rng = np.random.default_rng(22)
+    n, dim, k = 6_000, 48, 50
+    centres = unit(rng, 150, dim)
+    x = clustered(rng, n, centres)
+    s = store_factory(dim=dim, kind="approximate", vector_dtype="float16")
+    s.upsert(np.arange(n), x, [{"category": f"c{i % 4}"} for i in range(n)])
+    s.build_index()
+    assert s._ann.index is not None and any(s.path.glob("ann-*.faiss"))
+    q = clustered(np.random.default_rng(23), 80, centres, spread=0.9)
+    ref = ReferenceStore(dim)
+    ref.upsert(np.arange(n), x, [{"category": f"c{i % 4}"} for i in range(n)])
+    scores, found = s.search(q, k)
+    _, truth = ref.search(q, k)
+    print("float16 approximate recall@50", _recall(found, truth))
+    assert _recall(found, truth) >= 0.98
+    true = np.einsum("qd,qkd->qk", q, x[found])  # the float32 scores of what was returned
+    np.testing.assert_allclose(scores, true, atol=2e-3)
+    _, found_f = s.search(q, k, {"category": "c1"})
+    assert _recall(found_f, ref.search(q, k, {"category": "c1"})[1]) >= 0.98
+
+
+def test_float16_store_refuses_out_of_range_and_unknown_dtypes(store_factory):
+    embedded_only(store_factory)
+    s = store_factory(dim=4, vector_dtype="float16")
+    s.upsert([1], np.eye(4)[:1])
+    with pytest.raises(ProductLensError, match="float16"):
+        s.upsert([2], np.full((1, 4), 1e5))
+    assert len(s) == 1 and len(list(s.path.glob("seg-*.npy"))) == 1  # nothing written
+    with pytest.raises(ProductLensError, match="vector_dtype"):
+        store_factory(dim=4, name="other", vector_dtype="int8")
+    assert not (store_factory.root / "other").exists()  # refused before anything was created
+
+
+def test_store_spec_creates_float16_catalog_store(tmp_path):
+    from productlens.cli.index_cmd import _store_spec
+    from productlens.pipeline.store_spec import StoreSpec
+
+    spec = _store_spec("embedded", tmp_path, None, milvus_uri=None, milvus_index="hnsw", qdrant_url=None,
+                       qdrant_path=None, vector_dtype="float16")
+    with spec.create(tmp_path, 8) as st:
+        st.upsert([1, 2], np.eye(8)[:2])
+    with StoreSpec.of(tmp_path).open(tmp_path) as st:  # how a catalog reopens it
+        assert st.vector_dtype == "float16" and len(st) == 2
+    with pytest.raises(ProductLensError, match="embedded store"):
+        _store_spec("milvus", tmp_path, None, milvus_uri=None, milvus_index="hnsw", qdrant_url=None,
+                    qdrant_path=None, vector_dtype="float16")

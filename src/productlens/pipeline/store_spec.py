@@ -40,8 +40,8 @@ class StoreSpec:
 
     def open(self, folder: Path, dim: int | None = None) -> Store:
         """Open (``dim``: create) this store for the catalog in ``folder``."""
-        if self.embedded:
-            return open_store(Path(folder) / EMBEDDED_DIR, dim=dim)
+        if self.embedded:  # options such as vector_dtype (fixed at creation; the store records them)
+            return open_store(Path(folder) / EMBEDDED_DIR, dim=dim, **self.options)
         opts = dict(self.options)
         if self.backend == "milvus" and os.environ.get("PRODUCTLENS_MILVUS_TOKEN"):
             opts.setdefault("token", os.environ["PRODUCTLENS_MILVUS_TOKEN"])

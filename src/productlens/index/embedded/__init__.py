@@ -3,7 +3,7 @@
 Layout of a store directory::
 
     store.sqlite (+ -wal, -shm)   metadata, vector locations, live segments, info
-    seg-<n>.npy                   immutable float32 (rows, dim) vector segments
+    seg-<n>.npy                   immutable (rows, dim) vector segments (float32, or float16)
     ann-<vgen>.faiss              approximate index built from vector generation vgen
     .tmp-<pid>-<token>-<name>     a file being written (deleted if its writer died)
 

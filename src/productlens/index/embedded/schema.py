@@ -14,7 +14,10 @@ from ...types import ProductLensError
 from ..base import CORE_FIELDS, Condition, clean_metadata, json_default
 
 DB_NAME = "store.sqlite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: float32 segments only; 2: adds float16 segments (meta "vector_bytes")
+
+#: segment dtypes a store can hold, by name -> bytes per component (recorded in meta "vector_bytes")
+VECTOR_DTYPES = {"float32": 4, "float16": 2}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -33,8 +36,15 @@ CREATE TABLE IF NOT EXISTS tombstones (
 CREATE INDEX IF NOT EXISTS tombstones_gen ON tombstones(gen);
 """
 
-def init_schema(db: sqlite3.Connection, path: Path, dim: int | None) -> int:
-    """Create the schema (needs ``dim``) or check the existing one; returns the store's dim."""
+def init_schema(
+    db: sqlite3.Connection, path: Path, dim: int | None, vector_dtype: str | None = None
+) -> tuple[int, str]:
+    """Create the schema (needs ``dim``) or check the existing one; returns the store's (dim, vector dtype).
+
+    ``vector_dtype`` (``"float32"`` or ``"float16"``) is fixed when the store is
+    created; None takes the existing store's (float32 for a new one), and a
+    different value for an existing store is refused.
+    """
     db.execute("BEGIN IMMEDIATE")
     try:
         has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -45,13 +55,16 @@ def init_schema(db: sqlite3.Connection, path: Path, dim: int | None) -> int:
         if stored_dim is None:
             if dim is None:
                 raise ProductLensError(f"no store at {path}; pass dim to create one")
+            dtype = vector_dtype or "float32"
             # (executescript would COMMIT: run the statements one by one inside our transaction)
             for stmt in filter(None, (s.strip() for s in SCHEMA.split(";"))):
                 db.execute(stmt)
-            db.executemany(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                [("dim", int(dim)), ("format", FORMAT_VERSION), ("gen", 0), ("vgen", 0), ("next_seg", 0)],
-            )
+            # float32 stores keep format 1, so that older versions still open them
+            meta = [("dim", int(dim)), ("format", 1 if dtype == "float32" else FORMAT_VERSION),
+                    ("gen", 0), ("vgen", 0), ("next_seg", 0)]
+            if dtype != "float32":
+                meta.append(("vector_bytes", VECTOR_DTYPES[dtype]))
+            db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", meta)
             stored_dim = int(dim)
         else:
             fmt = db.execute("SELECT value FROM meta WHERE key='format'").fetchone()
@@ -61,11 +74,20 @@ def init_schema(db: sqlite3.Connection, path: Path, dim: int | None) -> int:
                 raise ProductLensError(
                     f"store at {path} holds {stored_dim}-d vectors; refusing to open it with dim={dim}"
                 )
+            row = db.execute("SELECT value FROM meta WHERE key='vector_bytes'").fetchone()
+            by_bytes = {b: name for name, b in VECTOR_DTYPES.items()}
+            dtype = by_bytes.get(4 if row is None else int(row[0]))
+            if dtype is None:
+                raise ProductLensError(f"store at {path} has vectors of an unknown width ({row[0]} bytes)")
+            if vector_dtype is not None and vector_dtype != dtype:
+                raise ProductLensError(
+                    f"store at {path} holds {dtype} vectors; refusing to open it with vector_dtype={vector_dtype}"
+                )
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return stored_dim
+    return stored_dim, dtype
 
 
 def get_meta(db: sqlite3.Connection, key: str) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..base import pad_results
-from .segments import BLOCK_ROWS
+from .segments import BLOCK_ROWS, f32
 from .snapshot import Snapshot
 
 SCORE_BUDGET = 64 * 1024 * 1024  # float32 entries of a (queries x rows) score block
@@ -71,9 +71,9 @@ def exact_segments(
                 x = seg.vecs[b0 : b0 + rid.size]
                 if nvalid < rid.size // 2:  # mostly masked: score only the valid rows
                     idx = np.flatnonzero(valid)
-                    s, ids_b = qc @ x[idx].T, rid[idx]
+                    s, ids_b = qc @ f32(x[idx]).T, rid[idx]
                 else:
-                    s, ids_b = qc @ x.T, rid
+                    s, ids_b = qc @ f32(x).T, rid
                     if nvalid < rid.size:
                         s[:, ~valid] = -np.inf
                 best_s, best_i = topk_merge(best_s, best_i, s, np.broadcast_to(ids_b, s.shape), k)

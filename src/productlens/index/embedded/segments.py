@@ -1,10 +1,11 @@
 """Files of a store directory: immutable vector segments, temporary files, orphan clean-up.
 
-A segment ``seg-<n>.npy`` is a plain (rows, dim) little-endian float32 ``.npy``
-file. It is written once under a temporary name, fsynced and renamed into
-place (then the directory is fsynced), and only ever read through a memory map
-afterwards. Which segments are live is recorded in SQLite, not here: see the
-package docstring for how the two are kept consistent.
+A segment ``seg-<n>.npy`` is a plain (rows, dim) little-endian ``.npy`` file of
+the store's vector dtype (float32, or float16 for a compact store). It is
+written once under a temporary name, fsynced and renamed into place (then the
+directory is fsynced), and only ever read through a memory map afterwards.
+Which segments are live is recorded in SQLite, not here: see the package
+docstring for how the two are kept consistent.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ class SegmentMissing(Exception):
 @dataclass
 class Segment:
     no: int
-    vecs: np.ndarray  # memory-mapped (rows, dim) float32
+    vecs: np.ndarray  # memory-mapped (rows, dim) float32 or float16: read through f32()
     row_ids: np.ndarray  # (rows,) int64: id of each row, -1 when dead
+
+
+def f32(x: np.ndarray) -> np.ndarray:
+    """Rows of a segment as float32 (no copy when they already are)."""
+    return np.asarray(x, dtype=np.float32)
 
 
 def seg_path(directory: Path, no: int) -> Path:
@@ -65,16 +71,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_npy(final: Path, tmp: Path, chunks: Iterator[np.ndarray], rows: int, dim: int) -> None:
-    """Write a (rows, dim) float32 .npy atomically: ``tmp``, fsync, rename to ``final``, fsync dir."""
+def write_npy(
+    final: Path, tmp: Path, chunks: Iterator[np.ndarray], rows: int, dim: int, dtype: str = "float32"
+) -> None:
+    """Write a (rows, dim) .npy of ``dtype`` atomically: ``tmp``, fsync, rename to ``final``, fsync dir."""
+    le = np.dtype(dtype).newbyteorder("<")
     try:
         with open(tmp, "wb") as f:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+            header = {"descr": np.lib.format.dtype_to_descr(le), "fortran_order": False,
                       "shape": (int(rows), int(dim))}
             np.lib.format.write_array_header_1_0(f, header)
             written = 0
             for chunk in chunks:
-                chunk = np.ascontiguousarray(chunk, dtype="<f4")
+                chunk = np.ascontiguousarray(chunk, dtype=le)
                 f.write(memoryview(chunk).cast("B"))
                 written += chunk.shape[0]
             if written != rows:
@@ -89,7 +98,7 @@ def write_npy(final: Path, tmp: Path, chunks: Iterator[np.ndarray], rows: int, d
     fsync_dir(final.parent)
 
 
-def open_segment(directory: Path, no: int, rows: int, dim: int) -> np.ndarray:
+def open_segment(directory: Path, no: int, rows: int, dim: int, dtype: str = "float32") -> np.ndarray:
     """Memory-map segment ``no``; SegmentMissing if it is gone, ProductLensError if it is bad."""
     path = seg_path(directory, no)
     try:
@@ -98,9 +107,9 @@ def open_segment(directory: Path, no: int, rows: int, dim: int) -> np.ndarray:
         raise SegmentMissing(path) from None
     except (ValueError, OSError) as e:
         raise ProductLensError(f"store at {directory}: segment {no} is unreadable: {e}") from e
-    if arr.dtype != np.float32 or arr.shape != (rows, dim):
+    if arr.dtype != np.dtype(dtype) or arr.shape != (rows, dim):
         raise ProductLensError(
-            f"store at {directory}: segment {no} has {arr.dtype} {arr.shape}, expected float32 ({rows}, {dim})"
+            f"store at {directory}: segment {no} has {arr.dtype} {arr.shape}, expected {dtype} ({rows}, {dim})"
         )
     return arr
 

@@ -25,9 +25,10 @@ class Snapshot:
     read again.
     """
 
-    def __init__(self, path: Path, dim: int) -> None:
+    def __init__(self, path: Path, dim: int, dtype: str = "float32") -> None:
         self.path = path
         self.dim = dim
+        self.dtype = dtype  # of the segment files; everything handed out is float32
         self.gen = -1  # generation of the snapshot (-1: reload everything)
         self.vgen = -1  # vector generation: last commit that changed vectors
         self.segs: dict[int, Segment] = {}
@@ -65,7 +66,7 @@ class Snapshot:
                         row_ids[a[a[:, 0] == no, 1]] = -1
                         segs[no] = Segment(no, s.vecs, row_ids)
         for no in new:
-            vecs = open_segment(self.path, no, int(seg_rows[no]), self.dim)
+            vecs = open_segment(self.path, no, int(seg_rows[no]), self.dim, self.dtype)
             row_ids = np.full(int(seg_rows[no]), -1, dtype=np.int64)
             rows = db.execute("SELECT off, id FROM items WHERE seg=?", (no,)).fetchall()
             if rows:

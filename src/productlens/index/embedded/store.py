@@ -36,6 +36,7 @@ from ..base import (
 from .ann import AnnIndex, require_faiss, set_threads
 from .schema import (
     DB_NAME,
+    VECTOR_DTYPES,
     columns,
     drop_segments,
     get_meta,
@@ -50,6 +51,9 @@ from .schema import (
 from .search import exact_segments, exact_subset
 from .segments import BLOCK_ROWS, SegmentMissing, delete_segments, remove_orphans, seg_path, tmp_path, write_npy
 from .snapshot import Snapshot
+
+
+HALF_MAX = float(np.finfo(np.float16).max)
 
 
 def _available_cores() -> int:
@@ -76,6 +80,11 @@ class EmbeddedStore(Store):
     max_segments: merge the smallest segments when there are more (default 32).
     threads: faiss threads (default: the cores this process may use).
     timeout: seconds a writer waits for another writer's lock (default 60).
+    vector_dtype: how a new store keeps its vectors on disk: ``"float32"`` (the
+        default) or ``"float16"`` (half the disk and page cache; scores change by
+        about 1e-3, so near-ties may swap). Fixed at creation: None opens an
+        existing store as it is, another value is refused. Queries, search
+        scores and :meth:`vectors` are float32 either way.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class EmbeddedStore(Store):
         max_segments: int = 32,
         threads: int | None = None,
         timeout: float = 60.0,
+        vector_dtype: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.exact_max = int(exact_max)
@@ -113,6 +123,8 @@ class EmbeddedStore(Store):
         self._snap: Snapshot | None = None  # what readers see (set once dim is known)
         self._ann: AnnIndex | None = None  # the approximate index (ditto)
 
+        if vector_dtype is not None and vector_dtype not in VECTOR_DTYPES:
+            raise ProductLensError(f"vector_dtype must be one of {sorted(VECTOR_DTYPES)}, not {vector_dtype!r}")
         if self.path.exists() and not self.path.is_dir():
             raise ProductLensError(f"store path {self.path} exists and is not a directory")
         db_path = self.path / DB_NAME
@@ -125,14 +137,14 @@ class EmbeddedStore(Store):
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self.dim = init_schema(self._db, self.path, dim)
+            self.dim, self.vector_dtype = init_schema(self._db, self.path, dim, vector_dtype)
         except sqlite3.DatabaseError as e:
             self.close()
             raise ProductLensError(f"cannot open store at {self.path}: {e}") from e
         except BaseException:
             self.close()
             raise
-        self._snap = Snapshot(self.path, self.dim)
+        self._snap = Snapshot(self.path, self.dim, self.vector_dtype)
         self._ann = AnnIndex(
             self.path, self.dim, self._token, nlist=self.nlist, nprobe=self.nprobe,
             target_recall=self.target_recall, rerank=self.rerank,
@@ -215,11 +227,16 @@ class EmbeddedStore(Store):
     # ================================================================ writes
     def _write_segment(self, no: int, chunks: Iterator[np.ndarray], rows: int) -> None:
         final = seg_path(self.path, no)
-        write_npy(final, tmp_path(self.path, self._token, final.name), chunks, rows, self.dim)
+        write_npy(final, tmp_path(self.path, self._token, final.name), chunks, rows, self.dim, self.vector_dtype)
 
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, metadata: Sequence[dict] | None = None) -> None:
         ids_a = check_ids(ids, unique=True)
         vecs = check_vectors(vectors, self.dim, n=ids_a.size)
+        if self.vector_dtype == "float16" and vecs.size and float(np.abs(vecs).max()) > HALF_MAX:
+            raise ProductLensError(
+                f"store at {self.path} keeps float16 vectors: components must be within +-{HALF_MAX:g} "
+                f"(got {float(np.abs(vecs).max()):g}); normalise them or use a float32 store"
+            )
         mds = check_metadata(metadata, ids_a)
         rows = [columns(md) for md in mds] if mds is not None else None
         if ids_a.size == 0:
