@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = args.threads or len(os.sched_getaffinity(0))
     faiss.omp_set_num_threads(threads)
-    options = {"exact_max": args.exact_max if args.exact_max is not None else args.n - 1, "threads": threads}
-    options["vector_dtype"] = args.vector_dtype
+    options = {"exact_max": args.exact_max if args.exact_max is not None else args.n - 1, "threads": threads,
+               "vector_dtype": args.vector_dtype}
     for name in ("nlist", "nprobe", "rerank"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     need = args.n * args.dim * (4 if args.vector_dtype == "float32" else 2) + args.n * (args.dim + 8) * 2
     free = shutil.disk_usage(store_dir).free
     if free < need:  # vector segments + the IVF file written twice (old and new generation) at worst
-        shutil.rmtree(tmp, ignore_errors=True) if tmp else None
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
         sys.exit(f"bench_index: {store_dir} has {free / 1e9:.0f} GB free; {args.n:,} x {args.dim} "
                  f"{args.vector_dtype} vectors plus the SQ8 index need about {need / 1e9:.0f} GB")
     load_start = os.getloadavg()[0]

@@ -232,10 +232,10 @@ class EmbeddedStore(Store):
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, metadata: Sequence[dict] | None = None) -> None:
         ids_a = check_ids(ids, unique=True)
         vecs = check_vectors(vectors, self.dim, n=ids_a.size)
-        if self.vector_dtype == "float16" and vecs.size and float(np.abs(vecs).max()) > HALF_MAX:
+        if self.vector_dtype == "float16" and vecs.size and (top := float(np.abs(vecs).max())) > HALF_MAX:
             raise ProductLensError(
                 f"store at {self.path} keeps float16 vectors: components must be within +-{HALF_MAX:g} "
-                f"(got {float(np.abs(vecs).max()):g}); normalise them or use a float32 store"
+                f"(got {top:g}); normalise them or use a float32 store"
             )
         mds = check_metadata(metadata, ids_a)
         rows = [columns(md) for md in mds] if mds is not None else None
