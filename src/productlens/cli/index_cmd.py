@@ -107,8 +107,10 @@ def _store_spec(store: str, out: Path, collection: str | None, *, milvus_uri: st
     from productlens.pipeline.store_spec import StoreSpec
     from productlens.types import ProductLensError
 
-    if vector_dtype not in ("float32", "float16"):
-        raise ProductLensError(f"--vector-dtype must be float32 or float16, not {vector_dtype!r}")
+    from productlens.index.embedded.schema import VECTOR_DTYPES
+
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ProductLensError(f"--vector-dtype must be one of {', '.join(VECTOR_DTYPES)}, not {vector_dtype!r}")
     if store == "embedded":
         return StoreSpec(options={"vector_dtype": vector_dtype} if vector_dtype != "float32" else {})
     if vector_dtype != "float32":
