@@ -881,3 +881,58 @@ def test_store_spec_creates_float16_catalog_store(tmp_path):
     with pytest.raises(ProductLensError, match="embedded store"):
         _store_spec("milvus", tmp_path, None, milvus_uri=None, milvus_index="hnsw", qdrant_url=None,
                     qdrant_path=None, vector_dtype="float16")
+
+
+def _segment_vm_flags(directory) -> list[str]:
+    """VmFlags of this process's maps of the store's segment files (Linux /proc/self/smaps)."""
+    lines = open("/proc/self/smaps").read().split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if "/seg-" in line and line.split()[-1].startswith(str(directory)):
+            out += [lines[j] for j in range(i + 1, min(i + 30, len(lines))) if lines[j].startswith("VmFlags")][:1]
+    return out
+
+
+def test_segment_blocks_read_ahead_return_the_rows(tmp_path):
+    """read_rows reads a block from the segment file and returns exactly what a slice of the map
+    would, under either advice, past the end, and after the file is gone (from the map)."""
+    from productlens.index.embedded.segments import advise, open_segment, read_rows, seg_path
+
+    for dtype in ("float32", "float16"):
+        x = np.random.default_rng(0).standard_normal((3000, 96)).astype(dtype)
+        np.save(seg_path(tmp_path, 7), x)
+        seg = open_segment(tmp_path, 7, 3000, 96, dtype)
+        assert isinstance(seg, np.memmap)
+        for random in (True, False):
+            advise(seg, random)
+            for a, b in ((0, 10), (5, 2999), (1234, 5000), (2999, 3000), (10, 10)):
+                np.testing.assert_array_equal(read_rows(seg, a, b), x[a:b])
+        advise(x, True)  # a plain array: nothing to advise, no error
+        np.testing.assert_array_equal(read_rows(x, 3, 9), x[3:9])
+        seg_path(tmp_path, 7).unlink()  # removed by a concurrent compaction: the map still reads
+        np.testing.assert_array_equal(read_rows(seg, 100, 200), x[100:200])
+        del seg
+
+
+def test_segment_access_policy(tmp_path, monkeypatch):
+    """Segment maps are advised MADV_RANDOM when $PRODUCTLENS_SEGMENT_ACCESS says so, or (auto)
+    once they outgrow half the memory; a bad value is a clear error."""
+    from productlens.index.embedded.segments import ACCESS_ENV, random_access
+
+    monkeypatch.delenv(ACCESS_ENV, raising=False)
+    assert random_access(1 << 20) is False and random_access(1 << 62) is True
+    monkeypatch.setenv(ACCESS_ENV, "sideways")
+    with pytest.raises(ProductLensError, match="auto, random or normal"):
+        random_access(0)
+    if not sys.platform.startswith("linux"):
+        return
+    x = np.random.default_rng(1).standard_normal((500, 32)).astype(np.float32)
+    for mode, flagged in (("random", True), ("normal", False), ("auto", False)):
+        monkeypatch.setenv(ACCESS_ENV, mode)
+        path = tmp_path / mode
+        with open_store(path, dim=32) as st:
+            st.upsert(np.arange(500), x)
+            ids = st.search(x[:2], 3)[1]
+            assert ids[:, 0].tolist() == [0, 1]
+            flags = _segment_vm_flags(path)
+            assert flags and all((" rr" in f) == flagged for f in flags), (mode, flags)

@@ -24,6 +24,9 @@ def retrieval(
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the "
+                                          "top 10 by SIFT matches that fit one geometry (default: on where "
+                                          "OpenCV is installed)."),
     query_views: Optional[str] = typer.Option(None, "--query-views", help="regions: pool each query with six "
                                               "crops of it (default with --train); none: the whole photo only."),
     companions: bool = typer.Option(False, "--companions", help="Join the other bundled backbones, run on "
@@ -47,7 +50,7 @@ def retrieval(
                            rerank=rerank, finetune=finetune, rankings_out=rankings,
                            progress=not as_json, detector=load_detector(detector) if detect else None,
                            text=text, products=products, query_views=query_views,
-                           companions=companions_for(model) if companions else [])
+                           companions=companions_for(model) if companions else [], verify=verify)
     typer.echo(f"mode: {'catalog' if catalog else 'challenge'}  model: {model}  adapted: {bool(train)}"
                f"  fine-tuned: {bool(train) and finetune}  detect: {detect}"
                + (f"  text weight: {m['text_weight']:g}" if text else ""))

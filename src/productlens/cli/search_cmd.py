@@ -19,6 +19,9 @@ def search(
     box: Optional[str] = typer.Option(None, help="Product box in pixels: x,y,w,h (clipped to the image)."),
     k: int = typer.Option(10, "-k", help="Number of results."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the "
+                                          "top 10 by SIFT matches that fit one geometry (default: on where "
+                                          "OpenCV is installed)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     detect: bool = typer.Option(False, "--detect", help="Without --box: search the best detected product."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
@@ -38,7 +41,7 @@ def search(
         query_box = best_box(load_detector(detector), load_image(image))
         typer.echo(f"detected box: {query_box.as_tuple() if query_box else 'none (whole photo)'}", err=True)
     with Catalog.open(catalog_dir) as cat:
-        hits = cat.search(image, box=query_box, k=k, rerank=rerank, text=text)
+        hits = cat.search(image, box=query_box, k=k, rerank=rerank, text=text, verify=verify)
         categories = None
         if not as_json and cat.classifier is not None:  # the attached classifier's top 4 categories
             categories = cat.classify(image, box=query_box, k=4)
@@ -57,6 +60,9 @@ def rank(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the N x k int32 .npy."),
     k: int = typer.Option(1000, "-k"),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the "
+                                          "top 10 by SIFT matches that fit one geometry (default: on where "
+                                          "OpenCV is installed)."),
 ) -> None:
     """Write the AIcrowd Visual Product Recognition submission array (seller_img_id, best first)."""
     from productlens.data.readers import read_queries
@@ -64,7 +70,7 @@ def rank(
     from productlens.pipeline.rank import rank_queries, save_rankings
 
     with Catalog.open(catalog_dir) as cat:
-        rankings, errors = rank_queries(cat, read_queries(queries), k, rerank=rerank)
+        rankings, errors = rank_queries(cat, read_queries(queries), k, rerank=rerank, verify=verify)
     save_rankings(rankings, out)
     typer.echo(f"wrote {rankings.shape[0]} x {rankings.shape[1]} rankings to {out}; {len(errors)} queries unreadable")
 

@@ -31,13 +31,15 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
                        k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None,
                        detector: Detector | None = None, text: bool = False,
                        products: str | Path | None = None, query_views: str | None = None,
-                       companions: Sequence[str] = ()) -> dict:
+                       companions: Sequence[str] = (), verify: bool | None = None) -> dict:
     """Evaluate retrieval end to end and return the metrics dict.
 
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
     ``query_views``: how queries are embedded (``build_catalog``'s option; default
     ``"regions"`` with ``train_csv``, ``"none"`` without). ``companions``: also
     ``build_catalog``'s (bundled backbones joined on the whole photo; default none).
+    ``verify``: spatial verification of each query's top results (``rank_queries``'s;
+    default: on where OpenCV is installed).
     ``detector``: queries without a box are searched with their best detected box.
     ``text`` (needs ``train_csv``): OCR gallery and query photos and fuse the
     words with the image score; the fusion weight is chosen on training photos
@@ -73,7 +75,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
                 catalog.set_text_weight(weight)
             rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
                                              group_by_product=catalog_mode, progress=progress,
-                                             detector=detector)
+                                             detector=detector, verify=verify)
     if rankings_out:
         from productlens.pipeline.rank import save_rankings
 

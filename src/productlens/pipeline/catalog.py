@@ -81,6 +81,7 @@ class Catalog:
         self.query_embedder = query_embedder(embedder, store.get_info("query_views", "none"))
         self._classifier = None
         self._matcher = None
+        self._verifier = None
         self._by_product: dict[int, list[int]] | None = None
 
     @property
@@ -187,10 +188,20 @@ class Catalog:
             self._by_product = by_product
         return self._by_product
 
+    @property
+    def verifier(self):
+        """The :class:`~productlens.pipeline.verify.SpatialVerifier` of this catalog's photos (cached)."""
+        if self._verifier is None:
+            from productlens.pipeline.verify import SpatialVerifier
+
+            self._verifier = SpatialVerifier(self.store.get, root=self.path)
+        return self._verifier
+
     def _changed(self) -> None:
-        """Forget what was derived from the items (text matcher, product map)."""
+        """Forget what was derived from the items (text matcher, product map, local features)."""
         self._matcher = None
         self._by_product = None
+        self._verifier = None
 
     # -------------------------------------------------------------- open
     @classmethod
@@ -265,7 +276,8 @@ class Catalog:
     # ------------------------------------------------------------ search
     def search_vectors(self, queries: np.ndarray, k: int, *, rerank: bool = True,
                        where: dict | None = None, group_by_product: bool = False,
-                       texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       texts: Sequence[str] | None = None,
+                       verify: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for query vectors already in the index space.
 
         ``rerank``: alpha-QE over the top ``QE_K`` results. ``group_by_product``
@@ -273,6 +285,8 @@ class Catalog:
         within the retrieved list, so all photos of the best product come first.
         ``texts`` (one per query, from :meth:`query_texts`): fused with the
         items' documents at the catalog's ``text_weight`` before grouping.
+        ``verify`` (one query image per row, or None): spatial verification of the
+        top results (:mod:`productlens.pipeline.verify`) after the text, before grouping.
         """
         k = min(k, max(len(self.store), 1))
         scores, ids = self.store.search(queries, k, where)
@@ -290,6 +304,8 @@ class Catalog:
 
             scores, ids = fuse(scores, ids, self.matcher.gather(self.matcher.scores(texts), ids),
                                self.text_weight)
+        if verify is not None:
+            scores, ids = self.verifier.rerank(scores, ids, verify)
         if group_by_product:
             scores, ids = self._group(scores, ids)
         return scores, ids
@@ -350,12 +366,15 @@ class Catalog:
         return clf.predict(img, k=k, level=level)[0]
 
     def search(self, source: Any, *, box: Box | None = None, k: int = 10, rerank: bool = True,
-               where: dict | None = None, detector: Detector | None = None, text: str | None = None) -> list[Hit]:
+               where: dict | None = None, detector: Detector | None = None, text: str | None = None,
+               verify: bool | None = None) -> list[Hit]:
         """Rank the catalog for one query image (path, URL or bytes; optional box).
 
         ``detector`` (a :class:`~productlens.models.detectors.Detector`): without
         a box, search with the best detected box instead of the whole photo.
         ``text``: words known about the query (e.g. a title), fused like OCR text.
+        ``verify``: spatial verification of the top results (default: on where
+        OpenCV is installed; see :func:`productlens.pipeline.verify.resolve`).
         """
         if box is None and detector is not None:
             from productlens.pipeline.detect import best_box
@@ -364,7 +383,10 @@ class Catalog:
         img = load_image(source, box=box, target=self.query_embedder.preprocess.size)  # ImageError / BoxError
         query = self.to_index_space(self.query_embedder.embed_images([img]), "query")
         texts = self.query_texts([img], None, [text])
-        return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts))[0]
+        from productlens.pipeline.verify import resolve
+
+        return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,
+                                                       verify=[img] if resolve(verify) else None))[0]
 
 
 def stored_companions(store: Store) -> list[str]:

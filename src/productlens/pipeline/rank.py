@@ -25,12 +25,17 @@ log = logging.getLogger(__name__)
 
 def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, rerank: bool = True,
                  group_by_product: bool = False, progress: bool = True, detector: Detector | None = None,
-                 batch: int = 256) -> tuple[np.ndarray, list]:
+                 batch: int = 256, verify: bool | None = None) -> tuple[np.ndarray, list]:
     """Rank the catalog for every query; returns (N x k int32 ids padded with -1, errors).
 
     ``detector``: queries without a box are searched with their best detected box.
     A catalog with a text weight fuses each query's OCR words (and its ``extra["text"]``).
+    ``verify``: spatial verification of each query's top results
+    (:mod:`productlens.pipeline.verify`; default: on where OpenCV is installed).
     """
+    from productlens.pipeline.verify import resolve
+
+    verify = resolve(verify)
     k_eff = min(k, len(catalog))
     out = np.full((len(queries), k), -1, dtype=np.int32)
     boxes = [q.box for q in queries]
@@ -44,11 +49,26 @@ def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, re
                                 [q.extra.get("text") for q in ok], progress=progress)
     for start in range(0, len(res.ok), batch):
         rows = res.ok[start:start + batch]
+        images = [_query_image(queries[i].image, boxes[i]) for i in rows] if verify else None
         _, ids = catalog.search_vectors(res.vectors[start:start + batch], k_eff, rerank=rerank,
                                         group_by_product=group_by_product,
-                                        texts=None if texts is None else texts[start:start + batch])
+                                        texts=None if texts is None else texts[start:start + batch],
+                                        verify=images)
         out[rows, :k_eff] = ids
     return out, res.errors
+
+
+def _query_image(source, box):
+    """The query photo (cropped to its box) for spatial verification; None if it cannot be read again."""
+    from productlens.data.images import load_image
+    from productlens.pipeline.verify import LONG_SIDE
+    from productlens.types import ProductLensError
+
+    try:
+        return load_image(source, box=box, target=LONG_SIDE)
+    except (ProductLensError, OSError) as exc:
+        log.warning("query %s: not verified: %s", source, exc)
+        return None
 
 
 def save_rankings(rankings: np.ndarray, path: str | os.PathLike) -> Path:

@@ -27,6 +27,8 @@ class ServeConfig:
     best detected box (True) or the whole photo (False; boxes are still drawn).
     ``min_box_score``, ``max_boxes``: which detections are returned (and drawn):
     at most this many, best first, scoring at least this much.
+    ``verify``: spatial verification of the top matches (:mod:`productlens.pipeline.verify`;
+    None: on where OpenCV is installed).
     """
 
     catalog: Path
@@ -36,6 +38,7 @@ class ServeConfig:
     search_detected: bool = True
     min_box_score: float = 0.3
     max_boxes: int = 10
+    verify: bool | None = None
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000
     workers: int = 1

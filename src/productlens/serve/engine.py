@@ -23,6 +23,7 @@ from PIL import Image
 
 from productlens.data.images import load_image
 from productlens.pipeline.catalog import Catalog
+from productlens.pipeline.verify import resolve as resolve_verify
 from productlens.serve.config import ServeConfig
 from productlens.types import Box, ImageError, Item, ProductLensError, product_key
 
@@ -83,6 +84,7 @@ class Engine:
         self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self.uploads = Path(config.catalog) / "uploads"
+        self.verify = resolve_verify(config.verify)
 
     def close(self) -> None:
         self.catalog.close()
@@ -149,7 +151,8 @@ class Engine:
         query = cat.to_index_space(cat.query_embedder.embed_images(images), "query")
         texts = cat.query_texts(images)
         scores, ids = cat.search_vectors(query, min(k * 4, len(cat.store)), texts=texts,
-                                         group_by_product=cat.grouping() is not None)
+                                         group_by_product=cat.grouping() is not None,
+                                         verify=images if self.verify else None)
         rows = []
         for row in cat.store.as_hits(scores, ids):
             hits, seen = [], set()

@@ -23,7 +23,7 @@ import numpy as np
 
 from ...types import ProductLensError
 from .search import exact_segments, exact_subset, rescore
-from .segments import ANN_RE, BLOCK_ROWS, f32, fsync_dir, tmp_path
+from .segments import ANN_RE, BLOCK_ROWS, f32, fsync_dir, read_rows, tmp_path
 from .snapshot import Snapshot
 
 try:  # faiss is a hard dependency of the project, but keep the exact path usable without it
@@ -191,7 +191,7 @@ class AnnIndex:
                 rid = seg.row_ids[b0 : b0 + BLOCK_ROWS]
                 valid = np.flatnonzero(rid >= 0)
                 if valid.size:
-                    x = seg.vecs[b0 : b0 + rid.size]
+                    x = read_rows(seg.vecs, b0, b0 + rid.size)
                     x = f32(x[valid] if valid.size < rid.size else x)
                     index.add_with_ids(np.ascontiguousarray(x), rid[valid])
         self.index, self.vgen, self.ids = index, snap.vgen, ids.copy()

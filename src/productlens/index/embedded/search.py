@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..base import pad_results
-from .segments import BLOCK_ROWS, f32
+from .segments import BLOCK_ROWS, f32, read_rows
 from .snapshot import Snapshot
 
 SCORE_BUDGET = 64 * 1024 * 1024  # float32 entries of a (queries x rows) score block
@@ -68,7 +68,7 @@ def exact_segments(
                 nvalid = int(np.count_nonzero(valid))
                 if nvalid == 0:
                     continue
-                x = seg.vecs[b0 : b0 + rid.size]
+                x = read_rows(seg.vecs, b0, b0 + rid.size)
                 if nvalid < rid.size // 2:  # mostly masked: score only the valid rows
                     idx = np.flatnonzero(valid)
                     s, ids_b = qc @ f32(x[idx]).T, rid[idx]

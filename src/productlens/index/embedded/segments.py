@@ -11,6 +11,7 @@ docstring for how the two are kept consistent.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 import secrets
@@ -47,6 +48,93 @@ class Segment:
 def f32(x: np.ndarray) -> np.ndarray:
     """Rows of a segment as float32 (no copy when they already are)."""
     return np.asarray(x, dtype=np.float32)
+
+
+#: How segment maps are read: ``auto`` (random once the live segments are larger than
+#: half the machine's memory), ``random`` or ``normal`` (the kernel's read-ahead); from
+#: ``$PRODUCTLENS_SEGMENT_ACCESS``. See :func:`random_access`.
+ACCESS_ENV = "PRODUCTLENS_SEGMENT_ACCESS"
+
+
+def random_access(total_bytes: int) -> bool:
+    """Whether segment maps totalling ``total_bytes`` should be read at random (``MADV_RANDOM``).
+
+    The kernel's read-ahead turns each scattered row read (re-scoring, gathers) into up
+    to ``read_ahead_kb`` of disk reads (8 MB on this project's machine). While the
+    segments fit in the page cache that only warms it faster; once they outgrow it,
+    every query reads hundreds of MB and evicts what the next one needs (a 10M-vector
+    store read 1,841 MB to gather 2,000 rows; 11 MB with ``MADV_RANDOM``). So ``auto``
+    asks for random access once the segments exceed half of the physical memory.
+    """
+    mode = os.environ.get(ACCESS_ENV, "auto").strip().lower()
+    if mode not in ("auto", "random", "normal"):
+        raise ProductLensError(f"${ACCESS_ENV} must be auto, random or normal, not {mode!r}")
+    if mode != "auto":
+        return mode == "random"
+    memory = memory_bytes()
+    return memory is not None and total_bytes > memory // 2
+
+
+def memory_bytes() -> int | None:
+    """The memory this process may use: physical memory, or its cgroup's limit if smaller
+    (a container's page cache is capped by the limit). None where it cannot be read."""
+    try:
+        sizes = [os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+    with contextlib.suppress(OSError):
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":  # cgroup v2
+                    limit = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"
+                elif "memory" in controllers.split(","):  # cgroup v1
+                    limit = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"
+                else:
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    sizes.append(int(limit.read_text().strip()))  # "max" (no limit) is skipped
+    return min(sizes)
+
+
+def advise(arr: np.ndarray, random: bool) -> None:
+    """``MADV_RANDOM`` (no read-ahead) or ``MADV_NORMAL`` on a segment's map; sequential scans
+    read their blocks with :func:`read_rows` either way. A no-op without ``madvise``."""
+    mm = getattr(arr, "_mmap", None)
+    flag = getattr(mmap, "MADV_RANDOM" if random else "MADV_NORMAL", None)
+    if mm is not None and flag is not None and hasattr(mm, "madvise"):
+        with contextlib.suppress(OSError, ValueError):
+            mm.madvise(flag)
+
+
+def read_rows(arr: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a memory-mapped segment, for sequential scans (exact search,
+    index build, compaction): read from the file with one ``read`` rather than through
+    the map. Faulting a map in costs a page fault per 4 KB once it is advised random
+    (:func:`advise`; no fault-around then) and several per 64 KB otherwise; one read
+    of a block gets the file's own read-ahead. Measured on this machine: 256 MB of
+    float16 rows in 0.08 s by ``read``, 0.4-0.9 s through a normal map, 2.1 s through a
+    random one. The segment files never change once written, so both give the same
+    rows; if the file is gone (a concurrent compaction) the map is read instead.
+    """
+    stop = min(stop, arr.shape[0])
+    name = getattr(arr, "filename", None)
+    if not isinstance(arr, np.memmap) or name is None or stop <= start or not arr.flags.c_contiguous:
+        return arr[start:stop]
+    out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
+    buf = memoryview(out).cast("B")
+    try:
+        with open(name, "rb", buffering=0) as f:
+            f.seek(int(arr.offset) + start * arr.strides[0])
+            done = 0
+            while done < len(buf):
+                n = f.readinto(buf[done:])
+                if not n:
+                    break
+                done += n
+    except OSError:
+        return arr[start:stop]
+    return out if done == len(buf) else arr[start:stop]
 
 
 def seg_path(directory: Path, no: int) -> Path:

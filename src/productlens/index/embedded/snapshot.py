@@ -10,7 +10,7 @@ import numpy as np
 
 from ...types import ProductLensError
 from .schema import get_meta
-from .segments import Segment, open_segment
+from .segments import Segment, advise, open_segment, random_access
 
 
 class Snapshot:
@@ -33,6 +33,7 @@ class Snapshot:
         self.vgen = -1  # vector generation: last commit that changed vectors
         self.segs: dict[int, Segment] = {}
         self.n_live = 0
+        self.random = False  # segment maps advised MADV_RANDOM (see segments.random_access)
         self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def invalidate(self) -> None:
@@ -74,6 +75,11 @@ class Snapshot:
                 row_ids[a[0::2]] = a[1::2]
             segs[no] = Segment(no, vecs, row_ids)
         self.segs = dict(sorted(segs.items()))
+        random = random_access(sum(s.vecs.nbytes for s in self.segs.values()))
+        for no, s in self.segs.items():
+            if no in new or random != self.random:
+                advise(s.vecs, random)
+        self.random = random
         self.n_live = int(sum(int(np.count_nonzero(s.row_ids >= 0)) for s in self.segs.values()))
         self._lookup = None
         self.gen = gen

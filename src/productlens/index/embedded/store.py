@@ -49,7 +49,8 @@ from .schema import (
     where_sql,
 )
 from .search import exact_segments, exact_subset
-from .segments import BLOCK_ROWS, SegmentMissing, delete_segments, remove_orphans, seg_path, tmp_path, write_npy
+from .segments import (BLOCK_ROWS, SegmentMissing, delete_segments, read_rows, remove_orphans, seg_path, tmp_path,
+                       write_npy)
 from .snapshot import Snapshot
 
 
@@ -364,7 +365,9 @@ class EmbeddedStore(Store):
                         for no, live in parts:
                             vecs = segs[no].vecs
                             for a in range(0, live.size, BLOCK_ROWS):
-                                yield vecs[live[a : a + BLOCK_ROWS]]
+                                part = live[a : a + BLOCK_ROWS]
+                                lo = int(part[0])  # read the block's span ahead, then pick its live rows
+                                yield read_rows(vecs, lo, int(part[-1]) + 1)[part - lo]
 
                     self._write_segment(seg_no, chunks(), n_live)
                     new_ids = np.concatenate([segs[no].row_ids[live] for no, live in parts])
