@@ -51,7 +51,7 @@ def f32(x: np.ndarray) -> np.ndarray:
 
 
 #: How segment maps are read: ``auto`` (random once the live segments are larger than
-#: half the machine's memory), ``random`` or ``normal`` (the kernel's read-ahead); from
+#: half the memory, see :func:`memory_bytes`), ``random`` or ``normal`` (the kernel's read-ahead); from
 #: ``$PRODUCTLENS_SEGMENT_ACCESS``. See :func:`random_access`.
 ACCESS_ENV = "PRODUCTLENS_SEGMENT_ACCESS"
 
@@ -64,7 +64,7 @@ def random_access(total_bytes: int) -> bool:
     segments fit in the page cache that only warms it faster; once they outgrow it,
     every query reads hundreds of MB and evicts what the next one needs (a 10M-vector
     store read 1,841 MB to gather 2,000 rows; 11 MB with ``MADV_RANDOM``). So ``auto``
-    asks for random access once the segments exceed half of the physical memory.
+    asks for random access once the segments exceed half of :func:`memory_bytes`.
     """
     mode = os.environ.get(ACCESS_ENV, "auto").strip().lower()
     if mode not in ("auto", "random", "normal"):
