@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_index import ClusteredData  # noqa: E402
 
 from productlens.index import open_store  # noqa: E402
-from productlens.index.embedded.segments import ACCESS_ENV  # noqa: E402
+from productlens.index.embedded.segments import ACCESS_ENV, memory_bytes  # noqa: E402
 
 
 def read_bytes() -> int:
@@ -95,10 +95,12 @@ def memory_cgroup(limit: int):
     try:
         (child / limit_file).write_text(str(limit))
         (child / "cgroup.procs").write_text(str(os.getpid()))
+        memory_bytes.cache_clear()  # the store reads its limit once per process
         try:
             yield
         finally:
             (parent / "cgroup.procs").write_text(str(os.getpid()))
+            memory_bytes.cache_clear()
     finally:
         for _ in range(50):  # the cgroup goes once its charges are gone
             try:

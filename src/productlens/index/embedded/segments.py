@@ -11,6 +11,7 @@ docstring for how the two are kept consistent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import re
@@ -75,9 +76,11 @@ def random_access(total_bytes: int) -> bool:
     return memory is not None and total_bytes > memory // 2
 
 
+@functools.lru_cache(maxsize=1)
 def memory_bytes() -> int | None:
     """The memory this process may use: physical memory, or its cgroup's limit if smaller
-    (a container's page cache is capped by the limit). None where it cannot be read."""
+    (a container's page cache is capped by the limit). None where it cannot be read.
+    Read once per process: snapshots ask on every refresh."""
     try:
         sizes = [os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
