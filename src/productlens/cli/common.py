@@ -23,3 +23,10 @@ def fail_cleanly(fn: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def verify_option():
+    """The ``--verify/--no-verify`` option of the commands that rank a catalog (default None: on
+    where OpenCV is installed; see :func:`productlens.pipeline.verify.resolve`)."""
+    return typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the top 10 by SIFT "
+                        "matches that fit one geometry (default: on where OpenCV is installed).")

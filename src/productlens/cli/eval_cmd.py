@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly
+from productlens.cli.common import fail_cleanly, verify_option
 from productlens.config import DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Evaluate productlens on labelled data.", no_args_is_help=True)
@@ -24,9 +24,7 @@ def retrieval(
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
-    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the "
-                                          "top 10 by SIFT matches that fit one geometry (default: on where "
-                                          "OpenCV is installed)."),
+    verify: Optional[bool] = verify_option(),
     query_views: Optional[str] = typer.Option(None, "--query-views", help="regions: pool each query with six "
                                               "crops of it (default with --train); none: the whole photo only."),
     companions: bool = typer.Option(False, "--companions", help="Join the other bundled backbones, run on "

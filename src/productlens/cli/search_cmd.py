@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from productlens.cli.common import verify_option
+
 from productlens.config import DEFAULT_EMBEDDER
 
 
@@ -19,9 +21,7 @@ def search(
     box: Optional[str] = typer.Option(None, help="Product box in pixels: x,y,w,h (clipped to the image)."),
     k: int = typer.Option(10, "-k", help="Number of results."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
-    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the "
-                                          "top 10 by SIFT matches that fit one geometry (default: on where "
-                                          "OpenCV is installed)."),
+    verify: Optional[bool] = verify_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     detect: bool = typer.Option(False, "--detect", help="Without --box: search the best detected product."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
@@ -60,9 +60,7 @@ def rank(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the N x k int32 .npy."),
     k: int = typer.Option(1000, "-k"),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
-    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the "
-                                          "top 10 by SIFT matches that fit one geometry (default: on where "
-                                          "OpenCV is installed)."),
+    verify: Optional[bool] = verify_option(),
 ) -> None:
     """Write the AIcrowd Visual Product Recognition submission array (seller_img_id, best first)."""
     from productlens.data.readers import read_queries
