@@ -252,13 +252,14 @@ def test_text_search_photos_and_zero_shot_cli(text_catalog):
     assert json.loads(res.output.strip().splitlines()[-1])[0]["product_id"] == 2
     queries = list(csv.DictReader(open(paths["queries"])))
     imgs = [str(root / q["img_path"]) for q in queries]
-    res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), *imgs, "--names", "red,green,blue,yellow",
-                              "-k", "1", "--json"])
-    assert res.exit_code == 0, res.output
-    preds = json.loads(res.output.strip().splitlines()[-1])
     names = ["red", "green", "blue", "yellow"]
-    acc = np.mean([p["categories"][0][0] == names[int(q["product_id"])] for p, q in zip(preds, queries)])
-    assert acc >= 0.75
+    for weight in ("0", "0.25"):  # the alignment alone, and mixed with ImageNet concepts (the default)
+        res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), *imgs, "--names", ",".join(names),
+                                  "-k", "1", "--imagenet-weight", weight, "--json"])
+        assert res.exit_code == 0, res.output
+        preds = json.loads(res.output.strip().splitlines()[-1])
+        acc = np.mean([p["categories"][0][0] == names[int(q["product_id"])] for p, q in zip(preds, queries)])
+        assert acc >= 0.75, weight
 
 
 def test_zero_shot_and_photos_need_an_alignment(tmp_path):

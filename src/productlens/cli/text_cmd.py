@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from productlens.cli.common import fail_cleanly
+from productlens.heads.conse import MIX_WEIGHT
 
 app = typer.Typer(help="Product text: search by words, align photos with titles, zero-shot, OCR.",
                   no_args_is_help=True)
@@ -66,6 +67,9 @@ def zero_shot_cmd(
     images: List[str] = typer.Argument(..., help="Photos to name."),
     names: str = typer.Option(..., help="Category names, comma-separated, or @FILE with one name a line."),
     k: int = typer.Option(4, "-k"),
+    imagenet_weight: float = typer.Option(
+        MIX_WEIGHT, "--imagenet-weight", min=0.0,
+        help="Weight of the backbone's ImageNet concepts beside the catalog's alignment (0: alignment only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Name each photo's category among NAMES by text alone (the names need no photos)."""
@@ -77,7 +81,7 @@ def zero_shot_cmd(
     else:
         name_list = [n.strip() for n in names.split(",") if n.strip()]
     with Catalog.open(catalog_dir) as cat:
-        preds = zero_shot(cat, images, name_list, k=k)
+        preds = zero_shot(cat, images, name_list, k=k, imagenet_weight=imagenet_weight)
     if as_json:
         typer.echo(json.dumps([{"image": i, "categories": p} for i, p in zip(images, preds)]))
         return

@@ -9,7 +9,9 @@
   space, so gallery vectors need no re-embedding.
 - :func:`photos_for_text` finds photos by words (the projected gallery vectors
   against the query's MiniLM vector); :func:`zero_shot` names a photo's
-  category among any list of names, including categories with no photo.
+  category among any list of names, including categories with no photo
+  (the alignment, mixed with the backbone's ImageNet concepts:
+  :mod:`productlens.heads.conse`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from productlens.heads.align import Alignment, fit_alignment, product_text
+from productlens.heads.conse import MIX_WEIGHT
 from productlens.models.text import DEFAULT_TEXT_ENCODER, get_text_encoder
 from productlens.pipeline.catalog import Catalog
 from productlens.pipeline.text_search import TextSearch, products_from_metadata
@@ -108,21 +111,37 @@ def photos_for_text(catalog: Catalog, query: str, k: int = 10) -> list[Hit]:
 
 
 def zero_shot(catalog: Catalog, sources: Sequence[Any], names: Sequence[str], k: int = 4,
-              progress: bool = False) -> list[list[tuple[str, float]] | None]:
-    """Name each photo's category among ``names`` by text alone: the ``k`` best (name, cosine).
+              progress: bool = False, imagenet_weight: float = MIX_WEIGHT
+              ) -> list[list[tuple[str, float]] | None]:
+    """Name each photo's category among ``names`` by text alone: the ``k`` best (name, score).
 
-    ``names`` may include categories the catalog has no photo of. A photo that
-    cannot be read gives None (reported as a warning by the embedding step).
+    ``names`` may include categories the catalog has no photo of. The score is
+    the cosine of the photo, projected by the catalog's image-text alignment,
+    with the name; with ``imagenet_weight`` > 0 (and two names or more) it is
+    :func:`productlens.heads.conse.mix` of that cosine and the ImageNet concepts'
+    (:class:`~productlens.heads.conse.Concepts`), each standardised over the names.
+    The alignment only knows the catalog's categories; the concepts add what the
+    backbone learned on ImageNet, which helps most with categories no catalog
+    photo shows. A photo that cannot be read gives None (reported as a warning
+    by the embedding step).
     """
     names = [n for n in names if str(n).strip()]
     if not names:
         raise ProductLensError("zero-shot classification needs at least one category name")
+    if imagenet_weight < 0:
+        raise ProductLensError("imagenet_weight must be 0 or more")
     align = load_catalog_alignment(catalog)
     t = get_text_encoder(align.text_encoder).encode([str(n).replace("-", " ") for n in names])
     res = catalog.embed_queries(list(sources), progress=progress)
     sims = align.similarity(res.vectors, t)
+    ok = res.ok
+    if imagenet_weight > 0 and len(names) > 1 and len(ok):
+        from productlens.heads.conse import get_concepts, mix
+
+        con = get_concepts(align.text_encoder).embed([sources[i] for i in ok], progress=progress)
+        ok, sims = ok[con.ok], mix(sims[con.ok], con.vectors @ t.T, imagenet_weight)
     out: list[list[tuple[str, float]] | None] = [None] * len(sources)
-    for row, i in enumerate(res.ok):
+    for row, i in enumerate(ok):
         order = np.argsort(-sims[row], kind="stable")[:k]
         out[i] = [(names[j], float(sims[row, j])) for j in order]
     return out
