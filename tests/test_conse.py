@@ -29,7 +29,7 @@ def test_standardise_and_mix():
 
 
 @pytest.mark.slow
-def test_concepts_from_the_imagenet_classifier(tmp_path, caplog):
+def test_concepts_from_the_imagenet_classifier(tmp_path):
     pytest.importorskip("sentence_transformers")
     from productlens.heads.conse import get_concepts
 

@@ -72,7 +72,11 @@ def zero_shot_cmd(
         help="Weight of the backbone's ImageNet concepts beside the catalog's alignment (0: alignment only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Name each photo's category among NAMES by text alone (the names need no photos)."""
+    """Name each photo's category among NAMES by text alone (the names need no photos).
+
+    Scores: the alignment's cosine with --imagenet-weight 0; otherwise both signals,
+    each standardised over the names, added (higher is better, not a probability).
+    """
     from productlens.pipeline.catalog import Catalog
     from productlens.pipeline.multimodal import zero_shot
 
