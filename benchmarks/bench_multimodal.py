@@ -41,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
+from productlens.config import ZERO_SHOT_IMAGENET_WEIGHT
 from productlens.data.readers import read_gallery, read_labelled_csv, read_products_jsonl, read_queries
 from productlens.eval.metrics import average_precision_at_k, relevance
 from productlens.eval.retrieval import attach_product_text, evaluate_retrieval
 from productlens.heads.align import fit_alignment, product_text
-from productlens.heads.conse import MIX_WEIGHT, get_concepts, mix
+from productlens.heads.conse import get_concepts, mix
 from productlens.models.embedders import get_embedder
 from productlens.models.text import get_text_encoder
 from productlens.pipeline.catalog import build_catalog
@@ -146,7 +147,7 @@ def zero_shot_bench(g: Path, catalog, train, val) -> dict:
     truth = [v.category for v in val]
     t0 = time.perf_counter()
     a = {}
-    for label, w in (("alignment", 0.0), ("mixed", MIX_WEIGHT)):
+    for label, w in (("alignment", 0.0), ("mixed", ZERO_SHOT_IMAGENET_WEIGHT)):
         pred = zero_shot(catalog, [v.image for v in val], names, k=1, imagenet_weight=w)
         a[label] = float(np.mean([p is not None and p[0][0] == t for p, t in zip(pred, truth)]))
     # (b) strict: the alignment never sees a photo or a text of the odd categories
@@ -175,16 +176,17 @@ def zero_shot_bench(g: Path, catalog, train, val) -> dict:
     cols = [names.index(n) for n in unseen_names]
     b = {}
     for label, table in (("alignment", sims), ("concepts", con.vectors @ name_vecs.T),
-                         ("mixed", mix(sims, con.vectors @ name_vecs.T, MIX_WEIGHT))):
+                         ("mixed", mix(sims, con.vectors @ name_vecs.T, ZERO_SHOT_IMAGENET_WEIGHT))):
         b[label] = {"among_all": float((np.array(names)[table.argmax(1)] == vt).mean()),
                     "among_unseen": float((np.array(unseen_names)[table[:, cols].argmax(1)] == vt).mean())}
-    out = {"catalog_top1": a["mixed"], "catalog_top1_alignment_only": a["alignment"], "mix_weight": MIX_WEIGHT,
+    out = {"catalog_top1": a["mixed"], "catalog_top1_alignment_only": a["alignment"],
+           "mix_weight": ZERO_SHOT_IMAGENET_WEIGHT,
            "heldout_top1_among_42": b["mixed"]["among_all"], "heldout_top1_among_unseen": b["mixed"]["among_unseen"],
            "heldout": b, "n_val": len(val), "n_heldout_val": len(vt), "n_unseen_names": len(unseen_names),
            "chance_42": 1 / len(names), "chance_unseen": 1 / len(unseen_names),
            "seconds": round(time.perf_counter() - t0, 1)}
     print(f"zero-shot category top-1: catalog alignment {a['alignment']:.3f}, mixed with ImageNet concepts "
-          f"(weight {MIX_WEIGHT}) {a['mixed']:.3f}", flush=True)
+          f"(weight {ZERO_SHOT_IMAGENET_WEIGHT}) {a['mixed']:.3f}", flush=True)
     for label, r in b.items():
         print(f"  held-out categories, {label}: {r['among_all']:.3f} among {len(names)}, {r['among_unseen']:.3f} "
               f"among {len(unseen_names)} unseen (chance {1 / len(names):.3f} / {1 / len(unseen_names):.3f})",

@@ -8,6 +8,9 @@ from pathlib import Path
 DEFAULT_EMBEDDER = "efficientnet-lite2"
 #: The classifier's default backbone: the three bundled backbones concatenated (see pipeline/classify.py).
 CLASSIFIER_EMBEDDER = "ensemble:efficientnet-lite2+efficientnet-lite0+mobilenetv2"
+# weight of the backbone's ImageNet concepts beside a catalog's alignment in zero-shot
+# (productlens.heads.conse; chosen on train photos only, docs/benchmarks.md)
+ZERO_SHOT_IMAGENET_WEIGHT = 0.25
 
 
 def cache_dir() -> Path:

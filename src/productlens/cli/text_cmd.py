@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from productlens.cli.common import fail_cleanly
-from productlens.heads.conse import MIX_WEIGHT
+from productlens.config import ZERO_SHOT_IMAGENET_WEIGHT
 
 app = typer.Typer(help="Product text: search by words, align photos with titles, zero-shot, OCR.",
                   no_args_is_help=True)
@@ -68,7 +68,7 @@ def zero_shot_cmd(
     names: str = typer.Option(..., help="Category names, comma-separated, or @FILE with one name a line."),
     k: int = typer.Option(4, "-k"),
     imagenet_weight: float = typer.Option(
-        MIX_WEIGHT, "--imagenet-weight", min=0.0,
+        ZERO_SHOT_IMAGENET_WEIGHT, "--imagenet-weight", min=0.0,
         help="Weight of the backbone's ImageNet concepts beside the catalog's alignment (0: alignment only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

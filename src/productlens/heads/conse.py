@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 TOP = 3  # classes averaged per photo (chosen on train photos only: 3 over 10)
-MIX_WEIGHT = 0.25  # of the concepts beside the catalog's alignment in zero-shot (chosen on train photos only)
 
 
 @lru_cache(maxsize=1)

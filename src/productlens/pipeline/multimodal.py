@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from productlens.config import ZERO_SHOT_IMAGENET_WEIGHT
 from productlens.heads.align import Alignment, fit_alignment, product_text
-from productlens.heads.conse import MIX_WEIGHT
 from productlens.models.text import DEFAULT_TEXT_ENCODER, get_text_encoder
 from productlens.pipeline.catalog import Catalog
 from productlens.pipeline.text_search import TextSearch, products_from_metadata
@@ -111,7 +111,7 @@ def photos_for_text(catalog: Catalog, query: str, k: int = 10) -> list[Hit]:
 
 
 def zero_shot(catalog: Catalog, sources: Sequence[Any], names: Sequence[str], k: int = 4,
-              progress: bool = False, imagenet_weight: float = MIX_WEIGHT
+              progress: bool = False, imagenet_weight: float = ZERO_SHOT_IMAGENET_WEIGHT
               ) -> list[list[tuple[str, float]] | None]:
     """Name each photo's category among ``names`` by text alone: the ``k`` best (name, score).
 
