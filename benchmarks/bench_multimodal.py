@@ -175,8 +175,9 @@ def zero_shot_bench(g: Path, catalog, train, val) -> dict:
     unseen_names = sorted({products[p]["category_name"] for p in products if p not in seen})
     cols = [names.index(n) for n in unseen_names]
     b = {}
-    for label, table in (("alignment", sims), ("concepts", con.vectors @ name_vecs.T),
-                         ("mixed", mix(sims, con.vectors @ name_vecs.T, ZERO_SHOT_IMAGENET_WEIGHT))):
+    con_sims = con.vectors @ name_vecs.T
+    for label, table in (("alignment", sims), ("concepts", con_sims),
+                         ("mixed", mix(sims, con_sims, ZERO_SHOT_IMAGENET_WEIGHT))):
         b[label] = {"among_all": float((np.array(names)[table.argmax(1)] == vt).mean()),
                     "among_unseen": float((np.array(unseen_names)[table[:, cols].argmax(1)] == vt).mean())}
     out = {"catalog_top1": a["mixed"], "catalog_top1_alignment_only": a["alignment"],

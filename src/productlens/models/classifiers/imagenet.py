@@ -37,13 +37,9 @@ def imagenet_classifier(arch: str = "efficientnet-lite2", threads: int | None = 
     The ONNX export is cached beside the embedders' (``cache_dir()/onnx``), keyed by
     the weights' hash; exporting needs torch, running it only onnxruntime.
     """
-    from productlens.config import cache_dir
     from productlens.models.embedders.efficientnet_lite import build_torch, preprocess, weights_path
-    from productlens.models.embedders.export import EXPORT_VERSION, export_onnx, file_sha256, image_model
+    from productlens.models.embedders.export import cached_onnx
 
     pre = preprocess(arch)
-    weights = weights_path(arch)
-    target = cache_dir() / "onnx" / f"{arch}-{file_sha256(weights)[:16]}-imagenet-v{EXPORT_VERSION}.onnx"
-    if not target.exists():
-        export_onnx(image_model(build_torch(arch).net, pre, gem_p=None), pre.size, target)
-    return ImageNetClassifier(f"{arch}:imagenet", target, pre, threads=threads)
+    onnx = cached_onnx(f"{arch}-imagenet", weights_path(arch), lambda: build_torch(arch).net, pre, gem_p=None)
+    return ImageNetClassifier(f"{arch}:imagenet", onnx, pre, threads=threads)

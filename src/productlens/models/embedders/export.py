@@ -86,15 +86,17 @@ def export_onnx(module, size: int, target: Path) -> Path:
 
 
 def cached_onnx(name: str, weights: Path, build: Callable[[], "object"], preprocess: Preprocess,
-                gem_p: float = 3.0) -> Path:
+                gem_p: float | None = 3.0) -> Path:
     """Return the cached ONNX export of ``image_model(build(), preprocess, gem_p)``, exporting if needed.
 
-    ``build`` returns the eval-mode torch backbone mapping normalised
-    N x 3 x size x size to its last feature map; it is only called (and torch
-    only imported) on a cache miss.
+    ``build`` returns the eval-mode torch module mapping normalised
+    N x 3 x size x size to its last feature map (or, with ``gem_p=None``, to
+    whatever it outputs, e.g. class logits); it is only called (and torch only
+    imported) on a cache miss.
     """
     digest = file_sha256(weights)[:16]
-    target = cache_dir() / "onnx" / f"{name}-{digest}-gem{gem_p:g}-v{EXPORT_VERSION}.onnx"
+    pooling = "raw" if gem_p is None else f"gem{gem_p:g}"
+    target = cache_dir() / "onnx" / f"{name}-{digest}-{pooling}-v{EXPORT_VERSION}.onnx"
     if target.exists():
         return target
     return export_onnx(image_model(build(), preprocess, gem_p), preprocess.size, target)
