@@ -7,6 +7,7 @@ N x C features. Doing the normalisation, the HWC->CHW transpose and the pooling
 inside onnxruntime costs far less CPU than doing them in numpy.
 
 The ONNX file lives in ``cache_dir()/onnx/<name>-<weights sha256[:16]>-gem<p>-v<N>.onnx``
+(``-raw-`` in place of ``-gem<p>-`` for a model exported without pooling)
 and is written to a temporary name and renamed, so an interrupted export never
 leaves a broken model in the cache.
 """
