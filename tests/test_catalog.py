@@ -11,7 +11,7 @@ from helpers import product_photo, write_dataset
 from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
 from productlens.pipeline.catalog import Catalog, build_catalog
 from productlens.pipeline.rank import rank_queries, save_rankings
-from productlens.types import BoxError, Item, ProductLensError
+from productlens.types import BoxError, InvalidBox, Item, ProductLensError
 
 MODEL = "efficientnet-lite0"  # the smallest bundled backbone keeps tests fast
 
@@ -37,6 +37,25 @@ def test_build_search_reopen(dataset, tmp_path, adapted: bool) -> None:
         assert [(h.id, round(h.score, 5)) for h in again.search(query.image, k=3)] == \
                [(h.id, round(h.score, 5)) for h in hits]
         assert (again.adapter is not None) == adapted
+
+
+def test_relative_user_onnx_model_is_found_from_where_it_was_named(dataset, tmp_path, monkeypatch) -> None:
+    """``--model onnx:tower.onnx`` names a file beside the user, not inside the catalog folder."""
+    import json
+
+    from test_embedders import _tiny_onnx
+
+    models = tmp_path / "models"
+    models.mkdir()
+    _tiny_onnx(models / "tower.onnx")
+    (models / "tower.json").write_text(json.dumps({"size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}))
+    monkeypatch.chdir(models)
+    cat, _ = build_catalog(read_gallery(dataset["gallery"]), tmp_path / "cat", embedder="onnx:tower.onnx",
+                           progress=False)
+    cat.close()
+    monkeypatch.chdir(tmp_path)
+    with Catalog.open(tmp_path / "cat") as again:
+        assert len(again.search(read_queries(dataset["queries"])[0].image, k=2)) == 2
 
 
 def test_companions_recorded_and_used_on_reopen(dataset, tmp_path) -> None:
@@ -132,21 +151,31 @@ def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]  # no temp folders left behind
     with pytest.raises(ProductLensError, match="not a productlens catalog"):
         Catalog.open(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(ProductLensError, match="not a productlens catalog"):  # --overwrite replaces catalogs only
+        build_catalog(gallery, mine, embedder=MODEL, overwrite=True, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    again, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL, overwrite=True, progress=False)
+    again.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "mine"]
 
 
 def test_rank_queries_aicrowd_array(dataset, tmp_path) -> None:
     gallery = read_gallery(dataset["gallery"])
     queries = read_queries(dataset["queries"])
+    queries.append(Item(id=998, image=queries[0].image, box=InvalidBox.because("q.csv, line 9: bad box")))
     queries.append(Item(id=999, image=str(tmp_path / "missing.jpg")))
     cat, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL,
                            train=read_labelled_csv(dataset["train"]), progress=False)
     with cat:
         ranks, errors = rank_queries(cat, queries, k=1000, progress=False)
     assert ranks.shape == (len(queries), 1000) and ranks.dtype == np.int32
-    assert (ranks[:-1, :4] >= 0).all() and (ranks[:, 4:] == -1).all() and (ranks[-1] == -1).all()
-    assert len(errors) == 1
+    assert (ranks[:-2, :4] >= 0).all() and (ranks[:, 4:] == -1).all() and (ranks[-2:] == -1).all()
+    assert len(errors) == 2 and any("line 9: bad box" in str(e) for e in errors)
     assert sorted(ranks[0, :4].tolist()) == [0, 1, 2, 3]
-    top1 = np.mean([r[0] == q.product_id for r, q in zip(ranks[:-1], queries[:-1])])
+    top1 = np.mean([r[0] == q.product_id for r, q in zip(ranks[:-2], queries[:-2])])
     assert top1 >= 0.75
     out = save_rankings(ranks, tmp_path / "sub" / "rankings.npy")
     assert np.array_equal(np.load(out), ranks)

@@ -150,8 +150,8 @@ def test_logit_adjustment_favours_rare_classes() -> None:
     weighted = train_head(x, y, 3, HeadConfig(epochs=10, balance="class-weight", noise_filter=False))
     rare = lambda h: (h.logits(new_x).argmax(1) == 2).sum()  # noqa: E731
     assert rare(adjusted) > rare(plain) and rare(weighted) > rare(plain)
-    with pytest.raises(ValueError, match="balance"):
-        train_head(x, y, 3, HeadConfig(epochs=1, balance="oversample"))
+    with pytest.raises(ProductLensError, match="balance must be one of"):
+        HeadConfig(epochs=1, balance="oversample")
 
 
 def test_temperature_recovers_the_true_one() -> None:

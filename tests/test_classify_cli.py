@@ -101,6 +101,63 @@ def test_clear_errors(tmp_path) -> None:
     assert r.exit_code == 1 and "not a productlens classifier folder" in r.output
     r = runner.invoke(app, ["audit", "labels", str(train), "--label", "nope", "--model", "fake-tiny"])
     assert r.exit_code == 1 and "missing column(s) nope" in r.output
+    for option, message in ((["--balance", "bogus"], "balance must be one of"), (["--holdout", "1.5"], "(0, 0.5]")):
+        r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"),
+                                *FAST, *option])
+        assert r.exit_code == 1 and message in r.output and not (tmp_path / "m").exists()
+
+
+def test_an_unknown_test_label_fails_before_training(tmp_path, monkeypatch) -> None:
+    from productlens.pipeline import classify
+
+    train = write_set(tmp_path)
+    (tmp_path / "other.csv").write_text("image,sku\nimg/train_0_0.jpg,s99\n")
+    monkeypatch.setattr(classify, "train_classifier", lambda *a, **k: pytest.fail("trained first"))
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(tmp_path / "other.csv"),
+                            "--label", "sku", *FAST])
+    assert r.exit_code == 1 and "never seen in training: 's99'" in r.output
+
+
+def test_out_never_wipes_a_users_folder(tmp_path, monkeypatch) -> None:
+    from productlens.pipeline import classify
+
+    train = write_set(tmp_path)
+    user = tmp_path / "victim"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    real = classify.fit_on_features
+    monkeypatch.setattr(classify, "fit_on_features", lambda *a, **k: pytest.fail("trained first") or real(*a, **k))
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(user), *FAST])
+    assert r.exit_code == 1 and "did not write (notes.txt)" in r.output
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+    monkeypatch.setattr(classify, "fit_on_features", real)
+    model = tmp_path / "m"
+    for _ in range(2):  # a folder it wrote is replaced whole
+        r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(model), *FAST])
+        assert r.exit_code == 0, r.output
+    assert oct(model.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_predict_k_is_bounded_by_the_classes(tmp_path) -> None:
+    train = write_set(tmp_path)  # 6 classes
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    photo = str(tmp_path / "img" / "train_0_0.jpg")
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), photo, "-k", "9", "--out",
+                            str(tmp_path / "p.csv"), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows[0].split(",")) == len(rows[1].split(",")) == 1 + 2 * 6
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), photo, "-k", "0"])
+    assert r.exit_code != 0 and "at least 1" in r.output
 
 
 def test_classifier_attached_to_a_catalog(tmp_path) -> None:

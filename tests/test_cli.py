@@ -39,8 +39,8 @@ def test_cli_index_search_rank_eval(tmp_path) -> None:
     m = json.loads(r.output.strip().splitlines()[-1])
     assert set(m) == {"map@1000", "top1", "top5", "recall@10", "queries", "gallery", "seconds"}
     assert m["queries"] == 16 and m["gallery"] == 4 and m["map@1000"] > 0.5
-    r = runner.invoke(app, ["index", "remove", str(cat), "0", "1"])
-    assert "removed 2" in r.output
+    r = runner.invoke(app, ["index", "remove", str(cat), "0", "1", "424242"])
+    assert "removed 2" in r.output and "1 id(s) not in the catalog: 424242" in r.output
 
 
 def test_cli_clear_errors(tmp_path) -> None:

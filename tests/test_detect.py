@@ -75,6 +75,9 @@ def test_read_coco_reports_bad_annotations(tmp_path):
     text = "\n".join(data.problems)
     for reason in ("zero-size", "outside", "category id 99", "image_id not in images", "malformed"):
         assert reason in text
+    assert all(p.startswith(f"{path}: ") for p in data.problems)  # each names the file
+    assert "zero-size box (annotation 900)" in text and "(annotation 904)" in text
+    assert "1 image(s) with no boxes, kept as background: none.jpg" in text
     im2 = next(im for im in data.images if im.id == 2)
     assert im2.boxes.max(0)[2] <= 160 and im2.boxes.max(0)[3] <= 120
     empty = next(im for im in data.images if im.id == 50)
@@ -92,6 +95,12 @@ def test_read_coco_refuses_unusable_files(tmp_path, content, message):
     if content is not None:
         path.write_text(content)
     with pytest.raises(ProductLensError, match=message):
+        read_coco(path)
+
+
+def test_read_coco_refuses_duplicate_image_ids(tmp_path):
+    path = write_coco(tmp_path, "set", 3, extra={"images": [{"id": 1, "file_name": "photos/other.jpg"}]})
+    with pytest.raises(ProductLensError, match="image id 1 is used by both photos/set_0.jpg and photos/other.jpg"):
         read_coco(path)
 
 
@@ -266,6 +275,18 @@ def test_training_refuses_data_without_boxes(tmp_path):
     with pytest.raises(ProductLensError, match="no usable boxes"):
         train_detector(read_coco(path), tmp_path / "det", progress=False)
     assert not (tmp_path / "det").exists()
+
+
+def test_training_never_wipes_a_users_folder(tmp_path, monkeypatch):
+    from productlens.pipeline import detect_train
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    monkeypatch.setattr(detect_train, "extract_views", lambda *a, **k: pytest.fail("trained first"))
+    with pytest.raises(ProductLensError, match="did not write"):
+        detect_train.train_detector(read_coco(write_coco(tmp_path, "set", 2)), user, progress=False)
+    assert [p.name for p in user.iterdir()] == ["holiday.jpg"]
 
 
 def test_composites_from_white_background_products(tmp_path):

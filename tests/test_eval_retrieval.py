@@ -33,6 +33,22 @@ def test_challenge_mode_never_shows_gallery_labels(tmp_path, monkeypatch, catalo
     assert m["queries"] == 6 and 0 <= m["map@1000"] <= 1
 
 
+@pytest.mark.parametrize("which", ["queries", "gallery"])
+def test_missing_ground_truth_is_an_error_not_zeros(tmp_path, which: str) -> None:
+    import csv
+
+    ds = write_dataset(tmp_path / "ds", n_products=2, per_product=1)
+    path = ds[which]
+    rows = list(csv.DictReader(open(path)))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, [c for c in rows[0] if c != "product_id"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries",
+                                   str(ds["queries"]), "--model", "efficientnet-lite0"])
+    assert res.exit_code != 0 and "no product_id column" in res.output and "mAP" not in res.output
+
+
 @pytest.mark.slow
 @pytest.mark.shared
 def test_grocery_shop_challenge_adapted_beats_plain(shared_data) -> None:

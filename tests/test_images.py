@@ -302,7 +302,12 @@ def test_box_partly_outside_is_clipped(small_png: Path) -> None:
     assert load_image(small_png, box=Box(50, 40, 100, 100)).size == (14, 8)
 
 
-@pytest.mark.parametrize("box", [Box(0, 0, 0, 10), Box(5, 5, 10, -1), Box(100, 100, 10, 10)])
-def test_bad_boxes_raise_box_error(small_png: Path, box: Box) -> None:
-    with pytest.raises(BoxError, match="small.png"):
+@pytest.mark.parametrize("box, why", [(Box(0, 0, 0, 10), "zero area"), (Box(5, 5, 10, -1), "zero area"),
+                                      (Box(100, 100, 10, 10), "lies outside"),
+                                      (Box(0.5, 0.5, 0.4, 0.4), "covers less than one pixel"),
+                                      (Box(float("nan"), 0, 10, 10), "not 4 finite numbers")])
+def test_bad_boxes_raise_box_error(small_png: Path, box: Box, why: str) -> None:
+    with pytest.raises(BoxError, match=f"small.png.*{why}"):
         load_image(small_png, box=box)
+    with pytest.raises(BoxError, match="finite"):
+        Box.parse("nan,0,10,10")

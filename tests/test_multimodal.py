@@ -247,6 +247,9 @@ def test_text_search_photos_and_zero_shot_cli(text_catalog):
     res = runner.invoke(app, ["text", "search", str(root / "cat"), "green", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])[0]["title"] == "green box"
+    assert "note:" not in res.output
+    res = runner.invoke(app, ["text", "search", str(root / "cat"), "Молоко"])  # no word in common
+    assert res.exit_code == 0 and "no word of the query occurs in the catalog's text" in res.output
     res = runner.invoke(app, ["text", "search", str(root / "cat"), "blue box", "--photos", "-k", "4", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])[0]["product_id"] == 2
@@ -288,6 +291,9 @@ def test_eval_retrieval_text_needs_train(tmp_path):
     res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(paths["gallery"]), "--queries",
                                    str(paths["queries"]), "--text"])
     assert res.exit_code == 1 and "--text needs --train" in res.output
+    res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(paths["gallery"]), "--queries",
+                                   str(paths["queries"]), "--products", str(paths["gallery"])])
+    assert res.exit_code == 1 and "use it with --catalog --text" in res.output
 
 
 def test_index_build_ocr_needs_train(tmp_path):
@@ -333,6 +339,43 @@ def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
     assert res.exit_code == 1 and ("cannot open" in res.output or "no readable frame" in res.output)
     res = runner.invoke(app, ["identify-video", str(clip)])
     assert res.exit_code == 1 and "--catalog" in res.output
+
+
+def test_identify_video_fuses_a_given_title_with_a_products_catalog(tmp_path):
+    """A catalog built on the fly from products.jsonl has no weight chosen on training photos:
+    a title given with --text is still fused (at config.GIVEN_TEXT_WEIGHT, or --text-weight)."""
+    from productlens.data.clips import make_clip
+
+    paths = write_dataset(tmp_path, n_products=3, per_product=3)
+    titles = ["Oat milk barista", "Blueberry yoghurt", "Orange juice smooth"]
+    with open(tmp_path / "products.jsonl", "w") as f:
+        for p, title in enumerate(titles):
+            f.write(json.dumps({"product_id": p, "title": title, "shop_image": f"img/shop_{p}.jpg"}) + "\n")
+    queries = list(csv.DictReader(open(paths["queries"])))
+    clip = make_clip([str(tmp_path / q["img_path"]) for q in queries if q["product_id"] == "2"],
+                     tmp_path / "clip.mp4", fps=6, seed=1)
+
+    def scores(*extra):
+        res = CliRunner().invoke(app, ["identify-video", str(clip), "--products", str(tmp_path / "products.jsonl"),
+                                       "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return {m["product_id"]: m["score"] for m in json.loads(res.output.strip().splitlines()[-1])["products"]}
+
+    plain, titled = scores(), scores("--text", "Blueberry yoghurt")
+    assert titled[1] - plain[1] > 0.1 and abs(titled[0] - plain[0]) < 0.05  # only the named product gains
+    assert scores("--text", "Blueberry yoghurt", "--text-weight", "0") == plain
+    from productlens.data.readers import read_catalog
+    from productlens.pipeline.catalog import build_catalog
+
+    cat, _ = build_catalog(read_catalog(tmp_path / "products.jsonl"), tmp_path / "cat", progress=False)
+    with cat:  # a photo search with words about it: the same default weight
+        photo = str(tmp_path / queries[-1]["img_path"])
+        plain = {h.product_id: h.score for h in cat.search(photo, k=3, verify=False)}
+        titled = {h.product_id: h.score for h in cat.search(photo, k=3, verify=False, text="Blueberry yoghurt")}
+    assert titled[1] - plain[1] > 0.1 and abs(titled[0] - plain[0]) < 0.05
+    res = CliRunner().invoke(app, ["identify-video", str(clip), "--products", str(tmp_path / "products.jsonl"),
+                                   "--max-frames", "0"])
+    assert res.exit_code == 1 and "at least 1" in res.output
 
 
 def test_long_video_sampling_is_bounded(tmp_path):

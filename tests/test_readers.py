@@ -15,7 +15,7 @@ from productlens.data.readers import (
     read_products_jsonl,
     read_queries,
 )
-from productlens.types import Box, ProductLensError
+from productlens.types import Box, BoxError, ProductLensError
 
 
 def _write(path: Path, text: str) -> Path:
@@ -80,9 +80,13 @@ def test_missing_image_path_names_csv_and_row(tmp_path: Path) -> None:
 
 
 def test_bad_values(tmp_path: Path) -> None:
-    csv = _write(tmp_path / "q.csv", "user_img_id,img_path,bbox_x,bbox_y,bbox_w,bbox_h\n0,a.jpg,1,2,,\n")
-    with pytest.raises(ProductLensError, match="line 2: bad box"):
-        read_queries(csv)
+    csv = _write(tmp_path / "q.csv", "user_img_id,img_path,bbox_x,bbox_y,bbox_w,bbox_h\n0,a.jpg,1,2,,\n"
+                 "1,b.jpg,nan,0,10,10\n2,c.jpg,,,,\n")
+    bad, nan, whole = read_queries(csv)  # a bad box keeps its row: the batch reports that query and goes on
+    for item, line in ((bad, 2), (nan, 3)):
+        with pytest.raises(BoxError, match=f"q.csv, line {line}: bad box"):
+            item.box.clip(100, 100)
+    assert whole.box is None
     csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\nfoo,a.jpg\n")
     with pytest.raises(ProductLensError, match="seller_img_id must be an integer"):
         read_gallery(csv)

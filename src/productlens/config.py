@@ -11,6 +11,12 @@ CLASSIFIER_EMBEDDER = "ensemble:efficientnet-lite2+efficientnet-lite0+mobilenetv
 # weight of the backbone's ImageNet concepts beside a catalog's alignment in zero-shot
 # (productlens.heads.conse; chosen on train photos only, docs/benchmarks.md)
 ZERO_SHOT_IMAGENET_WEIGHT = 0.25
+#: weight of a text the user gives with a query (a clip's title or transcript) against the
+#: image score, where the catalog has no weight chosen on its training photos (one built
+#: from a products.jsonl). A default, not fitted: a text equal to a product's title adds 0.3 to
+#: that product's score (character n-gram TF-IDF cosine 1), a partial match less; look-alike
+#: products' image cosines differ by a few hundredths, so a given title decides among them.
+GIVEN_TEXT_WEIGHT = 0.3
 
 
 def cache_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,15 +31,18 @@ class Box:
     def clip(self, width: int, height: int) -> "Box":
         """Return the box clipped to a ``width`` x ``height`` image.
 
-        Raises BoxError when the box has zero (or negative) area or lies fully
-        outside the image.
+        Raises BoxError when the box is not 4 finite numbers, has zero (or
+        negative) area, or covers less than a pixel of the image.
         """
+        if not all(math.isfinite(v) for v in self.as_tuple()):
+            raise BoxError(f"box {self.as_tuple()} is not 4 finite numbers")
         if not (self.w > 0 and self.h > 0):
             raise BoxError(f"box {self.as_tuple()} has zero area")
         x0, y0 = max(0.0, self.x), max(0.0, self.y)
         x1, y1 = min(float(width), self.x + self.w), min(float(height), self.y + self.h)
         if x1 - x0 < 1 or y1 - y0 < 1:
-            raise BoxError(f"box {self.as_tuple()} lies outside the {width}x{height} image")
+            where = "lies outside" if x1 <= x0 or y1 <= y0 else "covers less than one pixel of"
+            raise BoxError(f"box {self.as_tuple()} {where} the {width}x{height} image")
         return Box(x0, y0, x1 - x0, y1 - y0)
 
     def as_tuple(self) -> tuple[float, float, float, float]:
@@ -60,7 +64,24 @@ class Box:
             x, y, w, h = (float(v) for v in vals)
         except (TypeError, ValueError):
             raise BoxError(f"a box needs 4 numbers x,y,w,h, got {vals!r}") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            raise BoxError(f"a box needs 4 finite numbers x,y,w,h, got {vals!r}")
         return cls(x, y, w, h)
+
+
+@dataclass(frozen=True)
+class InvalidBox(Box):
+    """A box that could not be read, kept in its row: a batch reports that query and goes on."""
+
+    reason: str = ""
+
+    def clip(self, width: int, height: int) -> Box:
+        raise BoxError(self.reason)
+
+    @classmethod
+    def because(cls, reason: str) -> "InvalidBox":
+        nan = float("nan")
+        return cls(nan, nan, nan, nan, reason)
 
 
 @dataclass

@@ -93,7 +93,10 @@ def predict(
     from productlens.fileio import atomic_path
     from productlens.models.classifiers.model import load_classifier
 
+    if k < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="-k")
     clf = load_classifier(model_dir)
+    k = min(k, len(clf.hierarchy.labels_of(level)))  # no more categories than the level has
     data = read_inputs(inputs)
     items = data.items
     if detect:

@@ -149,8 +149,12 @@ def remove(catalog_dir: Path = typer.Argument(...), ids: List[int] = typer.Argum
     from productlens.pipeline.catalog import Catalog
 
     with Catalog.open(catalog_dir) as cat:
+        unknown = [i for i, md in zip(ids, cat.store.get(ids)) if md is None]
         n = cat.remove(ids)
         typer.echo(f"removed {n}; catalog now holds {len(cat)} items")
+        if unknown:
+            shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+            typer.echo(f"warning: {len(unknown)} id(s) not in the catalog: {shown}", err=True)
 
 
 @app.command("info")

@@ -11,8 +11,7 @@ from typing import Optional
 import typer
 
 from productlens.cli.common import verify_option
-
-from productlens.config import DEFAULT_EMBEDDER
+from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 
 
 def search(
@@ -27,7 +26,8 @@ def search(
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
                                                       "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
     text: Optional[str] = typer.Option(None, help="Words about the query (e.g. a title), fused with the image "
-                                                  "score in a catalog built with --ocr."),
+                                                  "score (at the catalog's text weight, chosen on its training "
+                                                  f"photos; else {GIVEN_TEXT_WEIGHT})."),
 ) -> None:
     """Rank the catalog for one query photo."""
     from productlens.data.images import load_image

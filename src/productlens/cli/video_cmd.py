@@ -10,14 +10,19 @@ from typing import Optional
 
 import typer
 
+from productlens.config import GIVEN_TEXT_WEIGHT
+
 
 def identify_video(
     clip: Path = typer.Argument(..., help="A video file (mp4, avi, mov, webm...)."),
     catalog: Optional[Path] = typer.Option(None, help="A catalog folder (from `productlens index build`)."),
     products: Optional[Path] = typer.Option(None, help="Or a products.jsonl: a catalog of its shop images is "
                                                        "built on the fly (titles included)."),
-    text: Optional[str] = typer.Option(None, help="A title or transcript given with the clip (fused in a "
-                                                  "catalog built with --ocr)."),
+    text: Optional[str] = typer.Option(None, help="A title or transcript given with the clip, fused with the "
+                                                  "image score."),
+    text_weight: Optional[float] = typer.Option(None, help="Weight of --text (and the frames' OCR) against the "
+                                                           "image score (default: the catalog's, chosen on its "
+                                                           f"training photos; else {GIVEN_TEXT_WEIGHT})."),
     detect: bool = typer.Option(False, "--detect", help="Search the best detected product in each frame."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect."),
     k: int = typer.Option(5, "-k", help="Number of products."),
@@ -40,7 +45,7 @@ def identify_video(
         else:
             cat = Catalog.open(catalog)
         with cat:
-            res = run(cat, clip, detector=det, text=text, k=k, max_frames=max_frames)
+            res = run(cat, clip, detector=det, text=text, k=k, max_frames=max_frames, text_weight=text_weight)
     if as_json:
         typer.echo(json.dumps(asdict(res)))
         return

@@ -4,8 +4,10 @@
 one :class:`DetImage` per image (its file resolved relative to the json's
 folder, boxes as x0, y0, x1, y1 in pixels) and the problems found. Boxes are
 clipped to their image; boxes of zero size, fully outside the image, or with a
-category id not in the category list are skipped and reported; images with no
-boxes are kept (they teach the detector what background looks like).
+category id not in the category list are skipped and reported (naming the file
+and the first annotation ids); images with no boxes are kept (they teach the
+detector what background looks like) and reported. Two image records with the
+same id are an error: which photo their boxes belong to cannot be known.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,45 +86,61 @@ def read_coco(path: str | Path, *, categories: list[dict] | None = None) -> Coco
             iid, name = int(rec["id"]), str(rec["file_name"])
             w, h = int(rec.get("width", 0)), int(rec.get("height", 0))
         except (KeyError, TypeError, ValueError):
-            problems.append(f"image record {rec!r}: needs 'id' and 'file_name'")
+            problems.append(f"{path}: image record {rec!r}: needs 'id' and 'file_name'")
             continue
+        if iid in images:
+            first = images[iid].path.relative_to(path.parent)
+            raise ProductLensError(f"{path}: image id {iid} is used by both {first} and {name}; "
+                                   "image ids must be unique (their boxes could land on the wrong photo)")
         images[iid] = DetImage(iid, path.parent / name, w, h, np.zeros((0, 4), np.float32),
                                np.zeros(0, np.int64))
     boxes: dict[int, list] = {}
     why: Counter = Counter()
-    for ann in data.get("annotations") or []:
+    which: dict[str, list] = {}  # reason -> the first annotation ids (or positions) skipped for it
+
+    def skip(reason: str, ann: Any, n: int) -> None:
+        why[reason] += 1
+        if len(which.setdefault(reason, [])) < 5:
+            which[reason].append(ann.get("id", f"#{n}") if isinstance(ann, dict) else f"#{n}")
+
+    for n, ann in enumerate(data.get("annotations") or []):
         try:
             iid, cid = int(ann["image_id"]), int(ann["category_id"])
             x, y, w, h = (float(v) for v in ann["bbox"])
         except (KeyError, TypeError, ValueError):
-            why["malformed annotation (needs image_id, category_id, bbox)"] += 1
+            skip("malformed annotation (needs image_id, category_id, bbox)", ann, n)
             continue
         if ann.get("iscrowd"):
             continue
         im = images.get(iid)
         if im is None:
-            why["image_id not in images"] += 1
+            skip("image_id not in images", ann, n)
             continue
         if cid not in label_of:
-            why[f"category id {cid} not in the category list"] += 1
+            skip(f"category id {cid} not in the category list", ann, n)
             continue
         if not (w > 0 and h > 0):
-            why["zero-size box"] += 1
+            skip("zero-size box", ann, n)
             continue
         x0, y0, x1, y1 = x, y, x + w, y + h
         if im.width and im.height:
             x0, y0 = max(0.0, x0), max(0.0, y0)
             x1, y1 = min(float(im.width), x1), min(float(im.height), y1)
             if x1 - x0 < 1 or y1 - y0 < 1:
-                why["box outside its image"] += 1
+                skip("box outside its image", ann, n)
                 continue
         boxes.setdefault(iid, []).append((x0, y0, x1, y1, label_of[cid]))
     for reason, n in sorted(why.items()):
-        problems.append(f"{n} annotation(s) skipped: {reason}")
+        ids = ", ".join(str(i) for i in which[reason]) + (", ..." if n > len(which[reason]) else "")
+        problems.append(f"{path}: {n} annotation(s) skipped: {reason} (annotation {ids})")
     for iid, rows in boxes.items():
         arr = np.asarray(rows, np.float32)
         images[iid].boxes = arr[:, :4]
         images[iid].labels = arr[:, 4].astype(np.int64)
+    empty = [im.path.name for im in images.values() if not len(im.boxes)]
+    if empty:
+        problems.append(f"{path}: {len(empty)} image(s) with no boxes, kept as background: "
+                        + ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""))
     return CocoSet(path, [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))} for c in cats],
                    list(images.values()), problems)
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from productlens.types import Box, BoxError, Item, ProductLensError
+from productlens.types import Box, BoxError, InvalidBox, Item, ProductLensError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -51,7 +51,9 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
 def read_queries(csv_path: str | os.PathLike[str]) -> list[Item]:
     """Read an AIcrowd queries csv: ``user_img_id, img_path, bbox_x, bbox_y, bbox_w, bbox_h[, product_id]``.
 
-    Empty box cells mean the whole image (``box=None``).
+    Empty box cells mean the whole image (``box=None``). A row whose box cannot be
+    read keeps its place with an :class:`~productlens.types.InvalidBox`: that query
+    is reported and skipped when it is embedded, and the others go on.
     """
     path = Path(csv_path)
     items = []
@@ -59,7 +61,7 @@ def read_queries(csv_path: str | os.PathLike[str]) -> list[Item]:
         try:
             box = Box.parse([row[c] for c in _BOX_COLUMNS])
         except BoxError as exc:
-            raise ProductLensError(f"{path}, line {line}: bad box: {exc}") from None
+            box = InvalidBox.because(f"{path}, line {line}: bad box: {exc}")
         items.append(
             Item(
                 id=_int(row["user_img_id"], "user_img_id", path, line),

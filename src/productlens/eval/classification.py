@@ -91,6 +91,9 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
     if not isinstance(test, LabelledSet):
         test = read_labelled(test, label=label)
     level = label if fine else None
+    known = train.parents.get(label) if fine else train.labels
+    if known is not None:
+        check_known(test, known)  # before the training (checked again against the trained classes)
     res = train_classifier(train, options=options, progress=progress)
     clf = res.classifier
     labels = clf.hierarchy.labels_of(level)

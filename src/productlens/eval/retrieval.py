@@ -53,11 +53,18 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     t0 = time.perf_counter()
     gallery = read_gallery(gallery_csv)
     queries = read_queries(queries_csv)
+    for name, rows in ((queries_csv, queries), (gallery_csv, gallery)):
+        if rows and all(r.product_id is None for r in rows):  # scoring needs the ground truth
+            raise ProductLensError(f"{name}: no product_id column (or no value in it): evaluation scores "
+                                   "each query against the gallery's product ids")
     truth = {g.id: (-1 if g.product_id is None else int(g.product_id)) for g in gallery}
     if not catalog_mode:  # the system never sees the gallery's labels
         gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
     train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
     weight, weights = 0.0, None
+    if products and not (text and catalog_mode):
+        raise ProductLensError("--products gives the product text that --text fuses in catalog mode: "
+                               "use it with --catalog --text")
     if text:
         if not train:
             raise ProductLensError("--text needs --train: the fusion weight is chosen on training photos")

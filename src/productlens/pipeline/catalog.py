@@ -34,6 +34,7 @@ import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.images import load_image
+from productlens.fileio import replace_dir, share
 from productlens.heads.adapter import Adapter, fit_adapter
 from productlens.index.base import Store
 from productlens.models.detectors.runtime import Detector
@@ -115,13 +116,23 @@ class Catalog:
 
         None when there is no text evidence to fuse (no OCR, no text, or weight 0).
         """
-        if self.text_weight <= 0 or not (self.uses_ocr or (texts is not None and any(texts))):
+        given = texts is not None and any(texts)
+        if self.text_weight_for(given) <= 0 or not (self.uses_ocr or given):
             return None
         from productlens.pipeline.fusion import ocr_texts
 
         read = ocr_texts(sources, boxes, progress=progress) if self.uses_ocr else [""] * len(sources)
         extra = texts or [None] * len(sources)
         return [" ".join(s for s in (a, b or "") if s) for a, b in zip(read, extra)]
+
+    def text_weight_for(self, given_text: bool) -> float:
+        """The weight of text evidence in a search: the catalog's own (chosen on its training
+        photos), or where it has none and the user gave text with the query,
+        ``config.GIVEN_TEXT_WEIGHT``."""
+        from productlens.config import GIVEN_TEXT_WEIGHT
+
+        w = self.text_weight
+        return w if w > 0 or not given_text else GIVEN_TEXT_WEIGHT
 
     def text_weight_rows(self, holdout: Sequence[Item], progress: bool = False) -> dict[str, Any]:
         """What choosing a text weight needs from labelled held-out photos: their image ranking
@@ -276,7 +287,7 @@ class Catalog:
     # ------------------------------------------------------------ search
     def search_vectors(self, queries: np.ndarray, k: int, *, rerank: bool = True,
                        where: dict | None = None, group_by_product: bool = False,
-                       texts: Sequence[str] | None = None,
+                       texts: Sequence[str] | None = None, text_weight: float | None = None,
                        verify: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for query vectors already in the index space.
 
@@ -284,7 +295,7 @@ class Catalog:
         (catalog mode): each item is scored by the best score of its product
         within the retrieved list, so all photos of the best product come first.
         ``texts`` (one per query, from :meth:`query_texts`): fused with the
-        items' documents at the catalog's ``text_weight`` before grouping.
+        items' documents at the catalog's ``text_weight`` (or ``text_weight``) before grouping.
         ``verify`` (one query image per row, or None): spatial verification of the
         top results (:mod:`productlens.pipeline.verify`) after the text, before grouping.
         """
@@ -299,11 +310,11 @@ class Catalog:
                 neighbours[found] = self.store.vectors(uniq)[inverse]
             expanded = alpha_qe(queries, scores[:, :QE_K], neighbours, QE_ALPHA)
             scores, ids = self.store.search(expanded, k, where)
-        if texts is not None and self.text_weight > 0 and self.matcher.has_text:
+        weight = self.text_weight if text_weight is None else text_weight
+        if texts is not None and weight > 0 and self.matcher.has_text:
             from productlens.pipeline.fusion import fuse
 
-            scores, ids = fuse(scores, ids, self.matcher.gather(self.matcher.scores(texts), ids),
-                               self.text_weight)
+            scores, ids = fuse(scores, ids, self.matcher.gather(self.matcher.scores(texts), ids), weight)
         if verify is not None:
             scores, ids = self.verifier.rerank(scores, ids, verify)
         if group_by_product:
@@ -372,7 +383,8 @@ class Catalog:
 
         ``detector`` (a :class:`~productlens.models.detectors.Detector`): without
         a box, search with the best detected box instead of the whole photo.
-        ``text``: words known about the query (e.g. a title), fused like OCR text.
+        ``text``: words known about the query (e.g. a title), fused like OCR text
+        (at :meth:`text_weight_for`'s weight).
         ``verify``: spatial verification of the top results (default: on where
         OpenCV is installed; see :func:`productlens.pipeline.verify.resolve`).
         """
@@ -386,6 +398,7 @@ class Catalog:
         from productlens.pipeline.verify import resolve
 
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,
+                                                       text_weight=self.text_weight_for(bool(text)),
                                                        verify=[img] if resolve(verify) else None))[0]
 
 
@@ -453,10 +466,15 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     path = Path(path)
     if path.exists() and not overwrite:
         raise ProductLensError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if path.is_dir() and any(path.iterdir()):  # only a catalog is replaced, never a folder of the user's
+        StoreSpec.of(path)  # ProductLensError: "... is not a productlens catalog"
     if not items:
         raise ProductLensError("the catalog has no items")
     if len({it.id for it in items}) != len(items):
         raise ProductLensError("catalog item ids must be unique")
+    if embedder.startswith("onnx:") and not Path(embedder[5:]).expanduser().is_absolute():
+        # the user's model, named from where they are: a relative name in a catalog means inside its folder
+        embedder = "onnx:" + str(Path(embedder[5:]).expanduser().absolute())
     labelled = [t for t in train or () if t.product_id is not None]
     if finetune and not labelled:
         raise ProductLensError("fine-tuning needs labelled training photos (--train)")
@@ -465,6 +483,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     companions = list(companions)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".building.", dir=path.parent))
+    share(tmp)  # mkdtemp makes it private to its owner
     try:
         name, emb = embedder, get_embedder(embedder)
         query_embedder(emb, query_views)  # an unknown view set fails before any work
@@ -520,9 +539,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         if adapter is not None:
             adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,
                                                   "gallery_labels_used": bool(use_gallery_labels)})
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

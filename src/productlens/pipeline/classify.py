@@ -29,9 +29,11 @@ import numpy as np
 
 from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
 from productlens.data.labelled import LabelledSet, check_trainable
+from productlens.fileio import check_replaceable
 from productlens.models.classifiers.head import HeadConfig, train_head
 from productlens.models.classifiers.hierarchy import Hierarchy, build_hierarchy
 from productlens.models.classifiers.model import Classifier, prepare
+from productlens.types import ProductLensError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,10 @@ class TrainOptions:
     refit: bool | None = None
     cache: bool = True
     finetune: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout <= 0.5:
+            raise ProductLensError(f"the calibration hold-out is a share of each class in (0, 0.5], got {self.holdout}")
 
     @property
     def backbone(self) -> str:
@@ -250,6 +256,8 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
     options = options or TrainOptions()
     start = time.perf_counter()
     check_trainable(data)
+    if out is not None:
+        check_replaceable(out)  # before the training, not after it
     hierarchy = build_hierarchy(data.label, data.labels, data.parents)
     from productlens.models.embedders import get_embedder
     from productlens.pipeline.features_cache import model_fingerprint

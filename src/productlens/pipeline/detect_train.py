@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from productlens.data.coco import CocoSet, DetImage, load_det_image
-from productlens.fileio import atomic_dir
+from productlens.fileio import atomic_dir, check_replaceable
 from productlens.models.detectors.fcos import HeadConfig, assign
 from productlens.models.detectors.runtime import DetectorSpec, letterbox
 from productlens.types import ImageError, ProductLensError
@@ -218,6 +218,7 @@ def train_detector(data: CocoSet, out_dir: str | Path, opts: DetectTrainOptions 
     out_dir = Path(out_dir)
     if not data.n_boxes:
         raise ProductLensError(f"{data.path}: no usable boxes to train on")
+    check_replaceable(out_dir)  # before the training, not after it
     t0 = time.perf_counter()
     views = views or extract_views(data, opts, progress=progress)
     head, history = train_head(views, len(data.categories), opts, progress=progress)

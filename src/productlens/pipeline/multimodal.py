@@ -94,7 +94,7 @@ def load_catalog_alignment(catalog: Catalog) -> Alignment:
     folder = catalog.path / ALIGN_DIR
     if not (folder / "config.json").is_file():
         raise ProductLensError(f"{catalog.path} has no image-text alignment; train one with "
-                               "`productlens index align` (or fit_catalog_alignment)")
+                               "`productlens text align` (or fit_catalog_alignment)")
     return Alignment.load(folder, image_space=_image_space(catalog))
 
 

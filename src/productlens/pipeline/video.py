@@ -11,7 +11,8 @@ Steps, each bounded so that an hours-long file costs no more than a short one:
 3. Each kept frame is searched in the catalog: the best detected product box
    when a detector is given, else the whole frame. With a catalog that reads
    print (built with ``--ocr``), the sharpest frames are OCR'd; their words and
-   any ``text`` given (a title, a transcript) are fused as for photos.
+   any ``text`` given (a title, a transcript) are fused as for photos (at
+   ``config.GIVEN_TEXT_WEIGHT`` where the catalog has no weight of its own).
 4. Aggregation over time: a product's clip score is the mean over frames of
    its score in each frame (its best item's cosine; a frame that did not
    retrieve it counts its lowest retrieved score). Each product lists the
@@ -80,7 +81,7 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise ProductLensError(f"{path}: cannot open the video (unknown format or corrupt file)")
+            raise ProductLensError(f"{path}: cannot open the video (unknown format, corrupt file, or no frames)")
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         fps = fps if 0 < fps < 1000 else 25.0
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -121,8 +122,18 @@ def sharpness(img: Image.Image) -> float:
 
 
 def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any = None, text: str | None = None,
-                   k: int = 5, max_frames: int = MAX_FRAMES) -> VideoResult:
-    """Rank the catalog's products for a clip (see the module docstring for the steps)."""
+                   k: int = 5, max_frames: int = MAX_FRAMES, text_weight: float | None = None) -> VideoResult:
+    """Rank the catalog's products for a clip (see the module docstring for the steps).
+
+    ``text`` (a title or transcript given with the clip) is fused at the catalog's
+    text weight; ``text_weight`` overrides it. A catalog that has none (built
+    without ``--ocr --train``, e.g. from a products.jsonl) fuses a given text at
+    ``config.GIVEN_TEXT_WEIGHT``.
+    """
+    if k < 1 or max_frames < 1:
+        raise ProductLensError(f"k and max_frames must be at least 1, got {k} and {max_frames}")
+    if text_weight is not None and not text_weight >= 0:
+        raise ProductLensError(f"the text weight must be >= 0, got {text_weight}")
     frames, duration = sample_frames(path, max_frames)
     sharp = np.array([sharpness(f.image) for f in frames])
     keep = sharp >= BLUR_RATIO * np.median(sharp)
@@ -145,9 +156,10 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     frames, vecs, boxes = [frames[i] for i in kept], vecs[kept], [boxes[i] for i in kept]
     if not frames:
         raise ProductLensError(f"{path}: no usable frame (all unreadable)")
-    texts = _frame_texts(catalog, frames, boxes, text)
+    weight = catalog.text_weight_for(bool(text)) if text_weight is None else text_weight
+    texts = _frame_texts(catalog, frames, boxes, text) if weight > 0 else None
     n_items = len(catalog.store)
-    scores, ids = catalog.search_vectors(vecs, min(n_items, FRAME_K * 5), texts=texts)
+    scores, ids = catalog.search_vectors(vecs, min(n_items, FRAME_K * 5), texts=texts, text_weight=weight)
     per_frame, titles = _product_scores(catalog, scores, ids)
     products = sorted({p for d in per_frame for p in d})
     table = np.array([[d.get(p, min(d.values())) for p in products] for d in per_frame])
@@ -162,10 +174,6 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
 
 def _frame_texts(catalog: Catalog, frames: list[Frame], boxes: list, text: str | None) -> list[str] | None:
     """One text for all frames: OCR of the sharpest few (when the catalog reads print) plus ``text``."""
-    if catalog.text_weight <= 0:
-        if text:
-            log.warning("the catalog has no text fusion weight (build it with --ocr); --text is ignored")
-        return None
     words = ""
     if catalog.uses_ocr:
         from productlens.pipeline.fusion import ocr_texts

@@ -42,7 +42,12 @@ from typing import Sequence
 
 import numpy as np
 
+from productlens.types import ProductLensError
+
 log = logging.getLogger(__name__)
+
+
+BALANCES = ("logit-adjust", "class-weight", "none")
 
 
 @dataclass
@@ -66,6 +71,10 @@ class HeadConfig:
     coarse_weight: float = 0.5
     seed: int = 0
     threads: int = 1                  # small heads: more threads only add overhead (and contention)
+
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCES:
+            raise ProductLensError(f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
 
     def to_json(self) -> dict:
         return asdict(self)

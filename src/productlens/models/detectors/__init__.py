@@ -40,7 +40,8 @@ def load_detector(name: str | os.PathLike[str] | None = None, *, threads: int | 
         if not (path / "detector.json").is_file():
             raise ProductLensError(
                 f"no detector at {path}: train one with `productlens detector train TRAIN.json --out {path}` "
-                f"(or pass --model DIR / onnx:PATH, or set ${ENV_DEFAULT})")
+                f"(or name a detector folder or onnx:PATH: --detector, or --model for `productlens detect`; "
+                f"or set ${ENV_DEFAULT})")
         return load_detector(path, threads=threads)
     name = str(name)
     if name.startswith("onnx:"):
