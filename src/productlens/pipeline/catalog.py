@@ -127,12 +127,12 @@ class Catalog:
 
     def text_weight_for(self, given_text: bool) -> float:
         """The weight of text evidence in a search: the catalog's own (chosen on its training
-        photos), or where it has none and the user gave text with the query,
-        ``config.GIVEN_TEXT_WEIGHT``."""
+        photos when it was built with OCR, possibly 0), or, in a catalog without one, where
+        the user gave text with the query, ``config.GIVEN_TEXT_WEIGHT``."""
         from productlens.config import GIVEN_TEXT_WEIGHT
 
         w = self.text_weight
-        return w if w > 0 or not given_text else GIVEN_TEXT_WEIGHT
+        return w if w > 0 or self.uses_ocr or not given_text else GIVEN_TEXT_WEIGHT
 
     def text_weight_rows(self, holdout: Sequence[Item], progress: bool = False) -> dict[str, Any]:
         """What choosing a text weight needs from labelled held-out photos: their image ranking
