@@ -91,6 +91,22 @@ def test_bad_uploads_get_clear_errors(client):
     assert r.status_code == 400 and "pixels" in r.json()["detail"]
     r = client.post("/v1/identify", files={"image": ("huge.jpg", b"\xff" * (11 * 1024 * 1024), "image/jpeg")})
     assert r.status_code == 413
+    r = client.post("/v1/identify", files={"image": ("claims.png", _png_claiming(100_000, 100_000), "image/png")})
+    assert r.status_code == 400 and "more than" in r.json()["detail"] and "pixels" in r.json()["detail"]
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header says width x height (Pillow refuses such a bomb when opening it)."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    return bytes(data)
 
 
 def test_products_and_admin_need_the_key(client):
@@ -116,6 +132,16 @@ def test_products_and_admin_need_the_key(client):
     new = client.get(f"/v1/items/{r.json()['id']}/thumbnail").content
     assert new != thumb and Image.open(io.BytesIO(new)).size == (50, 40)
     assert client.put("/v1/products/7", json={"title": "renamed"}, headers={"X-API-Key": KEY}).status_code == 200
+    for body in ({"title": None}, {"image": "/etc/passwd"}, {}):
+        r = client.put("/v1/products/7", json=body, headers={"X-API-Key": KEY})
+        assert r.status_code == 400, body
+    uploads = sorted(engine.uploads.iterdir())
+    for bad in ({"item_id": str(2 ** 63 - 1)}, {"item_id": "-3"}, {"product_id": str(10 ** 20)}):
+        r = client.post("/v1/products", files=files, data={**form, **bad}, headers={"X-API-Key": KEY})
+        assert r.status_code == 400 and "must be between 0 and" in r.json()["detail"], bad
+    assert sorted(engine.uploads.iterdir()) == uploads  # no stray upload for a refused item
+    assert client.get("/v1/items/-1/thumbnail").status_code == 404
+    assert client.get(f"/v1/items/{10 ** 20}/thumbnail").status_code == 404
     assert client.get("/v1/products/7").json()["title"] == "renamed"
     assert client.delete("/v1/products/7").status_code == 401
     assert client.delete("/v1/products/7", headers={"X-API-Key": KEY}).json()["removed"] == 1
@@ -137,6 +163,36 @@ def test_random_catalog_photo(client):
     r = client.get("/v1/random").json()
     img = Image.open(io.BytesIO(base64.b64decode(r["jpeg_base64"])))
     assert img.format == "JPEG" and 0 <= r["id"] < 4
+
+
+def test_a_catalog_photo_gone_from_disk_and_an_empty_catalog(tmp_path):
+    cat_dir = titled_catalog(tmp_path / "data", 4, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        engine = app.state.engine
+        gone = engine.catalog.store.get([1])[0]["image"]
+        os.remove(gone)
+        r = c.get("/v1/items/1/thumbnail")
+        assert r.status_code == 404 and "cannot be read" in r.json()["detail"] and gone not in r.text
+        assert all(c.get("/v1/random").json()["id"] != 1 for _ in range(8))  # another photo instead
+        for i in engine.catalog.store.ids().tolist():
+            c.delete(f"/v1/products/{engine.catalog.store.get([i])[0]['product_id']}", headers={"X-API-Key": KEY})
+        assert c.get("/v1/random").status_code == 404
+        r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(2, 5, shop=False)), "image/jpeg")})
+        assert r.status_code == 409 and "catalog is empty" in r.json()["detail"]
+    engine.close()
+
+
+def test_history_is_pruned_across_sessions(tmp_path, monkeypatch):
+    from productlens.serve import history as history_mod
+
+    monkeypatch.setattr(history_mod, "MAX_ROWS", 5)
+    monkeypatch.setattr(history_mod, "PRUNE_EVERY", 1)
+    h = history_mod.History(tmp_path / "h.sqlite")
+    for i in range(12):  # one row per session, as scripts without a cookie make them
+        h.add(f"s{i}", b"jpg", "c", 0.5, "p")
+    assert sum(len(h.rows(f"s{i}")) for i in range(12)) == 5 and h.rows("s11") and not h.rows("s0")
+    h.close()
 
 
 def test_admission_refuses_beyond_the_queue():

@@ -60,6 +60,7 @@ def test_upload_shows_top4_and_a_history_row(server, tmp_path):
         page = browser.new_page()
         page.goto(url + "/")
         assert "How to use" in page.inner_text("#instructions")
+        assert not page.is_visible("#result")  # no empty results panel before the first photo
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("#categories li", timeout=30_000)
         cats = page.locator("#categories li .cat").all_inner_texts()
@@ -77,8 +78,15 @@ def test_upload_shows_top4_and_a_history_row(server, tmp_path):
         page.wait_for_selector("#error:not([hidden])", timeout=10_000)
         assert "not an image" in page.inner_text("#error")
         assert page.locator("#history tbody tr").count() == 1
+        assert not page.is_visible("#result")  # the previous photo's results are not left under the error
+        # a TIFF: the service reads it, Chromium cannot draw it; the results still show
+        tiff = tmp_path / "query.tif"
+        product_photo(3, 0, shop=True).save(tiff)
+        page.set_input_files("#file", str(tiff))
+        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 2", timeout=30_000)
+        assert page.is_visible("#result") and page.locator("#categories li .cat").first.inner_text() == "category 3"
         # a random catalog photo
         page.click("#random")
-        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 2", timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 3", timeout=30_000)
         browser.close()
     assert (shots / "identify.png").stat().st_size > 1000

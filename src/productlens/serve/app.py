@@ -31,6 +31,7 @@ SESSION_COOKIE = "productlens_session"
 def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or Engine(config)
     admission = Admission(config.workers, config.queue)  # every inference and catalog write counts here
+    decoding = Admission(config.workers, config.queue)  # uploads decoded off the event loop, as many at once
     batcher = Batcher(engine.identify_batch, admission, workers=config.workers,
                       max_batch=config.max_batch or engine.default_batch)  # identify requests
     history = History(config.history_db)
@@ -51,6 +52,15 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
                            allow_headers=["*"])
 
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next):
+        """An upload over the limit is refused from its Content-Length, before its body is read."""
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > (config.max_upload_mb + 1) * 1024 * 1024:  # + 1 MB for the form
+            return JSONResponse({"detail": f"the upload is larger than {config.max_upload_mb:g} MB"},
+                                status_code=413)
+        return await call_next(request)
+
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy):
         return JSONResponse({"detail": "busy: too many requests waiting; retry shortly"}, status_code=503,
@@ -69,7 +79,8 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         if len(data) > limit:
             raise HTTPException(413, f"the upload is larger than {config.max_upload_mb:g} MB")
         try:
-            return sniff_image(data, config.max_pixels)
+            async with decoding.slot():  # not on the event loop, and no more at once than there are workers
+                return await _run(sniff_image, data, config.max_pixels)
         except ImageError as e:
             raise HTTPException(400, f"{image.filename or 'upload'}: {_short(e)}") from None
 
@@ -91,6 +102,8 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                        box: Optional[str] = Form(None, description="x,y,w,h in pixels"),
                        k: int = Form(4, ge=1, le=20)) -> dict:
         """Top-k categories with probabilities, detected boxes and matching products for one photo."""
+        if not len(engine.catalog):
+            raise HTTPException(409, "the catalog is empty: add products first (POST /v1/products)")
         img = await read_upload(image)
         try:
             qbox = Box.parse(box)
@@ -133,8 +146,8 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     def item_thumbnail(item_id: int) -> Response:
         try:
             data = engine.item_thumbnail(item_id)
-        except ImageError as e:
-            raise HTTPException(500, _short(e)) from None
+        except ImageError:  # logged with its path by the engine; the path is not the client's business
+            raise HTTPException(404, f"the photo of item {item_id} cannot be read") from None
         if data is None:
             raise HTTPException(404, f"no item {item_id}")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
@@ -142,7 +155,10 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @app.get("/v1/random", dependencies=[Depends(reader)])
     def random_photo() -> dict:
         """A random catalog photo (base64 JPEG) to try the page with."""
-        item_id, data = engine.random_item(rng)
+        try:
+            item_id, data = engine.random_item(rng)
+        except ProductLensError as e:
+            raise HTTPException(404, _short(e)) from None
         return {"id": item_id, "jpeg_base64": base64.b64encode(data).decode()}
 
     @app.post("/v1/products", dependencies=[Depends(admin)], status_code=201)
@@ -159,7 +175,12 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.put("/v1/products/{product_id}", dependencies=[Depends(admin)])
     def update_product(product_id: int, fields: dict) -> dict:
-        n = engine.update_product(product_id, {k: str(v) for k, v in fields.items()})
+        bad = sorted(k for k in fields if k not in ("title", "category"))
+        if bad or not fields:
+            raise HTTPException(400, f"only title and category can be changed (got {', '.join(bad) or 'nothing'})")
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise HTTPException(400, "title and category must be strings")
+        n = engine.update_product(product_id, fields)
         if not n:
             raise HTTPException(404, f"no product {product_id}")
         return {"product_id": product_id, "items": n}

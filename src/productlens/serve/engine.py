@@ -33,6 +33,8 @@ THUMB = 160
 THUMB_CACHE = 2048  # thumbnails kept in memory (about 5-10 kB each)
 MATCH_TEMPERATURE = 0.05
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
+MAX_ID = 2 ** 53 - 1  # item and product ids: what a browser's JavaScript number still holds exactly
+RANDOM_TRIES = 5      # /v1/random skips a catalog photo that cannot be read, this many times
 #: model inputs per batch of waiting queries: whole-photo queries ran 17.2 ms each alone and
 #: 14.1-14.6 ms in batches of 4-8; the seven pooled views of a query already fill a batch (89.5 ms
 #: alone, 91.8-108.7 ms per query in batches of 2-16): EfficientNet-Lite2, onnxruntime, 2 cores
@@ -56,6 +58,8 @@ def sniff_image(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt = probe.format
+    except Image.DecompressionBombError:
+        raise ImageError(f"the image has more than {max_pixels} pixels") from None
     except Exception:
         raise ImageError("the upload is not an image (JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
     if fmt not in IMAGE_FORMATS:
@@ -200,6 +204,8 @@ class Engine:
 
     def item_thumbnail(self, item_id: int) -> bytes | None:
         """A small JPEG of the item's photo; the last ``THUMB_CACHE`` are kept, keyed by file and mtime."""
+        if not 0 <= item_id <= MAX_ID:
+            return None
         with self.lock:
             md = self.catalog.store.get([item_id])[0]
         if md is None:
@@ -214,7 +220,11 @@ class Engine:
             if data is not None:
                 self._thumbs.move_to_end(key)
                 return data
-        data = thumbnail_jpeg(load_image(path))
+        try:
+            data = thumbnail_jpeg(load_image(path))
+        except ImageError as e:
+            log.warning("item %d: %s", item_id, e)
+            raise
         if key:
             with self._thumb_lock:
                 self._thumbs[key] = data
@@ -227,26 +237,45 @@ class Engine:
             ids = self.catalog.store.ids()
         if not len(ids):
             raise ProductLensError("the catalog is empty")
-        i = int(rng.choice(ids))
-        with self.lock:
-            md = self.catalog.store.get([i])[0]
-        buf = io.BytesIO()
-        load_image(md["image"]).save(buf, "JPEG", quality=90)
-        return i, buf.getvalue()
+        for i in rng.choice(ids, min(RANDOM_TRIES, len(ids)), replace=False).tolist():
+            with self.lock:
+                md = self.catalog.store.get([i])[0]
+            try:
+                img = load_image(md["image"])
+            except ImageError as e:  # a catalog photo gone from disk: try another
+                log.warning("item %d: %s", i, e)
+                continue
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, "JPEG", quality=90)
+            return int(i), buf.getvalue()
+        raise ProductLensError(f"no readable catalog photo in {RANDOM_TRIES} tries")
 
     # ---------------------------------------------------------------- admin
     def add_item(self, img: Image.Image, product_id: int, title: str, category: str,
                  item_id: int | None = None) -> int:
-        """Store the photo under the catalog's uploads/ and index it; returns the item id."""
+        """Store the photo under the catalog's uploads/ and index it; returns the item id.
+
+        Ids are between 0 and ``MAX_ID``. One process writes a catalog: two servers adding
+        to the same catalog at once could hand out the same new id.
+        """
+        for name, value in (("product_id", product_id), ("item_id", item_id)):
+            if value is not None and not 0 <= value <= MAX_ID:
+                raise ProductLensError(f"{name} must be between 0 and {MAX_ID}, got {value}")
         self.uploads.mkdir(parents=True, exist_ok=True)
         path = self.uploads / f"{uuid.uuid4().hex}.jpg"
         img.convert("RGB").save(path, "JPEG", quality=92)
-        with self.lock:
-            if item_id is None:
-                ids = self.catalog.store.ids()
-                item_id = int(ids.max()) + 1 if len(ids) else 0
-            errors = self.catalog.add([Item(item_id, str(path), product_id=product_id, title=title,
-                                            category=category)], progress=False)
+        try:
+            with self.lock:
+                if item_id is None:
+                    ids = self.catalog.store.ids()
+                    item_id = int(ids.max()) + 1 if len(ids) else 0
+                    if item_id > MAX_ID:
+                        raise ProductLensError(f"no free item id above {MAX_ID - 1}: give item_id")
+                errors = self.catalog.add([Item(item_id, str(path), product_id=product_id, title=title,
+                                                category=category)], progress=False)
+        except BaseException:
+            path.unlink(missing_ok=True)  # no stray upload for an item that was not added
+            raise
         if errors:
             path.unlink(missing_ok=True)
             raise ImageError(errors[0][2])

@@ -11,6 +11,9 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, at REAL NOT NULL,
     thumbnail BLOB, top_category TEXT, probability REAL, top_product TEXT)"""
 MAX_ROWS_PER_SESSION = 200
+MAX_ROWS = 100_000         # in all sessions: the oldest rows go first (about 5 kB each with the thumbnail)
+MAX_AGE_DAYS = 30          # rows older than this are removed
+PRUNE_EVERY = 100          # inserts between two prunings of the whole table
 
 
 class History:
@@ -22,15 +25,21 @@ class History:
         self._db.execute(SCHEMA)
         self._db.execute("CREATE INDEX IF NOT EXISTS by_session ON history(session, id)")
         self._lock = threading.Lock()
+        self._inserts = 0
 
     def add(self, session: str, thumbnail: bytes, top_category: str, probability: float, top_product: str) -> int:
         with self._lock:
             cur = self._db.execute("INSERT INTO history(session, at, thumbnail, top_category, probability, top_product)"
                                    " VALUES (?, ?, ?, ?, ?, ?)",
                                    (session, time.time(), thumbnail, top_category, probability, top_product))
+            row = int(cur.lastrowid)
             self._db.execute("DELETE FROM history WHERE session = ? AND id NOT IN (SELECT id FROM history WHERE "
                              "session = ? ORDER BY id DESC LIMIT ?)", (session, session, MAX_ROWS_PER_SESSION))
-            return int(cur.lastrowid)
+            self._inserts += 1
+            if (self._inserts - 1) % PRUNE_EVERY == 0:  # every session's rows: by age, then by count
+                self._db.execute("DELETE FROM history WHERE at < ?", (time.time() - MAX_AGE_DAYS * 86400,))
+                self._db.execute("DELETE FROM history WHERE id <= ?", (row - MAX_ROWS,))
+            return row
 
     def rows(self, session: str) -> list[dict]:
         with self._lock:

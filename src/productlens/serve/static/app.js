@@ -8,6 +8,7 @@ function esc(s) { const d = document.createElement("div"); d.textContent = Strin
 
 async function identify(blob, name) {
   showError("");
+  $("result").hidden = true;  // no stale results under a new photo's error
   const form = new FormData();
   form.append("image", blob, name || "photo.jpg");
   let res;
@@ -25,11 +26,19 @@ async function identify(blob, name) {
 
 async function render(blob, r) {
   $("result").hidden = false;
-  const img = await createImageBitmap(blob, { imageOrientation: "from-image" });
   const canvas = $("canvas"), ctx = canvas.getContext("2d");
-  const scale = Math.min(400 / img.width, 400 / img.height, 4);
-  canvas.width = Math.round(img.width * scale); canvas.height = Math.round(img.height * scale);
-  ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+  let img = null;
+  try { img = await createImageBitmap(blob, { imageOrientation: "from-image" }); }
+  catch (err) { img = null; }  // e.g. TIFF: the service reads it, this browser cannot draw it
+  const [w0, h0] = img ? [img.width, img.height] : r.image_size;
+  const scale = Math.min(400 / w0, 400 / h0, 4);
+  canvas.width = Math.round(w0 * scale); canvas.height = Math.round(h0 * scale);
+  if (img) ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+  else {
+    ctx.fillStyle = "#eee"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.fillStyle = "#555"; ctx.font = "14px sans-serif";
+    ctx.fillText("(this browser cannot show this image format)", 10, 24);
+  }
   const sx = canvas.width / r.image_size[0], sy = canvas.height / r.image_size[1];
   r.detections.forEach((d, i) => {
     const [x, y, w, h] = d.box, c = COLOURS[i % COLOURS.length];
