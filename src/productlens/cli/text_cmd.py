@@ -37,7 +37,7 @@ def search(
             rows = [{"product_id": p, "title": t, "score": s} for p, t, s in text_search(cat, query, k)]
             if rows and all(r["score"] < 1e-4 for r in rows):  # no BM25 score (TextSearch.scores: ties < 1e-4)
                 typer.echo("note: no word of the query occurs in the catalog's text; the products are ordered "
-                           "by MiniLM similarity alone", err=True)
+                           "by MiniLM similarity alone (the scores shown are BM25's, all 0)", err=True)
     if as_json:
         typer.echo(json.dumps(rows))
         return
