@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from productlens.config import DEFAULT_EMBEDDER
+from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.data.images import load_image
 from productlens.fileio import replace_dir, share
 from productlens.heads.adapter import Adapter, fit_adapter
@@ -129,8 +129,6 @@ class Catalog:
         """The weight of text evidence in a search: the catalog's own (chosen on its training
         photos when it was built with OCR, possibly 0), or, in a catalog without one, where
         the user gave text with the query, ``config.GIVEN_TEXT_WEIGHT``."""
-        from productlens.config import GIVEN_TEXT_WEIGHT
-
         w = self.text_weight
         return w if w > 0 or self.uses_ocr or not given_text else GIVEN_TEXT_WEIGHT
 
