@@ -175,12 +175,10 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.put("/v1/products/{product_id}", dependencies=[Depends(admin)])
     def update_product(product_id: int, fields: dict) -> dict:
-        bad = sorted(k for k in fields if k not in ("title", "category"))
-        if bad or not fields:
-            raise HTTPException(400, f"only title and category can be changed (got {', '.join(bad) or 'nothing'})")
-        if not all(isinstance(v, str) for v in fields.values()):
-            raise HTTPException(400, "title and category must be strings")
-        n = engine.update_product(product_id, fields)
+        try:
+            n = engine.update_product(product_id, fields)
+        except ProductLensError as e:
+            raise HTTPException(400, _short(e)) from None
         if not n:
             raise HTTPException(404, f"no product {product_id}")
         return {"product_id": product_id, "items": n}

@@ -35,6 +35,7 @@ MATCH_TEMPERATURE = 0.05
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
 MAX_ID = 2 ** 53 - 1  # item and product ids: what a browser's JavaScript number still holds exactly
 RANDOM_TRIES = 5      # /v1/random skips a catalog photo that cannot be read, this many times
+EDITABLE = ("title", "category")  # what PUT /v1/products/{id} may change
 #: model inputs per batch of waiting queries: whole-photo queries ran 17.2 ms each alone and
 #: 14.1-14.6 ms in batches of 4-8; the seven pooled views of a query already fill a batch (89.5 ms
 #: alone, 91.8-108.7 ms per query in batches of 2-16): EfficientNet-Lite2, onnxruntime, 2 cores
@@ -281,12 +282,18 @@ class Engine:
             raise ImageError(errors[0][2])
         return item_id
 
-    def update_product(self, product_id: int, fields: dict[str, str]) -> int:
-        allowed = {k: v for k, v in fields.items() if k in ("title", "category") and v is not None}
+    def update_product(self, product_id: int, fields: dict[str, Any]) -> int:
+        """Set ``EDITABLE`` fields (strings) on every item of the product; returns how many items.
+        Any other field, no field, or a value that is not a string: ProductLensError."""
+        bad = sorted(k for k in fields if k not in EDITABLE)
+        if bad or not fields:
+            raise ProductLensError(f"only {' and '.join(EDITABLE)} can be changed (got {', '.join(bad) or 'nothing'})")
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise ProductLensError(f"{' and '.join(EDITABLE)} must be strings")
         with self.lock:
             ids = self.catalog.items_of(product_id)
             if ids:
-                self.catalog.update_metadata(ids, [allowed] * len(ids))
+                self.catalog.update_metadata(ids, [dict(fields)] * len(ids))
         return len(ids)
 
     def remove_product(self, product_id: int) -> int:
