@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from productlens.cli.main import app
@@ -74,9 +75,10 @@ def test_audit_finds_swapped_labels_and_copies(tmp_path) -> None:
     json.dumps(report.to_json())
     r = CliRunner().invoke(app, ["audit", "labels", str(csv_path), "--label", "sku", "--model", "fake-tiny",
                                  "--views", "flip", "--tta", "flip", "--folds", "4", "--out", str(tmp_path / "flags.csv"),
-                                 "--json"])
+                                 "--plot", str(tmp_path / "flags.png"), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output.strip().splitlines()[-1])
     assert out["images"] == 41 and len(out["suspects"]) >= 2 and out["duplicates"]
     assert "probably mislabelled" in r.output and "near-duplicate pairs across classes" in r.output
     assert (tmp_path / "flags.csv").read_text().startswith("rank,image,given,suggested")
+    assert Image.open(tmp_path / "flags.png").format == "PNG"

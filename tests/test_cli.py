@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from PIL import Image
 from typer.testing import CliRunner
 
 from helpers import write_dataset
@@ -23,10 +24,11 @@ def test_cli_index_search_rank_eval(tmp_path) -> None:
     r = runner.invoke(app, ["index", "info", str(cat)])
     assert "items: 4" in r.output and "adapter: yes" in r.output
     q = tmp_path / "ds" / "img" / "q_2_0.jpg"
-    r = runner.invoke(app, ["search", str(cat), str(q), "-k", "2", "--json"])
+    r = runner.invoke(app, ["search", str(cat), str(q), "-k", "2", "--json", "--plot", str(tmp_path / "hits.png")])
     assert r.exit_code == 0, r.output
     hits = json.loads(r.output.strip().splitlines()[-1])
     assert len(hits) == 2 and hits[0]["product_id"] == 2
+    assert Image.open(tmp_path / "hits.png").size[0] > 3 * 160  # the query and two results
     r = runner.invoke(app, ["search", str(cat), str(q), "--box", "0,0,0,5"])
     assert r.exit_code == 1 and "zero area" in r.output
     out = tmp_path / "rank.npy"
@@ -79,6 +81,7 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
     assert "adapting on 16 labelled photos" in r.output and r.output.count("query ") == 2
     assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()
     assert "classifier attached: 2 categories" in r.output and (tmp_path / "cat" / "classifier").is_dir()
+    assert Image.open(tmp_path / "demo.png").size[1] > 2 * 160  # a row per example query
 
 
 def test_demo_detector_trains_once_skips_without_backgrounds(tmp_path, capsys) -> None:

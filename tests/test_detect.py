@@ -238,7 +238,8 @@ def test_detect_cli_writes_drawings_and_json(trained, tmp_path):
     assert len(records) == 1 and records[0]["width"] == 160
     assert "broken.jpg" in res.output  # reported, skipped
     rec = json.loads((tmp_path / "out" / "a.json").read_text())
-    assert rec["detections"] and set(rec["detections"][0]) == {"box", "tag", "score"}
+    assert rec["detections"] and {"box", "tag", "score"} <= set(rec["detections"][0]) <= {"box", "tag", "score",
+                                                                                       "alternatives"}
     assert Image.open(tmp_path / "out" / "a.jpg").size == (160, 120)
     assert not (tmp_path / "out" / "broken.json").exists()
 
@@ -257,12 +258,14 @@ def test_eval_detect_cli_json(tmp_path):
     data["images"][0]["width"] = 200  # and one whose size disagrees with the file: its boxes would not fit
     test.write_text(json.dumps(data))
     res = CliRunner().invoke(app, ["eval", "detect", "--train", str(train), "--test", str(test), "--epochs", "2",
-                                   "--size", "128", "--json", "--out", str(tmp_path / "det")])
+                                   "--size", "128", "--json", "--out", str(tmp_path / "det"),
+                                   "--plot", str(tmp_path / "ap.png")])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output.strip().splitlines()[-1])
     assert set(m) == {"map50", "map", "classes", "train", "test", "seconds"}
     assert m["train"] == 16 and m["test"] == 5 and 0 <= m["map50"] <= 1
     assert "bad.jpg" in res.output and "annotation file says 200x120" in res.output and (tmp_path / "det" / "model.onnx").is_file()
+    assert (tmp_path / "ap.png").is_file() and (tmp_path / "ap_examples.png").is_file()
 
 
 def test_training_refuses_data_without_boxes(tmp_path):

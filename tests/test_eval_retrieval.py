@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from helpers import write_dataset
@@ -25,12 +26,21 @@ def test_challenge_mode_never_shows_gallery_labels(tmp_path, monkeypatch, catalo
 
     monkeypatch.setattr(retrieval_mod, "build_catalog", spy)
     m = retrieval_mod.evaluate_retrieval(ds["gallery"], ds["queries"], train_csv=ds["train"],
-                                         catalog_mode=catalog_mode, embedder="efficientnet-lite0", progress=False)
+                                         catalog_mode=catalog_mode, embedder="efficientnet-lite0", progress=False,
+                                         plot=tmp_path / "rankings.png")
     if catalog_mode:
         assert seen["labels"] == [0, 1, 2] and seen["use_gallery_labels"] is True
     else:
         assert seen["labels"] == [None, None, None] and seen["use_gallery_labels"] is False
     assert m["queries"] == 6 and 0 <= m["map@1000"] <= 1
+    assert Image.open(tmp_path / "rankings.png").size[1] > 6 * 160  # a row per query
+
+
+def test_a_bad_plot_path_is_refused_before_any_work(tmp_path) -> None:
+    ds = write_dataset(tmp_path / "ds", n_products=2, per_product=1)
+    res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries",
+                                   str(ds["queries"]), "--plot", str(tmp_path / "r.gif")])
+    assert res.exit_code != 0 and "written as .png" in res.output and "mAP" not in res.output
 
 
 @pytest.mark.parametrize("which", ["queries", "gallery"])

@@ -30,14 +30,19 @@ def labels(
     threshold: float = typer.Option(0.95, help="Cosine similarity from which two images count as near-duplicates."),
     top: int = typer.Option(50, help="Rows of each list to print."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every flagged image to this csv."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of the first flagged photos (given -> suggested "
+                                                   "label) and of near-duplicate pairs."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object on the last line."),
 ) -> None:
     """List training images whose label is probably wrong (ranked, with a suggestion), and cross-class duplicates."""
     from productlens.data.labelled import read_labelled
-    from productlens.eval.audit import audit_labels
+    from productlens.eval.audit import audit_labels, plot_audit
+    from productlens.eval.sheets import sheet_path
     from productlens.fileio import atomic_path
     from productlens.pipeline.classify import TrainOptions
 
+    if plot:
+        sheet_path(plot)  # before the long work
     ds = read_labelled(data, label=label)
     options = TrainOptions(embedder=model, views=views, tta=tta)
     report = audit_labels(ds, options, folds=folds, threshold=threshold, progress=not as_json)
@@ -62,5 +67,7 @@ def labels(
                     w.writerow([r, s.image, s.given, s.suggested, f"{s.given_prob:.4f}",
                                 f"{s.suggested_prob:.4f}", f"{s.margin:.4f}", s.by])
         typer.echo(f"wrote {out}")
+    if plot:
+        typer.echo(f"wrote {plot_audit(report, plot)}")
     if as_json:
         typer.echo(json.dumps(report.to_json()))

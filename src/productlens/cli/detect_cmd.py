@@ -34,6 +34,8 @@ def detect(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write <name>.jpg (boxes drawn) and <name>.json here."),
     model: Optional[str] = _MODEL,
     min_score: float = typer.Option(0.3, help="Report and draw detections scoring at least this."),
+    all_tags: bool = typer.Option(False, "--all-tags", help="A box per tag, as the COCO scorer sees them (default: "
+                                                          "one box per object, other tags listed in the JSON)."),
     as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list on the last line."),
 ) -> None:
     """Detect products: boxes in pixels (x, y, w, h), tags and scores; bad images are reported and skipped."""
@@ -50,7 +52,8 @@ def detect(
     if not paths:
         raise FileNotFoundError("no images given (folders hold no image files)")
     det = load_detector(model)
-    records, errors = detect_files(det, paths, out, min_score=min_score, progress=not as_json)
+    records, errors = detect_files(det, paths, out, min_score=min_score, one_tag=not all_tags,
+                                   progress=not as_json)
     for path, msg in errors:
         typer.echo(f"skipped: {msg}", err=True)
     if as_json:
@@ -90,12 +93,15 @@ def eval_detect(
     test: Path = typer.Option(..., help="COCO json to score (COCO protocol)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Keep the trained detector in this folder."),
     backbone: str = _BACKBONE, size: int = _SIZE, epochs: Optional[int] = _EPOCHS,
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG chart of AP@0.5 per class here, and test photos "
+                                                   "with ground truth and detections beside it (NAME_examples.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Train on TRAIN, detect on TEST's images and print mAP@0.5, mAP@0.5:0.95 and per-class AP@0.5."""
-    from productlens.eval.detection import evaluate_detection
+    from productlens.eval.detection import evaluate_detection, examples_path
 
-    m = evaluate_detection(train, test, _options(backbone, size, epochs), model_out=out, progress=not as_json)
+    m = evaluate_detection(train, test, _options(backbone, size, epochs), model_out=out, progress=not as_json,
+                           plot=plot)
     for p in m["problems"]:
         typer.echo(f"warning: {p}", err=True)
     typer.echo(f"train: {m['train']} images  test: {m['test']} images  classes: {m['classes']}  "
@@ -103,5 +109,7 @@ def eval_detect(
     for name, ap in sorted(m["per_class"].items(), key=lambda kv: -kv[1]):
         typer.echo(f"  AP@0.5 {ap:.3f}  {name}")
     typer.echo(f"mAP@0.5: {m['map50']:.4f}  mAP@0.5:0.95: {m['map']:.4f}")
+    if plot and m["per_class"]:
+        typer.echo(f"wrote {plot} and {examples_path(plot)}")
     if as_json:
         typer.echo(json.dumps({k: m[k] for k in ("map50", "map", "classes", "train", "test", "seconds")}))

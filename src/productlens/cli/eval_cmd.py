@@ -37,6 +37,8 @@ def retrieval(
     text: bool = typer.Option(False, "--text", help="Fuse OCR words (and --products text) with the image "
                                                    "score; the weight is chosen on the --train photos."),
     products: Optional[Path] = typer.Option(None, help="products.jsonl: product titles for --text (catalog mode)."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of queries and their top 5 results (the lowest "
+                                                   "AP first, then an even sample)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Rank the gallery for every query and print mAP@1000, top-1, top-5, recall@10."""
@@ -48,13 +50,15 @@ def retrieval(
                            rerank=rerank, finetune=finetune, rankings_out=rankings,
                            progress=not as_json, detector=load_detector(detector) if detect else None,
                            text=text, products=products, query_views=query_views,
-                           companions=companions_for(model) if companions else [], verify=verify)
+                           companions=companions_for(model) if companions else [], verify=verify, plot=plot)
     typer.echo(f"mode: {'catalog' if catalog else 'challenge'}  model: {model}  adapted: {bool(train)}"
                f"  fine-tuned: {bool(train) and finetune}  detect: {detect}"
                + (f"  text weight: {m['text_weight']:g}" if text else ""))
     typer.echo(f"queries: {m['queries']}  gallery: {m['gallery']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
     typer.echo(f"mAP@1000: {m['map@1000']:.4f}  top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  "
                f"recall@10: {m['recall@10']:.4f}")
+    if plot:
+        typer.echo(f"wrote {plot}")
     if as_json:
         typer.echo(json.dumps({k: m[k] for k in ("map@1000", "top1", "top5", "recall@10", "queries",
                                                   "gallery", "seconds", "text_weight") if k in m}))

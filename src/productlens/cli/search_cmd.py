@@ -28,14 +28,18 @@ def search(
     text: Optional[str] = typer.Option(None, help="Words about the query (e.g. a title), fused with the image "
                                                   "score (at the catalog's text weight, chosen on its training "
                                                   f"photos; else {GIVEN_TEXT_WEIGHT})."),
+    plot: Optional[Path] = typer.Option(None, help="Also write a PNG of the query and its results here."),
 ) -> None:
     """Rank the catalog for one query photo."""
     from productlens.data.images import load_image
+    from productlens.eval.sheets import sheet_path
     from productlens.models.detectors import load_detector
     from productlens.pipeline.catalog import Catalog
     from productlens.pipeline.detect import best_box
     from productlens.types import Box
 
+    if plot:
+        sheet_path(plot)
     query_box = Box.parse(box)
     if detect and query_box is None:
         query_box = best_box(load_detector(detector), load_image(image))
@@ -45,6 +49,9 @@ def search(
         categories = None
         if not as_json and cat.classifier is not None:  # the attached classifier's top 4 categories
             categories = cat.classify(image, box=query_box, k=4)
+    if plot:
+        _plot_hits([(image, query_box, None, hits)], plot, title=f"{Path(image).name}: top {len(hits)}")
+        typer.echo(f"wrote {plot}", err=as_json)
     if as_json:
         typer.echo(json.dumps([h.__dict__ for h in hits]))
         return
@@ -52,6 +59,21 @@ def search(
         typer.echo("categories: " + ", ".join(f"{c} {p:.2f}" for c, p in categories))
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:3d}  {h.score:.4f}  id={h.id}  product={h.product_id}  {h.title or h.image}")
+
+
+def _plot_hits(queries: list, path: Path, *, title: str, per_row: int = 6) -> None:
+    """A sheet of (query image, box, true product id or None, hits): the query, then its results
+    with score and title; green/red borders where the true product is known."""
+    from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet
+
+    rows = []
+    for image, box, truth, hits in queries:
+        tiles = [Tile(image, "query" + (f"\nproduct {truth}" if truth is not None else ""), box=box)]
+        for r, h in enumerate(hits, 1):
+            border = None if truth is None else RIGHT if h.product_id == truth else WRONG
+            tiles.append(Tile(h.image, f"#{r} {h.score:.3f}\n{h.title or h.product_id}", border=border))
+        rows += [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
+    contact_sheet(rows, path, title=title)
 
 
 def rank(
@@ -183,12 +205,17 @@ def demo(
         demo_detector(items, out.parent / "detector", backgrounds or default_backgrounds(src))
     pool = read_labelled_csv(base / "val.csv") if (base / "val.csv").is_file() else items
     rng = random.Random(seed)
+    shown = []
     with cat:
         for q in rng.sample(list(pool), min(queries, len(pool))):
             hits = cat.search(q.image, k=3)
+            shown.append((q.image, q.box, q.product_id, hits))
             truth = f" (true product {q.product_id}: {q.title})" if q.product_id is not None else ""
             typer.echo(f"\nquery {q.image}{truth}")
             for r, h in enumerate(hits, 1):
                 mark = " ✓" if q.product_id is not None and h.product_id == q.product_id else ""
                 typer.echo(f"  {r}. {h.score:.3f}  {h.title or h.image}{mark}")
+    if shown:
+        _plot_hits(shown, out.parent / "demo.png", title="example queries and their top 3 (green: the right product)")
+        typer.echo(f"\nthe same as a picture: {out.parent / 'demo.png'}")
     typer.echo(f"\nsearch it: productlens search {out} PHOTO.jpg")

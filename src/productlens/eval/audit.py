@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from productlens.data.labelled import LabelledSet, check_trainable
 
@@ -170,5 +172,27 @@ def audit_labels(data: LabelledSet, options=None, *, folds: int = 5, threshold: 
     return AuditReport(suspects, dups, feats.errors, len(data), time.perf_counter() - start)
 
 
+def plot_audit(report: AuditReport, path: str | Path, *, suspects: int = 30, pairs: int = 9) -> Path:
+    """A contact sheet (PNG) of the first ``suspects`` flagged photos, captioned given -> suggested
+    label with both probabilities, then the first ``pairs`` near-duplicate pairs across classes."""
+    from productlens.eval.sheets import FLAG, WRONG, Tile, contact_sheet
+
+    tiles = [Tile(s.image, f"#{r} {s.given} -> {s.suggested}\np {s.given_prob:.2f} / {s.suggested_prob:.2f}",
+                  border=FLAG) for r, s in enumerate(report.suspects[:suspects], start=1)]
+    rows = [tiles[i:i + 6] for i in range(0, len(tiles), 6)]
+    twins = []
+    for d in report.duplicates[:pairs]:
+        twins += [Tile(d.first_image, f"{d.first_label}\ncosine {d.cosine:.3f}", border=WRONG),
+                  Tile(d.second_image, f"{d.second_label}\n{Path(d.second_image).name}", border=WRONG)]
+    rows += [twins[i:i + 6] for i in range(0, len(twins), 6)]
+    title = (f"{len(report.suspects)} of {report.images} images probably mislabelled (the first "
+             f"{min(len(report.suspects), suspects)}: given -> suggested, p given / p suggested)"
+             + (f"; then {min(len(report.duplicates), pairs)} near-duplicate pairs across classes"
+                if report.duplicates else ""))
+    if not rows:
+        rows = [[Tile(Image.new("RGB", (8, 8), (255, 255, 255)), "nothing flagged")]]
+    return contact_sheet(rows, path, title=title)
+
+
 __all__ = ["AuditReport", "Duplicate", "Suspect", "audit_labels", "confident_issues", "near_duplicates",
-           "out_of_fold_probs", "small_loss_issues"]
+           "out_of_fold_probs", "plot_audit", "small_loss_issues"]

@@ -3,6 +3,7 @@
 ``coco_map(data, predictions)`` scores detections of the images of ``data``
 (a :class:`~productlens.data.coco.CocoSet`) and returns mAP@0.5, mAP@0.5:0.95
 and per-class AP@0.5 (classes with boxes in ``data``; COCO averages over them).
+``plot_per_class_ap`` and ``plot_examples`` draw the result for people to look at.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 
 from productlens.data.coco import CocoSet
 from productlens.models.detectors.runtime import Detection, Detector
+from productlens.types import ProductLensError
 
 if TYPE_CHECKING:
     from productlens.pipeline.detect_train import DetectTrainOptions
@@ -86,15 +89,81 @@ def predict_set(detector: Detector, data: CocoSet, *, progress: bool = True
     return preds, errors
 
 
+def plot_per_class_ap(per_class: dict[str, float], boxes: dict[str, int], path: str | Path, *,
+                      title: str = "") -> Path:
+    """A bar chart (PNG) of AP@0.5 per class, best first, each labelled with its test boxes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from productlens.fileio import atomic_path
+
+    names = sorted(per_class, key=lambda n: (-per_class[n], n))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.22 * len(names)))
+    y = range(len(names))
+    ax.barh(y, [per_class[n] for n in names], color="#3a7bd5")
+    ax.set_yticks(list(y), [f"{n} ({boxes.get(n, 0)})" for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AP@0.5 (test boxes of the class in brackets)")
+    ax.set_title(title or "AP@0.5 per class", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_examples(data: CocoSet, predictions: dict[int, Sequence[Detection]], path: str | Path, *,
+                  photos: int = 8, min_score: float = 0.3) -> Path:
+    """A contact sheet of ``photos`` test photos (an even sample), each as a pair: its ground-truth
+    boxes, then the detections scoring at least ``min_score``, one tag per object."""
+    from productlens.data.coco import load_det_image
+    from productlens.eval.sheets import Tile, contact_sheet
+    from productlens.models.detectors.runtime import one_per_object
+    from productlens.pipeline.detect import draw_detections
+    from productlens.types import Box, ImageError
+
+    ims = [im for im in data.images if im.id in predictions]
+    ims = [ims[int(j)] for j in sorted(set(np.linspace(0, len(ims) - 1, min(photos, len(ims))).round()))] \
+        if ims else []
+    tiles = []
+    for im in ims:
+        try:
+            img = load_det_image(im)
+        except ImageError as exc:
+            tiles += [Tile(im.path, f"{im.path.name}\nunreadable: {exc}")] * 2
+            continue
+        truth = [Detection(Box(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])),
+                           data.names[int(lab)], 1.0, int(lab)) for b, lab in zip(im.boxes, im.labels)]
+        shown = one_per_object([d for d in predictions[im.id] if d.score >= min_score])
+        tiles += [Tile(draw_detections(img, truth, min_score=0, scores=False),
+                       f"{im.path.name}\nground truth: {len(truth)} boxes"),
+                  Tile(draw_detections(img, shown, min_score=min_score),
+                       f"{im.path.name}\ndetected (score >= {min_score:g}): {len(shown)}")]
+    rows = [tiles[i:i + 8] for i in range(0, len(tiles), 8)]
+    return contact_sheet(rows, path, size=220, title="test photos: ground truth, then detections")
+
+
+def examples_path(plot: str | Path) -> Path:
+    """Where ``eval detect --plot CHART.png`` writes its sheet of example photos."""
+    plot = Path(plot)
+    return plot.with_name(f"{plot.stem}_examples{plot.suffix}")
+
+
 def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: DetectTrainOptions | None = None, *,
-                       model_out: str | Path | None = None, progress: bool = True) -> dict:
+                       model_out: str | Path | None = None, progress: bool = True,
+                       plot: str | Path | None = None) -> dict:
     """Train a detector on ``train_json``, detect on ``test_json``'s images and score them (COCO protocol).
 
     Test images that cannot be read are left out of the score and counted in
     ``skipped``. ``model_out``: keep the trained detector there (else a temporary
     folder). Keys: ``map50``, ``map``, ``per_class``, ``classes`` (classes with
     test boxes, the ones COCO averages over), ``train``, ``test``, ``skipped``,
-    ``problems``, ``seconds`` (training included).
+    ``problems``, ``seconds`` (training included). ``plot``: write a chart of AP@0.5 per
+    class there (PNG) and a sheet of test photos beside it (:func:`examples_path`).
     """
     import tempfile
     import time
@@ -104,6 +173,11 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
     from productlens.pipeline.detect_train import train_detector
 
     t0 = time.perf_counter()
+    if plot:
+        from productlens.eval.sheets import sheet_path
+
+        if sheet_path(plot).suffix.lower() != ".png":
+            raise ProductLensError(f"{plot}: the per-class chart is written as .png")
     train = read_coco(train_json)
     test = read_coco(test_json, categories=train.categories)
     with tempfile.TemporaryDirectory(prefix="productlens-detect-") as tmp:
@@ -118,4 +192,9 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
              problems=[f"train: {p}" for p in train.problems] + [f"test: {p}" for p in test.problems]
              + [f"test image skipped: {e}" for _, e in errors],
              seconds=round(time.perf_counter() - t0, 1))
+    if plot and m["per_class"]:
+        counts = {n: int(sum((im.labels == i).sum() for im in scored.images)) for i, n in enumerate(scored.names)}
+        plot_per_class_ap(m["per_class"], counts, plot, title=f"{Path(test_json).name}: mAP@0.5 {m['map50']:.3f} "
+                                                              f"over {len(m['per_class'])} classes")
+        plot_examples(scored, preds, examples_path(plot))
     return m

@@ -34,6 +34,23 @@ def average_precision_at_k(rel: np.ndarray, n_positives: np.ndarray, k: int = 10
     return np.where(denom > 0, prec_sum / np.maximum(denom, 1), 0.0)
 
 
+def _relevance_and_positives(rankings: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    gallery_labels = np.asarray(gallery_labels)
+    query_labels = np.asarray(query_labels)
+    rel = relevance(rankings, gallery_labels, query_labels)
+    uniq, counts = np.unique(gallery_labels[gallery_labels != -1], return_counts=True)
+    pos_of = dict(zip(uniq.tolist(), counts.tolist()))
+    n_pos = np.array([pos_of.get(int(q), 0) if q != -1 else 0 for q in query_labels])
+    return rel, n_pos
+
+
+def per_query_ap(rankings: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray,
+                 k: int = 1000) -> np.ndarray:
+    """AP@k of each query (the values :func:`retrieval_metrics` averages into mAP@k)."""
+    return average_precision_at_k(*_relevance_and_positives(rankings, gallery_labels, query_labels), k)
+
+
 def retrieval_metrics(rankings: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray,
                       k: int = 1000) -> dict[str, float]:
     """mAP@k (AIcrowd definition), top-1, top-5 and recall@10 of ``rankings``.
@@ -41,12 +58,7 @@ def retrieval_metrics(rankings: np.ndarray, gallery_labels: np.ndarray, query_la
     top-n: the share of queries with a correct item among the first n.
     recall@10: the share of each query's positives found in the first 10, averaged.
     """
-    gallery_labels = np.asarray(gallery_labels)
-    query_labels = np.asarray(query_labels)
-    rel = relevance(rankings, gallery_labels, query_labels)
-    uniq, counts = np.unique(gallery_labels[gallery_labels != -1], return_counts=True)
-    pos_of = dict(zip(uniq.tolist(), counts.tolist()))
-    n_pos = np.array([pos_of.get(int(q), 0) if q != -1 else 0 for q in query_labels])
+    rel, n_pos = _relevance_and_positives(rankings, gallery_labels, query_labels)
     ap = average_precision_at_k(rel, n_pos, k)
     recall10 = np.where(n_pos > 0, rel[:, :10].sum(1) / np.maximum(np.minimum(n_pos, 10), 1), 0.0)
     # recall@10 as the share of positives (capped at 10, so a perfect top-10 is 1.0)

@@ -18,7 +18,7 @@ import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.readers import read_gallery, read_labelled_csv, read_products_jsonl, read_queries
-from productlens.eval.metrics import retrieval_metrics
+from productlens.eval.metrics import per_query_ap, retrieval_metrics
 from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import build_catalog
 from productlens.pipeline.fusion import choose_text_weight
@@ -31,7 +31,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
                        k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None,
                        detector: Detector | None = None, text: bool = False,
                        products: str | Path | None = None, query_views: str | None = None,
-                       companions: Sequence[str] = (), verify: bool | None = None) -> dict:
+                       companions: Sequence[str] = (), verify: bool | None = None,
+                       plot: str | Path | None = None) -> dict:
     """Evaluate retrieval end to end and return the metrics dict.
 
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
@@ -39,7 +40,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     ``"regions"`` with ``train_csv``, ``"none"`` without). ``companions``: also
     ``build_catalog``'s (bundled backbones joined on the whole photo; default none).
     ``verify``: spatial verification of each query's top results (``rank_queries``'s;
-    default: on where OpenCV is installed).
+    default: on where OpenCV is installed). ``plot``: also write a contact sheet of
+    queries and their first results there (:func:`plot_rankings`).
     ``detector``: queries without a box are searched with their best detected box.
     ``text`` (needs ``train_csv``): OCR gallery and query photos and fuse the
     words with the image score; the fusion weight is chosen on training photos
@@ -51,6 +53,10 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     ``text`` also ``text_weight`` and ``weights`` ({weight: held-out training mAP}).
     """
     t0 = time.perf_counter()
+    if plot:
+        from productlens.eval.sheets import sheet_path
+
+        sheet_path(plot)
     gallery = read_gallery(gallery_csv)
     queries = read_queries(queries_csv)
     for name, rows in ((queries_csv, queries), (gallery_csv, gallery)):
@@ -58,6 +64,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
             raise ProductLensError(f"{name}: no product_id column (or no value in it): evaluation scores "
                                    "each query against the gallery's product ids")
     truth = {g.id: (-1 if g.product_id is None else int(g.product_id)) for g in gallery}
+    photos = {g.id: g.image for g in gallery}
     if not catalog_mode:  # the system never sees the gallery's labels
         gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
     train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
@@ -93,11 +100,53 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     as_index = np.vectorize(lambda i: pos.get(int(i), -1), otypes=[np.int64])(rankings) if rankings.size else rankings
     query_labels = np.array([-1 if q.product_id is None else int(q.product_id) for q in queries])
     metrics = retrieval_metrics(as_index, gallery_labels, query_labels, k)
+    if plot:
+        plot_rankings(queries, rankings, per_query_ap(as_index, gallery_labels, query_labels, k), truth, photos,
+                      plot, title=f"{Path(queries_csv).name} vs {Path(gallery_csv).name}: "
+                                  f"mAP@{k} {metrics[f'map@{k}']:.3f}")
     metrics.update(queries=len(queries), gallery=len(gallery), skipped=len(gerrors) + len(qerrors),
                    seconds=round(time.perf_counter() - t0, 1))
     if text:
         metrics.update(text_weight=weight, weights=weights)
     return metrics
+
+
+def plot_rankings(queries: Sequence[Item], rankings: np.ndarray, ap: np.ndarray, truth: dict[int, int],
+                  photos: dict[int, str], path: str | Path, *, rows: int = 16, shown: int = 5,
+                  title: str = "") -> Path:
+    """A contact sheet of queries and their first ``shown`` results, green where a result shows
+    the query's product, red where not; the query's box is drawn and its AP in its caption.
+
+    The first half of the ``rows`` are the queries with the lowest AP (where to look first),
+    the rest an even sample of the others (what a typical query looks like). ``rankings``
+    holds gallery ids (-1: none), ``truth`` maps them to product ids (-1: distractor) and
+    ``photos`` to their images.
+    """
+    from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet
+
+    n = len(queries)
+    worst = [int(i) for i in np.argsort(ap, kind="stable")[:min(rows // 2, n)]]
+    chosen = set(worst)
+    others = [i for i in range(n) if i not in chosen]
+    picks = sorted({others[int(j)] for j in np.linspace(0, len(others) - 1, min(rows - len(worst), len(others)))}
+                   ) if others else []
+    sheet = []
+    for i in worst + picks:
+        q = queries[i]
+        row = [Tile(q.image, f"query {q.id}  AP {ap[i]:.2f}\nproduct {q.product_id}", box=q.box)]
+        for r, gid in enumerate(int(g) for g in rankings[i][:shown]):
+            if gid < 0:
+                break
+            label = truth.get(gid, -1)
+            right = q.product_id is not None and label != -1 and label == int(q.product_id)
+            row.append(Tile(photos.get(gid, ""), f"#{r + 1}  {gid}\n" + ("distractor" if label == -1
+                                                                         else f"product {label}"),
+                            border=RIGHT if right else WRONG))
+        if len(row) == 1:
+            row[0] = Tile(q.image, f"query {q.id}: skipped\nproduct {q.product_id}", box=q.box)
+        sheet.append(row)
+    note = f"rows 1-{len(worst)}: lowest AP; then an even sample" if picks else "lowest AP first"
+    return contact_sheet(sheet, path, title=f"{title}  ({note}; green: same product)".strip())
 
 
 def attach_product_text(gallery: list[Item], products: dict[int, dict]) -> list[Item]:

@@ -10,6 +10,7 @@ detection, so search and classification can look at the product only.
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,8 +28,10 @@ def _colour(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_score: float = 0.3) -> Image.Image:
-    """A copy of ``img`` with the detections scoring at least ``min_score`` drawn (box, tag, score)."""
+def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_score: float = 0.3,
+                    scores: bool = True) -> Image.Image:
+    """A copy of ``img`` with the detections scoring at least ``min_score`` drawn (box, tag and,
+    with ``scores``, score; ground truth is drawn without)."""
     out = img.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     size = max(11, round(max(out.size) / 40))
@@ -43,7 +46,7 @@ def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_sc
         c = _colour(d.label)
         x0, y0, x1, y1 = d.box.x, d.box.y, d.box.x + d.box.w, d.box.y + d.box.h
         draw.rectangle((x0, y0, x1, y1), outline=c, width=width)
-        text = f"{d.tag} {d.score:.2f}"
+        text = f"{d.tag} {d.score:.2f}" if scores else d.tag
         tb = draw.textbbox((x0, y0), text, font=font)
         ty = y0 - (tb[3] - tb[1]) - 4 if y0 - (tb[3] - tb[1]) - 4 >= 0 else y0
         tb = draw.textbbox((x0 + 2, ty + 1), text, font=font)
@@ -65,10 +68,13 @@ def _names(paths: Sequence[str | Path]) -> list[str]:
 
 
 def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str | Path | None = None, *,
-                 min_score: float = 0.3, progress: bool = True) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+                 min_score: float = 0.3, one_tag: bool = True, progress: bool = True
+                 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Detect in each image; with ``out_dir``, write ``<name>.jpg`` (drawn) and ``<name>.json``.
 
-    Detections scoring below ``min_score`` are neither drawn nor listed. Returns
+    Detections scoring below ``min_score`` are neither drawn nor listed. ``one_tag``
+    (default): one box per object, other tags listed as its ``alternatives``
+    (``Detector.detect``); False: a box per tag, as the COCO scorer sees them. Returns
     (one record per readable image: ``image``, ``width``, ``height``,
     ``detections``; the (path, error) of each unreadable image).
     """
@@ -85,7 +91,8 @@ def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str |
         except ImageError as exc:
             errors.append((str(path), str(exc)))
             continue
-        dets = [d for d in detector.detect(img) if d.score >= min_score]
+        dets = [dataclasses.replace(d, alternatives=tuple(a for a in d.alternatives if a[1] >= min_score))
+                for d in detector.detect(img, one_tag=one_tag) if d.score >= min_score]
         rec = {"image": str(path), "width": img.size[0], "height": img.size[1],
                "detections": [d.as_json() for d in dets]}
         records.append(rec)

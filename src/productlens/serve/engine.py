@@ -142,7 +142,7 @@ class Engine:
         box = None if r.box is None else r.box.clip(*r.image.size)  # BoxError when outside
         detections = []
         if self.detector is not None:
-            dets = sorted(self.detector.detect(r.image), key=lambda d: -d.score)
+            dets = sorted(self.detector.detect(r.image, one_tag=True), key=lambda d: -d.score)
             detections = [{"box": list(d.box.as_tuple()), "tag": d.tag, "score": round(float(d.score), 4)}
                           for d in dets if d.score >= self.config.min_box_score][:self.config.max_boxes]
             if box is None and dets and self.config.search_detected:

@@ -25,15 +25,16 @@ to the original image's pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from productlens.models.detectors.nms import batched_nms
+from productlens.models.detectors.nms import batched_nms, iou_matrix
 from productlens.types import Box, ProductLensError
 
 SPEC_KEYS = ("labels", "size")
@@ -41,16 +42,21 @@ SPEC_KEYS = ("labels", "size")
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected object: box in original pixels, tag, score in [0, 1]."""
+    """One detected object: box in original pixels, tag, score in [0, 1]; ``alternatives``:
+    (tag, score) of other tags the detector gave the same object (see ``Detector.detect``)."""
 
     box: Box
     tag: str
     score: float
     label: int
+    alternatives: tuple[tuple[str, float], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
-        return {"box": [round(v, 1) for v in self.box.as_tuple()], "tag": self.tag,
-                "score": round(float(self.score), 4)}
+        out: dict[str, Any] = {"box": [round(v, 1) for v in self.box.as_tuple()], "tag": self.tag,
+                               "score": round(float(self.score), 4)}
+        if self.alternatives:
+            out["alternatives"] = [{"tag": t, "score": round(float(s), 4)} for t, s in self.alternatives]
+        return out
 
 
 @dataclass(frozen=True)
@@ -165,8 +171,14 @@ class Detector:
         return boxes, scores, factors
 
     def detect(self, img: Image.Image, *, score_threshold: float | None = None,
-               max_detections: int | None = None) -> list[Detection]:
-        """Boxes (original pixels, clipped to the image), tags and scores, best first."""
+               max_detections: int | None = None, one_tag: bool = False) -> list[Detection]:
+        """Boxes (original pixels, clipped to the image), tags and scores, best first.
+
+        By default NMS runs per tag, so one object can come back several times with
+        different tags (what the COCO protocol scores best). ``one_tag``: one box per
+        object, for people to read: a box overlapping a better one of another tag
+        (IoU above ``nms_iou``) is folded into it as one of its ``alternatives``.
+        """
         s = self.spec
         thr = s.score_threshold if score_threshold is None else score_threshold
         top = s.max_detections if max_detections is None else max_detections
@@ -184,9 +196,29 @@ class Detector:
         b[:, [1, 3]] = b[:, [1, 3]].clip(0, H)
         ok = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
         b, cls, sc = b[ok], cls[ok], sc[ok]
-        keep = batched_nms(b, sc, cls, s.nms_iou)[:top]
-        return [Detection(Box(float(b[i, 0]), float(b[i, 1]), float(b[i, 2] - b[i, 0]), float(b[i, 3] - b[i, 1])),
+        keep = batched_nms(b, sc, cls, s.nms_iou)
+        dets = [Detection(Box(float(b[i, 0]), float(b[i, 1]), float(b[i, 2] - b[i, 0]), float(b[i, 3] - b[i, 1])),
                           self.labels[cls[i]], float(sc[i]), int(cls[i])) for i in keep]
+        return (one_per_object(dets, s.nms_iou) if one_tag else dets)[:top]
+
+
+def one_per_object(detections: Sequence[Detection], iou: float = 0.6, alternatives: int = 4) -> list[Detection]:
+    """One box per object: best first, each detection overlapping a better kept one (IoU above
+    ``iou``) is folded into it as one of its (up to ``alternatives``) ``alternatives``."""
+    dets = sorted(detections, key=lambda d: -d.score)
+    if len(dets) < 2:
+        return list(dets)
+    xyxy = np.array([[d.box.x, d.box.y, d.box.x + d.box.w, d.box.y + d.box.h] for d in dets])
+    over = iou_matrix(xyxy, xyxy) > iou
+    kept: dict[int, list[tuple[str, float]]] = {}
+    is_kept = np.zeros(len(dets), bool)
+    for j, d in enumerate(dets):
+        owners = np.flatnonzero(is_kept[:j] & over[:j, j])
+        if not len(owners):
+            kept[j], is_kept[j] = [*d.alternatives], True
+        elif len(kept[int(owners[0])]) < alternatives:
+            kept[int(owners[0])].append((d.tag, d.score))
+    return [dataclasses.replace(dets[k], alternatives=tuple(alt)) for k, alt in kept.items()]
 
 
 def load_spec(path: Path) -> DetectorSpec:
