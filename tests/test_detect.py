@@ -158,6 +158,10 @@ def test_user_onnx_detector_contract(tmp_path, square):
     else:  # longer side 256 -> 64: factor 4
         assert (b.x, b.y, b.w, b.h) == pytest.approx((32, 32, 96, 128))  # clipped at the 128 px width
     assert dets[0].as_json()["tag"] == "red"
+    grey = Image.new("RGB", (128, 256), (128, 128, 128))  # red ~0.51, other ~0.49 on the same boxes
+    assert [d.tag for d in det.detect(grey)] == ["red", "other"]
+    (one,) = det.detect(grey, one_tag=True)
+    assert one.tag == "red" and [t for t, _ in one.alternatives] == ["other"]
 
 
 def test_load_detector_errors(tmp_path, monkeypatch):

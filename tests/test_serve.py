@@ -272,6 +272,9 @@ def test_identify_with_a_detector_returns_boxes_and_searches_the_best(catalog_di
         body = c.post("/v1/identify", files={"image": ("red.jpg", _jpeg(red), "image/jpeg")}).json()
         assert [d["tag"] for d in body["detections"]] == ["red"]
         assert body["box"] == body["detections"][0]["box"]  # the search used the best box
+        grey = Image.new("RGB", (128, 128), (134, 134, 134))  # red ~0.62, other ~0.38 on the same boxes: one box
+        body = c.post("/v1/identify", files={"image": ("grey.jpg", _jpeg(grey), "image/jpeg")}).json()
+        assert [(d["tag"], [a["tag"] for a in d["alternatives"]]) for d in body["detections"]] == [("red", ["other"])]
     app.state.engine.close()
     app = create_app(ServeConfig(catalog=catalog_dir, detector=f"onnx:{model}", search_detected=False,
                                  history_db=tmp_path / "h2.sqlite"))

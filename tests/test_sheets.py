@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from helpers import product_photo, write_coco
-from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet, sheet_path
+from productlens.eval.sheets import RIGHT, WRONG, Tile, chart_path, contact_sheet, sheet_path
 from productlens.models.detectors.runtime import Detection, one_per_object
 from productlens.types import Box, InvalidBox, ProductLensError
 
@@ -36,6 +36,9 @@ def test_sheet_paths_are_checked_before_work(tmp_path, name: str) -> None:
         sheet_path(tmp_path / name)
     with pytest.raises(ProductLensError, match="no tiles"):
         contact_sheet([], tmp_path / "x.png")
+    with pytest.raises(ProductLensError, match="chart is written as .png"):
+        chart_path(tmp_path / "chart.jpg")  # matplotlib charts: PNG only
+    assert chart_path(tmp_path / "chart.PNG") == tmp_path / "chart.PNG"
 
 
 def test_one_per_object_folds_other_tags_into_alternatives() -> None:

@@ -86,6 +86,10 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
     from productlens.pipeline.classify import train_classifier
 
     start = time.perf_counter()
+    if plot:
+        from productlens.eval.sheets import chart_path
+
+        chart_path(plot)  # before the training
     if not isinstance(train, LabelledSet):
         train = read_labelled(train, label=fine or label, parents=[label] if fine else [])
     if not isinstance(test, LabelledSet):

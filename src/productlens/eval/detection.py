@@ -17,7 +17,6 @@ import numpy as np
 
 from productlens.data.coco import CocoSet
 from productlens.models.detectors.runtime import Detection, Detector
-from productlens.types import ProductLensError
 
 if TYPE_CHECKING:
     from productlens.pipeline.detect_train import DetectTrainOptions
@@ -174,10 +173,9 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
 
     t0 = time.perf_counter()
     if plot:
-        from productlens.eval.sheets import sheet_path
+        from productlens.eval.sheets import chart_path
 
-        if sheet_path(plot).suffix.lower() != ".png":
-            raise ProductLensError(f"{plot}: the per-class chart is written as .png")
+        chart_path(plot)
     train = read_coco(train_json)
     test = read_coco(test_json, categories=train.categories)
     with tempfile.TemporaryDirectory(prefix="productlens-detect-") as tmp:

@@ -103,6 +103,14 @@ def sheet_path(path: str | Path) -> Path:
     return path
 
 
+def chart_path(path: str | Path) -> Path:
+    """``path`` as a Path if a chart (always PNG) can be written there; checked before long work."""
+    path = sheet_path(path)
+    if path.suffix.lower() != ".png":
+        raise ProductLensError(f"{path}: a chart is written as .png")
+    return path
+
+
 def contact_sheet(rows: Sequence[Sequence[Tile]], path: str | Path, *, title: str = "", size: int = 160) -> Path:
     """Write ``rows`` of tiles as one image at ``path`` (PNG or JPEG, from the suffix), atomically.
 

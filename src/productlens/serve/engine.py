@@ -143,8 +143,11 @@ class Engine:
         detections = []
         if self.detector is not None:
             dets = sorted(self.detector.detect(r.image, one_tag=True), key=lambda d: -d.score)
-            detections = [{"box": list(d.box.as_tuple()), "tag": d.tag, "score": round(float(d.score), 4)}
-                          for d in dets if d.score >= self.config.min_box_score][:self.config.max_boxes]
+            least = self.config.min_box_score
+            detections = [{"box": list(d.box.as_tuple()), "tag": d.tag, "score": round(float(d.score), 4),
+                           "alternatives": [{"tag": t, "score": round(float(p), 4)} for t, p in d.alternatives
+                                            if p >= least]}
+                          for d in dets if d.score >= least][:self.config.max_boxes]
             if box is None and dets and self.config.search_detected:
                 box = dets[0].box
         crop = r.image if box is None else r.image.crop((round(box.x), round(box.y), round(box.x + box.w),
