@@ -46,6 +46,8 @@ def test_one_per_object_folds_other_tags_into_alternatives() -> None:
             Detection(Box(0, 0, 20, 20), "hat", 0.4, 2), Detection(Box(101, 11, 40, 40), "wallet", 0.3, 3)]
     out = one_per_object(dets, iou=0.6, alternatives=1)
     assert [(d.tag, d.alternatives) for d in out] == [("bag", (("purse", 0.5),)), ("hat", ())]
+    twice = dets + [Detection(Box(99, 10, 40, 40), "purse", 0.45, 1), Detection(Box(100, 11, 40, 40), "bag", 0.4, 0)]
+    assert one_per_object(twice)[0].alternatives == (("purse", 0.5), ("wallet", 0.3))  # each other tag once
     assert out[0].as_json()["alternatives"] == [{"tag": "purse", "score": 0.5}]
     assert "alternatives" not in out[1].as_json()
 
@@ -104,3 +106,85 @@ def test_plot_audit_with_nothing_flagged(tmp_path) -> None:
     from productlens.eval.audit import AuditReport, plot_audit
 
     assert Image.open(plot_audit(AuditReport([], [], images=3), tmp_path / "a.png")).format == "PNG"
+
+
+def test_the_box_lands_on_the_product_in_a_photo_shrunk_while_decoding(tmp_path) -> None:
+    from PIL import ImageDraw
+
+    from productlens.eval.sheets import thumbnail
+
+    photo = Image.new("RGB", (640, 480), (255, 255, 255))
+    ImageDraw.Draw(photo).rectangle((100, 100, 199, 199), fill=(0, 0, 255))
+    photo.save(tmp_path / "p.jpg", quality=95)  # JPEG: decoded at a quarter of its size for 160 px
+    thumb = np.asarray(thumbnail(Tile(tmp_path / "p.jpg", box=Box(100, 100, 100, 100)), 160)).astype(int)
+    yellow = (np.abs(thumb - (255, 200, 0)).sum(-1) < 60)
+    ys, xs = np.nonzero(yellow)
+    # 640 -> 160: the square spans x 25..50, y 20 + 25..50 (the photo is centred vertically)
+    assert abs(xs.min() - 25) <= 2 and abs(xs.max() - 50) <= 2 and abs(ys.min() - 45) <= 2 and abs(ys.max() - 70) <= 2
+
+
+def test_sheet_paths_under_a_file_or_nowhere_writable_are_refused(tmp_path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ProductLensError, match="not a folder"):
+        sheet_path(tmp_path / "afile" / "deeper" / "s.png")
+    assert sheet_path(tmp_path / "new" / "deeper" / "s.png")  # folders that do not exist yet are made
+
+
+def test_empty_sheets_say_why_and_titles_are_not_cut(tmp_path, monkeypatch) -> None:
+    from productlens.eval import retrieval, sheets
+
+    title = "queries.csv vs gallery.csv: mAP@1000 0.000"
+    out = retrieval.plot_rankings([], np.zeros((0, 5), int), np.zeros(0), {}, {}, tmp_path / "none.png", title=title)
+    assert Image.open(out).size[0] > 160 + 2 * 4 + 2 * 8  # one tile wide, widened for its title
+    drawn = []
+    monkeypatch.setattr(sheets.ImageDraw.ImageDraw, "text", lambda self, xy, text, **kw: drawn.append(text))
+    retrieval.plot_rankings([], np.zeros((0, 5), int), np.zeros(0), {}, {}, tmp_path / "none.png", title=title)
+    assert drawn == [title, "no queries"]
+    drawn.clear()
+    sheets.contact_sheet(sheets.placeholder("nothing flagged"), tmp_path / "x.png", title="t " * 100)
+    assert drawn[-1] == "nothing flagged" and sum(t.count("t") for t in drawn[:-1]) == 100  # wrapped, not cut
+
+
+def test_detected_boxes_are_drawn_for_queries_without_one(tmp_path, monkeypatch) -> None:
+    from test_detect import _write_user_detector
+
+    from productlens.eval import retrieval, sheets
+    from productlens.models.detectors import load_detector
+    from productlens.types import Item
+
+    Image.new("RGB", (128, 128), (255, 0, 0)).save(tmp_path / "red.jpg")
+    detector = load_detector(f"onnx:{_write_user_detector(tmp_path / 'd.onnx', square=False)}")
+    seen = {}
+    real = sheets.contact_sheet
+    monkeypatch.setattr(sheets, "contact_sheet",
+                        lambda rows, path, **kw: seen.update(rows=rows) or real(rows, path, **kw))
+    retrieval.plot_rankings([Item(0, str(tmp_path / "red.jpg"), product_id=1)], np.array([[5]]), np.array([1.0]),
+                            {5: 1}, {5: str(tmp_path / "red.jpg")}, tmp_path / "r.png", detector=detector)
+    assert seen["rows"][0][0].box is not None and seen["rows"][0][1].border == RIGHT
+
+
+def test_detection_plots_without_test_boxes(tmp_path) -> None:
+    from productlens.data.coco import read_coco
+    from productlens.eval.detection import _plots
+
+    data = read_coco(write_coco(tmp_path, "test", 2, seed=4))
+    m = {"per_class": {}, "problems": [], "map50": 0.0}
+    written = _plots(m, data, {im.id: [] for im in data.images}, tmp_path / "ap.png", "test.json")
+    assert written == [tmp_path / "ap_examples.png"] and "no AP chart" in m["problems"][0]
+
+
+def test_a_distractor_is_never_the_right_product() -> None:
+    from productlens.cli.search_cmd import _same_product
+
+    assert _same_product(3, 3) and not _same_product(-1, -1) and not _same_product(3, None)
+    assert not _same_product(None, 3) and not _same_product(2, 3)
+
+
+def test_drawn_text_uses_a_font_with_more_than_latin() -> None:
+    from PIL import ImageFont
+
+    from productlens import fonts
+
+    pytest.importorskip("matplotlib")  # ships DejaVu Sans
+    f = fonts.font(14)
+    assert isinstance(f, ImageFont.FreeTypeFont) and f.getname()[0].startswith(("DejaVu", "Noto"))

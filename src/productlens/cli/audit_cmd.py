@@ -40,6 +40,7 @@ def labels(
     from productlens.eval.sheets import sheet_path
     from productlens.fileio import atomic_path
     from productlens.pipeline.classify import TrainOptions
+    from productlens.types import ProductLensError
 
     if plot:
         sheet_path(plot)  # before the long work
@@ -68,6 +69,9 @@ def labels(
                                 f"{s.suggested_prob:.4f}", f"{s.margin:.4f}", s.by])
         typer.echo(f"wrote {out}")
     if plot:
-        typer.echo(f"wrote {plot_audit(report, plot)}")
+        try:
+            typer.echo(f"wrote {plot_audit(report, plot)}")
+        except ProductLensError as exc:  # the report above stands
+            typer.echo(f"warning: {exc}", err=True)
     if as_json:
         typer.echo(json.dumps(report.to_json()))

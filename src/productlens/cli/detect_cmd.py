@@ -98,7 +98,7 @@ def eval_detect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
     """Train on TRAIN, detect on TEST's images and print mAP@0.5, mAP@0.5:0.95 and per-class AP@0.5."""
-    from productlens.eval.detection import evaluate_detection, examples_path
+    from productlens.eval.detection import evaluate_detection
 
     m = evaluate_detection(train, test, _options(backbone, size, epochs), model_out=out, progress=not as_json,
                            plot=plot)
@@ -109,7 +109,7 @@ def eval_detect(
     for name, ap in sorted(m["per_class"].items(), key=lambda kv: -kv[1]):
         typer.echo(f"  AP@0.5 {ap:.3f}  {name}")
     typer.echo(f"mAP@0.5: {m['map50']:.4f}  mAP@0.5:0.95: {m['map']:.4f}")
-    if plot and m["per_class"]:
-        typer.echo(f"wrote {plot} and {examples_path(plot)}")
+    for path in m["plots"]:
+        typer.echo(f"wrote {path}")
     if as_json:
         typer.echo(json.dumps({k: m[k] for k in ("map50", "map", "classes", "train", "test", "seconds")}))

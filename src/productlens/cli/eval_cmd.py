@@ -58,7 +58,7 @@ def retrieval(
     typer.echo(f"mAP@1000: {m['map@1000']:.4f}  top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  "
                f"recall@10: {m['recall@10']:.4f}")
     if plot:
-        typer.echo(f"wrote {plot}")
+        typer.echo(f"warning: {m['plot_error']}" if "plot_error" in m else f"wrote {plot}", err="plot_error" in m)
     if as_json:
         typer.echo(json.dumps({k: m[k] for k in ("map@1000", "top1", "top5", "recall@10", "queries",
                                                   "gallery", "seconds", "text_weight") if k in m}))

@@ -51,7 +51,6 @@ def search(
             categories = cat.classify(image, box=query_box, k=4)
     if plot:
         _plot_hits([(image, query_box, None, hits)], plot, title=f"{Path(image).name}: top {len(hits)}")
-        typer.echo(f"wrote {plot}", err=as_json)
     if as_json:
         typer.echo(json.dumps([h.__dict__ for h in hits]))
         return
@@ -63,17 +62,27 @@ def search(
 
 def _plot_hits(queries: list, path: Path, *, title: str, per_row: int = 6) -> None:
     """A sheet of (query image, box, true product id or None, hits): the query, then its results
-    with score and title; green/red borders where the true product is known."""
+    with score and title; green/red borders where the true product is known (-1, a distractor,
+    is never right). A sheet that cannot be written is a warning: the results stand."""
     from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet
+    from productlens.types import ProductLensError
 
     rows = []
     for image, box, truth, hits in queries:
         tiles = [Tile(image, "query" + (f"\nproduct {truth}" if truth is not None else ""), box=box)]
         for r, h in enumerate(hits, 1):
-            border = None if truth is None else RIGHT if h.product_id == truth else WRONG
+            border = None if truth is None else RIGHT if _same_product(h.product_id, truth) else WRONG
             tiles.append(Tile(h.image, f"#{r} {h.score:.3f}\n{h.title or h.product_id}", border=border))
         rows += [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
-    contact_sheet(rows, path, title=title)
+    try:
+        typer.echo(f"wrote {contact_sheet(rows, path, title=title)}", err=True)
+    except ProductLensError as exc:
+        typer.echo(f"warning: {exc}", err=True)
+
+
+def _same_product(found, truth) -> bool:
+    """Whether a result shows the query's known product (a distractor, -1, matches nothing)."""
+    return truth is not None and int(truth) != -1 and found is not None and int(found) == int(truth)
 
 
 def rank(
@@ -213,9 +222,8 @@ def demo(
             truth = f" (true product {q.product_id}: {q.title})" if q.product_id is not None else ""
             typer.echo(f"\nquery {q.image}{truth}")
             for r, h in enumerate(hits, 1):
-                mark = " ✓" if q.product_id is not None and h.product_id == q.product_id else ""
+                mark = " ✓" if _same_product(h.product_id, q.product_id) else ""
                 typer.echo(f"  {r}. {h.score:.3f}  {h.title or h.image}{mark}")
     if shown:
         _plot_hits(shown, out.parent / "demo.png", title="example queries and their top 3 (green: the right product)")
-        typer.echo(f"\nthe same as a picture: {out.parent / 'demo.png'}")
     typer.echo(f"\nsearch it: productlens search {out} PHOTO.jpg")

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from productlens.data.labelled import LabelledSet, check_trainable
 
@@ -175,7 +174,7 @@ def audit_labels(data: LabelledSet, options=None, *, folds: int = 5, threshold: 
 def plot_audit(report: AuditReport, path: str | Path, *, suspects: int = 30, pairs: int = 9) -> Path:
     """A contact sheet (PNG) of the first ``suspects`` flagged photos, captioned given -> suggested
     label with both probabilities, then the first ``pairs`` near-duplicate pairs across classes."""
-    from productlens.eval.sheets import FLAG, WRONG, Tile, contact_sheet
+    from productlens.eval.sheets import FLAG, WRONG, Tile, contact_sheet, placeholder
 
     tiles = [Tile(s.image, f"#{r} {s.given} -> {s.suggested}\np {s.given_prob:.2f} / {s.suggested_prob:.2f}",
                   border=FLAG) for r, s in enumerate(report.suspects[:suspects], start=1)]
@@ -189,9 +188,7 @@ def plot_audit(report: AuditReport, path: str | Path, *, suspects: int = 30, pai
              f"{min(len(report.suspects), suspects)}: given -> suggested, p given / p suggested)"
              + (f"; then {min(len(report.duplicates), pairs)} near-duplicate pairs across classes"
                 if report.duplicates else ""))
-    if not rows:
-        rows = [[Tile(Image.new("RGB", (8, 8), (255, 255, 255)), "nothing flagged")]]
-    return contact_sheet(rows, path, title=title)
+    return contact_sheet(rows or placeholder("nothing flagged"), path, title=title)
 
 
 __all__ = ["AuditReport", "Duplicate", "Suspect", "audit_labels", "confident_issues", "near_duplicates",

@@ -97,6 +97,7 @@ def plot_per_class_ap(per_class: dict[str, float], boxes: dict[str, int], path: 
     import matplotlib.pyplot as plt
 
     from productlens.fileio import atomic_path
+    from productlens.types import ProductLensError
 
     names = sorted(per_class, key=lambda n: (-per_class[n], n))
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.22 * len(names)))
@@ -109,9 +110,13 @@ def plot_per_class_ap(per_class: dict[str, float], boxes: dict[str, int], path: 
     ax.set_title(title or "AP@0.5 per class", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    except OSError as exc:
+        raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -120,7 +125,7 @@ def plot_examples(data: CocoSet, predictions: dict[int, Sequence[Detection]], pa
     """A contact sheet of ``photos`` test photos (an even sample), each as a pair: its ground-truth
     boxes, then the detections scoring at least ``min_score``, one tag per object."""
     from productlens.data.coco import load_det_image
-    from productlens.eval.sheets import Tile, contact_sheet
+    from productlens.eval.sheets import Tile, contact_sheet, placeholder
     from productlens.models.detectors.runtime import one_per_object
     from productlens.pipeline.detect import draw_detections
     from productlens.types import Box, ImageError
@@ -142,7 +147,7 @@ def plot_examples(data: CocoSet, predictions: dict[int, Sequence[Detection]], pa
                        f"{im.path.name}\nground truth: {len(truth)} boxes"),
                   Tile(draw_detections(img, shown, min_score=min_score),
                        f"{im.path.name}\ndetected (score >= {min_score:g}): {len(shown)}")]
-    rows = [tiles[i:i + 8] for i in range(0, len(tiles), 8)]
+    rows = [tiles[i:i + 8] for i in range(0, len(tiles), 8)] or placeholder("no test photos")
     return contact_sheet(rows, path, size=220, title="test photos: ground truth, then detections")
 
 
@@ -161,8 +166,9 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
     ``skipped``. ``model_out``: keep the trained detector there (else a temporary
     folder). Keys: ``map50``, ``map``, ``per_class``, ``classes`` (classes with
     test boxes, the ones COCO averages over), ``train``, ``test``, ``skipped``,
-    ``problems``, ``seconds`` (training included). ``plot``: write a chart of AP@0.5 per
-    class there (PNG) and a sheet of test photos beside it (:func:`examples_path`).
+    ``problems``, ``seconds`` (training included), ``plots`` (the files written). ``plot``:
+    write a chart of AP@0.5 per class there (PNG) and a sheet of test photos beside it
+    (:func:`examples_path`); what cannot be drawn is told in ``problems``.
     """
     import tempfile
     import time
@@ -190,9 +196,23 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
              problems=[f"train: {p}" for p in train.problems] + [f"test: {p}" for p in test.problems]
              + [f"test image skipped: {e}" for _, e in errors],
              seconds=round(time.perf_counter() - t0, 1))
-    if plot and m["per_class"]:
-        counts = {n: int(sum((im.labels == i).sum() for im in scored.images)) for i, n in enumerate(scored.names)}
-        plot_per_class_ap(m["per_class"], counts, plot, title=f"{Path(test_json).name}: mAP@0.5 {m['map50']:.3f} "
-                                                              f"over {len(m['per_class'])} classes")
-        plot_examples(scored, preds, examples_path(plot))
+    m["plots"] = _plots(m, scored, preds, plot, Path(test_json).name) if plot else []
     return m
+
+
+def _plots(m: dict, scored: CocoSet, preds: dict[int, list[Detection]], plot: str | Path, name: str) -> list[Path]:
+    """``evaluate_detection``'s pictures; what cannot be drawn or written joins ``m["problems"]``."""
+    from productlens.types import ProductLensError
+
+    written = []
+    try:
+        if m["per_class"]:
+            counts = {n: int(sum((im.labels == i).sum() for im in scored.images)) for i, n in enumerate(scored.names)}
+            written.append(plot_per_class_ap(m["per_class"], counts, plot, title=f"{name}: mAP@0.5 {m['map50']:.3f} "
+                                                                              f"over {len(m['per_class'])} classes"))
+        else:
+            m["problems"].append(f"{name} has no boxes to score: no AP chart")
+        written.append(plot_examples(scored, preds, examples_path(plot)))
+    except ProductLensError as exc:
+        m["problems"].append(str(exc))
+    return written

@@ -41,7 +41,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     ``build_catalog``'s (bundled backbones joined on the whole photo; default none).
     ``verify``: spatial verification of each query's top results (``rank_queries``'s;
     default: on where OpenCV is installed). ``plot``: also write a contact sheet of
-    queries and their first results there (:func:`plot_rankings`).
+    queries and their first results there (:func:`plot_rankings`); when it cannot be
+    written, the metrics say why in ``plot_error``.
     ``detector``: queries without a box are searched with their best detected box.
     ``text`` (needs ``train_csv``): OCR gallery and query photos and fuse the
     words with the image score; the fusion weight is chosen on training photos
@@ -100,10 +101,14 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     as_index = np.vectorize(lambda i: pos.get(int(i), -1), otypes=[np.int64])(rankings) if rankings.size else rankings
     query_labels = np.array([-1 if q.product_id is None else int(q.product_id) for q in queries])
     metrics = retrieval_metrics(as_index, gallery_labels, query_labels, k)
-    if plot:
-        plot_rankings(queries, rankings, per_query_ap(as_index, gallery_labels, query_labels, k), truth, photos,
-                      plot, title=f"{Path(queries_csv).name} vs {Path(gallery_csv).name}: "
-                                  f"mAP@{k} {metrics[f'map@{k}']:.3f}")
+    if plot:  # a sheet that cannot be written costs the picture, not the figures
+        try:
+            plot_rankings(queries, rankings, per_query_ap(as_index, gallery_labels, query_labels, k), truth,
+                          photos, plot, detector=detector,
+                          title=f"{Path(queries_csv).name} vs {Path(gallery_csv).name}: mAP@{k} "
+                                f"{metrics[f'map@{k}']:.3f}")
+        except ProductLensError as exc:
+            metrics["plot_error"] = str(exc)
     metrics.update(queries=len(queries), gallery=len(gallery), skipped=len(gerrors) + len(qerrors),
                    seconds=round(time.perf_counter() - t0, 1))
     if text:
@@ -113,27 +118,36 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
 
 def plot_rankings(queries: Sequence[Item], rankings: np.ndarray, ap: np.ndarray, truth: dict[int, int],
                   photos: dict[int, str], path: str | Path, *, rows: int = 16, shown: int = 5,
-                  title: str = "") -> Path:
+                  title: str = "", detector: Detector | None = None) -> Path:
     """A contact sheet of queries and their first ``shown`` results, green where a result shows
     the query's product, red where not; the query's box is drawn and its AP in its caption.
 
     The first half of the ``rows`` are the queries with the lowest AP (where to look first),
     the rest an even sample of the others (what a typical query looks like). ``rankings``
     holds gallery ids (-1: none), ``truth`` maps them to product ids (-1: distractor) and
-    ``photos`` to their images.
+    ``photos`` to their images. ``detector``: the one the queries without a box were
+    searched with; their detected box is drawn.
     """
-    from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet
+    from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet, placeholder
 
     n = len(queries)
+    if not n:
+        return contact_sheet(placeholder("no queries"), path, title=title)
     worst = [int(i) for i in np.argsort(ap, kind="stable")[:min(rows // 2, n)]]
     chosen = set(worst)
     others = [i for i in range(n) if i not in chosen]
     picks = sorted({others[int(j)] for j in np.linspace(0, len(others) - 1, min(rows - len(worst), len(others)))}
                    ) if others else []
+    shown_rows = worst + picks
+    boxes = [queries[i].box for i in shown_rows]
+    if detector is not None:  # the box each query was searched with
+        from productlens.pipeline.detect import best_boxes
+
+        boxes = best_boxes(detector, [queries[i].image for i in shown_rows], boxes, progress=False)
     sheet = []
-    for i in worst + picks:
+    for i, box in zip(shown_rows, boxes):
         q = queries[i]
-        row = [Tile(q.image, f"query {q.id}  AP {ap[i]:.2f}\nproduct {q.product_id}", box=q.box)]
+        row = [Tile(q.image, f"query {q.id}  AP {ap[i]:.2f}\nproduct {q.product_id}", box=box)]
         for r, gid in enumerate(int(g) for g in rankings[i][:shown]):
             if gid < 0:
                 break
@@ -143,7 +157,7 @@ def plot_rankings(queries: Sequence[Item], rankings: np.ndarray, ap: np.ndarray,
                                                                          else f"product {label}"),
                             border=RIGHT if right else WRONG))
         if len(row) == 1:
-            row[0] = Tile(q.image, f"query {q.id}: skipped\nproduct {q.product_id}", box=q.box)
+            row[0] = Tile(q.image, f"query {q.id}: skipped\nproduct {q.product_id}", box=box)
         sheet.append(row)
     note = f"rows 1-{len(worst)}: lowest AP; then an even sample" if picks else "lowest AP first"
     return contact_sheet(sheet, path, title=f"{title}  ({note}; green: same product)".strip())

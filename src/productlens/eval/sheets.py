@@ -14,12 +14,14 @@ and suggested labels).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from productlens import fonts
 from productlens.fileio import atomic_path
 from productlens.types import Box, InvalidBox, ProductLensError
 
@@ -42,13 +44,6 @@ class Tile:
     box: Box | None = None
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def _fit(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width: int) -> str:
     """``text`` shortened with an ellipsis until it fits ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
@@ -58,38 +53,67 @@ def _fit(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width:
     return text + "..."
 
 
+def _wrap(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels; words longer than a line (paths) are split."""
+    lines, line = [], ""
+    for word in text.split():
+        pieces = []
+        while len(word) > 1 and draw.textlength(word, font=font) > width:
+            cut = 1
+            while cut < len(word) and draw.textlength(word[:cut + 1], font=font) <= width:
+                cut += 1
+            pieces.append(word[:cut])
+            word = word[cut:]
+        for piece in pieces + [word]:
+            if line and draw.textlength(f"{line} {piece}", font=font) > width:
+                lines.append(line)
+                line = piece
+            else:
+                line = f"{line} {piece}".strip()
+    return lines + [line] if line else lines
+
+
+def _unreadable(tile: Tile, exc: Exception, size: int) -> Image.Image:
+    canvas = Image.new("RGB", (size, size), _GREY)
+    draw = ImageDraw.Draw(canvas)
+    font = fonts.font(max(9, size // 14))
+    name = Path(str(tile.source)).name if isinstance(tile.source, (str, Path)) else "image"
+    lines = ["unreadable:"] + _wrap(name, draw, font, size - 8) + _wrap(str(exc), draw, font, size - 8)
+    draw.multiline_text((4, 4), "\n".join(lines[:10]), fill=(60, 60, 60), font=font)
+    return canvas
+
+
 def thumbnail(tile: Tile, size: int) -> Image.Image:
     """The tile's image shrunk into a ``size`` x ``size`` white square, box drawn; a grey
-    square naming the problem when the image cannot be read."""
-    from productlens.data.images import load_image
+    square naming the file and the problem when the image cannot be read."""
+    from productlens.data.images import image_size, load_image
     from productlens.types import ImageError
 
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
     try:
-        img = tile.source if isinstance(tile.source, Image.Image) else load_image(tile.source, target=size)
+        if isinstance(tile.source, Image.Image):
+            img, original = tile.source, tile.source.size
+        else:  # JPEGs shrink while decoding: the box is scaled from the original size
+            img = load_image(tile.source, target=size)
+            original = image_size(tile.source) if tile.box is not None else img.size
     except (ImageError, OSError) as exc:
-        canvas.paste(_GREY, (0, 0, size, size))
-        draw = ImageDraw.Draw(canvas)
-        font = _font(max(9, size // 14))
-        words, lines = str(exc).split(), [""]
-        for w in words:  # wrap the message
-            if draw.textlength(f"{lines[-1]} {w}", font=font) > size - 8 and lines[-1]:
-                lines.append(w)
-            else:
-                lines[-1] = f"{lines[-1]} {w}".strip()
-        draw.multiline_text((4, 4), "\n".join(["unreadable:"] + lines[:8]), fill=(60, 60, 60), font=font)
-        return canvas
+        return _unreadable(tile, exc, size)
     img = img.convert("RGB")
     f = size / max(img.size)
     small = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
     x0, y0 = (size - small.width) // 2, (size - small.height) // 2
     canvas.paste(small, (x0, y0))
     b = tile.box
     if b is not None and not isinstance(b, InvalidBox) and b.w > 0 and b.h > 0:
-        draw = ImageDraw.Draw(canvas)
-        draw.rectangle((x0 + b.x * f, y0 + b.y * f, x0 + (b.x + b.w) * f, y0 + (b.y + b.h) * f),
-                       outline=_BOX, width=max(2, size // 80))
+        fx, fy = small.width / original[0], small.height / original[1]
+        ImageDraw.Draw(canvas).rectangle((x0 + b.x * fx, y0 + b.y * fy, x0 + (b.x + b.w) * fx, y0 + (b.y + b.h) * fy),
+                                         outline=_BOX, width=max(2, size // 80))
     return canvas
+
+
+def placeholder(text: str) -> list[list[Tile]]:
+    """The rows of a sheet with nothing to show: one blank tile saying ``text``."""
+    return [[Tile(Image.new("RGB", (8, 8), (255, 255, 255)), text)]]
 
 
 def sheet_path(path: str | Path) -> Path:
@@ -100,6 +124,11 @@ def sheet_path(path: str | Path) -> Path:
         raise ProductLensError(f"{path}: a sheet is written as .png or .jpg")
     if path.is_dir():
         raise ProductLensError(f"{path} is a folder; give a file name ending in .png")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # created on writing: check what exists
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ProductLensError(f"cannot write {path}: {folder} is not a folder this user can write to")
     return path
 
 
@@ -121,15 +150,19 @@ def contact_sheet(rows: Sequence[Sequence[Tile]], path: str | Path, *, title: st
     if not rows or not any(rows):
         raise ProductLensError("nothing to draw: the sheet has no tiles")
     pad, border = 8, max(3, size // 40)
-    font = _font(max(10, size // 13))
+    font = fonts.font(max(10, size // 13))
     line_h = font.getbbox("Ag")[3] + 3
     cell_w, cell_h = size + 2 * border + pad, size + 2 * border + _CAPTION_LINES * line_h + pad
-    head = line_h + 2 * pad if title else pad
     width = pad + cell_w * max(len(r) for r in rows)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    head_lines = _wrap(title, measure, font, max(width, 640) - 2 * pad) if title else []
+    if head_lines:  # a narrow sheet widens to show its title, up to 640 pixels
+        width = max(width, 2 * pad + max(round(measure.textlength(line, font=font)) for line in head_lines))
+    head = len(head_lines) * line_h + 2 * pad if head_lines else pad
     sheet = Image.new("RGB", (width, head + cell_h * len(rows)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((pad, pad), _fit(title, draw, font, width - 2 * pad), fill=(0, 0, 0), font=font)
+    for i, line in enumerate(head_lines):
+        draw.text((pad, pad + i * line_h), line, fill=(0, 0, 0), font=font)
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
             x, y = pad + c * cell_w, head + r * cell_h
@@ -139,6 +172,9 @@ def contact_sheet(rows: Sequence[Sequence[Tile]], path: str | Path, *, title: st
             for i, line in enumerate(tile.caption.split("\n")[:_CAPTION_LINES]):
                 draw.text((x, y + size + 2 * border + 2 + i * line_h), _fit(line, draw, font, size + 2 * border),
                           fill=(0, 0, 0), font=font)
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG" if path.suffix.lower() == ".png" else "JPEG", quality=90)
+    try:
+        with atomic_path(path) as tmp:
+            sheet.save(tmp, format="PNG" if path.suffix.lower() == ".png" else "JPEG", quality=90)
+    except OSError as exc:
+        raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

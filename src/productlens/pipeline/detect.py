@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from productlens import fonts
 from productlens.data.images import load_image
 from productlens.fileio import atomic_path
 from productlens.models.detectors.runtime import Detection, Detector
@@ -34,11 +35,7 @@ def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_sc
     with ``scores``, score; ground truth is drawn without)."""
     out = img.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
-    size = max(11, round(max(out.size) / 40))
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
+    font = fonts.font(max(11, round(max(out.size) / 40)))
     width = max(2, round(max(out.size) / 250))
     for d in sorted(detections, key=lambda d: d.score):
         if d.score < min_score:

@@ -204,7 +204,8 @@ class Detector:
 
 def one_per_object(detections: Sequence[Detection], iou: float = 0.6, alternatives: int = 4) -> list[Detection]:
     """One box per object: best first, each detection overlapping a better kept one (IoU above
-    ``iou``) is folded into it as one of its (up to ``alternatives``) ``alternatives``."""
+    ``iou``) is folded into it; its tag, if not the kept one's or already listed, becomes one
+    of the kept one's (up to ``alternatives``) ``alternatives``."""
     dets = sorted(detections, key=lambda d: -d.score)
     if len(dets) < 2:
         return list(dets)
@@ -216,8 +217,10 @@ def one_per_object(detections: Sequence[Detection], iou: float = 0.6, alternativ
         owners = np.flatnonzero(is_kept[:j] & over[:j, j])
         if not len(owners):
             kept[j], is_kept[j] = [*d.alternatives], True
-        elif len(kept[int(owners[0])]) < alternatives:
-            kept[int(owners[0])].append((d.tag, d.score))
+        else:
+            alt, owner = kept[int(owners[0])], dets[int(owners[0])]
+            if len(alt) < alternatives and d.tag != owner.tag and all(d.tag != t for t, _ in alt):
+                alt.append((d.tag, d.score))
     return [dataclasses.replace(dets[k], alternatives=tuple(alt)) for k, alt in kept.items()]
 
 
