@@ -6,10 +6,10 @@ box drawn on it, a caption of up to two lines and a border colour (``RIGHT``
 green, ``WRONG`` red, ``FLAG`` orange). An image that cannot be read becomes a
 grey tile that says so: one bad file never costs the whole sheet. Pillow only.
 
-The evaluation commands build on it: ``eval retrieval --plot`` (each query and
-its top results), ``eval detect --plot`` (test photos with their ground truth
-and detections) and ``audit labels --plot`` (the flagged photos with their given
-and suggested labels).
+The commands build on it: ``eval retrieval --plot`` (each query and its top
+results), ``eval detect --plot`` (test photos with their ground truth and
+detections), ``audit labels --plot`` (the flagged photos with their given and
+suggested labels), ``search --plot`` and ``demo`` (``make run``'s demo.png).
 """
 
 from __future__ import annotations
