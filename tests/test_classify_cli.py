@@ -83,6 +83,29 @@ def test_eval_classify_json_plot_and_hierarchy(tmp_path) -> None:
     assert m["classes"] == 2 and m["top5"] == 1.0 and "(trained on sku)" in r.output
 
 
+def test_a_chart_that_cannot_be_written_keeps_the_figures(tmp_path, monkeypatch) -> None:
+    import contextlib
+
+    from productlens import fileio
+
+    @contextlib.contextmanager
+    def disk_full(target):
+        raise OSError(28, "No space left on device")
+        yield
+
+    train = write_set(tmp_path)
+    test = write_set(tmp_path, name="test.csv", offset=40)
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "sku",
+                            "--plot", str(tmp_path / "cm.gif"), *FAST])
+    assert r.exit_code == 1 and "chart is written as .png" in r.output and "top-1" not in r.output  # before training
+    monkeypatch.setattr(fileio, "atomic_path", disk_full)  # the disk fills up during training
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "sku",
+                            "--json", "--plot", str(tmp_path / "cm.png"), *FAST])
+    assert r.exit_code == 0, r.output
+    assert "warning: cannot write" in r.output and "No space left on device" in r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["classes"] == 6 and not (tmp_path / "cm.png").exists()
+
+
 def test_clear_errors(tmp_path) -> None:
     train = write_set(tmp_path)
     with open(tmp_path / "other.csv", "w") as f:

@@ -167,6 +167,7 @@ def eval_classify(
     typer.echo(f"top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  macro-F1: {m['macro_f1']:.4f}  "
                f"balanced accuracy: {m['balanced_accuracy']:.4f}")
     if plot:
-        typer.echo(f"confusion matrix written to {plot}")
+        typer.echo(f"warning: {m['plot_error']}" if "plot_error" in m else f"confusion matrix written to {plot}",
+                   err="plot_error" in m)
     if as_json:
         typer.echo(json.dumps({k: m[k] for k in ("top1", "top5", "macro_f1", "classes", "train", "test", "seconds")}))

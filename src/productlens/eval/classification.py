@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from productlens.data.labelled import LabelledSet, check_known, read_labelled
+from productlens.types import ProductLensError
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
@@ -67,9 +68,13 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path:
     ax.set_title(title or "confusion matrix (rows normalised)")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    except OSError as exc:
+        raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -81,7 +86,8 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
     ``fine``: train on this finer column (its classes must each belong to one
     ``label`` class) and score ``label`` on the summed fine probabilities.
     Returns ``top1, top5, macro_f1, balanced_accuracy, per_class, classes, train,
-    test, skipped, seconds`` (training and prediction, embedding included).
+    test, skipped, seconds`` (training and prediction, embedding included); with
+    ``plot`` (a confusion-matrix PNG), ``plot_error`` when it could not be written.
     """
     from productlens.pipeline.classify import train_classifier
 
@@ -106,9 +112,12 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
     index = {v: i for i, v in enumerate(labels)}
     y = np.array([index[test.labels[i]] for i in pred.ok], np.int64)
     m = classification_metrics(pred.probs, y, labels)
-    if plot:
-        plot_confusion(y, pred.probs.argmax(axis=1), labels, plot,
-                       title=f"{label}: top-1 {m['top1']:.3f} on {len(y)} test images")
+    if plot:  # a chart that cannot be written costs the picture, not the figures
+        try:
+            plot_confusion(y, pred.probs.argmax(axis=1), labels, plot,
+                           title=f"{label}: top-1 {m['top1']:.3f} on {len(y)} test images")
+        except ProductLensError as exc:
+            m["plot_error"] = str(exc)
     m.update(classes=len(labels), train=len(train) - len(res.errors), test=int(len(y)),
              skipped=len(res.errors) + len(pred.errors), seconds=round(time.perf_counter() - start, 1),
              temperature=clf.temperature, errors=[msg for _, _, msg in res.errors + pred.errors])

@@ -134,10 +134,9 @@ def sheet_path(path: str | Path) -> Path:
 
 def chart_path(path: str | Path) -> Path:
     """``path`` as a Path if a chart (always PNG) can be written there; checked before long work."""
-    path = sheet_path(path)
-    if path.suffix.lower() != ".png":
+    if Path(path).suffix.lower() != ".png":
         raise ProductLensError(f"{path}: a chart is written as .png")
-    return path
+    return sheet_path(path)
 
 
 def contact_sheet(rows: Sequence[Sequence[Tile]], path: str | Path, *, title: str = "", size: int = 160) -> Path:
