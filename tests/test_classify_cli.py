@@ -86,7 +86,7 @@ def test_eval_classify_json_plot_and_hierarchy(tmp_path) -> None:
 def test_a_chart_that_cannot_be_written_keeps_the_figures(tmp_path, monkeypatch) -> None:
     import contextlib
 
-    from productlens import fileio
+    from productlens.eval import sheets
 
     @contextlib.contextmanager
     def disk_full(target):
@@ -98,7 +98,7 @@ def test_a_chart_that_cannot_be_written_keeps_the_figures(tmp_path, monkeypatch)
     r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "sku",
                             "--plot", str(tmp_path / "cm.gif"), *FAST])
     assert r.exit_code == 1 and "chart is written as .png" in r.output and "top-1" not in r.output  # before training
-    monkeypatch.setattr(fileio, "atomic_path", disk_full)  # the disk fills up during training
+    monkeypatch.setattr(sheets, "atomic_path", disk_full)  # the disk fills up during training
     r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "sku",
                             "--json", "--plot", str(tmp_path / "cm.png"), *FAST])
     assert r.exit_code == 0, r.output

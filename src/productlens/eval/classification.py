@@ -49,7 +49,7 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from productlens.fileio import atomic_path
+    from productlens.eval.sheets import save_chart
 
     present = np.unique(np.concatenate([y, pred]))
     pos = {c: i for i, c in enumerate(present)}
@@ -67,15 +67,7 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path:
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (rows normalised)")
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    except OSError as exc:
-        raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
-    return path
+    return save_chart(fig, path, dpi=120)
 
 
 def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | LabelledSet, label: str, *,

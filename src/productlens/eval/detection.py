@@ -96,8 +96,7 @@ def plot_per_class_ap(per_class: dict[str, float], boxes: dict[str, int], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from productlens.fileio import atomic_path
-    from productlens.types import ProductLensError
+    from productlens.eval.sheets import save_chart
 
     names = sorted(per_class, key=lambda n: (-per_class[n], n))
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.22 * len(names)))
@@ -110,14 +109,7 @@ def plot_per_class_ap(per_class: dict[str, float], boxes: dict[str, int], path: 
     ax.set_title(title or "AP@0.5 per class", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    except OSError as exc:
-        raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_chart(fig, path, dpi=110)
 
 
 def plot_examples(data: CocoSet, predictions: dict[int, Sequence[Detection]], path: str | Path, *,

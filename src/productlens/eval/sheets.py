@@ -139,6 +139,22 @@ def chart_path(path: str | Path) -> Path:
     return sheet_path(path)
 
 
+def save_chart(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG at ``path``, atomically, and close it; a failed
+    write is a ProductLensError naming ``path``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    except OSError as exc:
+        raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
 def contact_sheet(rows: Sequence[Sequence[Tile]], path: str | Path, *, title: str = "", size: int = 160) -> Path:
     """Write ``rows`` of tiles as one image at ``path`` (PNG or JPEG, from the suffix), atomically.
 
