@@ -174,10 +174,10 @@ def test_detection_plots_without_test_boxes(tmp_path) -> None:
 
 
 def test_a_distractor_is_never_the_right_product() -> None:
-    from productlens.cli.search_cmd import _same_product
+    from productlens.eval.metrics import same_product
 
-    assert _same_product(3, 3) and not _same_product(-1, -1) and not _same_product(3, None)
-    assert not _same_product(None, 3) and not _same_product(2, 3)
+    assert same_product(3, 3) and not same_product(-1, -1) and not same_product(3, None)
+    assert not same_product(None, 3) and not same_product(2, 3)
 
 
 def test_drawn_text_uses_a_font_with_more_than_latin() -> None:

@@ -12,6 +12,7 @@ import typer
 
 from productlens.cli.common import verify_option
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
+from productlens.eval.metrics import same_product
 
 
 def search(
@@ -71,18 +72,13 @@ def _plot_hits(queries: list, path: Path, *, title: str, per_row: int = 6) -> No
     for image, box, truth, hits in queries:
         tiles = [Tile(image, "query" + (f"\nproduct {truth}" if truth is not None else ""), box=box)]
         for r, h in enumerate(hits, 1):
-            border = None if truth is None else RIGHT if _same_product(h.product_id, truth) else WRONG
+            border = None if truth is None else RIGHT if same_product(h.product_id, truth) else WRONG
             tiles.append(Tile(h.image, f"#{r} {h.score:.3f}\n{h.title or h.product_id}", border=border))
         rows += [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
     try:
         typer.echo(f"wrote {contact_sheet(rows, path, title=title)}", err=True)
     except ProductLensError as exc:
         typer.echo(f"warning: {exc}", err=True)
-
-
-def _same_product(found, truth) -> bool:
-    """Whether a result shows the query's known product (a distractor, -1, matches nothing)."""
-    return truth is not None and int(truth) != -1 and found is not None and int(found) == int(truth)
 
 
 def rank(
@@ -222,7 +218,7 @@ def demo(
             truth = f" (true product {q.product_id}: {q.title})" if q.product_id is not None else ""
             typer.echo(f"\nquery {q.image}{truth}")
             for r, h in enumerate(hits, 1):
-                mark = " ✓" if _same_product(h.product_id, q.product_id) else ""
+                mark = " ✓" if same_product(h.product_id, q.product_id) else ""
                 typer.echo(f"  {r}. {h.score:.3f}  {h.title or h.image}{mark}")
     if shown:
         _plot_hits(shown, out.parent / "demo.png", title="example queries and their top 3 (green: the right product)")

@@ -23,6 +23,12 @@ def relevance(rankings: np.ndarray, gallery_labels: np.ndarray, query_labels: np
     return valid & (ranked == q) & (q != -1)
 
 
+def same_product(found: object, truth: object) -> bool:
+    """Whether a result of product ``found`` shows a query's product ``truth`` (one item of
+    :func:`relevance`): unknown (None) and distractors (-1) match nothing."""
+    return truth is not None and found is not None and int(truth) != -1 and int(found) == int(truth)
+
+
 def average_precision_at_k(rel: np.ndarray, n_positives: np.ndarray, k: int = 1000) -> np.ndarray:
     """AIcrowd VPR AP@k per query: sum of precision@i at hits in the top k,
     divided by min(number of positives, k). Queries with no positive score 0."""

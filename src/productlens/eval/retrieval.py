@@ -18,7 +18,7 @@ import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.readers import read_gallery, read_labelled_csv, read_products_jsonl, read_queries
-from productlens.eval.metrics import per_query_ap, retrieval_metrics
+from productlens.eval.metrics import per_query_ap, retrieval_metrics, same_product
 from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import build_catalog
 from productlens.pipeline.fusion import choose_text_weight
@@ -152,7 +152,7 @@ def plot_rankings(queries: Sequence[Item], rankings: np.ndarray, ap: np.ndarray,
             if gid < 0:
                 break
             label = truth.get(gid, -1)
-            right = q.product_id is not None and label != -1 and label == int(q.product_id)
+            right = same_product(label, q.product_id)
             row.append(Tile(photos.get(gid, ""), f"#{r + 1}  {gid}\n" + ("distractor" if label == -1
                                                                          else f"product {label}"),
                             border=RIGHT if right else WRONG))

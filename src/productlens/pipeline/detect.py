@@ -10,7 +10,6 @@ detection, so search and classification can look at the product only.
 from __future__ import annotations
 
 import colorsys
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -88,8 +87,7 @@ def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str |
         except ImageError as exc:
             errors.append((str(path), str(exc)))
             continue
-        dets = [dataclasses.replace(d, alternatives=tuple(a for a in d.alternatives if a[1] >= min_score))
-                for d in detector.detect(img, one_tag=one_tag) if d.score >= min_score]
+        dets = detector.detect(img, score_threshold=min_score, one_tag=one_tag)  # alternatives too
         rec = {"image": str(path), "width": img.size[0], "height": img.size[1],
                "detections": [d.as_json() for d in dets]}
         records.append(rec)
