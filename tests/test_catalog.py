@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -157,9 +158,12 @@ def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path) -> 
     with pytest.raises(ProductLensError, match="not a productlens catalog"):  # --overwrite replaces catalogs only
         build_catalog(gallery, mine, embedder=MODEL, overwrite=True, progress=False)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    killed = tmp_path / "cat.building.k1ll3d.pltmp"  # what a build killed with -9 leaves: unlocked, old
+    (killed / "embedded").mkdir(parents=True)
+    os.utime(killed, (0, 0))
     again, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL, overwrite=True, progress=False)
     again.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "mine"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "mine"]  # the next build swept it
 
 
 def test_rank_queries_aicrowd_array(dataset, tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -45,7 +46,7 @@ def _targz(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def _leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*") if p.name.startswith((".part-", ".extract-"))]
+    return [p for p in folder.rglob("*") if p.name.endswith(".pltmp")]
 
 
 def test_fetch_caches_and_works_offline(cache: Path, src: Path) -> None:
@@ -77,8 +78,12 @@ def test_cached_file_with_other_hash_is_downloaded_again(tmp_path: Path, src: Pa
     first = fetch(source.as_uri(), cache=tmp_path / "c")
     source.write_bytes(b"v2")
     assert fetch(source.as_uri(), cache=tmp_path / "c").read_bytes() == b"v1"  # cache hit
+    killed = first.with_name(first.name + ".k1ll3d.pltmp")  # the partial a killed download leaves
+    killed.write_bytes(b"v")
+    os.utime(killed, (0, 0))
     again = fetch(source.as_uri(), cache=tmp_path / "c", sha256=hashlib.sha256(b"v2").hexdigest())
     assert again == first and again.read_bytes() == b"v2"
+    assert not killed.exists()  # the next download beside it swept it
 
 
 def test_missing_source(cache: Path, src: Path) -> None:
@@ -107,7 +112,7 @@ def test_extract_refuses_path_traversal(cache: Path, src: Path, maker, name: str
     with pytest.raises(ProductLensError, match="refusing member"):
         fetch(archive.as_uri(), extract=True)
     downloads = cache / "downloads"
-    assert not [p for p in downloads.rglob("*") if p.is_dir() and p.name.startswith(("evil", ".extract-"))]
+    assert not [p for p in downloads.rglob("*") if p.is_dir() and p.name.startswith("evil")]
     assert not (cache / "escape.txt").exists() and not (downloads / "escape.txt").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -77,3 +78,106 @@ def test_atomic_dir_accepts_dot(tmp_path, monkeypatch) -> None:
     with atomic_dir(".") as tmp:
         (tmp / "config.json").write_text("{}")
     assert (folder / "config.json").is_file()
+
+
+_HOLD = """
+import sys, time
+from productlens.fileio import atomic_dir, atomic_path
+target = sys.argv[1]
+if sys.argv[2] == "dir":
+    with atomic_dir(target) as tmp:
+        (tmp / "config.json").write_text("{}")
+        print(tmp, flush=True)
+        time.sleep(60)
+else:
+    with atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        print(tmp, flush=True)
+        time.sleep(60)
+"""
+
+
+def _killed_mid_write(target, kind: str):
+    """Start a writer that stops inside its atomic block; return (process, its temporary)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(target), kind], stdout=subprocess.PIPE, text=True)
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.exists() and tmp.name.startswith(target.name + ".") and tmp.name.endswith(".pltmp")
+    return proc, tmp
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_a_killed_writers_temporary_is_swept_and_a_live_ones_kept(tmp_path, monkeypatch, kind) -> None:
+    import signal
+
+    from productlens import fileio
+
+    monkeypatch.setattr(fileio, "SWEEP_MIN_AGE", 0.0)
+    target = tmp_path / ("model" if kind == "dir" else "a.csv")
+    proc, tmp = _killed_mid_write(target, kind)
+    try:
+        assert fileio.sweep_stale(target) == [] and tmp.exists()  # its writer is alive: kept
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert tmp.exists() and not target.exists()  # what a kill -9 leaves
+    other = tmp_path / f"{target.name}x.pltmp"  # a temporary of another target: not this sweep's business
+    other.write_text("x")
+    os.utime(other, (0, 0))
+    if kind == "dir":
+        with atomic_dir(target) as new:
+            (new / "config.json").write_text("{}")
+    else:
+        with atomic_path(target) as new:
+            new.write_text("whole")
+    assert not tmp.exists() and target.exists()  # the next write beside the target swept it
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, other.name])
+
+
+def test_young_temporaries_are_not_swept(tmp_path) -> None:
+    from productlens import fileio
+
+    young = tmp_path / "m.abc.pltmp"
+    young.mkdir()  # unlocked, but its writer may be about to lock it
+    assert fileio.sweep_stale(tmp_path / "m") == [] and young.exists()
+    old = time.time() - 2 * fileio.SWEEP_MIN_AGE
+    os.utime(young, (old, old))
+    assert fileio.sweep_stale(tmp_path / "m") == [young] and not young.exists()
+
+
+def test_file_lock_excludes_other_holders_and_times_out(tmp_path) -> None:
+    from productlens.fileio import Locked, file_lock
+
+    lock = tmp_path / "w.lock"
+    with file_lock(lock):
+        t0 = time.monotonic()
+        with pytest.raises(Locked, match="stayed locked"):
+            with file_lock(lock, timeout=0.2):  # a second open file: excluded even in one process
+                pass
+        assert time.monotonic() - t0 >= 0.2
+    with file_lock(lock, timeout=0.2):  # released
+        pass
+
+
+def test_a_file_system_without_flock_still_gets_its_writes(tmp_path, monkeypatch) -> None:
+    import errno
+
+    from productlens import fileio
+    from productlens.fileio import file_lock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fileio.fcntl, "flock", no_flock)
+    monkeypatch.setattr(fileio, "SWEEP_MIN_AGE", 0.0)
+    with atomic_path(tmp_path / "a.csv") as tmp:
+        tmp.write_text("x")
+        assert fileio.sweep_stale(tmp_path / "a.csv") == [] and tmp.exists()  # cannot tell: never swept
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "config.json").write_text("{}")
+    with file_lock(tmp_path / "w.lock"):
+        pass
+    assert (tmp_path / "a.csv").read_text() == "x" and (tmp_path / "model" / "config.json").is_file()

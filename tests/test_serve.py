@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from productlens.serve import ServeConfig, create_app  # noqa: E402
 from productlens.serve.admission import Admission, Busy  # noqa: E402
 from productlens.serve.batcher import Batcher  # noqa: E402
+from productlens.serve.engine import CatalogEmpty, Engine  # noqa: E402
 
 KEY = "s3cret-key"
 
@@ -93,6 +94,54 @@ def test_bad_uploads_get_clear_errors(client):
     assert r.status_code == 413
     r = client.post("/v1/identify", files={"image": ("claims.png", _png_claiming(100_000, 100_000), "image/png")})
     assert r.status_code == 400 and "more than" in r.json()["detail"] and "pixels" in r.json()["detail"]
+
+
+def test_preview_is_the_photo_as_read_exif_orientation_applied(client):
+    import base64
+
+    stored = product_photo(1, 0, shop=False).resize((200, 100))  # stored landscape, shown portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, "WEBP", exif=exif.tobytes())
+    r = client.post("/v1/identify", files={"image": ("r.webp", buf.getvalue(), "image/webp")},
+                    data={"preview": "true"}).json()
+    head, data = r["preview"].split(",", 1)
+    shown = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert head == "data:image/jpeg;base64" and r["image_size"] == [100, 200] and shown.size == (100, 200)
+    plain = client.post("/v1/identify", files={"image": ("r.webp", buf.getvalue(), "image/webp")}).json()
+    assert "preview" not in plain  # only on request: API clients have the photo already
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit(client):
+    """A body sent without Content-Length is counted as it arrives, not spooled whole."""
+    import asyncio
+
+    from productlens.serve.limits import BodyLimit
+
+    def body():
+        yield b'--B\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+        for _ in range(12):
+            yield b"\xff" * (1024 * 1024)
+        yield b"\r\n--B--\r\n"
+
+    r = client.post("/v1/identify", content=body(), headers={"content-type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 413 and "larger than 10 MB" in r.json()["detail"]
+
+    pulled = 0
+
+    async def receive():
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    async def app(scope, receive, send):  # reads for ever, as a form parser would
+        while True:
+            await receive()
+
+    with pytest.raises(Exception) as err:
+        asyncio.run(BodyLimit(app, 5000, "too big")({"type": "http", "headers": []}, receive, None))
+    assert getattr(err.value, "status_code", None) == 413 and pulled == 6  # stopped at the first chunk past
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -180,7 +229,72 @@ def test_a_catalog_photo_gone_from_disk_and_an_empty_catalog(tmp_path):
         assert c.get("/v1/random").status_code == 404
         r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(2, 5, shop=False)), "image/jpeg")})
         assert r.status_code == 409 and "catalog is empty" in r.json()["detail"]
+        with pytest.raises(CatalogEmpty):  # the engine itself refuses, not only the route
+            engine.identify(product_photo(2, 5, shop=False))
     engine.close()
+
+
+def test_ids_are_never_reused_and_adding_never_replaces(tmp_path):
+    """A removed item's id is not handed out again (browsers cache thumbnails by id); a taken id is refused."""
+    cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    admin = {"X-API-Key": KEY}
+
+    def add(product: int, **extra):
+        files = {"image": ("p.jpg", _jpeg(product_photo(product, 0, shop=True)), "image/jpeg")}
+        return c.post("/v1/products", files=files, data={"product_id": str(product), **extra}, headers=admin)
+
+    with TestClient(app) as c:
+        engine = app.state.engine
+        first = add(5).json()["id"]
+        upload = engine.catalog.store.get([first])[0]["image"]
+        assert os.path.dirname(upload) == str(engine.uploads) and os.path.exists(upload)
+        assert c.delete("/v1/products/5", headers=admin).json()["removed"] == 1
+        assert not os.path.exists(upload)  # the photo the service stored goes with its item
+        assert add(6).json()["id"] == first + 1  # not the freed id
+        r = add(7, item_id="0")
+        assert r.status_code == 409 and "item 0 exists" in r.json()["detail"]
+        assert c.get("/v1/products/0").status_code == 200  # product 0 keeps its photo
+        assert add(7, item_id="40").json()["id"] == 40
+        assert c.delete("/v1/products/7", headers=admin).status_code == 200
+        assert add(8).json()["id"] == 41
+        assert c.get(f"/v1/history/{2 ** 63}/thumbnail").status_code == 404
+        real_get, calls = engine.catalog.store.get, []
+
+        def vanishing_get(ids):  # the item is removed between reading the ids and reading the item
+            calls.append(ids)
+            return [None] if len(calls) == 1 else real_get(ids)
+
+        engine.catalog.store.get = vanishing_get
+        assert c.get("/v1/random").status_code == 200  # another photo instead of a 500
+    engine.close()
+
+
+def test_two_servers_adding_to_one_catalog_never_share_an_id(tmp_path):
+    """Two engines (as two server processes would) add photos at once; the writer lock keeps ids apart."""
+    import threading
+
+    cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
+    engines = [Engine(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / f"h{i}.sqlite"))
+               for i in range(2)]
+    got: list[list[int]] = [[], []]
+
+    def add(n: int) -> None:
+        for j in range(4):
+            got[n].append(engines[n].add_item(product_photo(5 + n, j, shop=True), 5 + n, f"p{n}", "balls"))
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = got[0] + got[1]
+    assert len(set(ids)) == 8, ids
+    assert sorted(engines[0].catalog.store.ids().tolist()) == sorted([0, 1] + ids)  # nothing replaced
+    assert engines[0].remove_product(6) == 4  # added by the other engine: still found and removed whole
+    assert sorted(engines[1].catalog.store.ids().tolist()) == sorted([0, 1] + got[0])
+    for e in engines:
+        e.close()
 
 
 def test_history_is_pruned_across_sessions(tmp_path, monkeypatch):

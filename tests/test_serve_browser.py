@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from helpers import product_photo, titled_catalog
 
@@ -66,6 +67,7 @@ def test_upload_shows_top4_and_a_history_row(server, tmp_path):
         cats = page.locator("#categories li .cat").all_inner_texts()
         assert len(cats) == 4 and cats[0] == "category 3"
         assert "product 3" in page.inner_text("#matches")
+        assert not page.is_visible("#detections-section")  # no detector: no empty list of boxes
         page.wait_for_selector("#history tbody tr", timeout=10_000)
         assert page.locator("#history tbody tr").count() == 1
         page.screenshot(path=str(shots / "identify.png"), full_page=True)
@@ -85,8 +87,49 @@ def test_upload_shows_top4_and_a_history_row(server, tmp_path):
         page.set_input_files("#file", str(tiff))
         page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 2", timeout=30_000)
         assert page.is_visible("#result") and page.locator("#categories li .cat").first.inner_text() == "category 3"
+        # a WebP whose EXIF says "rotate": drawn as the service read it (the boxes' frame), portrait
+        webp = tmp_path / "rotated.webp"
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        stored = Image.new("RGB", (200, 100), (220, 0, 0))  # left half red, right half blue as stored:
+        stored.paste((0, 0, 220), (100, 0, 200, 100))     # shown rotated, red on top and blue below
+        stored.save(webp, "WEBP", exif=exif.tobytes(), quality=95)
+        page.set_input_files("#file", str(webp))
+        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 3", timeout=30_000)
+        assert page.evaluate("[$('canvas').width, $('canvas').height]") == [200, 400]
+        pixel = "([x, y]) => Array.from($('canvas').getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3))"
+        top, bottom = page.evaluate(pixel, [150, 100]), page.evaluate(pixel, [50, 300])
+        assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0], (top, bottom)
         # a random catalog photo
         page.click("#random")
-        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 3", timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('#history tbody tr').length === 4", timeout=30_000)
         browser.close()
     assert (shots / "identify.png").stat().st_size > 1000
+
+
+def test_detected_boxes_list_their_other_likely_tags(server, tmp_path):
+    """The page lists each box with its alternatives (an answer the route gives with a detector)."""
+    import json
+
+    url, _ = server
+    photo = tmp_path / "street.jpg"
+    product_photo(1, 0, shop=False).save(photo)
+    answer = {"categories": [{"category": "tops", "probability": 0.9}], "category_source": "classifier",
+              "detections": [{"box": [5, 5, 40, 40], "tag": "blouse", "score": 0.6,
+                              "alternatives": [{"tag": "shirt", "score": 0.45}, {"tag": "jacket", "score": 0.31}]},
+                             {"box": [50, 10, 20, 30], "tag": "bag", "score": 0.4, "alternatives": []}],
+              "box": None, "matches": [], "image_size": [96, 96], "history_id": 1}
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.route("**/v1/identify", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                                 body=json.dumps(answer)))
+        page.goto(url + "/")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#detections li", timeout=30_000)
+        rows = page.locator("#detections li").all_inner_texts()
+        browser.close()
+    assert len(rows) == 2
+    assert "blouse 0.60" in rows[0] and "or shirt 0.45, jacket 0.31" in rows[0]
+    assert "bag 0.40" in rows[1] and " or " not in rows[1]
+

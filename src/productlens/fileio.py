@@ -4,17 +4,29 @@ What is written gets the permissions of an ordinary file or folder under the
 process's umask (``tempfile`` alone would leave it private to its owner), and a
 folder that :func:`atomic_dir` would replace must be one productlens wrote: a
 user's folder given by mistake as ``--out`` is refused, not wiped.
+
+Every temporary file or folder written beside a target is named
+``<target>.<random>.pltmp`` and locked (``flock``) by its writer for as long as
+it lives. A writer killed with SIGKILL leaves its temporary behind, unlocked;
+the next write beside the same target removes it (:func:`sweep_stale`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
 from productlens.types import ProductLensError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: temporaries are not locked, and never swept
+    fcntl = None
 
 #: written into every folder :func:`atomic_dir` creates; such a folder may be replaced whole
 MARKER = ".productlens"
@@ -22,6 +34,16 @@ MARKER = ".productlens"
 _LEGACY_FILES = frozenset({"config.json", "metrics.json", "head.npz", "labels.json", "detector.json", "model.onnx",
                            "adapter.npz", "adapter.json", "weights.npz", "backbone"})
 _UMASK: int | None = None
+#: what the name of every temporary written beside a target ends with
+TMP_SUFFIX = ".pltmp"
+#: a temporary younger than this (seconds) is never swept: its writer may not have locked it yet
+SWEEP_MIN_AGE = 60.0
+
+log = logging.getLogger(__name__)
+
+
+class Locked(ProductLensError):
+    """Another process held a lock longer than this one would wait (:func:`file_lock`)."""
 
 
 def _umask() -> int:
@@ -54,23 +76,135 @@ def check_replaceable(target: str | os.PathLike) -> None:
                            "replaced whole: choose another output folder, or empty or remove this one")
 
 
+def _lock(path: str | os.PathLike, wait: bool = True) -> int | None:
+    """An open descriptor of ``path`` (a file or a folder) holding its ``flock``; None when another
+    holds it and ``wait`` is False. Closing the descriptor (or the process ending) releases it.
+    Where there is no ``flock`` (Windows) every lock looks held, so nothing is ever swept."""
+    if fcntl is None:  # pragma: no cover
+        return os.open(path, os.O_RDONLY) if wait else None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block, across
+    processes; :class:`Locked` when another holder keeps it longer than ``timeout`` seconds."""
+    path = Path(path)
+    if not path.exists():
+        path.touch(exist_ok=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while (fd := _lock(path, wait=False)) is None:
+            if time.monotonic() > deadline:
+                raise Locked(f"{path} stayed locked by another process for {timeout:g} s; try again later")
+            time.sleep(0.05)
+    except OSError as e:  # a file system without flock (some network mounts): go on unlocked
+        log.warning("cannot lock %s (%s): writers of other processes are not kept apart", path, e)
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep_stale(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries beside ``target`` that no living writer holds (left by a kill).
+
+    Only names ``<target>.<...>.pltmp`` older than ``SWEEP_MIN_AGE`` are looked at; one that
+    cannot be removed is left for a later sweep. Returns what was removed."""
+    import shutil
+
+    target = Path(target)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        if not (e.name.startswith(target.name + ".") and e.name.endswith(TMP_SUFFIX)):
+            continue
+        try:
+            if e.is_symlink() or now - e.stat(follow_symlinks=False).st_mtime < SWEEP_MIN_AGE:
+                continue
+            fd = _lock(e.path, wait=False)
+        except OSError:
+            continue
+        if fd is None:  # its writer is alive
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+            removed.append(Path(e.path))
+        except OSError as err:
+            log.debug("cannot remove the stale temporary %s: %s", e.path, err)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d temporary file(s) left beside %s by a writer that was killed", len(removed), target)
+    return removed
+
+
+@contextlib.contextmanager
+def temporary_beside(target: str | os.PathLike, *, folder: bool = False, tag: str = "") -> Iterator[Path]:
+    """Create a temporary file (or ``folder``) named ``<target>.<tag><random>.pltmp`` beside ``target``
+    and hold its lock until the block ends; stale temporaries of the same target are swept first.
+    It gets an ordinary file's or folder's permissions. Removing it is the caller's business."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(target)
+    prefix = f"{target.name}.{tag}"
+    if folder:
+        tmp = tempfile.mkdtemp(prefix=prefix, suffix=TMP_SUFFIX, dir=target.parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TMP_SUFFIX, dir=target.parent)
+        os.close(fd)
+    share(tmp)
+    try:
+        lock = _lock(tmp)
+    except OSError as e:  # a file system without flock: unlocked, and sweeps there never lock anything either
+        log.debug("cannot lock %s: %s", tmp, e)
+        lock = None
+    try:
+        yield Path(tmp)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is fsync'ed and
     renamed onto ``target``, on failure removed. Readers never see a partial file."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
+    with temporary_beside(target) as tmp, _removed(tmp):
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         share(tmp)
         os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _removed(path: Path) -> Iterator[None]:
+    """Remove the file ``path`` when the block ends, if it is still there."""
+    try:
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if os.path.lexists(path):
+            os.unlink(path)
 
 
 @contextlib.contextmanager
@@ -83,19 +217,22 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 
     target = Path(os.path.abspath(target))  # '.' and '..' have no name to put beside
     check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    share(tmp)
-    try:
-        yield tmp
-        (tmp / MARKER).write_text("written by productlens: this folder is replaced whole when written again\n")
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temporary_beside(target, folder=True) as tmp:
+        try:
+            yield tmp
+            _finish_dir(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _finish_dir(tmp: Path, target: Path) -> None:
+    """Mark ``tmp`` as productlens's, fsync its files and put it at ``target``."""
+    (tmp / MARKER).write_text("written by productlens: this folder is replaced whole when written again\n")
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    replace_dir(tmp, target)
 
 
 def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from productlens.config import cache_dir
+from productlens.fileio import atomic_path, temporary_beside
 from productlens.types import ProductLensError
 
 TIMEOUT = 60.0  # seconds without data before a download fails
@@ -85,11 +85,14 @@ def _download(url: str, target: Path, expected: str | None) -> None:
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https", "file"):
         raise ProductLensError(f"{url}: only http(s):// and file:// URLs can be fetched")
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".part-")
-    tmp = Path(tmp_name)
+    with temporary_beside(target) as tmp:  # a kill leaves it behind, and the next download sweeps it
+        _stream(url, tmp, target, expected)
+
+
+def _stream(url: str, tmp: Path, target: Path, expected: str | None) -> None:
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with tqdm(
@@ -116,10 +119,8 @@ def _download(url: str, target: Path, expected: str | None) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _extract(archive: Path) -> Path:
@@ -129,7 +130,12 @@ def _extract(archive: Path) -> Path:
     dest = archive.with_name((stem or name) + ("" if stem else ".d"))
     if dest.is_dir():
         return dest
-    tmp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=".extract-"))
+    with temporary_beside(dest, folder=True) as tmp:
+        _extract_into(archive, tmp, dest)
+    return dest
+
+
+def _extract_into(archive: Path, tmp: Path, dest: Path) -> None:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -157,7 +163,6 @@ def _extract(archive: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
 
 
 def _check_member(name: str, archive: Path, *, link: bool = False) -> None:

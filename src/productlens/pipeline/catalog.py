@@ -23,18 +23,18 @@ it into place, so an interrupted build leaves no half-written catalog.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.data.images import load_image
-from productlens.fileio import replace_dir, share
+from productlens.fileio import file_lock, replace_dir, temporary_beside
 from productlens.heads.adapter import Adapter, fit_adapter
 from productlens.index.base import Store
 from productlens.models.detectors.runtime import Detector
@@ -59,6 +59,10 @@ CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
 #: catalog mode with fine-tuning: each labelled seller photo counts this many times beside
 #: the shopper photos (benchmarks/dev_finetune.py --split session --seller-repeats ...)
 FINETUNE_SELLER_REPEATS = 4
+#: the file in a catalog folder that :meth:`Catalog.writing` locks
+WRITER_LOCK = ".writer.lock"
+#: the store info key under which :meth:`Catalog.mark_used` keeps the lowest id never handed out
+NEXT_ID_KEY = "next_item_id"
 
 
 def _metadata(item: Item) -> dict[str, Any]:
@@ -273,6 +277,30 @@ class Catalog:
             self._changed()
         return res.errors
 
+    @contextlib.contextmanager
+    def writing(self, timeout: float = 60.0) -> Iterator[None]:
+        """Hold the catalog's writer lock for the block (a file lock in its folder, shared by every
+        process on this machine that opens the catalog). Choose new ids (:meth:`free_id`) and add
+        them under it, and two processes adding to one catalog never hand out the same id. What was
+        derived from the items (the product -> items map, ...) is read again inside: another process
+        may have written since."""
+        with file_lock(self.path / WRITER_LOCK, timeout):
+            self._changed()
+            yield
+
+    def free_id(self) -> int:
+        """An id no item of this catalog has had: above the largest id now and above every id given to
+        :meth:`mark_used` (removed items' ids are not handed out again, so nothing cached under an id,
+        such as a browser's thumbnail, shows another photo). Take it under :meth:`writing`."""
+        ids = self.store.ids()
+        top = int(ids.max()) + 1 if len(ids) else 0
+        return max(top, int(self.store.get_info(NEXT_ID_KEY, 0) or 0))
+
+    def mark_used(self, item_id: int) -> None:
+        """Remember that ``item_id`` was handed out: :meth:`free_id` stays above it after a removal."""
+        if item_id >= int(self.store.get_info(NEXT_ID_KEY, 0) or 0):
+            self.store.set_info(NEXT_ID_KEY, int(item_id) + 1)
+
     def remove(self, ids: Sequence[int]) -> int:
         self._changed()
         return self.store.remove(ids)
@@ -480,65 +508,64 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         query_views = DEFAULT_QUERY_VIEWS if labelled else "none"
     companions = list(companions)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".building.", dir=path.parent))
-    share(tmp)  # mkdtemp makes it private to its owner
-    try:
-        name, emb = embedder, get_embedder(embedder)
-        query_embedder(emb, query_views)  # an unknown view set fails before any work
-        if finetune:
-            from productlens.models.finetune import FinetuneConfig, finetune_backbone, supports
+    with temporary_beside(path, folder=True, tag="building.") as tmp:
+        try:
+            name, emb = embedder, get_embedder(embedder)
+            query_embedder(emb, query_views)  # an unknown view set fails before any work
+            if finetune:
+                from productlens.models.finetune import FinetuneConfig, finetune_backbone, supports
 
-            if not supports(embedder):
-                log.warning("%s cannot be fine-tuned here; using it frozen", embedder)
-                finetune = False
-        if finetune:
-            photos, repeats = list(labelled), [1] * len(labelled)
-            if use_gallery_labels:  # catalog mode: seller photos of the trained products join them
-                known = {t.product_id for t in labelled}
-                seller = [it for it in items if it.product_id in known]
-                photos += seller
-                repeats += [FINETUNE_SELLER_REPEATS] * len(seller)
-            res = finetune_backbone(photos, [t.product_id for t in photos], tmp / BACKBONE_DIR,
-                                    FinetuneConfig(backbone=embedder), progress=progress, repeats=repeats)
-            name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
-            emb = create_embedder(res.embedder_name)
-        emb = joined(emb, companions)
-        gal = embed_items(emb, items, progress=progress, desc="gallery")
-        if not len(gal.ok):
-            raise ProductLensError("no gallery image could be read")
-        ok_items = [items[i] for i in gal.ok]
-        adapter = None
-        if labelled:
-            tr = embed_items(query_embedder(emb, query_views), labelled, progress=progress, desc="training photos")
-            labels = np.array([labelled[i].product_id for i in tr.ok])
-            glabels = None
-            if use_gallery_labels:
-                glabels = np.array([-1 if it.product_id is None else it.product_id for it in ok_items])
-            adapter = fit_adapter(vector_name(name, companions), tr.vectors, labels, gallery_vectors=gal.vectors,
-                                  gallery_labels=glabels)
-        vectors = gal.vectors if adapter is None else adapter.transform(gal.vectors, "gallery")
-        spec = store or StoreSpec()
-        store = spec.create(tmp, vectors.shape[1], overwrite=overwrite)
-        spec.save(tmp)
-        store.set_info("embedder", name)
-        store.set_info("companions", "+".join(companions))
-        store.set_info("adapter", adapter is not None)
-        store.set_info("query_views", query_views)
-        store.set_info("ocr", bool(ocr))
-        mds = [_metadata(it) for it in ok_items]
-        if ocr:
-            from productlens.pipeline.fusion import ocr_texts
+                if not supports(embedder):
+                    log.warning("%s cannot be fine-tuned here; using it frozen", embedder)
+                    finetune = False
+            if finetune:
+                photos, repeats = list(labelled), [1] * len(labelled)
+                if use_gallery_labels:  # catalog mode: seller photos of the trained products join them
+                    known = {t.product_id for t in labelled}
+                    seller = [it for it in items if it.product_id in known]
+                    photos += seller
+                    repeats += [FINETUNE_SELLER_REPEATS] * len(seller)
+                res = finetune_backbone(photos, [t.product_id for t in photos], tmp / BACKBONE_DIR,
+                                        FinetuneConfig(backbone=embedder), progress=progress, repeats=repeats)
+                name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
+                emb = create_embedder(res.embedder_name)
+            emb = joined(emb, companions)
+            gal = embed_items(emb, items, progress=progress, desc="gallery")
+            if not len(gal.ok):
+                raise ProductLensError("no gallery image could be read")
+            ok_items = [items[i] for i in gal.ok]
+            adapter = None
+            if labelled:
+                tr = embed_items(query_embedder(emb, query_views), labelled, progress=progress, desc="training photos")
+                labels = np.array([labelled[i].product_id for i in tr.ok])
+                glabels = None
+                if use_gallery_labels:
+                    glabels = np.array([-1 if it.product_id is None else it.product_id for it in ok_items])
+                adapter = fit_adapter(vector_name(name, companions), tr.vectors, labels, gallery_vectors=gal.vectors,
+                                      gallery_labels=glabels)
+            vectors = gal.vectors if adapter is None else adapter.transform(gal.vectors, "gallery")
+            spec = store or StoreSpec()
+            store = spec.create(tmp, vectors.shape[1], overwrite=overwrite)
+            spec.save(tmp)
+            store.set_info("embedder", name)
+            store.set_info("companions", "+".join(companions))
+            store.set_info("adapter", adapter is not None)
+            store.set_info("query_views", query_views)
+            store.set_info("ocr", bool(ocr))
+            mds = [_metadata(it) for it in ok_items]
+            if ocr:
+                from productlens.pipeline.fusion import ocr_texts
 
-            for md, text in zip(mds, ocr_texts([it.image for it in ok_items], progress=progress)):
-                md["ocr"] = text
-        store.upsert([it.id for it in ok_items], vectors, mds)
-        store.build_index()
-        store.close()
-        if adapter is not None:
-            adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,
-                                                  "gallery_labels_used": bool(use_gallery_labels)})
-        replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+                for md, text in zip(mds, ocr_texts([it.image for it in ok_items], progress=progress)):
+                    md["ocr"] = text
+            store.upsert([it.id for it in ok_items], vectors, mds)
+            store.build_index()
+            store.close()
+            if adapter is not None:
+                adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,
+                                                      "gallery_labels_used": bool(use_gallery_labels)})
+            replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return Catalog.open(path), gal.errors

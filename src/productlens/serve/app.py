@@ -16,11 +16,14 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from productlens.fileio import Locked
 from productlens.serve.admission import Admission, Busy
 from productlens.serve.batcher import Batcher
 from productlens.serve.config import ServeConfig
-from productlens.serve.engine import Engine, IdentifyRequest, sniff_image, thumbnail_jpeg
+from productlens.serve.engine import (CatalogEmpty, Engine, IdentifyRequest, ItemExists, sniff_image,
+                                      thumbnail_jpeg)
 from productlens.serve.history import History
+from productlens.serve.limits import BodyLimit
 from productlens.types import Box, BoxError, ImageError, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -52,14 +55,10 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
                            allow_headers=["*"])
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        """An upload over the limit is refused from its Content-Length, before its body is read."""
-        size = request.headers.get("content-length", "")
-        if size.isdigit() and int(size) > (config.max_upload_mb + 1) * 1024 * 1024:  # + 1 MB for the form
-            return JSONResponse({"detail": f"the upload is larger than {config.max_upload_mb:g} MB"},
-                                status_code=413)
-        return await call_next(request)
+    # an upload over the limit is refused from its Content-Length before its body is read, and a
+    # chunked one as soon as it passes the limit (+ 1 MB for the rest of the form)
+    app.add_middleware(BodyLimit, limit=int((config.max_upload_mb + 1) * 1024 * 1024),
+                       detail=f"the upload is larger than {config.max_upload_mb:g} MB")
 
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy):
@@ -100,10 +99,11 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @app.post("/v1/identify", dependencies=[Depends(reader)])
     async def identify(request: Request, response: Response, image: UploadFile = File(...),
                        box: Optional[str] = Form(None, description="x,y,w,h in pixels"),
-                       k: int = Form(4, ge=1, le=20)) -> dict:
+                       k: int = Form(4, ge=1, le=20),
+                       preview: bool = Form(False, description="also return the photo as the service read it "
+                                            "(EXIF orientation applied; JPEG, at most 400 px) to draw boxes on")
+                       ) -> dict:
         """Top-k categories with probabilities, detected boxes and matching products for one photo."""
-        if not len(engine.catalog):
-            raise HTTPException(409, "the catalog is empty: add products first (POST /v1/products)")
         img = await read_upload(image)
         try:
             qbox = Box.parse(box)
@@ -116,10 +116,14 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
                                             out["matches"][0]["title"] if out["matches"] else "")
             out["image_size"] = list(img.size)
+            if preview:  # what the boxes are in: a browser may not apply EXIF orientation (WebP) or read TIFF
+                out["preview"] = "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(img, 400)).decode()
             return out
 
         try:
             return await batcher.submit(IdentifyRequest(img, qbox, k), finish)
+        except CatalogEmpty as e:
+            raise HTTPException(409, _short(e)) from None
         except (BoxError, ProductLensError) as e:
             raise HTTPException(400, _short(e)) from None
 
@@ -169,6 +173,10 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         async with admission.slot():
             try:
                 new_id = await _run(engine.add_item, img, product_id, title, category, item_id)
+            except Locked as e:  # another process is writing to the catalog
+                raise HTTPException(503, _short(e)) from None
+            except ItemExists as e:
+                raise HTTPException(409, _short(e)) from None
             except ProductLensError as e:
                 raise HTTPException(400, _short(e)) from None
         return {"id": new_id, "product_id": product_id}

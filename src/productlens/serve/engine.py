@@ -42,6 +42,14 @@ EDITABLE = ("title", "category")  # what PUT /v1/products/{id} may change
 BATCH_INPUTS = 8
 
 
+class CatalogEmpty(ProductLensError):
+    """The catalog holds no item: nothing to identify a photo against."""
+
+
+class ItemExists(ProductLensError):
+    """An item id given for a new photo is taken: adding never replaces another photo."""
+
+
 @dataclass
 class IdentifyRequest:
     """One photo to identify: an optional box (x, y, w, h), ``k`` categories, ``matches`` products."""
@@ -113,11 +121,15 @@ class Engine:
         """:meth:`identify` for several photos with one embedding and one classifier run.
 
         Returns one result per request, or the exception that request raised
-        (a bad box or an unreadable detection fails its own request only).
+        (a bad box or an unreadable detection fails its own request only; an
+        empty catalog fails them all with :class:`CatalogEmpty`).
         """
         out: list[dict[str, Any] | Exception | None] = [None] * len(requests)
         ready: list[tuple[int, Image.Image, Box | None, list[dict]]] = []
         with self.lock:
+            if not len(self.catalog):
+                return [CatalogEmpty("the catalog is empty: add products first (POST /v1/products)")
+                        for _ in requests]
             for i, r in enumerate(requests):
                 try:
                     ready.append((i, *self._prepare(r)))
@@ -240,10 +252,12 @@ class Engine:
         with self.lock:
             ids = self.catalog.store.ids()
         if not len(ids):
-            raise ProductLensError("the catalog is empty")
+            raise CatalogEmpty("the catalog is empty")
         for i in rng.choice(ids, min(RANDOM_TRIES, len(ids)), replace=False).tolist():
             with self.lock:
                 md = self.catalog.store.get([i])[0]
+            if md is None:  # removed since the ids were read
+                continue
             try:
                 img = load_image(md["image"])
             except ImageError as e:  # a catalog photo gone from disk: try another
@@ -259,8 +273,9 @@ class Engine:
                  item_id: int | None = None) -> int:
         """Store the photo under the catalog's uploads/ and index it; returns the item id.
 
-        Ids are between 0 and ``MAX_ID``. One process writes a catalog: two servers adding
-        to the same catalog at once could hand out the same new id.
+        Ids are between 0 and ``MAX_ID``. A new id is chosen under the catalog's writer lock
+        (:meth:`Catalog.writing`), so servers on one machine sharing a catalog never hand out the same one,
+        and it was never any item's before. A given ``item_id`` that an item has: :class:`ItemExists`.
         """
         for name, value in (("product_id", product_id), ("item_id", item_id)):
             if value is not None and not 0 <= value <= MAX_ID:
@@ -269,14 +284,19 @@ class Engine:
         path = self.uploads / f"{uuid.uuid4().hex}.jpg"
         img.convert("RGB").save(path, "JPEG", quality=92)
         try:
-            with self.lock:
+            with self.lock, self.catalog.writing():
                 if item_id is None:
-                    ids = self.catalog.store.ids()
-                    item_id = int(ids.max()) + 1 if len(ids) else 0
+                    item_id = self.catalog.free_id()
                     if item_id > MAX_ID:
                         raise ProductLensError(f"no free item id above {MAX_ID - 1}: give item_id")
+                elif item_id in self.catalog.store:
+                    owner = (self.catalog.store.get([item_id])[0] or {}).get("product_id")
+                    raise ItemExists(f"item {item_id} exists (a photo of product {owner}); delete it first, "
+                                     "or leave item_id out to get a new id")
                 errors = self.catalog.add([Item(item_id, str(path), product_id=product_id, title=title,
                                                 category=category)], progress=False)
+                if not errors:
+                    self.catalog.mark_used(item_id)
         except BaseException:
             path.unlink(missing_ok=True)  # no stray upload for an item that was not added
             raise
@@ -293,13 +313,23 @@ class Engine:
             raise ProductLensError(f"only {' and '.join(EDITABLE)} can be changed (got {', '.join(bad) or 'nothing'})")
         if not all(isinstance(v, str) for v in fields.values()):
             raise ProductLensError(f"{' and '.join(EDITABLE)} must be strings")
-        with self.lock:
+        with self.lock, self.catalog.writing():  # the product's items as they are now, whoever added them
             ids = self.catalog.items_of(product_id)
             if ids:
                 self.catalog.update_metadata(ids, [dict(fields)] * len(ids))
         return len(ids)
 
     def remove_product(self, product_id: int) -> int:
-        with self.lock:
+        """Remove every item of the product; the photos the service stored for them (uploads/) go too."""
+        with self.lock, self.catalog.writing():
             ids = self.catalog.items_of(product_id)
-            return self.catalog.remove(ids) if ids else 0
+            if not ids:
+                return 0
+            mds = self.catalog.store.get(ids)
+            n = self.catalog.remove(ids)
+        uploads = self.uploads.resolve()
+        for md in mds:
+            photo = Path((md or {}).get("image", ""))
+            if photo.name and photo.resolve().parent == uploads:  # never a file of the user's catalog
+                photo.unlink(missing_ok=True)
+        return n

@@ -49,6 +49,8 @@ class History:
                     for r in cur.fetchall()]
 
     def thumbnail(self, session: str, row_id: int) -> bytes | None:
+        if not -2 ** 63 <= row_id < 2 ** 63:  # no SQLite row has such an id
+            return None
         with self._lock:
             r = self._db.execute("SELECT thumbnail FROM history WHERE session = ? AND id = ?",
                                  (session, row_id)).fetchone()

@@ -6,31 +6,43 @@ function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = 
 
 function esc(s) { const d = document.createElement("div"); d.textContent = String(s ?? ""); return d.innerHTML; }
 
+let latest = 0;  // the newest photo asked about: an older answer arriving later is dropped
+
 async function identify(blob, name) {
+  const mine = ++latest;
   showError("");
   $("result").hidden = true;  // no stale results under a new photo's error
   const form = new FormData();
   form.append("image", blob, name || "photo.jpg");
+  form.append("preview", "true");  // the photo as the service read it: the boxes are drawn on that
   let res;
   try { res = await fetch("/v1/identify", { method: "POST", body: form }); }
-  catch (err) { showError("The service cannot be reached: " + err); return; }
+  catch (err) { if (mine === latest) showError("The service cannot be reached: " + err); return; }
   const body = await res.json().catch(() => ({}));
+  if (mine !== latest) return;
   if (!res.ok) {
     showError(res.status === 503 ? "The service is busy; try again in a moment."
                                  : "Could not identify this photo: " + (body.detail || res.statusText));
     return;
   }
-  await render(blob, body);
-  await loadHistory();
+  if (await render(blob, body, mine)) await loadHistory();
 }
 
-async function render(blob, r) {
+async function bitmapOf(blob, r) {
+  // the service's own copy first: EXIF orientation applied exactly as for the boxes (a browser
+  // may skip it, e.g. in WebP) and any format it reads (e.g. TIFF); else the browser's decoding
+  try { if (r.preview) return await createImageBitmap(await (await fetch(r.preview)).blob()); }
+  catch (err) { /* fall through */ }
+  try { return await createImageBitmap(blob, { imageOrientation: "from-image" }); }
+  catch (err) { return null; }
+}
+
+async function render(blob, r, mine) {
+  const img = await bitmapOf(blob, r);
+  if (mine !== latest) return false;  // another photo was chosen meanwhile
   $("result").hidden = false;
   const canvas = $("canvas"), ctx = canvas.getContext("2d");
-  let img = null;
-  try { img = await createImageBitmap(blob, { imageOrientation: "from-image" }); }
-  catch (err) { img = null; }  // e.g. TIFF: the service reads it, this browser cannot draw it
-  const [w0, h0] = img ? [img.width, img.height] : r.image_size;
+  const [w0, h0] = r.image_size;  // the preview is smaller, with the same shape
   const scale = Math.min(400 / w0, 400 / h0, 4);
   canvas.width = Math.round(w0 * scale); canvas.height = Math.round(h0 * scale);
   if (img) ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
@@ -44,8 +56,15 @@ async function render(blob, r) {
     const [x, y, w, h] = d.box, c = COLOURS[i % COLOURS.length];
     ctx.strokeStyle = c; ctx.lineWidth = 3; ctx.strokeRect(x * sx, y * sy, w * sx, h * sy);
     ctx.fillStyle = c; ctx.font = "14px sans-serif";
-    ctx.fillText(`${d.tag} ${d.score.toFixed(2)}`, x * sx + 3, Math.max(14, y * sy - 3));
+    ctx.fillText(`${i + 1} ${d.tag} ${d.score.toFixed(2)}`, x * sx + 3, Math.max(14, y * sy - 3));
   });
+  // each box's tag, and the object's other likely tags, which the canvas has no room for
+  $("detections-section").hidden = !r.detections.length;
+  $("detections").innerHTML = r.detections.map((d, i) =>
+    `<li><span class="swatch" style="background:${COLOURS[i % COLOURS.length]}"></span>
+     <span class="tag">${esc(d.tag)}</span> ${d.score.toFixed(2)}${(d.alternatives || []).length
+       ? ` <span class="alt">or ${d.alternatives.map((a) => `${esc(a.tag)} ${a.score.toFixed(2)}`).join(", ")}</span>`
+       : ""}</li>`).join("");
   $("categories").innerHTML = r.categories.length ? r.categories.map((c) =>
     `<li><span class="cat">${esc(c.category)}</span> <span class="prob">${(100 * c.probability).toFixed(1)}%</span>
      <div class="bar"><span style="width:${(100 * c.probability).toFixed(1)}%"></span></div></li>`).join("")
@@ -53,6 +72,7 @@ async function render(blob, r) {
   $("matches").innerHTML = r.matches.map((m) =>
     `<div class="match"><img src="${m.thumbnail}" alt=""><div>${esc(m.title || "item " + m.id)}</div>
      <div>score ${m.score.toFixed(3)}</div></div>`).join("");
+  return true;
 }
 
 async function loadHistory() {
