@@ -82,3 +82,36 @@ def test_audit_finds_swapped_labels_and_copies(tmp_path) -> None:
     assert "probably mislabelled" in r.output and "near-duplicate pairs across classes" in r.output
     assert (tmp_path / "flags.csv").read_text().startswith("rank,image,given,suggested")
     assert Image.open(tmp_path / "flags.png").format == "PNG"
+
+
+def test_audit_refuses_fewer_than_two_folds_and_reports_the_folds_used(tmp_path) -> None:
+    from productlens.eval.audit import out_of_fold_probs
+    from productlens.types import ProductLensError
+
+    csv_path = write_set(tmp_path, n_products=3, per_product=3)
+    for folds in ("0", "-1", "1"):
+        r = CliRunner().invoke(app, ["audit", "labels", str(csv_path), "--label", "sku", "--model", "fake-tiny",
+                                     "--folds", folds])
+        assert r.exit_code == 2 and "--folds" in r.output and "fold out-of-fold" not in r.output
+    options = TrainOptions("fake-tiny", views="none", tta="none", head=HeadConfig(epochs=5))
+    data = read_labelled(csv_path, label="sku")
+    with pytest.raises(ProductLensError, match="folds must be at least 2.*got 0"):
+        audit_labels(data, options, folds=0, progress=False)
+    with pytest.raises(ProductLensError, match="folds must be at least 2.*got 1"):
+        out_of_fold_probs(None, None, options, folds=1)
+    assert audit_labels(data, options, folds=5, progress=False).folds == 3  # the smallest class has 3 photos
+    r = CliRunner().invoke(app, ["audit", "labels", str(csv_path), "--label", "sku", "--model", "fake-tiny",
+                                 "--views", "none", "--tta", "none", "--folds", "5"])
+    assert r.exit_code == 0, r.output
+    assert "3-fold (5 asked; the smallest class has 3 images) out-of-fold probabilities" in r.output
+
+
+def test_audit_names_a_class_whose_photos_are_all_unreadable(tmp_path) -> None:
+    from productlens.data.labelled import LabelError
+
+    csv_path = write_set(tmp_path, n_products=3, per_product=3)
+    for v in range(3):
+        (tmp_path / "img" / f"train_1_{v}.jpg").write_bytes(b"")
+    with pytest.raises(LabelError, match="fewer than 2 readable images: 's01' \\(0\\)"):
+        audit_labels(read_labelled(csv_path, label="sku"), TrainOptions("fake-tiny", views="none", tta="none"),
+                     progress=False)

@@ -149,6 +149,9 @@ def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path) -> 
         build_catalog([Item(id=1, image=str(tmp_path / "nope.jpg"))], tmp_path / "empty", embedder=MODEL,
                       progress=False)
     assert not (tmp_path / "empty").exists()
+    with pytest.raises(ProductLensError, match=r"unique; repeated: \[1\]"):
+        build_catalog([Item(id=1, image=gallery[0].image), Item(id=1, image=gallery[1].image)], tmp_path / "dup",
+                      embedder=MODEL, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]  # no temp folders left behind
     with pytest.raises(ProductLensError, match="not a productlens catalog"):
         Catalog.open(tmp_path)

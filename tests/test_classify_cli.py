@@ -181,6 +181,10 @@ def test_predict_k_is_bounded_by_the_classes(tmp_path) -> None:
     assert len(rows[0].split(",")) == len(rows[1].split(",")) == 1 + 2 * 6
     r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), photo, "-k", "0"])
     assert r.exit_code != 0 and "at least 1" in r.output
+    (tmp_path / "folder").mkdir()
+    for flag in ("--out", "--submission"):  # a folder where the file goes: refused before predicting
+        r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), photo, flag, str(tmp_path / "folder")])
+        assert r.exit_code == 1 and "is a folder; give the name of a file" in r.output and "predicted" not in r.output
 
 
 def test_classifier_attached_to_a_catalog(tmp_path) -> None:
@@ -224,3 +228,45 @@ def test_predict_with_detect_classifies_the_detected_box(tmp_path) -> None:
         outs.append(json.loads(r.output.strip().splitlines()[-1]))
     assert [o["image"] for o in outs[0]] == [o["image"] for o in outs[1]]
     assert outs[0] != outs[1]  # the detected box (8, 8, 32, 32 of each 64 px photo) changes the probabilities
+
+
+def test_train_names_a_class_left_without_readable_photos(tmp_path) -> None:
+    root = tmp_path / "onecls"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.jpg").write_text("a text file")
+    (root / "a" / "y.jpg").write_bytes(b"")
+    for p, c in enumerate("bc"):
+        (root / c).mkdir()
+        for v in range(2):
+            product_photo(p, v, shop=False, size=64).save(root / c / f"{v}.jpg")
+    r = runner.invoke(app, ["classify", "train", str(root), "-o", str(tmp_path / "m9"), *FAST])
+    assert r.exit_code == 1 and "error:" in r.output and "trained" not in r.output
+    assert "fewer than 2 readable images: 'a' (0)" in r.output and not (tmp_path / "m9").exists()
+
+
+def test_eval_classify_refuses_a_set_with_no_readable_image(tmp_path) -> None:
+    train = write_set(tmp_path, n_products=2, per_product=3)
+    (tmp_path / "img" / "bad.jpg").write_bytes(b"junk")
+    (tmp_path / "test.csv").write_text("image,sku\nimg/bad.jpg,s00\nimg/gone.jpg,s01\n")
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(tmp_path / "test.csv"),
+                            "--label", "sku", *FAST])
+    assert r.exit_code == 1 and "top-1" not in r.output
+    assert "test.csv: no test image could be read (2 skipped): " in r.output and "bad.jpg" in r.output
+    (tmp_path / "bad_train.csv").write_text("image,sku\n" + "".join(f"img/{f}.jpg,s0{i % 2}\n" for i, f in
+                                                                  enumerate(["bad", "bad", "gone", "gone"])))
+    r = runner.invoke(app, ["eval", "classify", "--train", str(tmp_path / "bad_train.csv"), "--test", str(train),
+                            "--label", "sku", *FAST])
+    assert r.exit_code == 1 and "bad_train.csv: no training image could be read (4 skipped)" in r.output
+
+
+def test_predict_reports_and_skips_a_csv_row_without_image(tmp_path) -> None:
+    train = write_set(tmp_path, n_products=2, per_product=3)
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "in.csv").write_text("image,note\nimg/train_0_0.jpg,x\n,empty cell\nimg/train_1_0.jpg,y\n")
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "in.csv"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert f"skipped: {tmp_path / 'in.csv'}, line 3: missing image path" in r.output
+    assert "predicted 2 images; skipped 1" in r.output
+    records = json.loads(r.output.strip().splitlines()[-1])
+    assert [rec["image"] for rec in records] == ["img/train_0_0.jpg", "img/train_1_0.jpg"]

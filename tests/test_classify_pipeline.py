@@ -177,3 +177,24 @@ def test_default_backbone_is_the_ensemble_and_lite2_when_fine_tuning() -> None:
     assert TrainOptions(finetune=True).backbone == DEFAULT_EMBEDDER  # an ensemble is not fine-tuned
     assert TrainOptions("mobilenetv2", finetune=True).backbone == "mobilenetv2"
     assert TrainOptions().to_json()["embedder"] == CLASSIFIER_EMBEDDER
+
+
+def test_training_refuses_a_class_whose_photos_are_all_unreadable(tmp_path) -> None:
+    """The per-class check runs again after decoding: a class with no readable photo is named, not kept."""
+    (tmp_path / "onecls" / "a").mkdir(parents=True)
+    (tmp_path / "onecls" / "a" / "x.jpg").write_text("not a photo")
+    (tmp_path / "onecls" / "a" / "y.jpg").write_bytes(b"")
+    for p, c in enumerate("bc"):
+        for v in range(2):
+            path = tmp_path / "onecls" / c / f"{v}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            product_photo(p, v, shop=False, size=64).save(path)
+    options = TrainOptions("fake-tiny", views="none", tta="none", head=FAST)
+    with pytest.raises(LabelError, match="fewer than 2 readable images: 'a' \\(0\\)"):
+        train_classifier(read_labelled(tmp_path / "onecls"), tmp_path / "m", options, progress=False)
+    assert not (tmp_path / "m").exists()
+    for c in "bc":  # no readable photo at all
+        for f in (tmp_path / "onecls" / c).iterdir():
+            f.write_bytes(b"")
+    with pytest.raises(LabelError, match="no training image could be read \\(6 skipped\\): .*x.jpg"):
+        train_classifier(read_labelled(tmp_path / "onecls"), options=options, progress=False)

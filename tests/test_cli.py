@@ -45,6 +45,38 @@ def test_cli_index_search_rank_eval(tmp_path) -> None:
     assert "removed 2" in r.output and "1 id(s) not in the catalog: 424242" in r.output
 
 
+def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
+    """A folder or an image csv numbers its items from 0: added to a catalog, they must not replace its items."""
+    import shutil
+
+    from productlens.pipeline.catalog import Catalog
+
+    ds = write_dataset(tmp_path / "ds")
+    img = tmp_path / "ds" / "img"
+    folder = tmp_path / "tree"
+    for name, files in (("box", ["t_0_0.jpg", "t_0_1.jpg"]), ("new", ["t_1_0.jpg"])):
+        (folder / name).mkdir(parents=True)
+        for f in files:
+            shutil.copy(img / f, folder / name / f)
+    cat = tmp_path / "cat"
+    r = runner.invoke(app, ["index", "build", str(folder), "--out", str(cat), "--model", "efficientnet-lite0"])
+    assert r.exit_code == 0, r.output  # items 0-2; product 0 "box", product 1 "new"
+    r = runner.invoke(app, ["index", "add", str(cat), str(ds["gallery"])])  # seller_img_id 0-3: replaces 0-2
+    assert r.exit_code == 0 and "holds 4 items" in r.output, r.output
+    (folder / "new").rename(folder / "box2")
+    r = runner.invoke(app, ["index", "add", str(cat), str(folder)])
+    assert r.exit_code == 0 and "get ids 4..6" in r.output and "holds 7 items" in r.output, r.output
+    listed = tmp_path / "more.csv"
+    listed.write_text("image,product_id\n" + str(img / "t_2_0.jpg") + ",2\n")
+    r = runner.invoke(app, ["index", "add", str(cat), str(listed)])
+    assert r.exit_code == 0 and "get ids 7..7" in r.output and "holds 8 items" in r.output, r.output
+    with Catalog.open(cat) as c:
+        md = dict(zip(c.store.ids().tolist(), c.store.get(c.store.ids())))
+    assert [md[i]["product_id"] for i in range(4)] == [0, 1, 2, 3]  # the gallery's own ids and products
+    # gallery items carry no category: both folders become new products, above the largest (3)
+    assert sorted(md[i]["product_id"] for i in (4, 5, 6)) == [4, 4, 5] and md[7]["product_id"] == 2
+
+
 def test_cli_clear_errors(tmp_path) -> None:
     r = runner.invoke(app, ["index", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
     assert r.exit_code == 1 and "no such catalog" in r.output

@@ -296,12 +296,8 @@ def test_training_never_wipes_a_users_folder(tmp_path, monkeypatch):
     assert [p.name for p in user.iterdir()] == ["holiday.jpg"]
 
 
-def test_composites_from_white_background_products(tmp_path):
-    from typer.testing import CliRunner
-
-    from productlens.cli.main import app
-    from productlens.data.synth import cutout
-
+def _shop_and_backgrounds(tmp_path: Path) -> tuple[Path, Path]:
+    """Two white-background products (and a blank and a broken photo), three background photos."""
     (tmp_path / "shop").mkdir()
     (tmp_path / "bg").mkdir()
     for i, colour in enumerate([(200, 30, 30), (30, 160, 40)]):
@@ -313,17 +309,78 @@ def test_composites_from_white_background_products(tmp_path):
     for i in range(3):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(
             tmp_path / "bg" / f"b{i}.jpg")
-    cut = cutout(Image.open(tmp_path / "shop" / "p0.jpg"))
+    return tmp_path / "shop", tmp_path / "bg"
+
+
+def _composites(*args: str | Path):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+
+    return CliRunner().invoke(app, ["data", "composites", *map(str, args)])
+
+
+def test_composites_from_white_background_products(tmp_path):
+    from productlens.data.synth import cutout
+
+    shop, bg = _shop_and_backgrounds(tmp_path)
+    cut = cutout(Image.open(shop / "p0.jpg"))
     assert cut.mode == "RGBA" and abs(cut.size[0] - 60) <= 2 and abs(cut.size[1] - 60) <= 2
-    assert cutout(Image.open(tmp_path / "shop" / "blank.jpg")) is None
-    res = CliRunner().invoke(app, ["data", "composites", str(tmp_path / "shop"), str(tmp_path / "bg"),
-                                   "--out", str(tmp_path / "syn"), "-n", "6"])
+    assert cutout(Image.open(shop / "blank.jpg")) is None
+    res = _composites(shop, bg, "--out", tmp_path / "syn", "-n", "6")
     assert res.exit_code == 0, res.output
     data = read_coco(tmp_path / "syn" / "annotations.json")
     assert len(data.images) == 6 and data.n_boxes >= 6 and data.names == ["product"] and not data.problems
     for im in data.images:
         assert Image.open(im.path).size == (im.width, im.height)
         assert (im.boxes[:, 2] <= im.width).all() and (im.boxes[:, 3] <= im.height).all()
+
+
+def test_composites_report_each_skipped_photo_and_the_count(tmp_path):
+    shop, bg = _shop_and_backgrounds(tmp_path)
+    (bg / "b9.jpg").write_bytes(b"not a photo")  # drawn at some point among 4 backgrounds and 20 composites
+    res = _composites(shop, bg, "--out", tmp_path / "syn", "-n", "20")
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.output.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 3, res.output
+    assert any("broken.jpg: unreadable product photo" in w for w in warnings)
+    assert any("blank.jpg: no product to cut out" in w for w in warnings)
+    assert any("b9.jpg: unreadable background photo" in w for w in warnings)
+    assert "wrote 20 of the 20 composites asked; skipped 3 input photo(s)" in res.output
+    assert len(read_coco(tmp_path / "syn" / "annotations.json").images) == 20
+
+
+def test_composites_fail_cleanly_when_no_background_can_be_read(tmp_path):
+    shop, bg = _shop_and_backgrounds(tmp_path)
+    for b in bg.iterdir():
+        b.write_bytes(b"broken")
+    res = _composites(shop, bg, "--out", tmp_path / "syn", "-n", "4")
+    assert res.exit_code == 1 and "error: none of the 3 background photos could be read" in res.output
+    assert res.output.count("unreadable background photo") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bg", "shop"]  # no folder, no temporary
+
+
+def test_composites_replace_only_their_own_folder(tmp_path, monkeypatch):
+    from productlens.data import synth
+
+    shop, bg = _shop_and_backgrounds(tmp_path)
+    assert _composites(shop, bg, "--out", tmp_path / "syn", "-n", "4").exit_code == 0
+    (tmp_path / "syn" / "images" / "00003.jpg").unlink()
+    res = _composites(shop, bg, "--out", tmp_path / "syn", "-n", "2")  # its own folder: replaced whole
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "syn" / "images").iterdir()) == ["00000.jpg", "00001.jpg"]
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "holiday.jpg").write_bytes(b"precious")
+    (tmp_path / "file.txt").write_text("a file")
+    monkeypatch.setattr(synth, "cutout", lambda *a, **k: pytest.fail("worked before checking --out"))
+    res = _composites(shop, bg, "--out", user, "-n", "2")
+    assert res.exit_code == 1 and "error: " in res.output and "did not write" in res.output
+    assert [p.name for p in user.iterdir()] == ["holiday.jpg"]
+    res = _composites(shop, bg, "-o", tmp_path / "file.txt", "-n", "2")
+    assert res.exit_code == 1 and "file.txt exists and is not a folder" in res.output
+    assert (tmp_path / "file.txt").read_text() == "a file"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".pltmp")]
 
 
 @pytest.mark.slow

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
+import random
 import tarfile
 import zipfile
 from pathlib import Path
@@ -132,3 +134,83 @@ def test_extract_non_archive(cache: Path, src: Path) -> None:
     plain.write_text("not an archive")
     with pytest.raises(ProductLensError, match="not a zip or tar"):
         fetch(plain.as_uri(), extract=True)
+
+
+def _payload() -> dict[str, bytes]:
+    """Members big enough that damage in the middle lands in compressed data (fixed bytes: reproducible)."""
+    rng = random.Random(0)
+    return {"set/a.bin": rng.randbytes(40_000), "set/b.txt": b"B" * 60_000}
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _flip(path: Path, offset: int | None = None) -> Path:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _assert_damaged(cache: Path, archive: Path) -> None:
+    """Fetching ``archive`` fails cleanly, naming it, and leaves no folder, temporary or cached copy."""
+    with pytest.raises(ProductLensError, match="damaged") as info:
+        fetch(archive.as_uri(), extract=True)
+    assert archive.name in str(info.value)
+    downloads = cache / "downloads"
+    assert not [p for p in downloads.rglob("*") if p.is_dir() and p.name.startswith("set")]
+    assert not _leftovers(cache)
+    assert not [p for p in downloads.rglob("*") if p.is_file()]  # a retry downloads it anew
+
+
+@pytest.mark.parametrize("maker,name", [(_targz, "set.tar.gz"), (_tar, "set.tar"), (_zip, "set.zip")])
+def test_extract_truncated_archive_is_damaged(cache: Path, src: Path, maker, name: str) -> None:
+    _assert_damaged(cache, _truncate(maker(src / name, _payload())))
+
+
+def test_extract_zip_with_bad_crc_is_damaged(cache: Path, src: Path) -> None:
+    members = _payload()
+    archive = _zip(src / "set.zip", members)
+    _assert_damaged(cache, _flip(archive, archive.read_bytes().index(members["set/a.bin"]) + 1000))
+
+
+@pytest.mark.parametrize("mode,name", [("w:gz", "set.tgz"), ("w:gz", "set.tar.gz"), ("w:bz2", "set.tar.bz2"),
+                                       ("w:xz", "set.tar.xz")])
+def test_extract_corrupted_compressed_tar_is_damaged(cache: Path, src: Path, mode: str, name: str) -> None:
+    archive = src / name
+    with tarfile.open(archive, mode) as tf:
+        for member, data in _payload().items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    _assert_damaged(cache, _flip(archive))
+
+
+def test_extract_gzip_that_is_no_tar_is_not_called_damaged(cache: Path, src: Path) -> None:
+    plain = src / "table.csv.gz"
+    plain.write_bytes(gzip.compress(b"a,b\n1,2\n"))
+    with pytest.raises(ProductLensError, match="not a zip or tar"):
+        fetch(plain.as_uri(), extract=True)
+
+
+def test_cli_reports_a_damaged_archive_in_one_line(cache: Path, src: Path) -> None:
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+
+    archive = _truncate(_targz(src / "set.tar.gz", _payload()))
+    res = CliRunner().invoke(app, ["data", "fetch", archive.as_uri(), "--extract"])
+    assert res.exit_code == 1 and "Aborted" not in res.output
+    assert "error: " in res.output and "set.tar.gz: the archive is damaged" in res.output

@@ -78,6 +78,16 @@ def test_read_inputs_folder_csv_and_single_image(tmp_path) -> None:
         read_inputs(tmp_path / "missing.jpg")
 
 
+def test_read_inputs_reports_a_csv_row_without_image(tmp_path) -> None:
+    _photo(tmp_path / "in" / "a.jpg")
+    (tmp_path / "q.csv").write_text("image,note\nin/a.jpg,x\n  ,no photo\nin/b.jpg,y\n")
+    inputs = read_inputs(tmp_path / "q.csv")
+    assert inputs.names == ["in/a.jpg", "in/b.jpg"] and [it.id for it in inputs.items] == [0, 1]
+    assert inputs.skipped == [f"{tmp_path / 'q.csv'}, line 3: missing image path"]
+    with pytest.raises(ProductLensError, match="line 3: missing image path"):  # training stays strict
+        read_labelled(tmp_path / "q.csv", label="note")
+
+
 def test_label_checks(tmp_path) -> None:
     for name in ("a", "b", "c", "d", "e"):
         _photo(tmp_path / f"{name}.jpg")

@@ -179,3 +179,25 @@ def test_shared_grocery_retrieval_vpr(shared_data: Path) -> None:
     assert all(q.box is None for q in queries)
     missing = [i.image for i in gallery + queries if not Path(i.image).is_file()]
     assert not missing, missing[:5]
+
+
+def test_product_ids_must_be_integers_and_bad_bytes_are_named(tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("image,product_id\na.jpg,10\nb.jpg,20\nc.jpg,x1\n")
+    with pytest.raises(ProductLensError, match=r"mixed.csv, line 4: product_id must be an integer, got 'x1'"):
+        read_labelled_csv(mixed)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("image,product_id\ncaf\xe9.jpg,1\n".encode("latin-1"))
+    with pytest.raises(ProductLensError, match="latin.csv: not UTF-8 text"):
+        read_labelled_csv(latin)
+    nul = tmp_path / "nul.csv"
+    nul.write_text("image,product_id\na\x00b.jpg,1\n")
+    with pytest.raises(ProductLensError, match="nul.csv"):
+        read_labelled_csv(nul)
+    long = tmp_path / "long.csv"
+    long.write_text("image,product_id\n" + "a" * 200_000 + ".jpg,1\n")
+    with pytest.raises(ProductLensError, match="long.csv, line 2: cannot read it as csv"):
+        read_labelled_csv(long)
+    with pytest.raises(ProductLensError, match="not UTF-8"):
+        read_catalog(latin)
+

@@ -76,6 +76,25 @@ def check_replaceable(target: str | os.PathLike) -> None:
                            "replaced whole: choose another output folder, or empty or remove this one")
 
 
+def check_output_file(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Raise ProductLensError unless a file (or, with ``folder``, a folder) can be written at ``path``:
+    it is not a folder (not a file), and its nearest existing parent is a folder this process may
+    write in. Call it before long work whose result goes there; returns ``path`` as a Path."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise ProductLensError(f"{path} is a folder; give the name of a file to write")
+    if folder and path.exists() and not path.is_dir():
+        raise ProductLensError(f"{path} is a file; give the name of a folder to write into")
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ProductLensError(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ProductLensError(f"cannot write {path}: no permission to write in {parent}")
+    return path
+
+
 def _lock(path: str | os.PathLike, wait: bool = True) -> int | None:
     """An open descriptor of ``path`` (a file or a folder) holding its ``flock``; None when another
     holds it and ``wait`` is False. Closing the descriptor (or the process ending) releases it.
@@ -188,7 +207,7 @@ def temporary_beside(target: str | os.PathLike, *, folder: bool = False, tag: st
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is fsync'ed and
     renamed onto ``target``, on failure removed. Readers never see a partial file."""
-    target = Path(target)
+    target = check_output_file(target)
     with temporary_beside(target) as tmp, _removed(tmp):
         yield tmp
         with open(tmp, "rb") as f:

@@ -26,7 +26,8 @@ def labels(
                                               "(default: the classifier's, regions)."),
     tta: Optional[str] = typer.Option(None, help="Views whose probabilities are averaged: none, flip, tta, train "
                                                  "or regions (the default)."),
-    folds: int = typer.Option(5, help="Cross-validation folds for the out-of-fold probabilities."),
+    folds: int = typer.Option(5, min=2, help="Cross-validation folds for the out-of-fold probabilities (at least 2; "
+                                             "at most the images of the smallest class are used)."),
     threshold: float = typer.Option(0.95, help="Cosine similarity from which two images count as near-duplicates."),
     top: int = typer.Option(50, help="Rows of each list to print."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every flagged image to this csv."),
@@ -38,19 +39,22 @@ def labels(
     from productlens.data.labelled import read_labelled
     from productlens.eval.audit import audit_labels, plot_audit
     from productlens.eval.sheets import sheet_path
-    from productlens.fileio import atomic_path
+    from productlens.fileio import atomic_path, check_output_file
     from productlens.pipeline.classify import TrainOptions
     from productlens.types import ProductLensError
 
     if plot:
         sheet_path(plot)  # before the long work
+    if out is not None:
+        check_output_file(out)
     ds = read_labelled(data, label=label)
     options = TrainOptions(embedder=model, views=views, tta=tta)
     report = audit_labels(ds, options, folds=folds, threshold=threshold, progress=not as_json)
     for _, _, msg in report.errors:
         typer.echo(f"skipped: {msg}", err=True)
     typer.echo(f"{len(report.suspects)} of {report.images} images probably mislabelled "
-               f"({folds}-fold out-of-fold probabilities, {options.backbone}); {report.seconds:.1f} s")
+               f"({_folds_text(report.folds, folds)} out-of-fold probabilities, {options.backbone}); "
+               f"{report.seconds:.1f} s")
     if report.suspects:
         typer.echo("rank  margin  given -> suggested  (p given / p suggested)  image")
     for r, s in enumerate(report.suspects[:top], start=1):
@@ -75,3 +79,8 @@ def labels(
             typer.echo(f"warning: {exc}", err=True)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
+
+
+def _folds_text(used: int, asked: int) -> str:
+    """``5-fold``, or ``3-fold (5 asked; the smallest class has 3 images)`` when reduced."""
+    return f"{used}-fold" + (f" ({asked} asked; the smallest class has {used} images)" if used < asked else "")

@@ -86,15 +86,18 @@ def predict(
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
                                                       "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
 ) -> None:
-    """Top-k categories with probabilities; unreadable images are reported and skipped."""
+    """Top-k categories with probabilities; unreadable images and csv rows with no image are reported and skipped."""
     import dataclasses
 
     from productlens.data.labelled import read_inputs
-    from productlens.fileio import atomic_path
+    from productlens.fileio import atomic_path, check_output_file
     from productlens.models.classifiers.model import load_classifier
 
     if k < 1:
         raise typer.BadParameter("must be at least 1", param_hint="-k")
+    for path in (out, submission):
+        if path is not None:
+            check_output_file(path)  # before the predictions, not after them
     clf = load_classifier(model_dir)
     k = min(k, len(clf.hierarchy.labels_of(level)))  # no more categories than the level has
     data = read_inputs(inputs)
@@ -108,7 +111,8 @@ def predict(
         items = [dataclasses.replace(it, box=b) for it, b in zip(items, boxes)]
     res = clf.predict_batch(items, level=level, progress=not as_json)
     top = res.top_k(k)
-    for _, _, msg in res.errors:
+    skipped = data.skipped + [msg for _, _, msg in res.errors]  # rows with no image path, then unreadable images
+    for msg in skipped:
         typer.echo(f"skipped: {msg}", err=True)
     records = [{"image": data.names[i], "predictions": [{"label": lab, "probability": round(p, 4)} for lab, p in t]}
                for i, t in zip(res.ok.tolist(), top)]
@@ -135,7 +139,7 @@ def predict(
             typer.echo(f"{r['image']}: " + ", ".join(f"{p['label']} {p['probability']:.2f}" for p in r["predictions"]))
         if len(records) > 20:
             typer.echo(f"... {len(records) - 20} more")
-    typer.echo(f"predicted {len(records)} images; skipped {len(res.errors)}"
+    typer.echo(f"predicted {len(records)} images; skipped {len(skipped)}"
                + (f"; wrote {out}" if out else "") + (f"; submission {submission}" if submission else ""))
     if as_json:
         typer.echo(json.dumps(records))

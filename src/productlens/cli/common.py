@@ -11,13 +11,14 @@ from productlens.types import ProductLensError
 
 
 def fail_cleanly(fn: Callable) -> Callable:
-    """Turn productlens's own errors into a one-line message and exit code 1."""
+    """Turn productlens's own errors, and the system's about files (no such file, a folder where a file
+    should be, no permission, a full disk), into a one-line message and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ProductLensError, FileNotFoundError, KeyError) as exc:
+        except (ProductLensError, OSError, KeyError) as exc:  # OSError: a missing file, a folder given for a file, ...
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -35,13 +36,25 @@ def composites(
     tag: str = typer.Option("product", help="The single category name of the boxes."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
-    """Copy-paste detection data: cut the products out and paste them onto backgrounds (COCO json out)."""
+    """Copy-paste detection data: cut the products out and paste them onto backgrounds (COCO json out).
+
+    OUT is written whole (replaced atomically); a file, or a folder of yours that productlens
+    did not write, is refused before any work. Each photo that cannot be used is reported."""
+    from tqdm import tqdm
+
     from productlens.data.readers import IMAGE_EXTENSIONS, read_catalog
-    from productlens.data.synth import synthesize_coco
+    from productlens.data.synth import write_composites
+    from productlens.fileio import check_replaceable
 
     def images_in(folder: Path) -> list[str]:
         return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
+    def warn(msg: str) -> None:  # on a line of its own, above the progress bar
+        tqdm.write(f"warning: {msg}", file=sys.stderr)
+
+    check_replaceable(out)
     sources = images_in(products) if products.is_dir() else [it.image for it in read_catalog(products)]
-    path = synthesize_coco(sources, images_in(backgrounds), out, n_images=n, tag=tag, seed=seed)
-    typer.echo(f"wrote {path}; train a detector on it with `productlens detector train {path} --out DIR`")
+    done = write_composites(sources, images_in(backgrounds), out, n_images=n, tag=tag, seed=seed, warn=warn)
+    path = done.annotations
+    typer.echo(f"{done.summary()}; wrote {path}; train a detector on it with "
+               f"`productlens detector train {path} --out DIR`")

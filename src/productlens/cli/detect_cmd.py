@@ -40,6 +40,7 @@ def detect(
 ) -> None:
     """Detect products: boxes in pixels (x, y, w, h), tags and scores; bad images are reported and skipped."""
     from productlens.data.readers import IMAGE_EXTENSIONS
+    from productlens.fileio import check_output_file
     from productlens.models.detectors import load_detector
     from productlens.pipeline.detect import detect_files
 
@@ -51,6 +52,8 @@ def detect(
             paths.append(p)
     if not paths:
         raise FileNotFoundError("no images given (folders hold no image files)")
+    if out is not None:
+        check_output_file(out, folder=True)
     det = load_detector(model)
     records, errors = detect_files(det, paths, out, min_score=min_score, one_tag=not all_tags,
                                    progress=not as_json)

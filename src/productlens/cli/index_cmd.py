@@ -133,12 +133,21 @@ def add(
     catalog_dir: Path = typer.Argument(..., help="An existing catalog folder."),
     items: Path = typer.Argument(..., help="gallery.csv (seller_img_id are the ids), csv or folder of new items."),
 ) -> None:
-    """Add or replace items (same id replaces) without rebuilding."""
-    from productlens.data.readers import read_catalog
+    """Add or replace items (same id replaces) without rebuilding.
+
+    A gallery csv or products.jsonl names its items' ids. A folder or an ``image`` csv does not:
+    its items get new ids (never one the catalog has had), and a folder's subfolders become
+    the products of the same category name, or new products."""
+    from productlens.data.readers import catalog_ids_given, read_catalog
     from productlens.pipeline.catalog import Catalog
 
-    with Catalog.open(catalog_dir) as cat:
-        errors = cat.add(read_catalog(items))
+    new = read_catalog(items)
+    with Catalog.open(catalog_dir) as cat, cat.writing():
+        if not catalog_ids_given(items):
+            new = cat.with_new_ids(new, products_by_category=items.is_dir())
+            typer.echo(f"{items} names no ids: its items get ids {new[0].id}..{new[-1].id}")
+        errors = cat.add(new)
+        cat.mark_used(max(it.id for it in new))
         typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors)}")
 
 

@@ -91,9 +91,11 @@ def rank(
 ) -> None:
     """Write the AIcrowd Visual Product Recognition submission array (seller_img_id, best first)."""
     from productlens.data.readers import read_queries
+    from productlens.fileio import check_output_file
     from productlens.pipeline.catalog import Catalog
     from productlens.pipeline.rank import rank_queries, save_rankings
 
+    check_output_file(out)  # before the ranking, not after it
     with Catalog.open(catalog_dir) as cat:
         rankings, errors = rank_queries(cat, read_queries(queries), k, rerank=rerank, verify=verify)
     save_rankings(rankings, out)

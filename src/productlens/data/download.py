@@ -7,7 +7,10 @@ half-written file; a second call returns the cached path without any network.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import tarfile
@@ -15,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
@@ -27,6 +31,12 @@ TIMEOUT = 60.0  # seconds without data before a download fails
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024  # show a progress bar from this size on
 _CHUNK = 1024 * 1024
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip")
+#: the openers of compressed tars, by the first bytes of the file
+_DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+#: what a damaged archive raises while it is read (no file is written then, so OSError is damage too)
+_DAMAGE = (EOFError, OSError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, tarfile.TarError)
+#: what tarfile's extraction filter raises for a member it refuses
+_FILTER_ERRORS = getattr(tarfile, "FilterError", ())
 
 
 def fetch(
@@ -42,7 +52,9 @@ def fetch(
     against the recorded hash of a cached file. ``cache`` overrides the downloads
     folder. With ``extract=True`` a zip or tar(.gz/.bz2/.xz) is unpacked into a
     sibling folder, which is returned; members with absolute paths or ``..`` are
-    refused.
+    refused. The archive is checked whole first (its compression's checksum, each
+    zip member's CRC): a damaged one raises ProductLensError naming it, extracts
+    nothing and is removed from the cache, so that the next call downloads it anew.
     """
     expected = sha256.strip().lower() if sha256 else None
     folder = Path(cache) if cache is not None else cache_dir() / "downloads"
@@ -137,23 +149,7 @@ def _extract(archive: Path) -> Path:
 
 def _extract_into(archive: Path, tmp: Path, dest: Path) -> None:
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    _check_member(member, archive)
-                zf.extractall(tmp)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                for member in tf.getmembers():
-                    _check_member(member.name, archive)
-                    if member.issym() or member.islnk():
-                        _check_member(member.linkname, archive, link=True)
-                if hasattr(tarfile, "data_filter"):
-                    tf.extractall(tmp, filter="data")
-                else:  # pragma: no cover - Python without extraction filters
-                    tf.extractall(tmp)
-        else:
-            raise ProductLensError(f"{archive}: not a zip or tar archive, cannot extract")
+        _unpack(archive, tmp)
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -163,6 +159,85 @@ def _extract_into(archive: Path, tmp: Path, dest: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _unpack(archive: Path, tmp: Path) -> None:
+    """Check ``archive`` whole (checksums, member paths), then unpack it into ``tmp``.
+
+    A damaged archive raises ProductLensError naming it and is removed from the cache,
+    so that the next fetch downloads it anew."""
+    try:
+        _check_archive(archive)
+    except _DAMAGE as exc:
+        raise _damaged(archive, exc) from exc
+    try:
+        _extract_checked(archive, tmp)
+    except _FILTER_ERRORS as exc:
+        raise ProductLensError(f"{archive}: refusing member: {exc}") from exc
+    except (EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise _damaged(archive, exc) from exc
+    except OSError as exc:
+        raise ProductLensError(f"{archive}: cannot extract into {tmp.parent} ({exc})") from exc
+
+
+def _check_archive(archive: Path) -> None:
+    """Raise one of ``_DAMAGE`` when ``archive`` fails its checksums or cannot be listed, and
+    ProductLensError for a member that would land outside the folder or for no archive at all.
+
+    A compressed tar is read to its end through its decompressor (the gzip, bz2 and xz
+    checksums are only checked there); a zip's members are all read (``testzip``)."""
+    opener = _DECOMPRESSORS.get(_magic(archive))
+    if opener is not None:
+        with opener(archive, "rb") as stream:
+            while stream.read(_CHUNK):
+                pass
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                _check_member(member, archive)
+            bad = zf.testzip()
+            if bad is not None:
+                raise zipfile.BadZipFile(f"bad CRC-32 for {bad!r}")
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            for member in tf.getmembers():
+                _check_member(member.name, archive)
+                if member.issym() or member.islnk():
+                    _check_member(member.linkname, archive, link=True)
+    else:
+        suffix = next((s for s in _ARCHIVE_SUFFIXES if archive.name.lower().endswith(s)), None)
+        if suffix is None:
+            raise ProductLensError(f"{archive}: not a zip or tar archive, cannot extract")
+        raise tarfile.ReadError(f"not readable as a {suffix} archive")
+
+
+def _extract_checked(archive: Path, tmp: Path) -> None:
+    """Unpack ``archive``, already checked by :func:`_check_archive`, into ``tmp``."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        return
+    with tarfile.open(archive) as tf:
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(tmp, filter="data")
+        else:  # pragma: no cover - Python without extraction filters
+            tf.extractall(tmp)
+
+
+def _magic(path: Path) -> bytes:
+    """The first bytes of ``path`` that tell its compression, as keys of ``_DECOMPRESSORS``."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((m for m in _DECOMPRESSORS if head.startswith(m)), b"")
+
+
+def _damaged(archive: Path, exc: BaseException) -> ProductLensError:
+    """The error for a damaged ``archive``, which is removed from the cache (with its hash record)."""
+    archive.unlink(missing_ok=True)
+    _hash_file(archive).unlink(missing_ok=True)
+    why = str(exc) or type(exc).__name__
+    return ProductLensError(f"{archive}: the archive is damaged ({why}); it was removed from the cache, "
+                            "fetch it again to download it anew")
 
 
 def _check_member(name: str, archive: Path, *, link: bool = False) -> None:

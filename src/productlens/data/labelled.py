@@ -107,6 +107,7 @@ class Inputs:
     names: list[str]
     labels: list[str] | None = None
     shopee: bool = False
+    skipped: list[str] = field(default_factory=list)  # csv rows left out, one message each (file, line)
 
 
 def read_inputs(path: str | os.PathLike[str], image_column: str | None = None) -> Inputs:
@@ -115,7 +116,8 @@ def read_inputs(path: str | os.PathLike[str], image_column: str | None = None) -
     A csv needs an image column (``image``, else ``filename``, ``img_path`` or
     ``path``); a Shopee root is a folder with ``test.csv`` (``filename``) and the
     images in ``test/`` (``shopee=True``: the submission keeps ``test.csv``'s
-    order and names).
+    order and names). A csv row with no image path is reported in ``skipped``
+    (file and line) and left out, like an unreadable image; the others are predicted.
     """
     p = Path(path)
     if p.is_dir() and (p / SHOPEE_TEST).is_file() and (p / "test").is_dir():
@@ -141,19 +143,32 @@ def read_inputs(path: str | os.PathLike[str], image_column: str | None = None) -
         if col is None or col not in header:
             raise ProductLensError(f"{p}: no image column ('image', 'filename', 'img_path' or 'path'); "
                                    f"the csv has {', '.join(header) or 'no columns'}")
-        items, names = [], []
-        for line, row in _rows(p, (col,)):
-            items.append(Item(id=len(items), image=_image(row[col], p, line)))
-            names.append(row[col].strip())
-        return Inputs(items, names)
+        return _csv_inputs(p, col)
     if p.is_file():
         return Inputs([Item(id=0, image=str(p.resolve()))], [p.name])
     raise ProductLensError(f"{p}: no such image, folder or csv")
 
 
-def check_trainable(data: LabelledSet, min_per_class: int = 2) -> None:
-    """Refuse a set with fewer than two classes or a class with fewer than ``min_per_class`` images."""
-    counts: dict[str, int] = {}
+def _csv_inputs(path: Path, column: str) -> Inputs:
+    """The images of a csv's ``column``; a row with an empty cell is reported in ``skipped``, not fatal."""
+    items, names, skipped = [], [], []
+    for line, row in _rows(path, (column,)):
+        if not row[column].strip():
+            skipped.append(f"{path}, line {line}: missing image path")
+            continue
+        items.append(Item(id=len(items), image=_image(row[column], path, line)))
+        names.append(row[column].strip())
+    return Inputs(items, names, skipped=skipped)
+
+
+def check_trainable(data: LabelledSet, min_per_class: int = 2, classes: Sequence[str] = (),
+                    noun: str = "images") -> None:
+    """Refuse a set with fewer than two classes or a class with fewer than ``min_per_class`` images.
+
+    ``classes``: classes the set must keep (counted as 0 when none of their images is in
+    ``data``); ``noun`` names what is counted in the message.
+    """
+    counts: dict[str, int] = {v: 0 for v in classes}
     for v in data.labels:
         counts[v] = counts.get(v, 0) + 1
     if len(counts) < 2:
@@ -162,7 +177,21 @@ def check_trainable(data: LabelledSet, min_per_class: int = 2) -> None:
     if small:
         shown = ", ".join(f"{v!r} ({counts[v]})" for v in small[:10]) + (" ..." if len(small) > 10 else "")
         raise LabelError(f"{data.source}: {len(small)} class(es) of {data.label!r} have fewer than "
-                         f"{min_per_class} images: {shown}; add photos or drop these classes")
+                         f"{min_per_class} {noun}: {shown}; add photos or drop these classes")
+
+
+def check_readable(data: LabelledSet, ok: Sequence[int], errors: Sequence = (), min_per_class: int = 2) -> None:
+    """After decoding, refuse training when no image of ``data`` could be read, or when a class
+    is left with fewer than ``min_per_class`` readable images (``ok``: the readable positions).
+
+    A class whose photos are all unreadable is named (count 0), never kept without a photo.
+    ``errors``: the ``(index, source, message)`` of the unreadable images, quoted in the message.
+    """
+    if len(ok) == 0:
+        first = f": {errors[0][2]}" + (" ..." if len(errors) > 1 else "") if errors else ""
+        raise LabelError(f"{data.source}: no training image could be read ({len(data)} skipped){first}")
+    if len(ok) < len(data):
+        check_trainable(data.subset(ok), min_per_class, classes=data.classes(), noun="readable images")
 
 
 def check_known(test: LabelledSet, known: Sequence[str]) -> None:
@@ -175,5 +204,5 @@ def check_known(test: LabelledSet, known: Sequence[str]) -> None:
                          f"{shown}")
 
 
-__all__ = ["Inputs", "LabelError", "LabelledSet", "check_known", "check_trainable", "is_shopee",
+__all__ = ["Inputs", "LabelError", "LabelledSet", "check_known", "check_readable", "check_trainable", "is_shopee",
            "read_inputs", "read_labelled"]

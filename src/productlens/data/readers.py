@@ -6,11 +6,12 @@ absolute paths and URLs are kept as they are.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from productlens.types import Box, BoxError, InvalidBox, Item, ProductLensError
 
@@ -83,7 +84,10 @@ def read_labelled_csv(
 
     ``Item.id`` is the row number (from 0). Integer labels become ``product_id``;
     text labels are numbered in sorted order and the text is kept as the title
-    (when there is no title column) and in ``extra[label]``. ``label=None`` reads
+    (when there is no title column) and in ``extra[label]``. A column named
+    ``product_id`` must hold integers (they are the products' ids everywhere else:
+    galleries, products.jsonl), so one value that is not is an error naming its
+    line, not a reason to number every product anew. ``label=None`` reads
     unlabelled images. ``title`` comes from ``title``/``product_name`` and
     ``category`` from ``category_name`` (or ``category``) when present.
     """
@@ -97,7 +101,10 @@ def read_labelled_csv(
 
     raw_labels = [row[label].strip() for _, row in rows] if label else []
     numbering: dict[str, int] | None = None
-    if label and not all(_is_int(v) for v in raw_labels if v):
+    if label == "product_id":
+        for (line, _), value in zip(rows, raw_labels):
+            _opt_int(value, label, path, line)  # ProductLensError at the first value that is not an integer
+    elif label and not all(_is_int(v) for v in raw_labels if v):
         numbering = {v: i for i, v in enumerate(sorted({v for v in raw_labels if v}))}
 
     items = []
@@ -209,6 +216,18 @@ def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
     )
 
 
+def catalog_ids_given(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`read_catalog` takes the items' ids from ``path`` (a gallery csv's
+    ``seller_img_id``, a products.jsonl's ``product_id``) rather than numbering them from 0
+    (an ImageFolder tree, an ``image`` csv). Numbered items added to an existing catalog
+    need new ids, or they would replace its first items."""
+    p = Path(path)
+    if p.is_dir():
+        return (p / "gallery.csv").is_file() or (p / "products.jsonl").is_file()
+    suffix = p.suffix.lower()
+    return suffix == ".jsonl" or (suffix == ".csv" and p.is_file() and "seller_img_id" in _header(p))
+
+
 def _products_catalog(path: Path) -> list[Item]:
     """One item per product of a products.jsonl, from its shop image."""
     items = []
@@ -232,9 +251,23 @@ def _products_catalog(path: Path) -> list[Item]:
 
 def _header(path: Path) -> list[str]:
     """The column names of a csv (stripped)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    if not path.is_file():
+        raise ProductLensError(f"{path}: csv file not found")
+    with _csv_errors(path), path.open(newline="", encoding="utf-8-sig") as f:
         first = next(csv.reader(f), [])
     return [c.strip() for c in first]
+
+
+@contextlib.contextmanager
+def _csv_errors(path: Path, where: Callable[[], str] = lambda: "") -> Iterator[None]:
+    """Bytes that are not UTF-8 text, or that the csv module cannot parse: ProductLensError naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ProductLensError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+                               "(or UTF-8 with BOM)") from None
+    except csv.Error as exc:
+        raise ProductLensError(f"{path}{where()}: cannot read it as csv ({exc})") from None
 
 
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -243,25 +276,32 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
         raise ProductLensError(f"{path}: csv file not found")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ProductLensError(
-                f"{path}: missing column(s) {', '.join(missing)}; "
-                f"the csv has {', '.join(columns) or 'no columns'}"
-            )
-        reader.fieldnames = columns
-        for row in reader:
-            if not any((v or "").strip() for k, v in row.items() if k is not None):
-                continue  # blank line
-            yield reader.line_num, {k: (v or "") for k, v in row.items() if k is not None}
+        with _csv_errors(path, lambda: f", line {reader.line_num + 1}"):
+            yield from _checked_rows(path, reader, required)
+
+
+def _checked_rows(path: Path, reader: csv.DictReader, required: tuple[str, ...]
+                  ) -> Iterator[tuple[int, dict[str, str]]]:
+    """The rows of ``reader`` after checking the required columns (blank lines skipped)."""
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ProductLensError(
+            f"{path}: missing column(s) {', '.join(missing)}; "
+            f"the csv has {', '.join(columns) or 'no columns'}"
+        )
+    reader.fieldnames = columns
+    for row in reader:
+        if not any((v or "").strip() for k, v in row.items() if k is not None):
+            continue  # blank line
+        yield reader.line_num, {k: (v or "") for k, v in row.items() if k is not None}
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, object)`` of a JSON-lines file, skipping blank lines."""
     if not path.is_file():
         raise ProductLensError(f"{path}: file not found")
-    with path.open(encoding="utf-8-sig") as f:
+    with _csv_errors(path), path.open(encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():
                 continue
@@ -279,6 +319,8 @@ def _image(value: str, manifest: Path, line: int) -> str:
     value = (value or "").strip()
     if not value:
         raise ProductLensError(f"{manifest}, line {line}: missing image path")
+    if "\x00" in value:
+        raise ProductLensError(f"{manifest}, line {line}: the image path holds a NUL byte")
     if value.lower().startswith(_URL_PREFIXES):
         return value
     return str((manifest.absolute().parent / Path(value).expanduser()).resolve())

@@ -11,16 +11,20 @@ trains a detector like any other annotation file (``productlens detector train``
 from __future__ import annotations
 
 import json
+import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
 from productlens.data.images import load_image
-from productlens.fileio import atomic_path
+from productlens.fileio import atomic_dir, check_replaceable
 from productlens.types import ImageError, ProductLensError
+
+log = logging.getLogger(__name__)
 
 
 def cutout(img: Image.Image, *, white: int = 235, min_fraction: float = 0.02) -> Image.Image | None:
@@ -95,40 +99,106 @@ def compose(background: Image.Image, objects: Sequence[Image.Image], rng: random
     return canvas, boxes
 
 
+@dataclass
+class Composites:
+    """What :func:`write_composites` wrote: ``written`` of the ``asked`` composites, and the
+    input photos it ``skipped`` (each as ``"<file>: <why>"``)."""
+
+    annotations: Path
+    asked: int
+    written: int
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: how many composites were written of how many asked, and what was skipped."""
+        line = f"wrote {self.written} of the {self.asked} composites asked"
+        if self.skipped:
+            line += (f"; skipped {len(self.skipped)} input photo(s) that could not be used (see the warnings); "
+                     "the composites use the others")
+        return line
+
+
 def synthesize_coco(products: Sequence[str | Path], backgrounds: Sequence[str | Path], out_dir: str | Path, *,
                     n_images: int = 600, tag: str = "product", size: int = 384, seed: int = 0,
                     progress: bool = True) -> Path:
-    """Write ``n_images`` composites and ``out_dir/annotations.json`` (one category, ``tag``).
+    """:func:`write_composites`, with each skipped photo logged as a warning; returns the annotations' path."""
+    return write_composites(products, backgrounds, out_dir, n_images=n_images, tag=tag, size=size, seed=seed,
+                            progress=progress).annotations
+
+
+def write_composites(products: Sequence[str | Path], backgrounds: Sequence[str | Path], out_dir: str | Path, *,
+                     n_images: int = 600, tag: str = "product", size: int = 384, seed: int = 0,
+                     progress: bool = True, warn: Callable[[str], None] | None = None) -> Composites:
+    """Write the folder ``out_dir``: ``n_images`` composites in ``images/`` and ``annotations.json``
+    (COCO, one category, ``tag``), atomically (see :func:`productlens.fileio.atomic_dir`).
 
     ``products``: white-background product photos; ``backgrounds``: photos to
     paste onto (they should show no products of the kind to detect). Half of the
     composites hold 1-2 different products, half a pile of 3-8 copies of one.
-    Unreadable inputs are skipped; ProductLensError when none is left.
+    Each input photo that cannot be used is skipped and reported to ``warn``
+    (default: a logged warning); a background that cannot be read is replaced by
+    another. ProductLensError when no product or no background is left, and,
+    before any work, when ``out_dir`` is a file or a folder productlens did not write.
     """
-    from tqdm import tqdm
+    report = warn or (lambda msg: log.warning("%s", msg))
+    check_replaceable(out_dir)
+    skipped: list[str] = []
 
-    rng = random.Random(seed)
-    cuts = []
-    for p in products:
-        try:
-            c = cutout(load_image(p))
-        except ImageError:
-            continue
-        if c is not None:
-            cuts.append(c)
-    bgs = [b for b in backgrounds if Path(b).is_file()]
+    def skip(path: str | Path, why: str) -> None:
+        skipped.append(f"{path}: {why}")
+        report(f"skipped {skipped[-1]}")
+
+    cuts = _cutouts(products, skip)
+    bgs = _existing(backgrounds, skip)
     if not cuts:
         raise ProductLensError("no product photo gave a cut-out (white-background photos are needed)")
     if not bgs:
         raise ProductLensError("no background photo found")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out_dir) as tmp:
+        written = _write_images(cuts, bgs, tmp, n_images, tag, size, random.Random(seed), progress, skip)
+    return Composites(Path(out_dir) / "annotations.json", n_images, written, skipped)
+
+
+def _cutouts(products: Sequence[str | Path], skip: Callable[[str | Path, str], None]) -> list[Image.Image]:
+    """The cut-outs of the product photos; each one that gives none is passed to ``skip``."""
+    cuts = []
+    for p in products:
+        try:
+            c = cutout(load_image(p))
+        except ImageError as e:
+            skip(p, f"unreadable product photo ({_reason(e, p)})")
+            continue
+        if c is None:
+            skip(p, "no product to cut out (a product on a white background is needed)")
+        else:
+            cuts.append(c)
+    return cuts
+
+
+def _existing(backgrounds: Sequence[str | Path], skip: Callable[[str | Path, str], None]) -> list[str | Path]:
+    """The background photos that are files; each other one is passed to ``skip``."""
+    found = []
+    for b in backgrounds:
+        if Path(b).is_file():
+            found.append(b)
+        else:
+            skip(b, "no such background photo")
+    return found
+
+
+def _write_images(cuts: list[Image.Image], bgs: list[str | Path], out: Path, n_images: int, tag: str, size: int,
+                  rng: random.Random, progress: bool, skip: Callable[[str | Path, str], None]) -> int:
+    """Write the composites and ``annotations.json`` into ``out``; returns how many were written.
+
+    A background that cannot be read is passed to ``skip`` and dropped, and another one
+    is drawn; ProductLensError when none of them can be read."""
+    from tqdm import tqdm
+
+    (out / "images").mkdir()
+    bgs = list(bgs)
     images, anns = [], []
     for i in tqdm(range(n_images), desc="composites", unit="image", disable=not progress):
-        try:
-            bg = load_image(rng.choice(bgs))
-        except ImageError:
-            continue
+        bg = _draw_background(bgs, rng, skip)
         objs = [rng.choice(cuts)] * rng.randint(3, 8) if i % 2 else rng.sample(cuts, min(len(cuts), rng.randint(1, 2)))
         img, boxes = compose(bg, objs, rng, size=size)
         name = f"images/{i:05d}.jpg"
@@ -136,7 +206,25 @@ def synthesize_coco(products: Sequence[str | Path], backgrounds: Sequence[str | 
         images.append({"id": i + 1, "file_name": name, "width": img.size[0], "height": img.size[1]})
         anns += [{"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "bbox": b, "area": b[2] * b[3],
                   "iscrowd": 0} for b in boxes]
-    with atomic_path(out / "annotations.json") as tmp:
-        tmp.write_text(json.dumps({"images": images, "annotations": anns,
-                                   "categories": [{"id": 1, "name": tag}]}))
-    return out / "annotations.json"
+    (out / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                      "categories": [{"id": 1, "name": tag}]}))
+    return len(images)
+
+
+def _draw_background(bgs: list[str | Path], rng: random.Random, skip: Callable[[str | Path, str], None]) -> Image.Image:
+    """A random readable photo of ``bgs``; those that cannot be read are removed from it (and skipped)."""
+    count = len(bgs)
+    while bgs:
+        path = rng.choice(bgs)
+        try:
+            return load_image(path)
+        except ImageError as e:
+            bgs.remove(path)
+            skip(path, f"unreadable background photo ({_reason(e, path)})")
+    raise ProductLensError(f"none of the {count} background photos could be read")
+
+
+def _reason(exc: Exception, path: str | Path) -> str:
+    """The message of ``exc`` without the file name it starts with (the warning names the file already)."""
+    msg = str(exc)
+    return msg[len(f"{path}: "):] if msg.startswith(f"{path}: ") else msg

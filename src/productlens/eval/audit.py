@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from productlens.data.labelled import LabelledSet, check_trainable
+from productlens.data.labelled import LabelledSet, check_readable, check_trainable
+from productlens.types import ProductLensError
 
 
 @dataclass
@@ -63,9 +64,10 @@ class AuditReport:
     errors: list = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
+    folds: int = 0  # the cross-validation folds used (at most the images of the smallest class)
 
     def to_json(self) -> dict[str, Any]:
-        return {"images": self.images, "seconds": round(self.seconds, 1),
+        return {"images": self.images, "seconds": round(self.seconds, 1), "folds": self.folds,
                 "suspects": [dict(vars(s), margin=s.margin) for s in self.suspects],
                 "duplicates": [vars(d) for d in self.duplicates],
                 "skipped": [msg for _, _, msg in self.errors]}
@@ -108,8 +110,20 @@ def near_duplicates(x: np.ndarray, labels: list[str], threshold: float = 0.95, k
     return sorted(((a, b, s) for (a, b), s in pairs.items()), key=lambda t: -t[2])
 
 
+def check_folds(folds: int) -> None:
+    """Refuse fewer than two cross-validation folds."""
+    if folds < 2:
+        raise ProductLensError(f"folds must be at least 2 (cross-validation), got {folds}")
+
+
+def usable_folds(y: np.ndarray, folds: int) -> int:
+    """``folds`` (at least 2), reduced to the images of the smallest class so each fold holds every class."""
+    check_folds(folds)
+    return max(2, min(folds, int(np.unique(y, return_counts=True)[1].min())))
+
+
 def out_of_fold_probs(feats, hierarchy, options, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold fine-class probabilities of every image (stratified folds)."""
+    """Out-of-fold fine-class probabilities of every image (stratified folds, see :func:`usable_folds`)."""
     from sklearn.model_selection import StratifiedKFold
 
     from productlens.models.classifiers.head import train_head
@@ -117,11 +131,12 @@ def out_of_fold_probs(feats, hierarchy, options, folds: int = 5, seed: int = 0) 
     from productlens.pipeline.classify import n_train_views, view_lists
     from productlens.models.classifiers.calibration import view_probs
 
+    check_folds(folds)
     _, tta_pos = view_lists(options)
     n_views = n_train_views(options)
     y = feats.y
     n_classes = len(hierarchy.labels)
-    folds = max(2, min(folds, int(np.bincount(y).min())))
+    folds = usable_folds(y, folds)
     probs = np.zeros((len(y), n_classes), np.float32)
     parents = [lv.parent for lv in hierarchy.levels]
     for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
@@ -145,15 +160,22 @@ def small_loss_issues(feats, hierarchy, options, probs: np.ndarray) -> np.ndarra
 
 def audit_labels(data: LabelledSet, options=None, *, folds: int = 5, threshold: float = 0.95,
                  progress: bool = True) -> AuditReport:
-    """Flag probably-wrong labels (ranked, with a suggestion) and near-duplicates across classes."""
+    """Flag probably-wrong labels (ranked, with a suggestion) and near-duplicates across classes.
+
+    ``folds`` (at least 2) is reduced to the readable images of the smallest class; the
+    report's ``folds`` is the number used. A class left with fewer than two readable images
+    is an error naming it.
+    """
     from productlens.models.classifiers.hierarchy import build_hierarchy
     from productlens.pipeline.classify import TrainOptions, training_features
 
     start = time.perf_counter()
     options = options or TrainOptions()
+    check_folds(folds)  # before the long work
     check_trainable(data)
     hierarchy = build_hierarchy(data.label, data.labels, {})
     feats = training_features(data, hierarchy, options, progress=progress)
+    check_readable(data, feats.ok, feats.errors)
     probs = out_of_fold_probs(feats, hierarchy, options, folds=folds)
     idx, suggested = confident_issues(probs, feats.y)
     flags = {int(i): (int(s), "confident learning") for i, s in zip(idx, suggested)}
@@ -168,7 +190,8 @@ def audit_labels(data: LabelledSet, options=None, *, folds: int = 5, threshold: 
     dups = [Duplicate(int(feats.ok[a]), int(feats.ok[b]), data.items[feats.ok[a]].image,
                       data.items[feats.ok[b]].image, ok_labels[a], ok_labels[b], s)
             for a, b, s in near_duplicates(feats.x[0].astype(np.float32), ok_labels, threshold)]
-    return AuditReport(suspects, dups, feats.errors, len(data), time.perf_counter() - start)
+    return AuditReport(suspects, dups, feats.errors, len(data), time.perf_counter() - start,
+                       usable_folds(feats.y, folds))
 
 
 def plot_audit(report: AuditReport, path: str | Path, *, suspects: int = 30, pairs: int = 9) -> Path:
@@ -191,5 +214,5 @@ def plot_audit(report: AuditReport, path: str | Path, *, suspects: int = 30, pai
     return contact_sheet(rows or placeholder("nothing flagged"), path, title=title)
 
 
-__all__ = ["AuditReport", "Duplicate", "Suspect", "audit_labels", "confident_issues", "near_duplicates",
-           "out_of_fold_probs", "plot_audit", "small_loss_issues"]
+__all__ = ["AuditReport", "Duplicate", "Suspect", "audit_labels", "check_folds", "confident_issues",
+           "near_duplicates", "out_of_fold_probs", "plot_audit", "small_loss_issues", "usable_folds"]

@@ -70,6 +70,13 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path:
     return save_chart(fig, path, dpi=120)
 
 
+def _check_test_read(test: LabelledSet, ok: np.ndarray, errors: list) -> None:
+    """Refuse to score a test set none of whose images could be read (no figures on 0 images)."""
+    if len(ok) == 0:
+        first = f": {errors[0][2]}" + (" ..." if len(errors) > 1 else "") if errors else ""
+        raise ProductLensError(f"{test.source}: no test image could be read ({len(test)} skipped){first}")
+
+
 def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | LabelledSet, label: str, *,
                             fine: str | None = None, options=None, plot: str | Path | None = None,
                             progress: bool = True) -> dict[str, Any]:
@@ -80,6 +87,7 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
     Returns ``top1, top5, macro_f1, balanced_accuracy, per_class, classes, train,
     test, skipped, seconds`` (training and prediction, embedding included); with
     ``plot`` (a confusion-matrix PNG), ``plot_error`` when it could not be written.
+    Raises :class:`ProductLensError` when no training or no test image could be read.
     """
     from productlens.pipeline.classify import train_classifier
 
@@ -101,6 +109,7 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
     labels = clf.hierarchy.labels_of(level)
     check_known(test, labels)
     pred = clf.predict_batch(test.items, level=level, progress=progress, cache=not clf.own_backbone)
+    _check_test_read(test, pred.ok, pred.errors)
     index = {v: i for i, v in enumerate(labels)}
     y = np.array([index[test.labels[i]] for i in pred.ok], np.int64)
     m = classification_metrics(pred.probs, y, labels)

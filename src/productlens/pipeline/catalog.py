@@ -24,6 +24,7 @@ it into place, so an interrupted build leaves no half-written catalog.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -301,6 +302,31 @@ class Catalog:
         if item_id >= int(self.store.get_info(NEXT_ID_KEY, 0) or 0):
             self.store.set_info(NEXT_ID_KEY, int(item_id) + 1)
 
+    def with_new_ids(self, items: Sequence[Item], *, products_by_category: bool = False) -> list[Item]:
+        """Copies of ``items`` under ids no item of this catalog has had (take them under :meth:`writing`).
+
+        ``products_by_category`` (items read from an ImageFolder tree, whose product ids number
+        its folders from 0): each folder becomes the catalog's product of that category when exactly
+        one product has it, else a new product id above the catalog's largest."""
+        start = self.free_id()
+        items = [dataclasses.replace(it, id=start + i) for i, it in enumerate(items)]
+        if products_by_category:
+            mds = [md for md in self.store.get(self.store.ids()) if md and md.get("product_id") is not None]
+            owners: dict[str, set[int]] = {}
+            for md in mds:
+                if md.get("category"):
+                    owners.setdefault(md["category"], set()).add(int(md["product_id"]))
+            top = max((int(md["product_id"]) for md in mds), default=-1)
+            new: dict[str, int] = {}
+            for name in dict.fromkeys(it.category for it in items):
+                if len(owners.get(name, ())) == 1:
+                    new[name] = next(iter(owners[name]))
+                else:
+                    top += 1
+                    new[name] = top
+            items = [dataclasses.replace(it, product_id=new[it.category]) for it in items]
+        return items
+
     def remove(self, ids: Sequence[int]) -> int:
         self._changed()
         return self.store.remove(ids)
@@ -497,7 +523,10 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     if not items:
         raise ProductLensError("the catalog has no items")
     if len({it.id for it in items}) != len(items):
-        raise ProductLensError("catalog item ids must be unique")
+        seen: set[int] = set()
+        repeated = sorted({it.id for it in items if it.id in seen or seen.add(it.id)})
+        raise ProductLensError(f"catalog item ids must be unique; repeated: {repeated[:10]}"
+                               + (" ..." if len(repeated) > 10 else ""))
     if embedder.startswith("onnx:") and not Path(embedder[5:]).expanduser().is_absolute():
         # the user's model, named from where they are: a relative name in a catalog means inside its folder
         embedder = "onnx:" + str(Path(embedder[5:]).expanduser().absolute())

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
-from productlens.data.labelled import LabelledSet, check_trainable
+from productlens.data.labelled import LabelledSet, check_readable, check_trainable
 from productlens.fileio import check_replaceable
 from productlens.models.classifiers.head import HeadConfig, train_head
 from productlens.models.classifiers.hierarchy import Hierarchy, build_hierarchy
@@ -248,7 +248,8 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
     """Train a classifier on ``data`` (fine level = ``data.label``, coarser levels = ``data.parents``).
 
     Writes the model folder to ``out`` when given. Unreadable images are skipped
-    and returned in ``errors``; a class with fewer than two readable images is an error.
+    and returned in ``errors``; a class with fewer than two readable images (none included) is an
+    error naming it, and so is a set with no readable image.
     With ``options.finetune`` (a backbone :func:`~productlens.models.finetune.supports`;
     others are used frozen, with a warning) the classifier carries its fine-tuned
     backbone: in a temporary folder until it is saved.
@@ -275,8 +276,7 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
     emb = emb or get_embedder(options.backbone)
     # a fine-tuned backbone is used by this classifier only: its features are not worth caching
     feats = training_features(data, hierarchy, options, progress=progress, embedder=emb, cache=root is None)
-    if feats.errors:
-        check_trainable(data.subset(feats.ok))
+    check_readable(data, feats.ok, feats.errors)  # a class whose photos are all unreadable is not kept
     clf, metrics = fit_on_features(feats, hierarchy, options, images, progress,
                                    fingerprint=model_fingerprint(emb), embedder=name,
                                    held=None if held is None else held[feats.ok])
