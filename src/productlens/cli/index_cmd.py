@@ -140,8 +140,11 @@ def add(
     the products of the same category name, or new products."""
     from productlens.data.readers import catalog_ids_given, read_catalog
     from productlens.pipeline.catalog import Catalog
+    from productlens.types import ProductLensError
 
     new = read_catalog(items)
+    if not new:
+        raise ProductLensError(f"{items}: no items to add")
     with Catalog.open(catalog_dir) as cat, cat.writing():
         if not catalog_ids_given(items):
             new = cat.with_new_ids(new, products_by_category=items.is_dir())
