@@ -38,8 +38,8 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def _targz(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tf:
+def _targz(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -143,12 +143,7 @@ def _payload() -> dict[str, bytes]:
 
 
 def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
+    return _targz(path, members, mode="w")
 
 
 def _truncate(path: Path) -> Path:
@@ -189,13 +184,7 @@ def test_extract_zip_with_bad_crc_is_damaged(cache: Path, src: Path) -> None:
 @pytest.mark.parametrize("mode,name", [("w:gz", "set.tgz"), ("w:gz", "set.tar.gz"), ("w:bz2", "set.tar.bz2"),
                                        ("w:xz", "set.tar.xz")])
 def test_extract_corrupted_compressed_tar_is_damaged(cache: Path, src: Path, mode: str, name: str) -> None:
-    archive = src / name
-    with tarfile.open(archive, mode) as tf:
-        for member, data in _payload().items():
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    _assert_damaged(cache, _flip(archive))
+    _assert_damaged(cache, _flip(_targz(src / name, _payload(), mode=mode)))
 
 
 def test_extract_gzip_that_is_no_tar_is_not_called_damaged(cache: Path, src: Path) -> None:
