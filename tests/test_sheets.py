@@ -146,21 +146,25 @@ def test_empty_sheets_say_why_and_titles_are_not_cut(tmp_path, monkeypatch) -> N
 
 
 def test_detected_boxes_are_drawn_for_queries_without_one(tmp_path, monkeypatch) -> None:
+    """eval retrieval --detect detects each query once; the sheet draws the box that was searched."""
+    from helpers import write_dataset
     from test_detect import _write_user_detector
 
     from productlens.eval import retrieval, sheets
     from productlens.models.detectors import load_detector
-    from productlens.types import Item
 
-    Image.new("RGB", (128, 128), (255, 0, 0)).save(tmp_path / "red.jpg")
+    ds = write_dataset(tmp_path / "ds", n_products=3, per_product=2)
     detector = load_detector(f"onnx:{_write_user_detector(tmp_path / 'd.onnx', square=False)}")
+    calls, real_detect = [], detector.detect
+    monkeypatch.setattr(detector, "detect", lambda img, **kw: calls.append(1) or real_detect(img, **kw))
     seen = {}
     real = sheets.contact_sheet
     monkeypatch.setattr(sheets, "contact_sheet",
                         lambda rows, path, **kw: seen.update(rows=rows) or real(rows, path, **kw))
-    retrieval.plot_rankings([Item(0, str(tmp_path / "red.jpg"), product_id=1)], np.array([[5]]), np.array([1.0]),
-                            {5: 1}, {5: str(tmp_path / "red.jpg")}, tmp_path / "r.png", detector=detector)
-    assert seen["rows"][0][0].box is not None and seen["rows"][0][1].border == RIGHT
+    m = retrieval.evaluate_retrieval(ds["gallery"], ds["queries"], embedder="efficientnet-lite0", detector=detector,
+                                     plot=tmp_path / "r.png", progress=False, verify=False)
+    assert m["queries"] == 6 and len(calls) == 6  # once per query, not again for the sheet
+    assert all(row[0].box is not None for row in seen["rows"]) and (tmp_path / "r.png").is_file()
 
 
 def test_detection_plots_without_test_boxes(tmp_path) -> None:

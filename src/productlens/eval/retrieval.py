@@ -80,6 +80,11 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
             gallery = attach_product_text(gallery, read_products_jsonl(products))
         weight, weights = choose_text_weight(gallery, train, embedder=embedder, use_gallery_labels=catalog_mode,
                                              progress=progress)
+    if detector is not None:  # detected once: the boxes searched are the boxes drawn
+        from productlens.pipeline.detect import best_boxes
+
+        boxes = best_boxes(detector, [q.image for q in queries], [q.box for q in queries], progress=progress)
+        queries = [dataclasses.replace(q, box=b) for q, b in zip(queries, boxes)]
     with tempfile.TemporaryDirectory(prefix="productlens-eval-") as tmp:
         catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
                                          use_gallery_labels=catalog_mode, finetune=finetune and train is not None,
@@ -89,8 +94,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
             if text:
                 catalog.set_text_weight(weight)
             rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
-                                             group_by_product=catalog_mode, progress=progress,
-                                             detector=detector, verify=verify)
+                                             group_by_product=catalog_mode, progress=progress, verify=verify)
     if rankings_out:
         from productlens.pipeline.rank import save_rankings
 
@@ -104,7 +108,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     if plot:  # a sheet that cannot be written costs the picture, not the figures
         try:
             plot_rankings(queries, rankings, per_query_ap(as_index, gallery_labels, query_labels, k), truth,
-                          photos, plot, detector=detector,
+                          photos, plot,
                           title=f"{Path(queries_csv).name} vs {Path(gallery_csv).name}: mAP@{k} "
                                 f"{metrics[f'map@{k}']:.3f}")
         except ProductLensError as exc:
@@ -118,15 +122,15 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
 
 def plot_rankings(queries: Sequence[Item], rankings: np.ndarray, ap: np.ndarray, truth: dict[int, int],
                   photos: dict[int, str], path: str | Path, *, rows: int = 16, shown: int = 5,
-                  title: str = "", detector: Detector | None = None) -> Path:
+                  title: str = "") -> Path:
     """A contact sheet of queries and their first ``shown`` results, green where a result shows
     the query's product, red where not; the query's box is drawn and its AP in its caption.
 
     The first half of the ``rows`` are the queries with the lowest AP (where to look first),
     the rest an even sample of the others (what a typical query looks like). ``rankings``
     holds gallery ids (-1: none), ``truth`` maps them to product ids (-1: distractor) and
-    ``photos`` to their images. ``detector``: the one the queries without a box were
-    searched with; their detected box is drawn.
+    ``photos`` to their images. Each query's ``box`` (given, or detected by
+    :func:`evaluate_retrieval`) is drawn.
     """
     from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet, placeholder
 
@@ -139,14 +143,10 @@ def plot_rankings(queries: Sequence[Item], rankings: np.ndarray, ap: np.ndarray,
     picks = sorted({others[int(j)] for j in np.linspace(0, len(others) - 1, min(rows - len(worst), len(others)))}
                    ) if others else []
     shown_rows = worst + picks
-    boxes = [queries[i].box for i in shown_rows]
-    if detector is not None:  # the box each query was searched with
-        from productlens.pipeline.detect import best_boxes
-
-        boxes = best_boxes(detector, [queries[i].image for i in shown_rows], boxes, progress=False)
     sheet = []
-    for i, box in zip(shown_rows, boxes):
+    for i in shown_rows:
         q = queries[i]
+        box = q.box
         row = [Tile(q.image, f"query {q.id}  AP {ap[i]:.2f}\nproduct {q.product_id}", box=box)]
         for r, gid in enumerate(int(g) for g in rankings[i][:shown]):
             if gid < 0:
