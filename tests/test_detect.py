@@ -246,6 +246,19 @@ def test_detect_cli_writes_drawings_and_json(trained, tmp_path):
                                                                                        "alternatives"}
     assert Image.open(tmp_path / "out" / "a.jpg").size == (160, 120)
     assert not (tmp_path / "out" / "broken.json").exists()
+    model = ["--model", str(root / "detector")]
+    again = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), *model, "--out", str(tmp_path / "out")])
+    assert again.exit_code == 0, again.output  # its own earlier results are replaced
+    before = (tmp_path / "a.jpg").read_bytes()
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), *model, "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "would replace the input photo" in res.output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    img.save(mine / "b.png")
+    (mine / "b.json").write_text("{}")  # a user's file where b.json would go
+    res = CliRunner().invoke(app, ["detect", str(mine / "b.png"), *model, "--out", str(mine)])
+    assert res.exit_code == 1 and "b.json, which detect did not write" in res.output
+    assert (tmp_path / "a.jpg").read_bytes() == before and (mine / "b.json").read_text() == "{}"
 
 
 @pytest.mark.slow

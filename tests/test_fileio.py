@@ -54,9 +54,18 @@ def test_folders_productlens_wrote_are_replaced_whole(tmp_path) -> None:
     legacy.mkdir()
     (legacy / "config.json").write_text("{}")
     (legacy / "metrics.json").write_text("{}")
+    with pytest.raises(ProductLensError, match="did not write"):  # as any export's files may be named
+        check_replaceable(legacy)
+    (legacy / "labels.json").write_text("[]")  # a classifier folder from before the marker
     check_replaceable(legacy)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    (export / "model.onnx").write_bytes(b"onnx")
+    with pytest.raises(ProductLensError, match="did not write"):  # a user's ONNX export is not wiped
+        check_replaceable(export)
     check_replaceable(tmp_path / "empty-or-missing")
-    assert sorted(os.listdir(tmp_path)) == ["legacy", "model"]  # no temporary or .old folders left
+    assert sorted(os.listdir(tmp_path)) == ["export", "legacy", "model"]  # no temporary or .old folders left
 
 
 def test_replace_dir_swaps_in_one_step(tmp_path) -> None:

@@ -33,6 +33,8 @@ MARKER = ".productlens"
 #: what folders written before the marker existed hold: they may be replaced too
 _LEGACY_FILES = frozenset({"config.json", "metrics.json", "head.npz", "labels.json", "detector.json", "model.onnx",
                            "adapter.npz", "adapter.json", "weights.npz", "backbone"})
+#: ... when one of these is among them: config.json and model.onnx alone are any ONNX export's
+_LEGACY_SIGNS = frozenset({"head.npz", "labels.json", "detector.json", "adapter.npz", "adapter.json", "weights.npz"})
 _UMASK: int | None = None
 #: what the name of every temporary written beside a target ends with
 TMP_SUFFIX = ".pltmp"
@@ -62,14 +64,15 @@ def share(path: str | os.PathLike) -> None:
 def check_replaceable(target: str | os.PathLike) -> None:
     """Raise ProductLensError unless :func:`atomic_dir` may replace ``target``: it does not
     exist, is an empty folder, or is a folder productlens wrote (its marker file, or only
-    the files productlens writes). Call it before long work that ends in such a write."""
+    the files productlens writes, one of them its own kind: a user's ``config.json`` and
+    ``model.onnx`` are not enough). Call it before long work that ends in such a write."""
     target = Path(target)
     if not target.exists():
         return
     if not target.is_dir():
         raise ProductLensError(f"{target} exists and is not a folder; choose another output folder")
     names = {p.name for p in target.iterdir()}
-    if not names or MARKER in names or names <= _LEGACY_FILES:
+    if not names or MARKER in names or (names <= _LEGACY_FILES and names & _LEGACY_SIGNS):
         return
     shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
     raise ProductLensError(f"{target} already holds files productlens did not write ({shown}); it would be "

@@ -20,7 +20,7 @@ from productlens import fonts
 from productlens.data.images import load_image
 from productlens.fileio import atomic_path
 from productlens.models.detectors.runtime import Detection, Detector
-from productlens.types import Box, ImageError
+from productlens.types import Box, ImageError, ProductLensError
 
 
 def _colour(label: int) -> tuple[int, int, int]:
@@ -77,10 +77,12 @@ def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str |
     from tqdm import tqdm
 
     out = Path(out_dir) if out_dir is not None else None
+    names = _names(paths)
     if out is not None:
+        check_detect_out(out, paths, names)
         out.mkdir(parents=True, exist_ok=True)
     records, errors = [], []
-    for path, name in tqdm(list(zip(paths, _names(paths))), desc="detect", unit="image",
+    for path, name in tqdm(list(zip(paths, names)), desc="detect", unit="image",
                            disable=not progress or len(paths) < 2):
         try:
             img = load_image(path)
@@ -97,6 +99,35 @@ def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str |
             with atomic_path(out / f"{name}.json") as tmp:
                 tmp.write_text(json.dumps(rec, indent=1))
     return records, errors
+
+
+def check_detect_out(out: Path, paths: Sequence[str | Path], names: Sequence[str]) -> None:
+    """Before any work: ProductLensError when writing ``<name>.jpg`` / ``<name>.json`` into ``out``
+    would replace an input photo, or a file that an earlier ``detect`` did not write (its
+    ``<name>.json`` is then not a detection record). Earlier results are replaced."""
+    inputs = {Path(p).resolve(): Path(p) for p in paths if not str(p).lower().startswith(("http://", "https://"))}
+    clashes = []
+    for name in names:
+        record = out / f"{name}.json"
+        ours = _is_record(record)
+        for target in (out / f"{name}.jpg", record):
+            if target.resolve() in inputs:
+                raise ProductLensError(f"writing {target} would replace the input photo {inputs[target.resolve()]}; "
+                                       "choose another --out")
+            if target.exists() and not ours:
+                clashes.append(target.name)
+    if clashes:
+        shown = ", ".join(clashes[:5]) + (" ..." if len(clashes) > 5 else "")
+        raise ProductLensError(f"{out} already holds {shown}, which detect did not write; choose another --out")
+
+
+def _is_record(path: Path) -> bool:
+    """Whether ``path`` is a detection record written by :func:`detect_files`."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and "detections" in rec and "image" in rec
 
 
 def best_box(detector: Detector, img: Image.Image, *, min_score: float = 0.05) -> Box | None:
