@@ -140,7 +140,10 @@ def test_bad_items_are_skipped_and_reported(dataset, tmp_path) -> None:
             cat.search(gallery[0].image, box=Box(500, 500, 10, 10))
 
 
-def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path) -> None:
+def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path, monkeypatch) -> None:
+    from productlens import fileio
+
+    monkeypatch.setattr(fileio, "SWEEP_EVERY", 0.0)  # each build sweeps, not only the first in this process
     gallery = read_gallery(dataset["gallery"])
     build_catalog(gallery, tmp_path / "cat", embedder=MODEL, progress=False)[0].close()
     with pytest.raises(ProductLensError, match="exists"):

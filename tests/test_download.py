@@ -74,7 +74,10 @@ def test_sha256_mismatch_caches_nothing(cache: Path, src: Path) -> None:
     assert fetch(source.as_uri(), sha256=good).read_bytes() == b"payload"
 
 
-def test_cached_file_with_other_hash_is_downloaded_again(tmp_path: Path, src: Path) -> None:
+def test_cached_file_with_other_hash_is_downloaded_again(tmp_path: Path, src: Path, monkeypatch) -> None:
+    from productlens import fileio
+
+    monkeypatch.setattr(fileio, "SWEEP_EVERY", 0.0)  # the folder was swept by the first download
     source = src / "v.txt"
     source.write_bytes(b"v1")
     first = fetch(source.as_uri(), cache=tmp_path / "c")

@@ -128,12 +128,12 @@ def test_a_killed_writers_temporary_is_swept_and_a_live_ones_kept(tmp_path, monk
     target = tmp_path / ("model" if kind == "dir" else "a.csv")
     proc, tmp = _killed_mid_write(target, kind)
     try:
-        assert fileio.sweep_stale(target) == [] and tmp.exists()  # its writer is alive: kept
+        assert fileio.sweep_stale(tmp_path) == [] and tmp.exists()  # its writer is alive: kept
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert tmp.exists() and not target.exists()  # what a kill -9 leaves
-    other = tmp_path / f"{target.name}x.pltmp"  # a temporary of another target: not this sweep's business
+    other = tmp_path / f"{target.name}.pltmp.txt"  # not a temporary's name: never swept
     other.write_text("x")
     os.utime(other, (0, 0))
     if kind == "dir":
@@ -151,10 +151,10 @@ def test_young_temporaries_are_not_swept(tmp_path) -> None:
 
     young = tmp_path / "m.abc.pltmp"
     young.mkdir()  # unlocked, but its writer may be about to lock it
-    assert fileio.sweep_stale(tmp_path / "m") == [] and young.exists()
+    assert fileio.sweep_stale(tmp_path) == [] and young.exists()
     old = time.time() - 2 * fileio.SWEEP_MIN_AGE
     os.utime(young, (old, old))
-    assert fileio.sweep_stale(tmp_path / "m") == [young] and not young.exists()
+    assert fileio.sweep_stale(tmp_path) == [young] and not young.exists()
 
 
 def test_file_lock_excludes_other_holders_and_times_out(tmp_path) -> None:
@@ -184,9 +184,28 @@ def test_a_file_system_without_flock_still_gets_its_writes(tmp_path, monkeypatch
     monkeypatch.setattr(fileio, "SWEEP_MIN_AGE", 0.0)
     with atomic_path(tmp_path / "a.csv") as tmp:
         tmp.write_text("x")
-        assert fileio.sweep_stale(tmp_path / "a.csv") == [] and tmp.exists()  # cannot tell: never swept
+        assert fileio.sweep_stale(tmp_path) == [] and tmp.exists()  # cannot tell: never swept
     with atomic_dir(tmp_path / "model") as tmp:
         (tmp / "config.json").write_text("{}")
     with file_lock(tmp_path / "w.lock"):
         pass
     assert (tmp_path / "a.csv").read_text() == "x" and (tmp_path / "model" / "config.json").is_file()
+
+
+def test_a_folder_is_swept_now_and_then_not_on_every_write(tmp_path, monkeypatch) -> None:
+    """Writing many files into one folder must not list it again for each of them."""
+    from productlens import fileio
+
+    monkeypatch.setattr(fileio, "SWEEP_MIN_AGE", 0.0)
+    swept = []
+    real = fileio.sweep_stale
+    monkeypatch.setattr(fileio, "sweep_stale", lambda folder: swept.append(folder) or real(folder))
+    for i in range(5):
+        with atomic_path(tmp_path / f"f{i}.json") as tmp:
+            tmp.write_text("{}")
+    assert swept == [tmp_path]
+    monkeypatch.setattr(fileio, "SWEEP_EVERY", 0.0)
+    with atomic_path(tmp_path / "g.json") as tmp:
+        tmp.write_text("{}")
+    assert swept == [tmp_path, tmp_path]
+

@@ -8,7 +8,9 @@ user's folder given by mistake as ``--out`` is refused, not wiped.
 Every temporary file or folder written beside a target is named
 ``<target>.<random>.pltmp`` and locked (``flock``) by its writer for as long as
 it lives. A writer killed with SIGKILL leaves its temporary behind, unlocked;
-the next write beside the same target removes it (:func:`sweep_stale`).
+a later write into the same folder removes it (:func:`sweep_stale`, at most once
+every ``SWEEP_EVERY`` seconds a folder in one process, so that writing many files
+into one folder does not list it again for each).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ _UMASK: int | None = None
 TMP_SUFFIX = ".pltmp"
 #: a temporary younger than this (seconds) is never swept: its writer may not have locked it yet
 SWEEP_MIN_AGE = 60.0
+#: a process sweeps a folder again only after this many seconds (see :func:`temporary_beside`)
+SWEEP_EVERY = 600.0
+_SWEPT: dict[str, float] = {}  # folder -> when this process last swept it (time.monotonic)
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +144,22 @@ def file_lock(path: str | os.PathLike, timeout: float = 60.0) -> Iterator[None]:
             os.close(fd)
 
 
-def sweep_stale(target: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries beside ``target`` that no living writer holds (left by a kill).
+def sweep_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries in ``folder`` that no living writer holds (left by a kill).
 
-    Only names ``<target>.<...>.pltmp`` older than ``SWEEP_MIN_AGE`` are looked at; one that
+    Only names ending ``.pltmp`` older than ``SWEEP_MIN_AGE`` are looked at; one that
     cannot be removed is left for a later sweep. Returns what was removed."""
     import shutil
 
-    target = Path(target)
+    folder = Path(folder)
     removed: list[Path] = []
     try:
-        entries = list(os.scandir(target.parent))
+        entries = list(os.scandir(folder))
     except OSError:
         return removed
     now = time.time()
     for e in entries:
-        if not (e.name.startswith(target.name + ".") and e.name.endswith(TMP_SUFFIX)):
+        if not e.name.endswith(TMP_SUFFIX):
             continue
         try:
             if e.is_symlink() or now - e.stat(follow_symlinks=False).st_mtime < SWEEP_MIN_AGE:
@@ -175,18 +180,27 @@ def sweep_stale(target: str | os.PathLike) -> list[Path]:
         finally:
             os.close(fd)
     if removed:
-        log.info("removed %d temporary file(s) left beside %s by a writer that was killed", len(removed), target)
+        log.info("removed %d temporary file(s) left in %s by a writer that was killed", len(removed), folder)
     return removed
+
+
+def _sweep_now_and_then(folder: Path) -> None:
+    """:func:`sweep_stale` ``folder``, unless this process did within ``SWEEP_EVERY`` seconds."""
+    key, now = os.path.abspath(folder), time.monotonic()
+    if now - _SWEPT.get(key, -SWEEP_EVERY) < SWEEP_EVERY:
+        return
+    _SWEPT[key] = now
+    sweep_stale(folder)
 
 
 @contextlib.contextmanager
 def temporary_beside(target: str | os.PathLike, *, folder: bool = False, tag: str = "") -> Iterator[Path]:
     """Create a temporary file (or ``folder``) named ``<target>.<tag><random>.pltmp`` beside ``target``
-    and hold its lock until the block ends; stale temporaries of the same target are swept first.
+    and hold its lock until the block ends; the folder's stale temporaries are swept first (now and then).
     It gets an ordinary file's or folder's permissions. Removing it is the caller's business."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(target)
+    _sweep_now_and_then(target.parent)
     prefix = f"{target.name}.{tag}"
     if folder:
         tmp = tempfile.mkdtemp(prefix=prefix, suffix=TMP_SUFFIX, dir=target.parent)
