@@ -180,6 +180,77 @@ def test_load_detector_errors(tmp_path, monkeypatch):
         load_detector()
 
 
+def _onnx_detector(path: Path, spec: object, *, dtype: str = "float", shape: list | None = None) -> Path:
+    """A constant ONNX detector (one box, two classes) with input ``dtype`` and ``shape``, and ``spec`` beside it
+    (a dict as JSON, bytes as they are)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = TensorProto.FLOAT if dtype == "float" else TensorProto.UINT8
+    image = helper.make_tensor_value_info("image", elem, shape or [1, 3, "h", "w"])
+    consts = {"boxes": np.array([[[8, 8, 40, 40]]], np.float32), "scores": np.array([[[0.9, 0.01]]], np.float32)}
+    nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v)) for k, v in consts.items()]
+    outs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in consts.items()]
+    model = helper.make_model(helper.make_graph(nodes, "det", [image], outs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    spec_path = path.with_suffix(".json")
+    spec_path.write_bytes(spec if isinstance(spec, bytes) else json.dumps(spec).encode())
+    return path
+
+
+_SPEC = {"labels": ["red", "other"], "size": 64, "resize": "square", "input": "float"}
+
+
+@pytest.mark.parametrize("spec, dtype, shape, message", [
+    (_SPEC, "uint8", [1, 3, "h", "w"], "input 'image' is tensor\\(uint8\\), but its spec's \"input\": \"float\""),
+    ({**_SPEC, "input": "uint8"}, "float", [1, "h", "w", 3],
+     "is tensor\\(float\\), but its spec's \"input\": \"uint8\""),
+    (_SPEC, "float", [1, 3, 128, 128], "fixed size \\[1, 3, 128, 128\\], but its spec says \"size\": 64"),
+    ({**_SPEC, "resize": "long"}, "float", [1, 3, 96, 128], "a fixed input must be square"),
+    ({**_SPEC, "resize": "long"}, "float", [1, 3, 96, 96], "set \"size\": 96"),
+    (_SPEC, "float", [3, "h", "w"], "has rank 3"),
+    (_SPEC, "float", [1, 1, "h", "w"], "the contract is 1 x 3 x H x W"),
+    (_SPEC, "float", [2, 3, "h", "w"], "one RGB photo"),
+    ({**_SPEC, "size": "big"}, "float", None, "'size' must be an integer from 32 to 8192 \\(pixels\\), got 'big'"),
+    ({**_SPEC, "size": 16}, "float", None, "'size' must be"),
+    ({**_SPEC, "nms_iou": "x"}, "float", None, "'nms_iou' must be a number in \\(0, 1\\]"),
+    ({**_SPEC, "nms_iou": 0}, "float", None, "'nms_iou' must be"),
+    ({**_SPEC, "score_threshold": 1.5}, "float", None, "'score_threshold' must be a number in \\[0, 1\\)"),
+    ({**_SPEC, "multiple": 0}, "float", None, "'multiple' must be an integer from 1"),
+    ({**_SPEC, "max_detections": True}, "float", None, "'max_detections' must be an integer >= 1"),
+    ({**_SPEC, "mean": [0.5, 0.5]}, "float", None, "'mean' must be 3 numbers"),
+    ({**_SPEC, "std": [0.5, 0, 0.5]}, "float", None, "'std' must be 3 numbers > 0"),
+    ({**_SPEC, "resize": "crop"}, "float", None, "'resize' must be \"long\" or \"square\""),
+    ({**_SPEC, "input": "int8"}, "float", None, "'input' must be \"uint8\" or \"float\""),
+    ({**_SPEC, "labels": [1, 2]}, "float", None, "'labels' must be a non-empty list of tag names"),
+    ({**_SPEC, "labels": ["one"]}, "float", None, "output 'scores' has 2 classes but its spec lists 1 labels"),
+    (5, "float", None, "a detector spec is a JSON object"),
+    (b"\xff\xfe{}", "float", None, "not UTF-8"),
+])
+def test_user_onnx_detector_is_checked_when_loaded(tmp_path, spec, dtype, shape, message):
+    model = _onnx_detector(tmp_path / "mine.onnx", spec, dtype=dtype, shape=shape)
+    with pytest.raises(ProductLensError, match=message) as err:
+        load_detector(f"onnx:{model}")
+    assert str(tmp_path / "mine.") in str(err.value)  # names the model or its spec
+
+
+def test_user_onnx_detector_with_a_fixed_input_size(tmp_path):
+    square = load_detector(f"onnx:{_onnx_detector(tmp_path / 'sq.onnx', _SPEC, shape=[1, 3, 64, 64])}")
+    (d,) = square.detect(Image.new("RGB", (128, 256)))
+    assert (d.box.x, d.box.y, d.box.w, d.box.h) == pytest.approx((16, 32, 64, 128))
+    spec = {**_SPEC, "resize": "long", "size": 60, "multiple": 32}  # letterboxed into 64 x 64
+    long = load_detector(f"onnx:{_onnx_detector(tmp_path / 'long.onnx', spec, shape=[1, 3, 64, 64])}")
+    x, factors = long.prepare(Image.new("RGB", (120, 60)))
+    assert x.shape == (1, 3, 64, 64) and factors == (0.5, 0.5)
+    (d,) = long.detect(Image.new("RGB", (120, 60)))
+    assert (d.box.x, d.box.y, d.box.w, d.box.h) == pytest.approx((16, 16, 64, 44))  # clipped at the 60 px height
+    uint8 = {**_SPEC, "input": "uint8"}
+    assert load_detector(f"onnx:{_onnx_detector(tmp_path / 'u.onnx', uint8, dtype='uint8', shape=[1, 'h', 'w', 3])}"
+                         ).detect(Image.new("RGB", (64, 64)))[0].tag == "red"
+
+
 def test_draw_detections(tmp_path):
     from productlens.models.detectors.runtime import Detection
     from productlens.pipeline.detect import draw_detections
@@ -285,6 +356,101 @@ def test_eval_detect_cli_json(tmp_path):
     assert (tmp_path / "ap.png").is_file() and (tmp_path / "ap_examples.png").is_file()
 
 
+def _perfect_detector(monkeypatch, truth: Path):
+    """``evaluate_detection`` without training: its detector finds exactly ``truth``'s boxes
+    (a COCO file with the training set's categories), image by image in order."""
+    from productlens.models import detectors
+    from productlens.models.detectors.runtime import Detection
+    from productlens.pipeline import detect_train
+    from productlens.types import Box
+
+    data = read_coco(truth)
+    answers = iter([[Detection(Box(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])),
+                               data.names[lab], 1.0, int(lab)) for b, lab in zip(im.boxes, im.labels)]
+                    for im in data.images])
+
+    class Perfect:
+        labels = tuple(data.names)
+
+        def detect(self, img, **kwargs):
+            return next(answers)
+
+    monkeypatch.setattr(detect_train, "train_detector", lambda *a, **k: {"images": 4, "skipped": []})
+    monkeypatch.setattr(detectors, "load_detector", lambda *a, **k: Perfect())
+
+
+def _recoded(path: Path, name: str, categories: list[dict], ids: dict[int, int]) -> Path:
+    """A copy of the COCO file ``path`` with other ``categories`` and its annotations' ids mapped by ``ids``."""
+    data = json.loads(path.read_text())
+    data["categories"] = categories
+    for ann in data["annotations"]:
+        ann["category_id"] = ids[ann["category_id"]]
+    out = path.with_name(name)
+    out.write_text(json.dumps(data))
+    return out
+
+
+@pytest.mark.parametrize("categories, ids", [
+    ([{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}], {7: 1, 9: 2}),  # the same names, renumbered
+    ([{"id": 7, "name": "disc"}, {"id": 9, "name": "square"}], {7: 9, 9: 7}),  # the names swapped on the ids
+    ([{"id": 9, "name": "disc"}, {"id": 7, "name": "square"}, {"id": 3, "name": "hat"}], {7: 7, 9: 9}),  # + one unused
+])
+def test_eval_detect_matches_test_categories_by_name(tmp_path, monkeypatch, categories, ids):
+    from productlens.eval.detection import evaluate_detection
+
+    train = write_coco(tmp_path, "train", 2, seed=1)
+    test = write_coco(tmp_path, "test", 4, seed=2)
+    _perfect_detector(monkeypatch, test)
+    m = evaluate_detection(train, _recoded(test, "recoded.json", categories, ids), progress=False)
+    assert m["map50"] == pytest.approx(1.0) and set(m["per_class"]) == {"square", "disc"}, m
+    notes = "\n".join(m["problems"])
+    assert ("matched by name" in notes) == (ids != {7: 7, 9: 9})
+    assert ("does not know, ignored: 'hat'" in notes) == (len(categories) == 3)
+
+
+def test_eval_detect_refuses_test_boxes_of_an_unknown_class(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+    from productlens.pipeline import detect_train
+
+    train = write_coco(tmp_path, "train", 2, seed=1)
+    test = _recoded(write_coco(tmp_path, "test", 4, seed=2), "hats.json",
+                    [{"id": 7, "name": "Square"}, {"id": 9, "name": "disc"}], {7: 7, 9: 9})
+    monkeypatch.setattr(detect_train, "train_detector", lambda *a, **k: pytest.fail("trained first"))
+    res = CliRunner().invoke(app, ["eval", "detect", "--train", str(train), "--test", str(test)])
+    assert res.exit_code == 1 and "error: " in res.output and "Traceback" not in res.output
+    assert "test categories the detector was not trained on: 'Square' (id 7, " in res.output
+    assert "its classes: square, disc" in res.output
+
+
+@pytest.mark.parametrize("annotations", [[], None])
+def test_eval_detect_refuses_a_test_set_without_boxes(tmp_path, monkeypatch, annotations):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+    from productlens.eval.detection import coco_map
+    from productlens.pipeline import detect_train
+
+    train = write_coco(tmp_path, "train", 2, seed=1)
+    test = write_coco(tmp_path, "test", 2, seed=2)
+    data = json.loads(test.read_text())
+    if annotations is None:
+        del data["annotations"]
+    else:
+        data["annotations"] = annotations
+    test.write_text(json.dumps(data))
+    monkeypatch.setattr(detect_train, "train_detector", lambda *a, **k: pytest.fail("trained first"))
+    res = CliRunner().invoke(app, ["eval", "detect", "--train", str(train), "--test", str(test), "--json"])
+    assert res.exit_code == 1 and "the test set has no boxes to score" in res.output, res.output
+    assert "map50" not in res.output
+    with pytest.raises(ProductLensError, match="no boxes to score"):
+        coco_map(read_coco(test), {})
+    # boxes but no detections: AP 0 for each class with boxes, not an empty per-class table
+    m = coco_map(read_coco(train), {})
+    assert m["map50"] == 0 and m["per_class"] == {"square": 0.0, "disc": 0.0}
+
+
 def test_training_refuses_data_without_boxes(tmp_path):
     from productlens.pipeline.detect_train import train_detector
 
@@ -295,6 +461,66 @@ def test_training_refuses_data_without_boxes(tmp_path):
     with pytest.raises(ProductLensError, match="no usable boxes"):
         train_detector(read_coco(path), tmp_path / "det", progress=False)
     assert not (tmp_path / "det").exists()
+
+
+TINY = dict(backbone="efficientnet-lite0", size=128, scales=(1.0,), flip=False, epochs=1)
+
+
+def _break(root: Path, data: dict, image_ids) -> None:
+    """Point the given images at undecodable files."""
+    (root / "photos" / "broken.jpg").write_bytes(b"broken")
+    for im in data["images"]:
+        if im["id"] in image_ids:
+            im["file_name"] = "photos/broken.jpg"
+
+
+def test_training_refuses_when_every_image_with_boxes_is_skipped(tmp_path):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+
+    path = write_coco(tmp_path, "set", 4)
+    data = json.loads(path.read_text())
+    _break(tmp_path, data, {1, 2, 3, 4})  # every image with boxes unreadable; only background images readable
+    data["images"] += [{"id": 50 + i, "file_name": f"photos/set_{i}.jpg", "width": 160, "height": 120}
+                       for i in range(2)]
+    path.write_text(json.dumps(data))
+    res = CliRunner().invoke(app, ["detector", "train", str(path), "--out", str(tmp_path / "det"),
+                                   "--backbone", "efficientnet-lite0", "--size", "128", "--epochs", "1"])
+    assert res.exit_code != 0
+    assert "error: " in res.output and "no usable boxes to train on" in res.output, res.output
+    assert "broken.jpg" in res.output and "only 2 background image(s)" in res.output
+    assert "trained on" not in res.output and not (tmp_path / "det").exists()
+
+
+def test_training_counts_the_images_and_boxes_it_used(tmp_path, monkeypatch):
+    from productlens.pipeline import detect_train
+
+    path = write_coco(tmp_path, "set", 4)  # boxes per image: 1, 2, 1, 2
+    data = json.loads(path.read_text())
+    data["images"] += [{"id": 50, "file_name": "photos/x.jpg"}, {"id": 51, "file_name": "photos/x.jpg"}]
+    _break(tmp_path, data, {2, 50, 51})  # three skipped records, one path
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(detect_train, "train_head", lambda *a, **k: (None, [1.0]))
+    monkeypatch.setattr(detect_train, "export_detector", lambda *a, **k: None)
+    m = detect_train.train_detector(read_coco(path), tmp_path / "det", detect_train.DetectTrainOptions(**TINY),
+                                    progress=False)
+    assert (m["images"], m["boxes"], m["views"], len(m["skipped"])) == (3, 4, 3, 3)
+    assert json.loads((tmp_path / "det" / "metrics.json").read_text())["boxes"] == 4
+
+
+def test_images_with_only_crowd_regions_are_not_background(tmp_path):
+    from productlens.pipeline.detect_train import DetectTrainOptions, extract_views
+
+    path = write_coco(tmp_path, "set", 4)
+    data = json.loads(path.read_text())
+    for a in data["annotations"]:
+        a["iscrowd"] = int(a["image_id"] == 1)
+    path.write_text(json.dumps(data))
+    coco = read_coco(path)
+    views = extract_views(coco, DetectTrainOptions(**TINY), progress=False)
+    assert (views.images, views.boxes, len(views)) == (3, 5, 3)
+    assert len(views.skipped) == 1 and "set_0.jpg: only crowd regions (iscrowd=1)" in views.skipped[0][1]
 
 
 def test_training_never_wipes_a_users_folder(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ and per-class AP@0.5 (classes with boxes in ``data``; COCO averages over them).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -23,13 +24,16 @@ if TYPE_CHECKING:
 
 
 def _coco_dict(data: CocoSet) -> dict:
+    """The ground truth for pycocotools; crowd regions go in as ``iscrowd: 1``, which the scorer
+    ignores (a detection there is neither right nor wrong)."""
     images, anns = [], []
     for im in data.images:
         images.append({"id": im.id, "width": im.width, "height": im.height, "file_name": str(im.path)})
-        for b, lab in zip(im.boxes, im.labels):
-            w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": im.id, "category_id": data.categories[lab]["id"],
-                         "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": 0})
+        for crowd, boxes, labels in ((0, im.boxes, im.labels), (1, im.crowd, im.crowd_labels)):
+            for b, lab in zip(boxes, labels):
+                w, h = float(b[2] - b[0]), float(b[3] - b[1])
+                anns.append({"id": len(anns) + 1, "image_id": im.id, "category_id": data.categories[lab]["id"],
+                             "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": crowd})
     return {"images": images, "annotations": anns, "categories": data.categories}
 
 
@@ -38,18 +42,24 @@ def coco_map(data: CocoSet, predictions: dict[int, Sequence[Detection]]) -> dict
 
     Images missing from ``predictions`` count as having no detections.
     Returns ``map50``, ``map``, ``per_class`` (name -> AP@0.5, for classes with boxes).
+    ProductLensError when ``data`` has no boxes (mAP is undefined there).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    from productlens.types import ProductLensError
+
+    if not data.n_boxes:  # COCO averages over classes with boxes: with none, mAP is undefined, not 0
+        raise ProductLensError(f"{data.path}: the test set has no boxes to score")
     gt = COCO()
     gt.dataset = _coco_dict(data)
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     dets = [{"image_id": iid, "category_id": data.categories[d.label]["id"], "bbox": list(d.box.as_tuple()),
              "score": float(d.score)} for iid, ds in predictions.items() for d in ds]
-    if not dets:
-        return {"map50": 0.0, "map": 0.0, "per_class": {}}
+    if not dets:  # nothing detected: AP 0 for every class with boxes
+        with_boxes = sorted({int(lab) for im in data.images for lab in im.labels})
+        return {"map50": 0.0, "map": 0.0, "per_class": {data.names[lab]: 0.0 for lab in with_boxes}}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(dets)
         ev = COCOeval(gt, dt, "bbox")
@@ -86,6 +96,44 @@ def predict_set(detector: Detector, data: CocoSet, *, progress: bool = True
             im.width, im.height = img.size
         preds[im.id] = detector.detect(img, score_threshold=0.01)
     return preds, errors
+
+
+def match_categories(test: CocoSet, names: Sequence[str]) -> tuple[CocoSet, list[str]]:
+    """``test`` with its labels mapped by category NAME onto a detector's tags ``names`` (its
+    categories become ``names``, ids 1..C), and notes for the user.
+
+    A detector knows its classes by name, not by the training file's ids: test ids may differ
+    from the training set's (renumbered, or the same ids on other names). ProductLensError when a
+    test category that has boxes is not one of ``names`` (its boxes could never be found; scoring
+    without them would flatter the detector) or names more than one of the detector's classes.
+    Test categories without boxes that the detector does not know are ignored (noted).
+    """
+    from productlens.types import ProductLensError
+
+    index: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        index.setdefault(str(n), []).append(i)
+    boxes = np.bincount(np.concatenate([im.labels for im in test.images] + [np.zeros(0, np.int64)]),
+                        minlength=len(test.categories))
+    unknown = [(c, int(boxes[k])) for k, c in enumerate(test.categories) if c["name"] not in index]
+    if any(n for _, n in unknown):
+        shown = [f"{c['name']!r} (id {c['id']}, {n} box{'es' if n != 1 else ''})" for c, n in unknown if n]
+        raise ProductLensError(
+            f"{test.path}: test categories the detector was not trained on: {', '.join(shown[:8])}"
+            + (", ..." if len(shown) > 8 else "") + f"; its classes: {', '.join(map(str, names))} (categories "
+            "are matched by name; rename them, or drop their boxes from the test set)")
+    twice = [c["name"] for k, c in enumerate(test.categories) if boxes[k] and len(index.get(c["name"], [])) > 1]
+    if twice:
+        raise ProductLensError(f"{test.path}: category {twice[0]!r} names {len(index[twice[0]])} of the detector's "
+                               "classes; categories are matched by name, so they must be unique")
+    to = np.array([index[c["name"]][0] if c["name"] in index else -1 for c in test.categories], np.int64)
+    images = [dataclasses.replace(im, labels=to[im.labels]) for im in test.images]
+    notes = []
+    if unknown:
+        notes.append(f"{test.path}: categories without boxes that the detector does not know, ignored: "
+                     + ", ".join(repr(c["name"]) for c, _ in unknown[:8]) + (", ..." if len(unknown) > 8 else ""))
+    return CocoSet(test.path, [{"id": i + 1, "name": str(n)} for i, n in enumerate(names)], images,
+                   list(test.problems)), notes
 
 
 def plot_per_class_ap(per_class: dict[str, float], boxes: dict[str, int], path: str | Path, *,
@@ -154,6 +202,9 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
                        plot: str | Path | None = None) -> dict:
     """Train a detector on ``train_json``, detect on ``test_json``'s images and score them (COCO protocol).
 
+    The test set's categories are matched to the detector's by name (:func:`match_categories`);
+    a test set without boxes, or with boxes of a class the detector does not know, is an error
+    (raised before the training).
     Test images that cannot be read are left out of the score and counted in
     ``skipped``. ``model_out``: keep the trained detector there (else a temporary
     folder). Keys: ``map50``, ``map``, ``per_class``, ``classes`` (classes with
@@ -174,18 +225,35 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
         from productlens.eval.sheets import chart_path
 
         chart_path(plot)
+    from productlens.types import ProductLensError
+
     train = read_coco(train_json)
-    test = read_coco(test_json, categories=train.categories)
+    raw = read_coco(test_json)  # its own categories, matched to the detector's by name
+    test, notes = match_categories(raw, train.names)  # before the training: minutes
+    if not test.n_boxes:
+        raise ProductLensError(f"{test_json}: the test set has no boxes to score (mAP is undefined without them)")
+    train_ids = {c["name"]: c["id"] for c in train.categories}
+    moved = [f"{c['name']!r} {c['id']} -> {train_ids[c['name']]}" for c in raw.categories
+             if train_ids.get(c["name"], c["id"]) != c["id"]]
+    renumbered = [f"{raw.path}: category ids differ from {train.path.name}'s; matched by name: "
+                  + ", ".join(moved[:8]) + (", ..." if len(moved) > 8 else "")] if moved else []
     with tempfile.TemporaryDirectory(prefix="productlens-detect-") as tmp:
         folder = Path(model_out) if model_out else Path(tmp) / "detector"
         fit = train_detector(train, folder, opts, progress=progress)
-        preds, errors = predict_set(load_detector(folder), test, progress=progress)
+        detector = load_detector(folder)
+        if list(detector.labels) != train.names:  # the detector's tags are what its label indexes mean
+            test, notes = match_categories(raw, detector.labels)
+        preds, errors = predict_set(detector, test, progress=progress)
     bad = {p for p, _ in errors}
     scored = CocoSet(test.path, test.categories, [im for im in test.images if str(im.path) not in bad])
+    if not scored.n_boxes:
+        raise ProductLensError(f"{test_json}: the test set has no boxes to score: none of its photos with boxes "
+                               f"could be read ({len(errors)} skipped, e.g. {errors[0][1]})")
     m = coco_map(scored, preds)
     m.update(classes=len(m["per_class"]), train=fit["images"], test=len(scored.images),
              skipped=len(fit["skipped"]) + len(errors),
-             problems=[f"train: {p}" for p in train.problems] + [f"test: {p}" for p in test.problems]
+             problems=[f"train: {p}" for p in train.problems]
+             + [f"test: {p}" for p in test.problems + notes + renumbered]
              + [f"test image skipped: {e}" for _, e in errors],
              seconds=round(time.perf_counter() - t0, 1))
     m["plots"] = _plots(m, scored, preds, plot, Path(test_json).name) if plot else []

@@ -7,7 +7,9 @@
 3. Backbone and head are exported together to one ONNX file that follows the
    detector contract of :mod:`productlens.models.detectors.runtime`.
 
-Bad images are reported and skipped; the model folder is written atomically.
+Bad images are reported and skipped, and so are images whose only annotations
+are crowd regions (iscrowd=1: they are no background); training without a single
+usable box is an error. The model folder is written atomically.
 """
 
 from __future__ import annotations
@@ -54,25 +56,33 @@ class DetectTrainOptions:
 
 @dataclass
 class Views:
-    """Cached backbone maps and FCOS targets of every training view."""
+    """Cached backbone maps and FCOS targets of every training view; ``images`` and
+    ``boxes`` count the images (and their boxes) actually used, ``skipped`` the others."""
 
     feats: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     cls_t: list[np.ndarray]
     reg_t: list[np.ndarray]
     skipped: list[tuple[str, str]]
+    images: int = 0
+    boxes: int = 0
 
     def __len__(self) -> int:
         return len(self.feats)
 
 
 def _image(rec: DetImage) -> tuple[Image.Image, np.ndarray, np.ndarray]:
-    """Decode ``rec``; its boxes clipped to the decoded image (EXIF applied)."""
+    """Decode ``rec``; its boxes clipped to the decoded image (EXIF applied). ImageError when
+    it has only crowd regions (no background) or none of its boxes lies inside the photo."""
+    if not len(rec.boxes) and len(rec.crowd):
+        raise ImageError(f"{rec.path}: only crowd regions (iscrowd=1), no boxes: not used as a background image")
     img = load_det_image(rec)
     W, H = img.size
     b = rec.boxes.copy()
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, W)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, H)
     ok = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
+    if len(b) and not ok.any():
+        raise ImageError(f"{rec.path}: none of its {len(b)} boxes lies inside the {W}x{H} photo")
     return img, b[ok], rec.labels[ok]
 
 
@@ -103,6 +113,8 @@ def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = T
         except ImageError as exc:
             views.skipped.append((str(rec.path), str(exc)))
             continue
+        views.images += 1
+        views.boxes += len(boxes)
         todo = [(1.0, False)] if over else [(s, f) for s in opts.scales for f in flips]
         for scale, flip in todo:
             im, b = img, boxes.copy()
@@ -123,6 +135,11 @@ def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = T
             log.warning("feature cache reached %.1f GiB: the remaining images keep one view each", opts.max_cache_gb)
     if not views.feats:
         raise ProductLensError("no training image could be read: nothing to train on")
+    if not views.boxes:
+        why = (f"every image with boxes was skipped ({len(views.skipped)} skipped, e.g. {views.skipped[0][1]}); "
+               if views.skipped else "")
+        raise ProductLensError(f"{data.path}: no usable boxes to train on: {why}"
+                               f"only {views.images} background image(s) could be read")
     return views
 
 
@@ -227,8 +244,8 @@ def train_detector(data: CocoSet, out_dir: str | Path, opts: DetectTrainOptions 
         cfg = asdict(opts)
         cfg.update(categories=data.categories, train=str(data.path), format="productlens-detector/1")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-        metrics = {"images": len(data.images) - len({p for p, _ in views.skipped}), "views": len(views),
-                   "boxes": data.n_boxes, "loss": [round(v, 4) for v in history],
+        metrics = {"images": views.images, "views": len(views), "boxes": views.boxes,
+                   "loss": [round(v, 4) for v in history],
                    "skipped": [{"image": p, "error": e} for p, e in views.skipped],
                    "problems": data.problems, "seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))

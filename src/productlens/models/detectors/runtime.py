@@ -20,13 +20,17 @@ and a JSON file beside it (``model.onnx`` -> ``model.json``, or
      "score_threshold": 0.05, "nms_iou": 0.6, "max_detections": 100}
 
 productlens applies the score threshold and per-class NMS, and maps boxes back
-to the original image's pixels.
+to the original image's pixels. Loading checks the spec's fields and the model's
+one input (rank 4, the dtype and layout above); a fixed input size must be
+size x size ("square"), or for "long" the square photos are letterboxed into
+(size rounded up to "multiple"; they are padded to it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -73,23 +77,47 @@ class DetectorSpec:
     max_detections: int = 100
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str = "detector spec") -> "DetectorSpec":
+    def from_json(cls, data: Any, where: str = "detector spec") -> "DetectorSpec":
+        """Check ``data`` (a spec's JSON) field by field; ProductLensError naming ``where`` and the field."""
+        if not isinstance(data, dict):
+            raise ProductLensError(f"{where}: a detector spec is a JSON object with 'labels' and 'size' (see "
+                                   f"productlens.models.detectors.runtime), got {type(data).__name__} {data!r:.40}")
         missing = [k for k in SPEC_KEYS if k not in data]
         if missing:
             raise ProductLensError(f"{where}: missing {', '.join(missing)} (see productlens.models.detectors.runtime)")
         labels = data["labels"]
-        if not isinstance(labels, list) or not labels:
-            raise ProductLensError(f"{where}: 'labels' must be a non-empty list of tag names")
-        spec = cls(labels=tuple(str(x) for x in labels), size=int(data["size"]),
-                   resize=str(data.get("resize", "long")), multiple=int(data.get("multiple", 32)),
-                   input=str(data.get("input", "uint8")),
-                   mean=tuple(float(v) for v in data.get("mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-                   std=tuple(float(v) for v in data.get("std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-                   score_threshold=float(data.get("score_threshold", 0.05)),
-                   nms_iou=float(data.get("nms_iou", 0.6)), max_detections=int(data.get("max_detections", 100)))
-        if spec.resize not in ("long", "square") or spec.input not in ("uint8", "float") or spec.size < 32:
-            raise ProductLensError(f"{where}: 'resize' must be long|square, 'input' uint8|float, 'size' >= 32")
-        return spec
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+            raise ProductLensError(f"{where}: 'labels' must be a non-empty list of tag names (strings), "
+                                   f"got {labels!r:.60}")
+
+        def field(key: str, kind: type, ok: Any, what: str) -> Any:
+            v = data[key] if key in data else getattr(cls, key)
+            if kind is str:
+                good = isinstance(v, str)
+            else:
+                good = isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool)
+            if not good or not ok(v):
+                raise ProductLensError(f"{where}: {key!r} must be {what}, got {v!r:.40}")
+            return kind(v)
+
+        def triple(key: str, ok: Any, what: str) -> tuple[float, float, float]:
+            v = data[key] if key in data else getattr(cls, key)
+            if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and ok(x)
+                    for x in v)):
+                raise ProductLensError(f"{where}: {key!r} must be 3 {what} (R, G, B, on 0..1 pixels), got {v!r:.40}")
+            return (float(v[0]), float(v[1]), float(v[2]))
+
+        size = field("size", int, lambda v: 32 <= v <= 8192, "an integer from 32 to 8192 (pixels)")
+        return cls(labels=tuple(labels), size=size,
+                   resize=field("resize", str, lambda v: v in ("long", "square"), '"long" or "square"'),
+                   multiple=field("multiple", int, lambda v: 1 <= v <= size, f"an integer from 1 to 'size' ({size})"),
+                   input=field("input", str, lambda v: v in ("uint8", "float"), '"uint8" or "float"'),
+                   mean=triple("mean", lambda x: True, "numbers"),
+                   std=triple("std", lambda x: x > 0, "numbers > 0"),
+                   score_threshold=field("score_threshold", float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+                   nms_iou=field("nms_iou", float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                   max_detections=field("max_detections", int, lambda v: v >= 1, "an integer >= 1"))
 
     def to_json(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "size": self.size, "resize": self.resize, "multiple": self.multiple,
@@ -134,11 +162,55 @@ class Detector:
             self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ProductLensError(f"cannot load ONNX detector {self.onnx_path}: {exc}") from None
-        self._input = self.session.get_inputs()[0].name
-        outs = {o.name for o in self.session.get_outputs()}
-        if not {"boxes", "scores"} <= outs:
+        self._input, self._pad_to = self._check_input()
+        outs = {o.name: o for o in self.session.get_outputs()}
+        if not {"boxes", "scores"} <= set(outs):
             raise ProductLensError(f"{self.onnx_path}: a detector must have outputs 'boxes' and 'scores', "
                                    f"found {sorted(outs)}")
+        n = outs["scores"].shape[-1] if outs["scores"].shape else None
+        if isinstance(n, int) and n != len(spec.labels):
+            raise ProductLensError(f"{self.onnx_path}: output 'scores' has {n} classes but its spec lists "
+                                   f"{len(spec.labels)} labels")
+
+    def _check_input(self) -> tuple[str, tuple[int, int] | None]:
+        """The input's name, and the fixed H x W to pad letterboxed pixels to (None: any size);
+        ProductLensError when the input does not follow the contract and the spec."""
+        where, s = self.onnx_path, self.spec
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ProductLensError(f"{where}: a detector has one input (the photo), this model has {len(inputs)}: "
+                                   f"{', '.join(i.name for i in inputs)}")
+        inp = inputs[0]
+        want, layout = ("tensor(uint8)", "1 x H x W x 3") if s.input == "uint8" else ("tensor(float)", "1 x 3 x H x W")
+        if inp.type != want:
+            raise ProductLensError(f"{where}: input {inp.name!r} is {inp.type}, but its spec's \"input\": "
+                                   f"\"{s.input}\" feeds {want} {layout} (uint8 pixels: \"input\": \"uint8\"; "
+                                   f"normalised float32: \"input\": \"float\")")
+        shape = list(inp.shape or [])
+        if len(shape) != 4:
+            raise ProductLensError(f"{where}: input {inp.name!r} has rank {len(shape)} {shape}; a detector takes "
+                                   f"a batch of one photo, {layout}")
+        dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        c, (h, w) = (dims[3], dims[1:3]) if s.input == "uint8" else (dims[1], dims[2:4])
+        if dims[0] not in (None, 1) or c not in (None, 3):
+            raise ProductLensError(f"{where}: input {inp.name!r} is {shape}; the contract is {layout} "
+                                   f"(one RGB photo)")
+        if h is None and w is None:
+            return inp.name, None
+        if s.resize == "square":
+            if (h or s.size) != s.size or (w or s.size) != s.size:
+                raise ProductLensError(f"{where}: input {inp.name!r} has a fixed size {shape}, but its spec says "
+                                       f"\"size\": {s.size} (\"resize\": \"square\" feeds {s.size} x {s.size})")
+            return inp.name, None
+        side = -(-s.size // s.multiple) * s.multiple
+        if h != side or w != side:
+            fix = (f"set \"size\": {h} (photos are letterboxed into {h} x {h})" if h == w and h is not None
+                   else "a fixed input must be square")
+            raise ProductLensError(
+                f"{where}: input {inp.name!r} has a fixed size {shape}, but its spec's \"resize\": \"long\" with "
+                f"\"size\": {s.size} letterboxes photos into {side} x {side}; {fix}, or use a model with a "
+                "dynamic input size")
+        return inp.name, (side, side)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -155,6 +227,9 @@ class Detector:
         else:
             pixels, f = letterbox(img, s.size, s.multiple)
             factors = (f, f)
+            if self._pad_to and pixels.shape[:2] != self._pad_to:  # a fixed-size model: pad to its square
+                pixels = np.pad(pixels, ((0, self._pad_to[0] - pixels.shape[0]),
+                                         (0, self._pad_to[1] - pixels.shape[1]), (0, 0)))
         if s.input == "uint8":
             return pixels[None], factors
         x = (pixels.astype(np.float32) / 255.0 - np.asarray(s.mean, np.float32)) / np.asarray(s.std, np.float32)
@@ -163,12 +238,17 @@ class Detector:
     def raw(self, img: Image.Image) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """The model's (boxes L x 4, scores L x C) for ``img`` before thresholds and NMS."""
         x, factors = self.prepare(img)
-        boxes, scores = self.session.run(["boxes", "scores"], {self._input: x})
-        boxes, scores = np.asarray(boxes)[0], np.asarray(scores)[0]
-        if scores.ndim != 2 or scores.shape[1] != len(self.labels) or boxes.shape != (scores.shape[0], 4):
+        try:
+            boxes, scores = self.session.run(["boxes", "scores"], {self._input: x})
+        except Exception as exc:  # the user's model failing on this input: say which model and input
+            raise ProductLensError(f"{self.onnx_path}: the model failed on a {' x '.join(map(str, x.shape))} "
+                                   f"{x.dtype} input: {exc}") from None
+        boxes, scores = np.asarray(boxes), np.asarray(scores)
+        if scores.ndim != 3 or scores.shape[0] != 1 or scores.shape[2] != len(self.labels) \
+                or boxes.shape != (1, scores.shape[1], 4):
             raise ProductLensError(f"{self.onnx_path}: outputs must be boxes 1 x L x 4 and scores 1 x L x "
                                    f"{len(self.labels)}, got {boxes.shape} and {scores.shape}")
-        return boxes, scores, factors
+        return boxes[0], scores[0], factors
 
     def detect(self, img: Image.Image, *, score_threshold: float | None = None,
                max_detections: int | None = None, one_tag: bool = False) -> list[Detection]:
@@ -225,11 +305,14 @@ def one_per_object(detections: Sequence[Detection], iou: float = 0.6, alternativ
 
 
 def load_spec(path: Path) -> DetectorSpec:
+    """Read and check a detector spec (JSON, UTF-8); ProductLensError naming the file and what is wrong."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ProductLensError(f"detector spec {path} does not exist (labels, size: see "
                                "productlens.models.detectors.runtime)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ProductLensError(f"cannot read detector spec {path}: not UTF-8 JSON ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON
         raise ProductLensError(f"cannot read detector spec {path}: {exc}") from None
     return DetectorSpec.from_json(data, str(path))
