@@ -121,6 +121,11 @@ def test_a_detection_on_a_crowd_region_is_neither_right_nor_wrong(tmp_path):
     on_crowd = {**right, im.id: right[im.id] + [det(b, lab) for b, lab in zip(im.crowd, im.crowd_labels)]}
     assert coco_map(data, right)["map50"] == pytest.approx(1.0)
     assert coco_map(data, on_crowd)["map50"] == pytest.approx(1.0)  # no false positive on the ignored region
+    from productlens.eval.detection import match_categories
+
+    swapped, _ = match_categories(data, ["disc", "square"])  # a detector that knows the classes in another order
+    im2 = next(i for i in swapped.images if i.id == im.id)
+    assert [swapped.names[lab] for lab in im2.crowd_labels] == [data.names[lab] for lab in im.crowd_labels]
 
 
 @pytest.mark.parametrize("name", ["ABS", "../elsewhere/set_0.jpg", "photos/../../set_0.jpg"])

@@ -98,6 +98,13 @@ def predict_set(detector: Detector, data: CocoSet, *, progress: bool = True
     return preds, errors
 
 
+def _relabelled(im, to: np.ndarray):
+    """``im`` with its labels mapped through ``to``; crowd regions of a class that maps nowhere (-1) are dropped."""
+    crowd = to[im.crowd_labels]
+    keep = crowd >= 0
+    return dataclasses.replace(im, labels=to[im.labels], crowd=im.crowd[keep], crowd_labels=crowd[keep])
+
+
 def match_categories(test: CocoSet, names: Sequence[str]) -> tuple[CocoSet, list[str]]:
     """``test`` with its labels mapped by category NAME onto a detector's tags ``names`` (its
     categories become ``names``, ids 1..C), and notes for the user.
@@ -127,7 +134,7 @@ def match_categories(test: CocoSet, names: Sequence[str]) -> tuple[CocoSet, list
         raise ProductLensError(f"{test.path}: category {twice[0]!r} names {len(index[twice[0]])} of the detector's "
                                "classes; categories are matched by name, so they must be unique")
     to = np.array([index[c["name"]][0] if c["name"] in index else -1 for c in test.categories], np.int64)
-    images = [dataclasses.replace(im, labels=to[im.labels]) for im in test.images]
+    images = [_relabelled(im, to) for im in test.images]
     notes = []
     if unknown:
         notes.append(f"{test.path}: categories without boxes that the detector does not know, ignored: "
