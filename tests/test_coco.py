@@ -143,3 +143,15 @@ def test_relative_names_that_stay_inside_are_kept(tmp_path):
     path = _variant(tmp_path, lambda d: d["images"][0].update(file_name="./photos/../photos/set_0.jpg"))
     data = read_coco(path)
     assert len(data.images) == 4 and not data.problems
+
+
+def test_classes_tested_but_never_trained_are_named(tmp_path):
+    from productlens.eval.detection import _untrained
+
+    test = read_coco(write_coco(tmp_path / "t", "test", 4, seed=2))
+    train = read_coco(_variant(tmp_path, lambda d: d.update(annotations=[a for a in d["annotations"]
+                                                                        if a["category_id"] == 7])))
+    assert _untrained(train, test) == [f"{test.path}: 1 class(es) with test boxes but no training box, scored all "
+                                       "the same: disc"]
+    assert _untrained(test, test) == []
+

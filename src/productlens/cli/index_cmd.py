@@ -84,14 +84,17 @@ def build(
     train_items = read_labelled_csv(train, label="product_id") if train else None
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
+    if ocr and out.exists() and not overwrite:  # before the minutes the weight takes
+        raise ProductLensError(f"{out} exists; pass --overwrite to replace it")
+    if ocr:  # chosen first: a failure here must not leave a catalog behind
+        weight, table = choose_text_weight(items, train_items, embedder=model, use_gallery_labels=catalog_labels,
+                                           progress=True)
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
                                 use_gallery_labels=catalog_labels, finetune=finetune and train_items is not None,
                                 overwrite=overwrite, ocr=ocr, store=spec, query_views=query_views,
                                 companions=companions_for(model) if companions else [])
     with cat:
         if ocr:
-            weight, table = choose_text_weight(items, train_items, embedder=model,
-                                               use_gallery_labels=catalog_labels, progress=True)
             cat.set_text_weight(weight)
             typer.echo(f"text fusion weight {weight:g} (training-photo mAP by weight: "
                        + ", ".join(f"{w:g}: {m:.3f}" for w, m in table.items()) + ")")

@@ -244,6 +244,7 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
              if train_ids.get(c["name"], c["id"]) != c["id"]]
     renumbered = [f"{raw.path}: category ids differ from {train.path.name}'s; matched by name: "
                   + ", ".join(moved[:8]) + (", ..." if len(moved) > 8 else "")] if moved else []
+    untrained = _untrained(train, test)
     with tempfile.TemporaryDirectory(prefix="productlens-detect-") as tmp:
         folder = Path(model_out) if model_out else Path(tmp) / "detector"
         fit = train_detector(train, folder, opts, progress=progress)
@@ -260,11 +261,23 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
     m.update(classes=len(m["per_class"]), train=fit["images"], test=len(scored.images),
              skipped=len(fit["skipped"]) + len(errors),
              problems=[f"train: {p}" for p in train.problems]
-             + [f"test: {p}" for p in test.problems + notes + renumbered]
+             + [f"test: {p}" for p in test.problems + notes + renumbered + untrained]
              + [f"test image skipped: {e}" for _, e in errors],
              seconds=round(time.perf_counter() - t0, 1))
     m["plots"] = _plots(m, scored, preds, plot, Path(test_json).name) if plot else []
     return m
+
+
+def _untrained(train: CocoSet, test: CocoSet) -> list[str]:
+    """A note naming the test classes with boxes that the training set has no box of (they are scored,
+    as COCO does, and likely near AP 0: the detector was never shown one). ``test`` is matched by name."""
+    trained = {train.names[int(lab)] for im in train.images for lab in im.labels}
+    tested = {test.names[int(lab)] for im in test.images for lab in im.labels}
+    missing = sorted(tested - trained)
+    if not missing:
+        return []
+    return [f"{test.path}: {len(missing)} class(es) with test boxes but no training box, scored all the same: "
+            + ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")]
 
 
 def _plots(m: dict, scored: CocoSet, preds: dict[int, list[Detection]], plot: str | Path, name: str) -> list[Path]:
