@@ -77,6 +77,21 @@ def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
     assert sorted(md[i]["product_id"] for i in (4, 5, 6)) == [4, 4, 5] and md[7]["product_id"] == 2
 
 
+def test_index_build_ocr_writes_nothing_when_the_text_weight_fails(tmp_path, monkeypatch) -> None:
+    from productlens.pipeline import fusion
+    from productlens.types import ProductLensError
+
+    def fail(*a, **k):
+        raise ProductLensError("adaptation needs photos of at least 2 products")
+
+    monkeypatch.setattr(fusion, "choose_text_weight", fail)
+    ds = write_dataset(tmp_path / "ds")
+    r = runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(tmp_path / "cat"), "--model",
+                            "efficientnet-lite0", "--train", str(ds["train"]), "--ocr"])
+    assert r.exit_code == 1 and "at least 2 products" in r.output
+    assert not (tmp_path / "cat").exists()  # chosen before the catalog is written
+
+
 def test_cli_clear_errors(tmp_path) -> None:
     r = runner.invoke(app, ["index", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])
     assert r.exit_code == 1 and "no such catalog" in r.output
