@@ -14,7 +14,6 @@ suggested labels), ``search --plot`` and ``demo`` (``make run``'s demo.png).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +21,7 @@ from typing import Any, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from productlens import fonts
-from productlens.fileio import atomic_path
+from productlens.fileio import atomic_path, check_output_file
 from productlens.types import Box, InvalidBox, ProductLensError
 
 RIGHT = (34, 150, 60)
@@ -122,14 +121,7 @@ def sheet_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ProductLensError(f"{path}: a sheet is written as .png or .jpg")
-    if path.is_dir():
-        raise ProductLensError(f"{path} is a folder; give a file name ending in .png")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:  # created on writing: check what exists
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ProductLensError(f"cannot write {path}: {folder} is not a folder this user can write to")
-    return path
+    return check_output_file(path)
 
 
 def chart_path(path: str | Path) -> Path:
