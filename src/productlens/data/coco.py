@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from productlens.data.readers import _parse_int as _int  # 3, "3", 3.0; ValueError for bools, NaN, 1.5
 from productlens.types import ProductLensError
 
 
@@ -71,20 +72,6 @@ class CocoSet:
     def summary(self) -> str:
         return (f"{self.path}: {len(self.images)} images, {self.n_boxes} boxes, "
                 f"{len(self.categories)} categories, {len(self.problems)} problems")
-
-
-def _int(value: Any) -> int:
-    """A whole number (int, integral float or digit string); ValueError otherwise (bools, NaN, 1.5, 'wide')."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a whole number: {value!r}")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"not a whole number: {value!r}")
-        return int(value)
-    try:
-        return int(value)
-    except (TypeError, OverflowError) as exc:
-        raise ValueError(f"not a whole number: {value!r}") from exc
 
 
 def _list(data: dict, key: str, path: Path) -> list:

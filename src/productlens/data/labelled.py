@@ -188,10 +188,15 @@ def check_readable(data: LabelledSet, ok: Sequence[int], errors: Sequence = (), 
     ``errors``: the ``(index, source, message)`` of the unreadable images, quoted in the message.
     """
     if len(ok) == 0:
-        first = f": {errors[0][2]}" + (" ..." if len(errors) > 1 else "") if errors else ""
-        raise LabelError(f"{data.source}: no training image could be read ({len(data)} skipped){first}")
+        raise LabelError(nothing_read(data, "training", errors))
     if len(ok) < len(data):
         check_trainable(data.subset(ok), min_per_class, classes=data.classes(), noun="readable images")
+
+
+def nothing_read(data: LabelledSet, what: str, errors: Sequence = ()) -> str:
+    """The message for a set none of whose images could be read, quoting the first error."""
+    first = f": {errors[0][2]}" + (" ..." if len(errors) > 1 else "") if errors else ""
+    return f"{data.source}: no {what} image could be read ({len(data)} skipped){first}"
 
 
 def check_known(test: LabelledSet, known: Sequence[str]) -> None:
@@ -205,4 +210,4 @@ def check_known(test: LabelledSet, known: Sequence[str]) -> None:
 
 
 __all__ = ["Inputs", "LabelError", "LabelledSet", "check_known", "check_readable", "check_trainable", "is_shopee",
-           "read_inputs", "read_labelled"]
+           "nothing_read", "read_inputs", "read_labelled"]

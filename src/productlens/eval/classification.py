@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from productlens.data.labelled import LabelledSet, check_known, read_labelled
+from productlens.data.labelled import LabelledSet, check_known, nothing_read, read_labelled
 from productlens.types import ProductLensError
 
 
@@ -73,8 +73,7 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path:
 def _check_test_read(test: LabelledSet, ok: np.ndarray, errors: list) -> None:
     """Refuse to score a test set none of whose images could be read (no figures on 0 images)."""
     if len(ok) == 0:
-        first = f": {errors[0][2]}" + (" ..." if len(errors) > 1 else "") if errors else ""
-        raise ProductLensError(f"{test.source}: no test image could be read ({len(test)} skipped){first}")
+        raise ProductLensError(nothing_read(test, "test", errors))
 
 
 def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | LabelledSet, label: str, *,
