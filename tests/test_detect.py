@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import DET_CLASSES, detection_photo, write_coco
 from productlens.data.coco import read_coco
 from productlens.models.detectors import load_detector
-from productlens.models.detectors.fcos import HeadConfig, assign, locations
+from productlens.models.detectors.fcos import IGNORE, HeadConfig, assign, locations
 from productlens.models.detectors.nms import batched_nms, iou_matrix, nms
 from productlens.models.detectors.runtime import DetectorSpec, letterbox
 from productlens.types import ProductLensError
@@ -51,6 +51,42 @@ def test_assign_levels_and_distances():
     cls_t, reg_t = assign(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), shapes, cfg)
     assert (cls_t == -1).all() and not reg_t.any()
 
+
+
+def test_assign_ignores_the_background_inside_crowd_regions():
+    shapes = [(16, 16), (8, 8), (4, 4)]  # a 128 x 128 input
+    pts = np.concatenate([locations(h, w, s) for (h, w), s in zip(shapes, (8, 16, 32))])
+    box, crowd = np.array([[8, 8, 40, 40]], np.float32), np.array([[0, 0, 64, 64]], np.float32)
+    plain, reg_plain = assign(box, np.array([1]), shapes, HeadConfig())
+    cls_t, reg_t = assign(box, np.array([1]), shapes, HeadConfig(), crowd=crowd)
+    inside = (pts[:, 0] < 64) & (pts[:, 1] < 64)
+    assert ((cls_t == 1) == (plain == 1)).all() and (cls_t == 1).any()  # positives inside the region stay
+    assert np.array_equal(reg_t, reg_plain)
+    assert (cls_t[inside & (plain == -1)] == IGNORE).all()
+    assert (cls_t[~inside] == plain[~inside]).all() and (cls_t[~inside] == -1).any()
+    no_boxes, _ = assign(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), shapes, HeadConfig(), crowd=crowd)
+    assert np.array_equal(no_boxes == IGNORE, inside)
+
+
+def test_loss_leaves_ignored_locations_out_of_the_class_loss():
+    import torch
+
+    from productlens.models.detectors.fcos import loss
+
+    torch.manual_seed(0)
+    outputs = [(torch.randn(1, 3, h, h, requires_grad=True), torch.rand(1, 4, h, h) * 8 + 1, torch.randn(1, 1, h, h))
+               for h in (4, 2, 1)]
+    n = 16 + 4 + 1
+    reg_t = torch.zeros(1, n, 4)
+    cls_t = torch.full((1, n), -1, dtype=torch.long)
+    cls_t[0, :8] = IGNORE
+    total, parts = loss(outputs, cls_t, reg_t)
+    total.backward()
+    grad = outputs[0][0].grad.flatten(2)[0].T  # 16 locations of the first level x 3 classes
+    assert (grad[:8] == 0).all() and (grad[8:] != 0).all()
+    everything = torch.full((1, n), IGNORE, dtype=torch.long)
+    assert loss(outputs, everything, reg_t)[1]["cls"] == 0.0
+    assert parts["cls"] > 0
 
 def test_letterbox_keeps_aspect_and_pads():
     img = Image.new("RGB", (100, 50), (255, 0, 0))
@@ -522,6 +558,21 @@ def test_images_with_only_crowd_regions_are_not_background(tmp_path):
     assert (views.images, views.boxes, len(views)) == (3, 5, 3)
     assert len(views.skipped) == 1 and "set_0.jpg: only crowd regions (iscrowd=1)" in views.skipped[0][1]
 
+
+
+def test_training_ignores_the_background_inside_crowd_regions(tmp_path):
+    from productlens.pipeline.detect_train import DetectTrainOptions, extract_views
+
+    crowd = {"id": 99, "image_id": 1, "category_id": 7, "bbox": [100, 0, 60, 120], "area": 7200, "iscrowd": 1}
+    path = write_coco(tmp_path, "set", 2, extra={"annotations": [crowd]})  # the right of photo 1 (160 x 120)
+    views = extract_views(read_coco(path), DetectTrainOptions(**dict(TINY, flip=True)), progress=False)
+    assert len(views) == 4 and views.boxes == 3  # 2 views a photo; the crowd region is no box
+    h, w = views.feats[0][0].shape[-2:]
+    x = locations(h, w, 8)[:, 0]
+    for view, (lo, hi) in ((0, (80, 128)), (1, (0, 48))):  # resized by 0.8; view 1 is the mirrored photo
+        ignored = views.cls_t[view][:h * w] == IGNORE
+        assert ignored.any() and ((x[ignored] > lo) & (x[ignored] < hi)).all()
+    assert not any((c == IGNORE).any() for c in views.cls_t[2:])  # photo 2 has no crowd region
 
 def test_training_never_wipes_a_users_folder(tmp_path, monkeypatch):
     from productlens.pipeline import detect_train

@@ -8,8 +8,9 @@
    detector contract of :mod:`productlens.models.detectors.runtime`.
 
 Bad images are reported and skipped, and so are images whose only annotations
-are crowd regions (iscrowd=1: they are no background); training without a single
-usable box is an error. The model folder is written atomically.
+are crowd regions (iscrowd=1: they are no background). In other images, the
+background inside crowd regions is left out of the class loss. Training without
+a single usable box is an error. The model folder is written atomically.
 """
 
 from __future__ import annotations
@@ -70,20 +71,27 @@ class Views:
         return len(self.feats)
 
 
-def _image(rec: DetImage) -> tuple[Image.Image, np.ndarray, np.ndarray]:
-    """Decode ``rec``; its boxes clipped to the decoded image (EXIF applied). ImageError when
-    it has only crowd regions (no background) or none of its boxes lies inside the photo."""
+def _clipped(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``boxes`` clipped to an image of ``size`` (W, H), and which of them keep some area."""
+    b = boxes.copy()
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, size[0])
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, size[1])
+    return b, ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
+
+
+def _image(rec: DetImage) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarray]:
+    """Decode ``rec``; its boxes, labels and crowd regions clipped to the decoded image (EXIF
+    applied). ImageError when it has only crowd regions (no background) or none of its boxes
+    lies inside the photo."""
     if not len(rec.boxes) and len(rec.crowd):
         raise ImageError(f"{rec.path}: only crowd regions (iscrowd=1), no boxes: not used as a background image")
     img = load_det_image(rec)
     W, H = img.size
-    b = rec.boxes.copy()
-    b[:, [0, 2]] = b[:, [0, 2]].clip(0, W)
-    b[:, [1, 3]] = b[:, [1, 3]].clip(0, H)
-    ok = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
+    b, ok = _clipped(rec.boxes, img.size)
     if len(b) and not ok.any():
         raise ImageError(f"{rec.path}: none of its {len(b)} boxes lies inside the {W}x{H} photo")
-    return img, b[ok], rec.labels[ok]
+    crowd, inside = _clipped(rec.crowd, img.size)
+    return img, b[ok], rec.labels[ok], crowd[inside]
 
 
 def _pyramid_session(arch: str):
@@ -109,7 +117,7 @@ def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = T
     used, over = 0.0, False
     for rec in tqdm(data.images, desc="backbone views", unit="image", disable=not progress):
         try:
-            img, boxes, labels = _image(rec)
+            img, boxes, labels, crowd = _image(rec)
         except ImageError as exc:
             views.skipped.append((str(rec.path), str(exc)))
             continue
@@ -117,14 +125,15 @@ def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = T
         views.boxes += len(boxes)
         todo = [(1.0, False)] if over else [(s, f) for s in opts.scales for f in flips]
         for scale, flip in todo:
-            im, b = img, boxes.copy()
+            im, b, cr = img, boxes.copy(), crowd.copy()
             if flip:
                 im = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 b[:, [0, 2]] = img.size[0] - boxes[:, [2, 0]]
+                cr[:, [0, 2]] = img.size[0] - crowd[:, [2, 0]]
             pixels, f = letterbox(im, opts.size, 32, scale)
             c3, c4, c5 = session.run(None, {"pixels": pixels[None]})
             shapes = [c.shape[-2:] for c in (c3, c4, c5)]
-            cls_t, reg_t = assign(b * f, labels, shapes, opts.head)
+            cls_t, reg_t = assign(b * f, labels, shapes, opts.head, crowd=cr * f)
             feats = tuple(np.ascontiguousarray(c[0], np.float16) for c in (c3, c4, c5))
             used += sum(x.nbytes for x in feats) + reg_t.nbytes
             views.feats.append(feats)  # type: ignore[arg-type]

@@ -10,6 +10,9 @@ is the baseline: linear predictions on each map.
 Training targets (:func:`assign`) use centre sampling (a location is positive
 when it lies within ``radius`` strides of a box centre, inside the box, and the
 box's largest side distance fits the level's range); the smallest box wins.
+A background location inside a crowd region (COCO ``iscrowd: 1``, a group of
+objects drawn as one box) is neither positive nor negative: it is ignored by
+the class loss (``IGNORE``), as the COCO scorer ignores detections there.
 Losses: sigmoid focal loss (classes), GIoU (boxes), BCE (centre-ness).
 """
 
@@ -22,6 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from productlens.models.detectors.pyramid import STRIDES
+
+#: the class target of a location that no loss sees (a background location inside a crowd region)
+IGNORE = -2
 
 if TYPE_CHECKING:
     import torch
@@ -96,13 +102,15 @@ def locations(h: int, w: int, stride: int) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32) * stride + stride // 2
 
 
-def assign(boxes: np.ndarray, labels: np.ndarray, shapes: list[tuple[int, int]], cfg: HeadConfig
-           ) -> tuple[np.ndarray, np.ndarray]:
+def assign(boxes: np.ndarray, labels: np.ndarray, shapes: list[tuple[int, int]], cfg: HeadConfig,
+           crowd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """FCOS targets for one image.
 
     ``boxes``: N x 4 (x0, y0, x1, y1) in input pixels; ``labels``: N class indices;
-    ``shapes``: (h, w) of each level's map. Returns, over all levels' locations
-    concatenated: class index per location (-1 = background) and ltrb distances (L x 4).
+    ``shapes``: (h, w) of each level's map; ``crowd``: M x 4 crowd regions (same
+    coordinates). Returns, over all levels' locations concatenated: class index per
+    location (-1 = background, ``IGNORE`` = background inside a crowd region) and
+    ltrb distances (L x 4).
     """
     cls_out, reg_out = [], []
     bounds = (0.0, *cfg.ranges, math.inf)
@@ -128,6 +136,10 @@ def assign(boxes: np.ndarray, labels: np.ndarray, shapes: list[tuple[int, int]],
             pos = np.isfinite(cost[np.arange(n), best])
             cls_t[pos] = labels[best[pos]]
             reg_t[pos] = ltrb[np.arange(n), best][pos]
+        if crowd is not None and len(crowd):
+            x, y = pts[:, 0:1], pts[:, 1:2]
+            inside = ((x > crowd[:, 0]) & (x < crowd[:, 2]) & (y > crowd[:, 1]) & (y < crowd[:, 3])).any(1)
+            cls_t[inside & (cls_t == -1)] = IGNORE
         cls_out.append(cls_t)
         reg_out.append(reg_t)
     return np.concatenate(cls_out), np.concatenate(reg_out)
@@ -171,7 +183,8 @@ def flatten(outputs: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def loss(outputs: list, cls_t: torch.Tensor, reg_t: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
          ) -> tuple[torch.Tensor, dict[str, float]]:
-    """FCOS loss of a batch: ``cls_t`` N x L (long, -1 background), ``reg_t`` N x L x 4."""
+    """FCOS loss of a batch: ``cls_t`` N x L (long, -1 background, ``IGNORE`` left out of
+    the class loss), ``reg_t`` N x L x 4."""
     import torch
     from torch.nn import functional as F
 
@@ -184,7 +197,7 @@ def loss(outputs: list, cls_t: torch.Tensor, reg_t: torch.Tensor, alpha: float =
     ce = F.binary_cross_entropy_with_logits(cls, onehot, reduction="none")
     pt = p * onehot + (1 - p) * (1 - onehot)
     focal = ce * (1 - pt) ** gamma * (alpha * onehot + (1 - alpha) * (1 - onehot))
-    l_cls = focal.sum() / n_pos
+    l_cls = (focal * (cls_t != IGNORE).unsqueeze(-1).to(focal.dtype)).sum() / n_pos
     if not pos.any():
         zero = reg.sum() * 0 + ctr.sum() * 0
         return l_cls + zero, {"cls": float(l_cls.detach()), "box": 0.0, "ctr": 0.0}
