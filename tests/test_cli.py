@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -91,6 +92,25 @@ def test_index_build_ocr_writes_nothing_when_the_text_weight_fails(tmp_path, mon
     assert r.exit_code == 1 and "at least 2 products" in r.output
     assert not (tmp_path / "cat").exists()  # chosen before the catalog is written
 
+
+
+@pytest.mark.parametrize("overwrite, message", [(False, "exists; pass overwrite=True (--overwrite)"),
+                                                (True, "not a productlens catalog")])
+def test_index_build_ocr_checks_its_output_before_the_text_weight(tmp_path, monkeypatch, overwrite, message) -> None:
+    from productlens.pipeline import fusion
+
+    def never(*a, **k):
+        raise AssertionError("the text weight was chosen for a catalog that cannot be written")
+
+    monkeypatch.setattr(fusion, "choose_text_weight", never)
+    ds = write_dataset(tmp_path / "ds")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    r = runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(tmp_path / "mine"), "--model",
+                            "efficientnet-lite0", "--train", str(ds["train"]), "--ocr"]
+                      + (["--overwrite"] if overwrite else []))
+    assert r.exit_code == 1 and message in r.output, r.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
 
 def test_cli_clear_errors(tmp_path) -> None:
     r = runner.invoke(app, ["index", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])

@@ -57,7 +57,7 @@ def build(
     """Embed a catalog and write its index (atomically, or resumably with --engine ray)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
     from productlens.models.embedders.joined import companions_for
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog import build_catalog, check_catalog_target
     from productlens.pipeline.fusion import choose_text_weight
     from productlens.types import ProductLensError
 
@@ -84,8 +84,8 @@ def build(
     train_items = read_labelled_csv(train, label="product_id") if train else None
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
-    if ocr and out.exists() and not overwrite:  # before the minutes the weight takes
-        raise ProductLensError(f"{out} exists; pass --overwrite to replace it")
+    if ocr:  # before the minutes the weight takes
+        check_catalog_target(out, overwrite)
     if ocr:  # chosen first: a failure here must not leave a catalog behind
         weight, table = choose_text_weight(items, train_items, embedder=model, use_gallery_labels=catalog_labels,
                                            progress=True)

@@ -478,6 +478,19 @@ def query_embedder(embedder: Embedder, views: str = "none"):
     return PooledViewEmbedder(embedder, view_set(views))
 
 
+def check_catalog_target(path: str | os.PathLike, overwrite: bool) -> None:
+    """Raise ProductLensError unless :func:`build_catalog` may write a catalog at ``path``: it does
+    not exist, or ``overwrite`` is set and it is an empty folder or a productlens catalog (never a
+    folder of the user's). Call it before long work that ends in building one."""
+    from productlens.pipeline.store_spec import StoreSpec
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ProductLensError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if path.is_dir() and any(path.iterdir()):  # only a catalog is replaced, never a folder of the user's
+        StoreSpec.of(path)  # ProductLensError: "... is not a productlens catalog"
+
+
 def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
                   train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
                   finetune: bool = False, overwrite: bool = False, progress: bool = True,
@@ -516,10 +529,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     from productlens.pipeline.store_spec import StoreSpec
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ProductLensError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    if path.is_dir() and any(path.iterdir()):  # only a catalog is replaced, never a folder of the user's
-        StoreSpec.of(path)  # ProductLensError: "... is not a productlens catalog"
+    check_catalog_target(path, overwrite)
     if not items:
         raise ProductLensError("the catalog has no items")
     if len({it.id for it in items}) != len(items):
