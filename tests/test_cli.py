@@ -93,7 +93,6 @@ def test_index_build_ocr_writes_nothing_when_the_text_weight_fails(tmp_path, mon
     assert not (tmp_path / "cat").exists()  # chosen before the catalog is written
 
 
-
 @pytest.mark.parametrize("overwrite, message", [(False, "exists; pass overwrite=True (--overwrite)"),
                                                 (True, "not a productlens catalog")])
 def test_index_build_ocr_checks_its_output_before_the_text_weight(tmp_path, monkeypatch, overwrite, message) -> None:
@@ -111,6 +110,7 @@ def test_index_build_ocr_checks_its_output_before_the_text_weight(tmp_path, monk
                       + (["--overwrite"] if overwrite else []))
     assert r.exit_code == 1 and message in r.output, r.output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
+
 
 def test_cli_clear_errors(tmp_path) -> None:
     r = runner.invoke(app, ["index", "build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")])

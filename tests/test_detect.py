@@ -52,7 +52,6 @@ def test_assign_levels_and_distances():
     assert (cls_t == -1).all() and not reg_t.any()
 
 
-
 def test_assign_ignores_the_background_inside_crowd_regions():
     shapes = [(16, 16), (8, 8), (4, 4)]  # a 128 x 128 input
     pts = np.concatenate([locations(h, w, s) for (h, w), s in zip(shapes, (8, 16, 32))])
@@ -87,6 +86,7 @@ def test_loss_leaves_ignored_locations_out_of_the_class_loss():
     everything = torch.full((1, n), IGNORE, dtype=torch.long)
     assert loss(outputs, everything, reg_t)[1]["cls"] == 0.0
     assert parts["cls"] > 0
+
 
 def test_letterbox_keeps_aspect_and_pads():
     img = Image.new("RGB", (100, 50), (255, 0, 0))
@@ -559,7 +559,6 @@ def test_images_with_only_crowd_regions_are_not_background(tmp_path):
     assert len(views.skipped) == 1 and "set_0.jpg: only crowd regions (iscrowd=1)" in views.skipped[0][1]
 
 
-
 def test_training_ignores_the_background_inside_crowd_regions(tmp_path):
     from productlens.pipeline.detect_train import DetectTrainOptions, extract_views
 
@@ -573,6 +572,7 @@ def test_training_ignores_the_background_inside_crowd_regions(tmp_path):
         ignored = views.cls_t[view][:h * w] == IGNORE
         assert ignored.any() and ((x[ignored] > lo) & (x[ignored] < hi)).all()
     assert not any((c == IGNORE).any() for c in views.cls_t[2:])  # photo 2 has no crowd region
+
 
 def test_training_never_wipes_a_users_folder(tmp_path, monkeypatch):
     from productlens.pipeline import detect_train

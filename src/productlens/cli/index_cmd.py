@@ -84,9 +84,8 @@ def build(
     train_items = read_labelled_csv(train, label="product_id") if train else None
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
-    if ocr:  # before the minutes the weight takes
-        check_catalog_target(out, overwrite)
     if ocr:  # chosen first: a failure here must not leave a catalog behind
+        check_catalog_target(out, overwrite)  # nor may a folder that cannot be written cost the minutes it takes
         weight, table = choose_text_weight(items, train_items, embedder=model, use_gallery_labels=catalog_labels,
                                            progress=True)
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
