@@ -2,6 +2,7 @@
 
     python benchmarks/dev_finetune.py [--data ../shared/data/grocery] [--split closed,open,session]
                                       [--seller-repeats 2,4,8] [--companions] [--query-views regions]
+                                      [--recipe 20:4:4,18:2:3]
 
 No evaluation query (val photo) is read. Splits of `train.csv` against the 81
 shop photos (their labels are read only to score, and in catalog mode):
@@ -23,6 +24,8 @@ With ``--companions``, each fine-tuned backbone is also scored joined with the
 other bundled backbones on the whole photo (the catalog commands'
 ``--companions``, off by default). ``--query-views regions`` embeds the train photos (fitting photos
 and queries) as multi-region descriptors, as catalogs do; default whole photos.
+``--recipe`` fine-tunes with each given ``first trained block:views:epochs`` instead of the
+backbone's default (``productlens.models.finetune.train.RECIPES``), one row each.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def main() -> None:
     ap.add_argument("--companions", action="store_true", help="also score the fine-tuned backbones joined "
                     "with the other bundled backbones (whole photo)")
     ap.add_argument("--query-views", default="none", help="none (whole photos) or regions")
+    ap.add_argument("--recipe", default="", help="comma-separated block:views:epochs, e.g. 20:4:4,18:2:3 "
+                    "(default: the backbone's recipe)")
     args = ap.parse_args()
     train = read_labelled_csv(args.data / "train.csv")
     shop = read_gallery(args.data / "retrieval-shop" / "gallery.csv")
@@ -106,6 +111,8 @@ def main() -> None:
         embed_items(query_embedder(frozen, args.query_views), train, desc="train photos").vectors
     S0 = embed_items(frozen, shop, desc="shop photos").vectors
     repeats = [int(r) for r in args.seller_repeats.split(",") if r]
+    recipes = [dict(zip(("train_from", "views", "epochs"), map(int, r.split(":"))))
+               for r in args.recipe.split(",") if r] or [{}]
     print("| split | backbone | plain | adapter | catalog mode | fine-tuning s |")
     print("|---|---|---|---|---|---|")
     for kind in args.split.split(","):
@@ -115,14 +122,17 @@ def main() -> None:
         items = [t for t, f in zip(train, fit) if f]
         known = {t.product_id for t in items}
         sellers = [g for g in shop if g.product_id in known]  # as build_catalog does
-        for rep in [0, *repeats]:
+        for rep, recipe in [(r, c) for r in [0, *repeats] for c in recipes]:
             photos = items + (sellers if rep else [])
             counts = [1] * len(items) + [rep] * (len(photos) - len(items))
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 res = finetune_backbone(photos, [t.product_id for t in photos], tmp,
-                                        FinetuneConfig(backbone=args.model), repeats=counts)
+                                        FinetuneConfig(backbone=args.model, **recipe), repeats=counts)
                 secs = time.perf_counter() - t0
+                m = res.metrics
+                label = f"fine-tuned ({m['train_from_block']}:{m['views']}:{m['epochs']})" if len(recipes) > 1 \
+                    else "fine-tuned"
                 tuned = create_embedder(res.embedder_name)
                 variants = {"": tuned}
                 if args.companions:
@@ -132,10 +142,10 @@ def main() -> None:
                     S1 = embed_items(emb, shop, desc="shop photos").vectors
                     r = scores(T1, y, fit, S1, shop_y, args.model)
                     if rep:
-                        print(f"| dev-{kind} | fine-tuned + shop photos x {rep}{suffix} | - | - | {r['catalog']:.3f} "
+                        print(f"| dev-{kind} | {label} + shop photos x {rep}{suffix} | - | - | {r['catalog']:.3f} "
                               f"| {secs:.0f} |", flush=True)
                     else:
-                        print(f"| dev-{kind} | fine-tuned{suffix} | {r['plain']:.3f} | {r['adapter']:.3f} "
+                        print(f"| dev-{kind} | {label}{suffix} | {r['plain']:.3f} | {r['adapter']:.3f} "
                               f"| {r['catalog']:.3f} | {secs:.0f} |", flush=True)
 
 

@@ -75,6 +75,20 @@ def test_finetune_refuses_unsupported_backbone_and_single_label(tmp_path) -> Non
         finetune_backbone(items, [0, 1], tmp_path / "m", TINY, progress=False, repeats=[1, 0])
 
 
+def test_config_takes_the_backbones_recipe_where_a_setting_is_unset(tmp_path) -> None:
+    from productlens.models.finetune.train import RECIPES
+
+    cfg = FinetuneConfig().resolved()
+    assert (cfg.backbone, cfg.train_from, cfg.views, cfg.epochs) == ("efficientnet-lite2", *RECIPES["efficientnet-lite2"])
+    mine = FinetuneConfig(backbone="efficientnet-lite0", views=1, train_from=14).resolved()
+    assert (mine.train_from, mine.views, mine.epochs) == (14, 1, RECIPES["efficientnet-lite0"][2])
+    path = tmp_path / "a.jpg"
+    product_photo(0, 0, shop=False).save(path)
+    items = [Item(id=0, image=str(path)), Item(id=1, image=str(path))]
+    with pytest.raises(ProductLensError, match="train_from must be in"):
+        finetune_backbone(items, [0, 1], tmp_path / "m", dataclasses.replace(TINY, train_from=99), progress=False)
+
+
 @pytest.mark.parametrize("catalog_mode", [False, True])
 def test_catalog_finetuning_reads_seller_labels_only_in_catalog_mode(tmp_path, monkeypatch, catalog_mode) -> None:
     from productlens.models import finetune

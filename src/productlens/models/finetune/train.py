@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +30,11 @@ from productlens.types import Item, ProductLensError
 
 log = logging.getLogger(__name__)
 
-TRAIN_FROM = {"efficientnet-lite2": 20, "efficientnet-lite0": 15}  # last block + head conv
+#: per backbone: (first trained block, random views per photo, epochs); the head convolution
+#: trains too. Each trains its last block. Its last 3 blocks (18:2:3 for efficientnet-lite2) scored
+#: better on the train-only dev splits but lost 5 points on the open val set (docs/benchmarks.md,
+#: "Deeper fine-tuning").
+RECIPES = {"efficientnet-lite2": (20, 4, 4), "efficientnet-lite0": (15, 4, 4)}
 MODEL_FILE = "model.onnx"
 
 
@@ -39,13 +43,21 @@ class FinetuneConfig:
     """Settings of :func:`finetune_backbone` (chosen on train-only dev splits)."""
 
     backbone: str = "efficientnet-lite2"
-    views: int = 4              # random views per photo, through the frozen trunk once each
-    epochs: int = 4
-    lr: float = 2e-4            # trained blocks; the classifier gets 10x
+    views: int | None = None       # random views per photo, through the frozen trunk once each
+    epochs: int | None = None
+    train_from: int | None = None  # first trained block; None (each of these three): the backbone's RECIPES
+    lr: float = 2e-4               # trained blocks; the classifier gets 10x
     label_smoothing: float = 0.1
     batch_size: int = 64
-    max_cache_gib: float = 4.0  # trunk maps kept in memory; fewer views (then photos) above it
+    max_cache_gib: float = 4.0     # trunk maps kept in memory; fewer views (then photos) above it
     seed: int = 0
+
+    def resolved(self) -> FinetuneConfig:
+        """This config with the backbone's recipe filled in where a setting is None."""
+        if self.backbone not in RECIPES:
+            raise ProductLensError(f"fine-tuning supports {sorted(RECIPES)}, not {self.backbone!r}")
+        recipe = dict(zip(("train_from", "views", "epochs"), RECIPES[self.backbone]))
+        return replace(self, **{k: v for k, v in recipe.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -61,18 +73,19 @@ class FinetuneResult:
 
 def supports(backbone: str) -> bool:
     """Whether :func:`finetune_backbone` can fine-tune the embedder named ``backbone``."""
-    return backbone in TRAIN_FROM
+    return backbone in RECIPES
 
 
-def _parts(backbone: str):
-    if backbone not in TRAIN_FROM:
-        raise ProductLensError(f"fine-tuning supports {sorted(TRAIN_FROM)}, not {backbone!r}")
+def _parts(backbone: str, train_from: int):
     from productlens.models.embedders import efficientnet_lite
 
     pre = efficientnet_lite.preprocess(backbone)
-    full, trunk, top = efficientnet_lite.split_torch(backbone, TRAIN_FROM[backbone])
+    try:
+        full, trunk, top = efficientnet_lite.split_torch(backbone, train_from)
+    except ValueError as exc:
+        raise ProductLensError(str(exc)) from None
     digest = file_sha256(efficientnet_lite.weights_path(backbone))[:16]
-    trunk_file = cache_dir() / "onnx" / f"{backbone}-{digest}-trunk{TRAIN_FROM[backbone]}-v{EXPORT_VERSION}.onnx"
+    trunk_file = cache_dir() / "onnx" / f"{backbone}-{digest}-trunk{train_from}-v{EXPORT_VERSION}.onnx"
     if not trunk_file.exists():
         export_onnx(image_model(trunk, pre, gem_p=None), pre.size, trunk_file)
     return pre, full, top, Embedder(f"{backbone}-trunk", trunk_file, pre)
@@ -122,14 +135,14 @@ def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str
     """
     import torch
 
-    cfg = config or FinetuneConfig()
+    cfg = (config or FinetuneConfig()).resolved()
     if len(items) != len(labels):
         raise ProductLensError(f"got {len(labels)} labels for {len(items)} photos")
     repeats = [1] * len(items) if repeats is None else [int(r) for r in repeats]
     if len(repeats) != len(items) or min(repeats, default=1) < 1:
         raise ProductLensError("repeats needs one count >= 1 per photo")
     t0 = time.perf_counter()
-    pre, full, top, trunk = _parts(cfg.backbone)
+    pre, full, top, trunk = _parts(cfg.backbone, cfg.train_from)
     images, y_raw, skipped = [], [], []
     for i, (it, lab, r) in enumerate(zip(items, labels, repeats)):
         try:  # decoded once, shrunk on decode; views are cut from these
@@ -156,7 +169,7 @@ def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str
     out = Path(out_dir)
     target = export_onnx(image_model(full.eval(), pre, gem_p=3.0), pre.size, out / MODEL_FILE)
     (out / "model.json").write_text(json.dumps(pre.to_json()))
-    metrics = {"backbone": cfg.backbone, "train_from_block": TRAIN_FROM[cfg.backbone],
+    metrics = {"backbone": cfg.backbone, "train_from_block": cfg.train_from,
                "photos": len(items) - len(skipped), "photos_with_repeats": int(len(y)), "labels": len(classes),
                "views": views, "epochs": cfg.epochs, "final_loss": losses[-1],
                "seconds_views": round(t_views, 1), "seconds": round(time.perf_counter() - t0, 1)}
