@@ -16,6 +16,7 @@ from productlens.data.readers import read_gallery, read_labelled_csv, read_queri
 from productlens.models.embedders import create_embedder
 from productlens.models.finetune import FinetuneConfig, finetune_backbone
 from productlens.models.finetune.augment import random_crop, random_view
+from productlens.models.finetune.train import RECIPES
 from productlens.pipeline.catalog import FINETUNE_SELLER_REPEATS, Catalog, build_catalog
 from productlens.types import Item, ProductLensError
 
@@ -52,6 +53,7 @@ def test_finetune_writes_a_loadable_model_and_skips_bad_photos(tmp_path) -> None
     assert res.path.is_file() and (tmp_path / "model" / "model.json").is_file()
     meta = json.loads((tmp_path / "model" / "finetune.json").read_text())
     assert meta["photos"] == 12 and meta["photos_with_repeats"] == 14 and meta["labels"] == 3
+    assert (meta["train_from_block"], meta["views"], meta["epochs"]) == (RECIPES[MODEL][0], 2, 2)  # TINY's own
     assert np.isfinite(meta["final_loss"])
     emb = create_embedder(res.embedder_name)
     base = create_embedder(MODEL)
@@ -76,10 +78,8 @@ def test_finetune_refuses_unsupported_backbone_and_single_label(tmp_path) -> Non
 
 
 def test_config_takes_the_backbones_recipe_where_a_setting_is_unset(tmp_path) -> None:
-    from productlens.models.finetune.train import RECIPES
-
     cfg = FinetuneConfig().resolved()
-    assert (cfg.backbone, cfg.train_from, cfg.views, cfg.epochs) == ("efficientnet-lite2", *RECIPES["efficientnet-lite2"])
+    assert (cfg.train_from, cfg.views, cfg.epochs) == RECIPES[cfg.backbone] and cfg.backbone == "efficientnet-lite2"
     mine = FinetuneConfig(backbone="efficientnet-lite0", views=1, train_from=14).resolved()
     assert (mine.train_from, mine.views, mine.epochs) == (14, 1, RECIPES["efficientnet-lite0"][2])
     path = tmp_path / "a.jpg"
