@@ -49,7 +49,7 @@ from productlens.heads.align import fit_alignment, product_text
 from productlens.heads.conse import get_concepts, mix
 from productlens.models.embedders import get_embedder
 from productlens.models.text import get_text_encoder
-from productlens.pipeline.catalog import build_catalog
+from productlens.pipeline.catalog_build import build_catalog
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.multimodal import fit_catalog_alignment, photos_for_text, zero_shot
 from productlens.pipeline.text_search import TextSearch, products_from_jsonl

@@ -116,7 +116,7 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     from productlens.data.readers import read_catalog, read_labelled_csv
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
     from productlens.serve import ServeConfig
     from productlens.serve.engine import Engine, sniff_image
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from productlens.data.clips import make_clip
 from productlens.data.readers import read_gallery, read_labelled_csv
-from productlens.pipeline.catalog import build_catalog
+from productlens.pipeline.catalog_build import build_catalog
 from productlens.pipeline.video import identify_video, sample_frames
 
 ROOT = Path(__file__).resolve().parents[1]

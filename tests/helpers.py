@@ -137,7 +137,7 @@ def add_columns(csv_path: Path, out_path: Path, columns: dict) -> Path:
 def titled_catalog(root: Path, n_products: int, category) -> Path:
     """A catalog folder of the generated shop photos titled 'product P', category ``category(P)``, catalog mode."""
     from productlens.data.readers import read_gallery
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
 
     paths = write_dataset(root, n_products=n_products, per_product=1)
     gallery = add_columns(paths["gallery"], root / "gallery_t.csv",

@@ -10,7 +10,8 @@ import pytest
 
 from helpers import product_photo, write_dataset
 from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
-from productlens.pipeline.catalog import Catalog, build_catalog
+from productlens.pipeline.catalog import Catalog
+from productlens.pipeline.catalog_build import build_catalog
 from productlens.pipeline.rank import rank_queries, save_rankings
 from productlens.types import BoxError, InvalidBox, Item, ProductLensError
 

@@ -682,7 +682,7 @@ def test_search_rank_and_classify_use_the_detected_box(tmp_path):
     from helpers import write_dataset
     from productlens.cli.main import app
     from productlens.data.readers import read_gallery, read_queries
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
     from productlens.pipeline.rank import rank_queries
     from productlens.types import Box
 

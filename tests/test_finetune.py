@@ -17,7 +17,8 @@ from productlens.models.embedders import create_embedder
 from productlens.models.finetune import FinetuneConfig, finetune_backbone
 from productlens.models.finetune.augment import random_crop, random_view
 from productlens.models.finetune.train import RECIPES
-from productlens.pipeline.catalog import FINETUNE_SELLER_REPEATS, Catalog, build_catalog
+from productlens.pipeline.catalog import Catalog
+from productlens.pipeline.catalog_build import FINETUNE_SELLER_REPEATS, build_catalog
 from productlens.types import Item, ProductLensError
 
 MODEL = "efficientnet-lite0"

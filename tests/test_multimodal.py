@@ -167,7 +167,8 @@ def test_choose_text_weight_needs_catalog_mode():
 
 def test_catalog_with_ocr_fuses_print_with_the_image(tmp_path):
     """Packages that look the same and differ only by their brand: OCR tells them apart."""
-    from productlens.pipeline.catalog import Catalog, build_catalog
+    from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.catalog_build import build_catalog
 
     words = ["BRAVO", "GARDEN", "MOXIE"]
     gallery, held, queries = [], [], []
@@ -306,7 +307,7 @@ def test_index_build_ocr_needs_train(tmp_path):
 # ------------------------------------------------------------------ video
 def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
     from productlens.data.clips import make_clip
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
     from productlens.pipeline.video import identify_video, sample_frames
 
     paths = write_dataset(tmp_path, n_products=4, per_product=3)
@@ -365,7 +366,7 @@ def test_identify_video_fuses_a_given_title_with_a_products_catalog(tmp_path):
     assert titled[1] - plain[1] > 0.1 and abs(titled[0] - plain[0]) < 0.05  # only the named product gains
     assert scores("--text", "Blueberry yoghurt", "--text-weight", "0") == plain
     from productlens.data.readers import read_catalog
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
 
     cat, _ = build_catalog(read_catalog(tmp_path / "products.jsonl"), tmp_path / "cat", progress=False)
     with cat:  # a photo search with words about it: the same default weight

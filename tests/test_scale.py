@@ -18,7 +18,8 @@ from helpers import drop_collections, local_ray, tiny_embedder, write_dataset
 from productlens.cli.main import app
 from productlens.data.readers import read_catalog, read_queries
 from productlens.pipeline.bulk import RayOptions, build_catalog_sharded
-from productlens.pipeline.catalog import Catalog, build_catalog
+from productlens.pipeline.catalog import Catalog
+from productlens.pipeline.catalog_build import build_catalog
 from productlens.pipeline.store_spec import StoreSpec
 from productlens.types import ProductLensError
 

@@ -353,7 +353,7 @@ def test_identify_uses_the_attached_classifier(tmp_path):
 
     from productlens.data.labelled import read_labelled
     from productlens.data.readers import read_gallery
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
     from productlens.pipeline.classify import TrainOptions, train_classifier
 
     paths = write_dataset(tmp_path / "ds", n_products=4, per_product=4)

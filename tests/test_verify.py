@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from helpers import write_dataset
 from productlens.data.readers import read_gallery, read_queries
 from productlens.pipeline import verify
-from productlens.pipeline.catalog import build_catalog
+from productlens.pipeline.catalog_build import build_catalog
 from productlens.pipeline.rank import rank_queries
 from productlens.types import ProductLensError
 

@@ -57,7 +57,7 @@ def build(
     """Embed a catalog and write its index (atomically, or resumably with --engine ray)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
     from productlens.models.embedders.joined import companions_for
-    from productlens.pipeline.catalog import build_catalog, check_catalog_target
+    from productlens.pipeline.catalog_build import build_catalog, check_catalog_target
     from productlens.pipeline.fusion import choose_text_weight
     from productlens.types import ProductLensError
 

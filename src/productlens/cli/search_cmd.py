@@ -179,7 +179,7 @@ def demo(
 ) -> None:
     """Index a catalog and answer example queries (the main job of `make run`)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
     from productlens.types import ProductLensError
 
     src = catalog or default_catalog()

@@ -32,7 +32,8 @@ def identify_video(
     """Rank catalog products for a video clip, with the timestamps of the frames that support each."""
     from productlens.data.readers import read_catalog
     from productlens.models.detectors import load_detector
-    from productlens.pipeline.catalog import Catalog, build_catalog
+    from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.catalog_build import build_catalog
     from productlens.pipeline.video import identify_video as run
     from productlens.types import ProductLensError
 

@@ -20,7 +20,7 @@ from productlens.config import DEFAULT_EMBEDDER
 from productlens.data.readers import read_gallery, read_labelled_csv, read_products_jsonl, read_queries
 from productlens.eval.metrics import per_query_ap, retrieval_metrics, same_product
 from productlens.models.detectors.runtime import Detector
-from productlens.pipeline.catalog import build_catalog
+from productlens.pipeline.catalog_build import build_catalog
 from productlens.pipeline.fusion import choose_text_weight
 from productlens.pipeline.rank import rank_queries
 from productlens.types import Item, ProductLensError

@@ -17,8 +17,9 @@ in its metadata (``ocr``) and fuses text evidence into every search
 
 The store's info records the embedder and whether an adapter is used, so a
 reopened catalog embeds queries exactly as its gallery was embedded.
-:func:`build_catalog` writes a new catalog into a temporary folder and renames
-it into place, so an interrupted build leaves no half-written catalog.
+:func:`~productlens.pipeline.catalog_build.build_catalog` writes a new catalog into a
+temporary folder and renames it into place, so an interrupted build leaves no
+half-written catalog.
 """
 
 from __future__ import annotations
@@ -27,39 +28,29 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.data.images import load_image
-from productlens.fileio import file_lock, replace_dir, temporary_beside
-from productlens.heads.adapter import Adapter, fit_adapter
+from productlens.fileio import file_lock
+from productlens.heads.adapter import Adapter
 from productlens.index.base import Store
 from productlens.models.detectors.runtime import Detector
-from productlens.models.embedders import Embedder, create_embedder, embedder_in_folder, get_embedder
+from productlens.models.embedders import Embedder, embedder_in_folder
 from productlens.models.embedders.joined import joined
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.rerank import alpha_qe
 from productlens.types import Box, Hit, Item, ProductLensError, product_key
 
-if TYPE_CHECKING:
-    from productlens.pipeline.store_spec import StoreSpec
-
 log = logging.getLogger(__name__)
 
 QE_K = 2          # alpha-QE neighbours (see pipeline/rerank.py for the measurements)
 QE_ALPHA = 3.0
-#: how an adapted catalog embeds queries (see :func:`query_embedder`; chosen on the train-only
-#: development splits, benchmarks/dev_protocol.py)
-DEFAULT_QUERY_VIEWS = "regions"
 BACKBONE_DIR = "backbone"  # a fine-tuned backbone inside the catalog folder
 CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
-#: catalog mode with fine-tuning: each labelled seller photo counts this many times beside
-#: the shopper photos (benchmarks/dev_finetune.py --split session --seller-repeats ...)
-FINETUNE_SELLER_REPEATS = 4
 #: the file in a catalog folder that :meth:`Catalog.writing` locks
 WRITER_LOCK = ".writer.lock"
 #: the store info key under which :meth:`Catalog.mark_used` keeps the lowest id never handed out
@@ -220,7 +211,7 @@ class Catalog:
     # -------------------------------------------------------------- open
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Catalog":
-        """Open an existing catalog folder (made by :func:`build_catalog`)."""
+        """Open an existing catalog folder (made by :func:`~productlens.pipeline.catalog_build.build_catalog`)."""
         from productlens.pipeline.store_spec import StoreSpec, check_complete
 
         path = Path(path)
@@ -455,7 +446,7 @@ class Catalog:
 
 
 def stored_companions(store: Store) -> list[str]:
-    """The companion backbones a catalog's store records (see :func:`build_catalog`)."""
+    """The companion backbones a catalog's store records (see :func:`~productlens.pipeline.catalog_build.build_catalog`)."""
     return [c for c in str(store.get_info("companions", "")).split("+") if c]
 
 
@@ -476,135 +467,3 @@ def query_embedder(embedder: Embedder, views: str = "none"):
     from productlens.data.augment import PooledViewEmbedder, view_set
 
     return PooledViewEmbedder(embedder, view_set(views))
-
-
-def check_catalog_target(path: str | os.PathLike, overwrite: bool) -> None:
-    """Raise ProductLensError unless :func:`build_catalog` may write a catalog at ``path``: it does
-    not exist, or ``overwrite`` is set and it is an empty folder or a productlens catalog (never a
-    folder of the user's). Call it before long work that ends in building one."""
-    from productlens.pipeline.store_spec import StoreSpec
-
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ProductLensError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    if path.is_dir() and any(path.iterdir()):  # only a catalog is replaced, never a folder of the user's
-        StoreSpec.of(path)  # ProductLensError: "... is not a productlens catalog"
-
-
-def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
-                  train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
-                  finetune: bool = False, overwrite: bool = False, progress: bool = True,
-                  ocr: bool = False, store: "StoreSpec | None" = None,
-                  query_views: str | None = None, companions: Sequence[str] = ()) -> tuple[Catalog, list]:
-    """Embed ``items`` into a new catalog folder at ``path``; returns (catalog, skipped errors).
-
-    ``train``: labelled shopper photos (Item.product_id set) that fit the
-    catalog adapter before indexing; without them the plain backbone is used.
-    ``finetune`` (with ``train``): first fine-tune the backbone's last blocks on
-    them (:mod:`productlens.models.finetune`, minutes on a CPU; a backbone it
-    does not support is used frozen, with a warning); the model is
-    kept in the catalog folder (``backbone/``) and embeds gallery and queries.
-    ``use_gallery_labels`` (catalog mode): the gallery's own product ids also
-    train the adapter; with ``finetune``, the seller photos of products that also
-    have training photos join the fine-tuning (each counted
-    ``FINETUNE_SELLER_REPEATS`` times). Otherwise they are never read (challenge mode).
-    ``ocr``: read the print on every gallery photo (kept in the metadata as
-    ``ocr``) and on every query; fusion starts once a text weight is chosen
-    (:meth:`Catalog.fit_text_weight`).
-    ``store``: where the vectors go (:class:`~productlens.pipeline.store_spec.StoreSpec`;
-    default the embedded store inside the folder). A server collection of that
-    name is replaced only with ``overwrite``.
-    ``query_views``: how queries (and the training photos, which stand for
-    queries) are embedded: ``"regions"`` pools the whole photo with six crops
-    (:func:`query_embedder`; default when there are training photos, since the
-    adapter then centres the two domains apart), ``"none"`` the whole photo
-    only (default without training photos). Gallery photos are always embedded whole.
-    ``companions``: bundled backbones joined to the embedder, run on the whole
-    photo only (:mod:`productlens.models.embedders.joined`; ``companions_for(embedder)``
-    gives the other bundled backbones). None by default: on the train-only
-    splits they helped queries of products never trained on and hurt a gallery
-    that holds photos of the trained products (see docs/benchmarks.md).
-    The catalog is written to a temporary folder beside ``path`` and renamed into place.
-    """
-    from productlens.pipeline.store_spec import StoreSpec
-
-    path = Path(path)
-    check_catalog_target(path, overwrite)
-    if not items:
-        raise ProductLensError("the catalog has no items")
-    if len({it.id for it in items}) != len(items):
-        seen: set[int] = set()
-        repeated = sorted({it.id for it in items if it.id in seen or seen.add(it.id)})
-        raise ProductLensError(f"catalog item ids must be unique; repeated: {repeated[:10]}"
-                               + (" ..." if len(repeated) > 10 else ""))
-    if embedder.startswith("onnx:") and not Path(embedder[5:]).expanduser().is_absolute():
-        # the user's model, named from where they are: a relative name in a catalog means inside its folder
-        embedder = "onnx:" + str(Path(embedder[5:]).expanduser().absolute())
-    labelled = [t for t in train or () if t.product_id is not None]
-    if finetune and not labelled:
-        raise ProductLensError("fine-tuning needs labelled training photos (--train)")
-    if query_views is None:
-        query_views = DEFAULT_QUERY_VIEWS if labelled else "none"
-    companions = list(companions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with temporary_beside(path, folder=True, tag="building.") as tmp:
-        try:
-            name, emb = embedder, get_embedder(embedder)
-            query_embedder(emb, query_views)  # an unknown view set fails before any work
-            if finetune:
-                from productlens.models.finetune import FinetuneConfig, finetune_backbone, supports
-
-                if not supports(embedder):
-                    log.warning("%s cannot be fine-tuned here; using it frozen", embedder)
-                    finetune = False
-            if finetune:
-                photos, repeats = list(labelled), [1] * len(labelled)
-                if use_gallery_labels:  # catalog mode: seller photos of the trained products join them
-                    known = {t.product_id for t in labelled}
-                    seller = [it for it in items if it.product_id in known]
-                    photos += seller
-                    repeats += [FINETUNE_SELLER_REPEATS] * len(seller)
-                res = finetune_backbone(photos, [t.product_id for t in photos], tmp / BACKBONE_DIR,
-                                        FinetuneConfig(backbone=embedder), progress=progress, repeats=repeats)
-                name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
-                emb = create_embedder(res.embedder_name)
-            emb = joined(emb, companions)
-            gal = embed_items(emb, items, progress=progress, desc="gallery")
-            if not len(gal.ok):
-                raise ProductLensError("no gallery image could be read")
-            ok_items = [items[i] for i in gal.ok]
-            adapter = None
-            if labelled:
-                tr = embed_items(query_embedder(emb, query_views), labelled, progress=progress, desc="training photos")
-                labels = np.array([labelled[i].product_id for i in tr.ok])
-                glabels = None
-                if use_gallery_labels:
-                    glabels = np.array([-1 if it.product_id is None else it.product_id for it in ok_items])
-                adapter = fit_adapter(vector_name(name, companions), tr.vectors, labels, gallery_vectors=gal.vectors,
-                                      gallery_labels=glabels)
-            vectors = gal.vectors if adapter is None else adapter.transform(gal.vectors, "gallery")
-            spec = store or StoreSpec()
-            store = spec.create(tmp, vectors.shape[1], overwrite=overwrite)
-            spec.save(tmp)
-            store.set_info("embedder", name)
-            store.set_info("companions", "+".join(companions))
-            store.set_info("adapter", adapter is not None)
-            store.set_info("query_views", query_views)
-            store.set_info("ocr", bool(ocr))
-            mds = [_metadata(it) for it in ok_items]
-            if ocr:
-                from productlens.pipeline.fusion import ocr_texts
-
-                for md, text in zip(mds, ocr_texts([it.image for it in ok_items], progress=progress)):
-                    md["ocr"] = text
-            store.upsert([it.id for it in ok_items], vectors, mds)
-            store.build_index()
-            store.close()
-            if adapter is not None:
-                adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,
-                                                      "gallery_labels_used": bool(use_gallery_labels)})
-            replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return Catalog.open(path), gal.errors

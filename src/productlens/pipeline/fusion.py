@@ -164,7 +164,7 @@ def choose_text_weight(gallery: Sequence, train: Sequence, *, embedder: str | No
     from pathlib import Path
 
     from productlens.config import DEFAULT_EMBEDDER
-    from productlens.pipeline.catalog import build_catalog
+    from productlens.pipeline.catalog_build import build_catalog
     from productlens.types import ProductLensError
 
     labelled = [t for t in train if t.product_id is not None]
