@@ -1,4 +1,4 @@
-"""A classifier trained with a fine-tuned backbone carries it in its folder."""
+"""A classifier trained with a fine-tuned backbone carries it (and its frozen companions) in its folder."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def test_finetuned_classifier_is_moved_and_reloaded_with_identical_predictions(t
     config = json.loads((folder / "config.json").read_text())
     assert config["embedder"] == "onnx:backbone/model.onnx" and config["training"]["finetune"] is True
     assert (folder / "backbone" / "model.onnx").is_file() and (folder / "backbone" / "model.json").is_file()
+    # the other bundled backbones join the fine-tuned one, frozen, and are recorded with it
+    assert config["companions"] == ["efficientnet-lite2", "mobilenetv2"] and config["training"]["companions"] is True
+    assert config["dim"] == res.classifier.embedder.dim == sum(embedders.get_embedder(m).dim for m in
+                                                                   ["efficientnet-lite0", *config["companions"]])
     tuned = res.classifier.metrics["finetune"]
     # the calibration hold-out (and any label the noise filter suspects) is kept out of fine-tuning
     m = res.classifier.metrics

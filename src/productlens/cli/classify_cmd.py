@@ -37,7 +37,8 @@ _NOISE = typer.Option(True, "--noise-filter/--no-noise-filter", help="Small-loss
 _BALANCE = typer.Option("logit-adjust", help="Imbalance handling: logit-adjust, class-weight or none.")
 _HOLDOUT = typer.Option(0.15, help="Share of each class held out to fit the temperature.")
 _FINETUNE = typer.Option(False, "--finetune/--no-finetune",
-                         help="Fine-tune the backbone's last blocks first (minutes; kept in the model folder).")
+                         help="Fine-tune the backbone's last blocks first, joined with the other bundled backbones frozen "
+                              "(minutes; kept in the model folder).")
 
 
 @app.command("train")

@@ -67,8 +67,10 @@ class Classifier:
     def __init__(self, embedder_name: str, head: HeadWeights, mean: np.ndarray, hierarchy: Hierarchy, *,
                  temperature: float = 1.0, views: Sequence[str] = ("0.000,0.000,1.000,1.000",),
                  config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                 fingerprint: str = "") -> None:
+                 fingerprint: str = "", companions: Sequence[str] = ()) -> None:
         self.embedder_name = embedder_name
+        #: bundled backbones joined to the embedder (:mod:`productlens.models.embedders.joined`)
+        self.companions = list(companions)
         self.head = head
         self.mean = np.asarray(mean, np.float32)
         self.hierarchy = hierarchy
@@ -109,16 +111,18 @@ class Classifier:
         """The embedder this head was trained on (created on first use, checked against the record)."""
         if self._embedder is None:
             from productlens.models.embedders import create_embedder, get_embedder
+            from productlens.models.embedders.joined import joined
             from productlens.pipeline.features_cache import model_fingerprint
 
             local = self._backbone_path()  # this classifier's own backbone: loaded afresh
-            emb = create_embedder(f"onnx:{local}") if local is not None else get_embedder(self.embedder_name)
-            if emb.dim != self.mean.shape[0]:
-                raise ProductLensError(f"embedder {self.embedder_name} gives {emb.dim}-d features; "
-                                       f"this classifier expects {self.mean.shape[0]}")
-            if self.fingerprint and model_fingerprint(emb) != self.fingerprint:
+            main = create_embedder(f"onnx:{local}") if local is not None else get_embedder(self.embedder_name)
+            if self.fingerprint and model_fingerprint(main) != self.fingerprint:
                 raise ProductLensError(f"the model file of {self.embedder_name} changed since this classifier "
                                        "was trained; retrain it")
+            emb = joined(main, self.companions)
+            if emb.dim != self.mean.shape[0]:
+                raise ProductLensError(f"embedder {'+'.join([self.embedder_name, *self.companions])} gives "
+                                       f"{emb.dim}-d features; this classifier expects {self.mean.shape[0]}")
             self._embedder = emb
         return self._embedder
 
@@ -186,7 +190,7 @@ class Classifier:
             (tmp / "labels.json").write_text(json.dumps(self.hierarchy.to_json(), indent=1))
             config = {"format": FORMAT_VERSION, "kind": "productlens-classifier", "embedder": self.embedder_name,
                       "fingerprint": self.fingerprint, "dim": int(self.mean.shape[0]), "views": self.views,
-                      "temperature": self.temperature, **self.config}
+                      "temperature": self.temperature, "companions": self.companions, **self.config}
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
             (tmp / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
             local = self._backbone_path()
@@ -222,10 +226,11 @@ def load_classifier(path: str | os.PathLike[str], embedder: str | None = None) -
     if head.weight.shape[0] != len(hierarchy.labels):
         raise ProductLensError(f"{folder}: head has {head.weight.shape[0]} classes, labels.json {len(hierarchy.labels)}")
     extra = {k: v for k, v in config.items() if k not in
-             ("format", "kind", "embedder", "fingerprint", "dim", "views", "temperature")}
+             ("format", "kind", "embedder", "fingerprint", "dim", "views", "temperature", "companions")}
     clf = Classifier(config["embedder"], head, arrays["mean"], hierarchy,
                      temperature=float(arrays["temperature"]), views=config.get("views", []),
-                     config=extra, metrics=metrics, fingerprint=config.get("fingerprint", ""))
+                     config=extra, metrics=metrics, fingerprint=config.get("fingerprint", ""),
+                     companions=config.get("companions", []))
     clf.root = folder
     return clf
 
