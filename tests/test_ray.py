@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - the ray extra is not installed
     pytest.skip(f"Ray is not installed (pip install 'productlens[ray]'): {exc}", allow_module_level=True)
 
 from productlens.index import open_store
-from productlens.pipeline.catalog import _metadata
+from productlens.pipeline.catalog import item_metadata
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.ray_embed import (embed_shards, iter_shards, load_shards, read_manifest, shard_path,
                                             write_manifest)
@@ -103,7 +103,7 @@ def test_ray_equals_single_process(embedded, tiny, items) -> None:
     assert np.array_equal(ids, ref_ids)  # manifest order, bad ones dropped
     assert vecs.dtype == np.float32 and vecs.shape == (N_GOOD, 8)
     assert np.abs(vecs - ref.vectors).max() < 1e-5
-    assert mds == [_metadata(items[i]) for i in ref.ok]
+    assert mds == [item_metadata(items[i]) for i in ref.ok]
     queries = ref.vectors[[0, 7, 19, 30]] + 0.05 * np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
     assert np.array_equal(np.argsort(-queries @ vecs.T, axis=1, kind="stable")[:, :10],
                           np.argsort(-queries @ ref.vectors.T, axis=1, kind="stable")[:, :10])
@@ -148,7 +148,7 @@ def test_resume_embeds_only_missing_shards(embedded, tmp_path, tiny, items) -> N
 def test_manifest_round_trip(tmp_path, items) -> None:
     path = write_manifest(items, tmp_path)
     back = read_manifest(path)
-    assert [_metadata(it) for it in back] == [_metadata(it) for it in items]
+    assert [item_metadata(it) for it in back] == [item_metadata(it) for it in items]
     assert [(it.id, it.box) for it in back] == [(it.id, it.box) for it in items]
     with pytest.raises(ProductLensError, match="no manifest"):
         embed_shards(tmp_path / "empty", embedder="x", progress=False)

@@ -57,7 +57,8 @@ WRITER_LOCK = ".writer.lock"
 NEXT_ID_KEY = "next_item_id"
 
 
-def _metadata(item: Item) -> dict[str, Any]:
+def item_metadata(item: Item) -> dict[str, Any]:
+    """What a catalog stores beside an item's vector: image, title, category, product id and extra columns."""
     md: dict[str, Any] = {"image": str(item.image), "title": item.title, "category": item.category}
     if item.product_id is not None:
         md["product_id"] = int(item.product_id)
@@ -259,7 +260,7 @@ class Catalog:
         res = embed_items(self.embedder, items, progress=progress, desc="gallery")
         if len(res.ok):
             ok = [items[i] for i in res.ok]
-            mds = [_metadata(it) for it in ok]
+            mds = [item_metadata(it) for it in ok]
             if self.uses_ocr:
                 from productlens.pipeline.fusion import ocr_texts
 

@@ -21,7 +21,7 @@ from productlens.fileio import replace_dir, temporary_beside
 from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.embedders.joined import joined
-from productlens.pipeline.catalog import BACKBONE_DIR, Catalog, _metadata, query_embedder, vector_name
+from productlens.pipeline.catalog import BACKBONE_DIR, Catalog, item_metadata, query_embedder, vector_name
 from productlens.pipeline.embed import embed_items
 from productlens.types import Item, ProductLensError
 
@@ -151,7 +151,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             store.set_info("adapter", adapter is not None)
             store.set_info("query_views", query_views)
             store.set_info("ocr", bool(ocr))
-            mds = [_metadata(it) for it in ok_items]
+            mds = [item_metadata(it) for it in ok_items]
             if ocr:
                 from productlens.pipeline.fusion import ocr_texts
 

@@ -45,7 +45,7 @@ def _abs_image(image: Any, item_id: int) -> str:
 
 def _manifest_table(items: Sequence[Item]):
     from productlens.index.base import check_ids
-    from productlens.pipeline.catalog import _metadata
+    from productlens.pipeline.catalog import item_metadata
 
     pa, _ = _pa()
     ids = check_ids([it.id for it in items], unique=True, what="item ids")
@@ -54,7 +54,7 @@ def _manifest_table(items: Sequence[Item]):
         "id": pa.array(ids, pa.int64()),
         "image": pa.array([_abs_image(it.image, it.id) for it in items], pa.string()),
         "box": pa.array([dict(zip(BOX_FIELDS, it.box.as_tuple())) if it.box else None for it in items], box_type),
-        "metadata": pa.array([_dumps(_metadata(it)) for it in items], pa.string()),
+        "metadata": pa.array([_dumps(item_metadata(it)) for it in items], pa.string()),
     })
 
 
