@@ -274,7 +274,6 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
         check_replaceable(out)  # before the training, not after it
     hierarchy = build_hierarchy(data.label, data.labels, data.parents)
     from productlens.models.embedders import get_embedder
-    from productlens.models.embedders.ensemble import MEMBERS
     from productlens.models.embedders.joined import companions_for, joined
     from productlens.pipeline.features_cache import model_fingerprint
 
@@ -286,7 +285,7 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
         if supports(options.backbone):
             root, main, held, tuned = _finetuned_backbone(data, hierarchy, options, progress)
             name = f"onnx:{BACKBONE_DIR}/{main.onnx_path.name}"  # relative to the classifier's folder
-            if options.companions and options.backbone in MEMBERS:
+            if options.companions:  # every backbone fine-tuning supports is a bundled one
                 companions = companions_for(options.backbone)
         else:
             log.warning("%s cannot be fine-tuned here; using it frozen", options.backbone)
