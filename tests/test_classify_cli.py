@@ -141,6 +141,25 @@ def test_an_unknown_test_label_fails_before_training(tmp_path, monkeypatch) -> N
     assert r.exit_code == 1 and "never seen in training: 's99'" in r.output
 
 
+def test_companions_switch_reaches_the_training_options(tmp_path, monkeypatch) -> None:
+    from productlens.pipeline import classify
+
+    train = write_set(tmp_path)
+    seen = []
+
+    def fake_train(data, out, options, **kw):
+        seen.append((options.finetune, options.companions))
+        raise classify.ProductLensError("stopped before training")
+
+    monkeypatch.setattr(classify, "train_classifier", fake_train)
+    for flags, expected in (([], (False, True)), (["--finetune"], (True, True)),
+                            (["--finetune", "--no-companions"], (True, False))):
+        r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"),
+                                *flags])
+        assert r.exit_code == 1 and "stopped before training" in r.output
+        assert seen.pop() == expected
+
+
 def test_out_never_wipes_a_users_folder(tmp_path, monkeypatch) -> None:
     from productlens.pipeline import classify
 

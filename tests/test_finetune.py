@@ -16,7 +16,7 @@ from productlens.data.readers import read_gallery, read_labelled_csv, read_queri
 from productlens.models.embedders import create_embedder
 from productlens.models.finetune import FinetuneConfig, finetune_backbone
 from productlens.models.finetune.augment import random_crop, random_view
-from productlens.models.finetune.train import RECIPES
+from productlens.models.finetune.train import CLASSIFIER_RECIPES, RECIPES
 from productlens.pipeline.catalog import Catalog
 from productlens.pipeline.catalog_build import FINETUNE_SELLER_REPEATS, build_catalog
 from productlens.types import Item, ProductLensError
@@ -83,6 +83,10 @@ def test_config_takes_the_backbones_recipe_where_a_setting_is_unset(tmp_path) ->
     assert (cfg.train_from, cfg.views, cfg.epochs) == RECIPES[cfg.backbone] and cfg.backbone == "efficientnet-lite2"
     mine = FinetuneConfig(backbone="efficientnet-lite0", views=1, train_from=14).resolved()
     assert (mine.train_from, mine.views, mine.epochs) == (14, 1, RECIPES["efficientnet-lite0"][2])
+    clf = FinetuneConfig.for_classifier("efficientnet-lite2").resolved()  # a classifier trains deeper
+    assert (clf.train_from, clf.views, clf.epochs) == CLASSIFIER_RECIPES["efficientnet-lite2"] != RECIPES[clf.backbone]
+    lite0 = FinetuneConfig.for_classifier("efficientnet-lite0").resolved()  # no recipe of its own: search's
+    assert (lite0.train_from, lite0.views, lite0.epochs) == RECIPES["efficientnet-lite0"]
     path = tmp_path / "a.jpg"
     product_photo(0, 0, shop=False).save(path)
     items = [Item(id=0, image=str(path)), Item(id=1, image=str(path))]

@@ -15,8 +15,9 @@ With ``finetune`` the backbone's last blocks are first fine-tuned on the
 photos outside the calibration hold-out (:mod:`productlens.models.finetune`), so
 that the temperature is still fitted on photos the model never trained on; the
 model folder then holds the fine-tuned backbone (``backbone/model.onnx``).
-It trains deeper than fine-tuning for search (``FINETUNE_RECIPES``), and the
-frozen other bundled backbones are joined to it (``TrainOptions.companions``).
+It trains deeper than fine-tuning for search (``CLASSIFIER_RECIPES`` in
+:mod:`productlens.models.finetune.train`), and the frozen other bundled
+backbones are joined to it (``TrainOptions.companions``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -48,13 +49,6 @@ REFIT_BELOW = 50_000
 
 #: The training and prediction views of a classifier (see TrainOptions).
 DEFAULT_VIEWS = "regions"
-
-#: Fine-tuning a classifier's backbone (``FinetuneConfig`` fields; a backbone not listed uses its
-#: search recipe, ``models.finetune.RECIPES``). A classifier's classes are the products it trains on,
-#: so the deeper training that hurt search for products never trained on costs nothing here. On the
-#: session split (``benchmarks/dev_classify.py --finetune``) the last three blocks of efficientnet-lite2,
-#: 2 views, 3 epochs scored 0.800 against 0.779 for search's recipe, in the same time.
-FINETUNE_RECIPES: dict[str, dict[str, int]] = {"efficientnet-lite2": {"train_from": 18, "views": 2, "epochs": 3}}
 
 
 @dataclass
@@ -196,13 +190,15 @@ def holdout_share(options: TrainOptions, n: int) -> float:
 
 def fit_on_features(feats: Features, hierarchy: Hierarchy, options: TrainOptions, images: list[str],
                     progress: bool = False, fingerprint: str = "", held: np.ndarray | None = None,
-                    embedder: str | None = None) -> tuple[Classifier, dict[str, Any]]:
+                    embedder: str | None = None,
+                    companions: Sequence[str] = ()) -> tuple[Classifier, dict[str, Any]]:
     """Fit head and temperature on precomputed features; returns the classifier and held-out metrics.
 
     ``images``: the name of every item (the hold-out takes a block of each class in name
     order); ``fingerprint``: the backbone's model fingerprint, recorded in the classifier;
     ``held``: the hold-out mask over ``feats`` when it was chosen beforehand (fine-tuning);
-    ``embedder``: the name recorded in the classifier (default ``options.backbone``).
+    ``embedder``: the name recorded in the classifier (default ``options.backbone``);
+    ``companions``: the frozen backbones joined to it (recorded, and joined again when loaded).
     """
     from productlens.models.classifiers.calibration import (expected_calibration_error, fit_temperature,
                                                             nll, view_probs)
@@ -231,13 +227,15 @@ def fit_on_features(feats: Features, hierarchy: Hierarchy, options: TrainOptions
                        holdout_ece=expected_calibration_error(pt, yh), temperature=temperature)
         refit = options.refit if options.refit is not None else len(feats.y) < REFIT_BELOW
         if not refit:
-            return _classifier(head, mean, hierarchy, temperature, feats, options, fingerprint, embedder), metrics
+            clf = _classifier(head, mean, hierarchy, temperature, feats, options, fingerprint, embedder, companions)
+            return clf, metrics
     mean = feats.x.astype(np.float32).mean(axis=(0, 1))
     head = train_head(prepare(xtrain, mean), feats.y, n_classes, options.head, parents=parents,
                       progress=progress)
     if head.kept is not None:
         metrics["noise_filter_dropped"] = int((~head.kept).sum())
-    return _classifier(head, mean, hierarchy, temperature, feats, options, fingerprint, embedder), metrics
+    clf = _classifier(head, mean, hierarchy, temperature, feats, options, fingerprint, embedder, companions)
+    return clf, metrics
 
 
 def n_train_views(options: TrainOptions) -> int:
@@ -248,12 +246,12 @@ def n_train_views(options: TrainOptions) -> int:
 
 
 def _classifier(head, mean, hierarchy, temperature, feats: Features, options: TrainOptions,
-                fingerprint: str, embedder: str | None) -> Classifier:
+                fingerprint: str, embedder: str | None, companions: Sequence[str]) -> Classifier:
     _, tta_pos = view_lists(options)
     head.kept = None
     return Classifier(embedder or options.backbone, head, mean, hierarchy, temperature=temperature,
                       views=[feats.view_keys[p] for p in tta_pos], config={"training": options.to_json()},
-                      fingerprint=fingerprint)
+                      fingerprint=fingerprint, companions=companions)
 
 
 def train_classifier(data: LabelledSet, out: str | Path | None = None, options: TrainOptions | None = None,
@@ -296,8 +294,7 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
     check_readable(data, feats.ok, feats.errors)  # a class whose photos are all unreadable is not kept
     clf, metrics = fit_on_features(feats, hierarchy, options, images, progress,
                                    fingerprint=model_fingerprint(main), embedder=name,
-                                   held=None if held is None else held[feats.ok])
-    clf.companions = companions
+                                   held=None if held is None else held[feats.ok], companions=companions)
     if root is not None:
         clf.attach_backbone(root, emb)
         metrics["finetune"] = tuned
@@ -331,7 +328,7 @@ def _finetuned_backbone(data: LabelledSet, hierarchy: Hierarchy, options: TrainO
     root = Path(tempfile.mkdtemp(prefix="productlens-classifier-"))
     try:
         res = finetune_backbone([data.items[i] for i in fit], [data.labels[i] for i in fit], root / BACKBONE_DIR,
-                                FinetuneConfig(backbone=options.backbone, **FINETUNE_RECIPES.get(options.backbone, {})),
+                                FinetuneConfig.for_classifier(options.backbone),
                                 progress=progress)
         emb = create_embedder(res.embedder_name)
     except BaseException:
