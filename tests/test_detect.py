@@ -732,3 +732,65 @@ def test_every_pyramid_backbone_runs_on_random_input(arch):
     maps = sess.run(None, {"pixels": x})
     assert [m.shape for m in maps] == [(1, c, 96 // s, 160 // s) for c, s in zip(channels(arch), STRIDES)]
     assert all(np.isfinite(m).all() for m in maps)
+
+
+@pytest.mark.slow
+def test_tuned_tail_continues_the_frozen_trunk(tmp_path):
+    """The trunk that stops before a tuned block, then the tail, gives the frozen pyramid's C5."""
+    import onnxruntime as ort
+    import torch
+
+    from productlens.models.detectors.pyramid import cached_onnx, split_torch, tune_range
+
+    assert tune_range("efficientnet-lite0") == (11, 16)
+    x = np.random.default_rng(0).integers(0, 255, (1, 96, 128, 3), dtype=np.uint8)
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": x})
+    c3, c4, c5 = run(cached_onnx("efficientnet-lite0"))
+    for tune_from in (14, 16):  # two blocks and the head convolution; the head convolution alone
+        t3, t4, t = run(cached_onnx("efficientnet-lite0", tune_from))
+        with torch.no_grad():
+            tail_c5 = split_torch("efficientnet-lite0", tune_from)[2](torch.from_numpy(t)).numpy()
+        assert np.allclose(t3, c3, atol=1e-4) and np.allclose(t4, c4, atol=1e-4)
+        assert np.allclose(tail_c5, c5, atol=1e-3), np.abs(tail_c5 - c5).max()
+    for bad in (10, 17):  # C4 would change; past the last block
+        with pytest.raises(ProductLensError, match=r"must be in 11\.\.16"):
+            split_torch("efficientnet-lite0", bad)
+
+
+@pytest.mark.slow
+def test_training_with_a_tuned_tail_exports_the_tuned_backbone(tmp_path, monkeypatch):
+    import torch
+
+    from productlens.models.detectors import pyramid
+    from productlens.pipeline.detect_train import DetectTrainOptions, train_detector
+
+    made = []
+    split = pyramid.split_torch
+    monkeypatch.setattr(pyramid, "split_torch", lambda *a: made.append(split(*a)) or made[-1])
+    data = read_coco(write_coco(tmp_path, "set", 6))
+    opts = DetectTrainOptions(**dict(TINY, epochs=2), tune_from=15, head=HeadConfig(width=16, convs=1))
+    m = train_detector(data, tmp_path / "det", opts, progress=False)
+    assert m["views"] == 6 and json.loads((tmp_path / "det" / "config.json").read_text())["tune_from"] == 15
+    tuned_pyramid, _, tail = made[0]
+    tuned, frozen = tuned_pyramid.state_dict(), split("efficientnet-lite0")[0].state_dict()
+    changed = {k for k in frozen if k.startswith("trunk.net.") and not torch.equal(tuned[k], frozen[k])}
+    assert changed and all(k.startswith(("trunk.net._blocks.15.", "trunk.net._conv_head.", "trunk.net._bn1."))
+                           for k in changed), changed  # only block 15 and the head convolution trained
+    assert not any("running_" in k for k in changed)  # BatchNorm statistics stayed frozen
+    assert not tail.training and not tuned_pyramid.training
+    det = load_detector(tmp_path / "det")  # the exported model runs
+    assert det.labels == ("square", "disc")
+    det.detect(Image.open(data.images[0].path).convert("RGB"))
+
+
+def test_a_tuned_block_out_of_range_fails_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+
+    train = write_coco(tmp_path, "train", 2)
+    for cmd in (["detector", "train", str(train), "--out", str(tmp_path / "det")],
+                ["eval", "detect", "--train", str(train), "--test", str(train), "--out", str(tmp_path / "det")]):
+        r = CliRunner().invoke(app, [*cmd, "--backbone", "efficientnet-lite0", "--tune-from", "5"])
+        assert r.exit_code == 1 and "efficientnet-lite0: the first tuned block must be in 11..16" in r.output
+        assert "backbone views" not in r.output and not (tmp_path / "det").exists()

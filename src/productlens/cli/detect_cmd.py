@@ -16,13 +16,17 @@ _MODEL = typer.Option(None, "--model", "-m", help="Detector folder or onnx:PATH;
                                                    "or the cache's detectors/default.")
 _EPOCHS = typer.Option(None, help="Head training epochs (default: the library's).")
 _SIZE = typer.Option(512, help="Longer side of the detector's input, pixels.")
-_BACKBONE = typer.Option("efficientnet-lite2", help="Frozen backbone: efficientnet-lite2 or efficientnet-lite0.")
+_BACKBONE = typer.Option("efficientnet-lite2", help="Backbone: efficientnet-lite2 or efficientnet-lite0.")
+_TUNE = typer.Option(None, "--tune-from", help="Train the backbone's blocks from this one on (and its head "
+                                              "convolution) with the head: efficientnet-lite2 15..21, "
+                                              "efficientnet-lite0 11..16; the last number tunes the head "
+                                              "convolution alone. Default: the backbone stays frozen.")
 
 
-def _options(backbone: str, size: int, epochs: Optional[int]):
+def _options(backbone: str, size: int, epochs: Optional[int], tune_from: Optional[int] = None):
     from productlens.pipeline.detect_train import DetectTrainOptions
 
-    opts = DetectTrainOptions(backbone=backbone, size=size)
+    opts = DetectTrainOptions(backbone=backbone, size=size, tune_from=tune_from)
     if epochs is not None:
         opts.epochs = epochs
     return opts
@@ -75,15 +79,16 @@ def train(
     annotations: Path = typer.Argument(..., help="COCO json (file_name relative to the json's folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Detector folder to write."),
     backbone: str = _BACKBONE, size: int = _SIZE, epochs: Optional[int] = _EPOCHS,
+    tune_from: Optional[int] = _TUNE,
 ) -> None:
-    """Train a detector (FCOS head on frozen backbone features) and write its folder."""
+    """Train a detector (FCOS head on the backbone's features) and write its folder."""
     from productlens.data.coco import read_coco
     from productlens.pipeline.detect_train import train_detector
 
     data = read_coco(annotations)
     for p in data.problems:
         typer.echo(f"warning: {p}", err=True)
-    m = train_detector(data, out, _options(backbone, size, epochs))
+    m = train_detector(data, out, _options(backbone, size, epochs, tune_from))
     for s in m["skipped"]:
         typer.echo(f"skipped: {s['error']}", err=True)
     typer.echo(f"trained on {m['images']} images ({m['boxes']} boxes, {m['views']} views) in {m['seconds']} s; "
@@ -96,6 +101,7 @@ def eval_detect(
     test: Path = typer.Option(..., help="COCO json to score (COCO protocol)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Keep the trained detector in this folder."),
     backbone: str = _BACKBONE, size: int = _SIZE, epochs: Optional[int] = _EPOCHS,
+    tune_from: Optional[int] = _TUNE,
     plot: Optional[Path] = typer.Option(None, help="Write a PNG chart of AP@0.5 per class here, and test photos "
                                                    "with ground truth and detections beside it (NAME_examples.png)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
@@ -103,8 +109,8 @@ def eval_detect(
     """Train on TRAIN, detect on TEST's images and print mAP@0.5, mAP@0.5:0.95 and per-class AP@0.5."""
     from productlens.eval.detection import evaluate_detection
 
-    m = evaluate_detection(train, test, _options(backbone, size, epochs), model_out=out, progress=not as_json,
-                           plot=plot)
+    m = evaluate_detection(train, test, _options(backbone, size, epochs, tune_from), model_out=out,
+                           progress=not as_json, plot=plot)
     for p in m["problems"]:
         typer.echo(f"warning: {p}", err=True)
     typer.echo(f"train: {m['train']} images  test: {m['test']} images  classes: {m['classes']}  "

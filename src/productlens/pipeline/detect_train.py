@@ -3,7 +3,10 @@
 1. Every training image is decoded once and seen under several views (scale
    jitter x horizontal flip); the frozen backbone (ONNX) turns each view into
    C3/C4/C5 maps, kept in memory as float16 with the view's FCOS targets.
-2. The head trains in torch on those maps (AdamW, warm-up then cosine).
+2. The head trains in torch on those maps (AdamW, warm-up then cosine). With
+   ``tune_from`` the backbone's last blocks and head convolution (which make
+   C5) train with it, at a tenth of its learning rate: the cache then keeps
+   their input instead of C5, and C3/C4 stay frozen.
 3. Backbone and head are exported together to one ONNX file that follows the
    detector contract of :mod:`productlens.models.detectors.runtime`.
 
@@ -35,12 +38,17 @@ from productlens.types import ImageError, ProductLensError
 
 log = logging.getLogger(__name__)
 
+#: the tuned backbone blocks' learning rate, as a share of the head's
+TAIL_LR = 0.1
+
 
 @dataclass
 class DetectTrainOptions:
     """Training settings. ``size``: longer input side; ``scales``: scale-jitter views
     (times ``size``), each also flipped when ``flip``; ``max_cache_gb`` caps the
-    in-memory feature cache (fewer views are kept when it would be exceeded)."""
+    in-memory feature cache (fewer views are kept when it would be exceeded);
+    ``tune_from``: the first backbone block trained with the head (None: frozen;
+    see :func:`~productlens.models.detectors.pyramid.tune_range`)."""
 
     backbone: str = "efficientnet-lite2"
     size: int = 512
@@ -52,13 +60,15 @@ class DetectTrainOptions:
     weight_decay: float = 1e-4
     head: HeadConfig = field(default_factory=HeadConfig)
     max_cache_gb: float = 8.0
+    tune_from: int | None = None
     seed: int = 0
 
 
 @dataclass
 class Views:
-    """Cached backbone maps and FCOS targets of every training view; ``images`` and
-    ``boxes`` count the images (and their boxes) actually used, ``skipped`` the others."""
+    """Cached backbone maps (C3, C4, and C5 or, with ``tune_from``, the tuned blocks' input) and
+    FCOS targets of every training view; ``images`` and ``boxes`` count the images (and their
+    boxes) actually used, ``skipped`` the others."""
 
     feats: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     cls_t: list[np.ndarray]
@@ -94,7 +104,7 @@ def _image(rec: DetImage) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarr
     return img, b[ok], rec.labels[ok], crowd[inside]
 
 
-def _pyramid_session(arch: str):
+def _pyramid_session(arch: str, tune_from: int | None = None):
     import onnxruntime as ort
 
     from productlens.config import num_threads
@@ -103,14 +113,14 @@ def _pyramid_session(arch: str):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = num_threads()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(cached_onnx(arch)), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(cached_onnx(arch, tune_from)), opts, providers=["CPUExecutionProvider"])
 
 
 def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = True) -> Views:
     """Decode each image once and cache the backbone maps and targets of its views."""
     from tqdm import tqdm
 
-    session = _pyramid_session(opts.backbone)
+    session = _pyramid_session(opts.backbone, opts.tune_from)
     views = Views([], [], [], [])
     flips = (False, True) if opts.flip else (False,)
     budget = opts.max_cache_gb * 2**30
@@ -153,8 +163,11 @@ def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = T
 
 
 def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progress: bool = True,
-               in_channels: tuple[int, int, int] | None = None) -> tuple[Any, list[float]]:
-    """Train the FCOS head on cached views; returns (head in eval mode, loss history)."""
+               in_channels: tuple[int, int, int] | None = None, tail: Any = None) -> tuple[Any, list[float]]:
+    """Train the FCOS head on cached views; returns (head in eval mode, loss history).
+
+    ``tail`` (torch, the cached third map -> C5) trains with the head at a tenth of its
+    learning rate, its BatchNorm statistics frozen; it is left in eval mode."""
     import torch
     from tqdm import tqdm
 
@@ -165,6 +178,8 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
     chans = in_channels or tuple(int(f.shape[0]) for f in views.feats[0])
+    if tail is not None and in_channels is None:
+        chans = (*chans[:2], _c5_channels(tail, views.feats[0][2]))
     head = build_head(chans, n_classes, opts.head)  # type: ignore[arg-type]
     buckets: dict[tuple, list[int]] = {}
     for i, f in enumerate(views.feats):
@@ -182,11 +197,20 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
     steps_per_epoch = len(epoch_batches())
     total = steps_per_epoch * opts.epochs
     warm = min(200, total // 10)
-    optim = torch.optim.AdamW(head.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    groups = [{"params": list(head.parameters()), "lr": opts.lr}]
+    if tail is not None:
+        groups.append({"params": list(tail.parameters()), "lr": opts.lr * TAIL_LR})
+    optim = torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
+    params = [p for g in groups for p in g["params"]]
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     history: list[float] = []
     head.train()
+    if tail is not None:
+        tail.train()
+        for m in tail.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()  # batches of a few photos: keep ImageNet statistics
     bar = tqdm(total=total, desc="detector head", unit="step", disable=not progress)
     for _ in range(opts.epochs):
         run, n = 0.0, 0
@@ -194,10 +218,12 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
             maps = [torch.from_numpy(np.stack([views.feats[i][k] for i in batch]).astype(np.float32)) for k in range(3)]
             cls_t = torch.from_numpy(np.stack([views.cls_t[i] for i in batch]))
             reg_t = torch.from_numpy(np.stack([views.reg_t[i] for i in batch]))
+            if tail is not None:
+                maps[2] = tail(maps[2])
             total_loss, parts = loss(head(*maps), cls_t, reg_t)
             optim.zero_grad(set_to_none=True)
             total_loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
             optim.step()
             sched.step()
             run += float(total_loss.detach())
@@ -206,17 +232,28 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
         history.append(run / max(n, 1))
         bar.set_postfix(loss=f"{history[-1]:.3f}")
     bar.close()
+    if tail is not None:
+        tail.eval()
     return head.eval(), history
 
 
-def export_detector(head: Any, opts: DetectTrainOptions, labels: list[str], out_dir: Path) -> Path:
-    """Backbone + head + box decoding as one ONNX file (``model.onnx``) with ``detector.json``."""
+def _c5_channels(tail: Any, t: np.ndarray) -> int:
+    import torch
+
+    with torch.no_grad():
+        return int(tail(torch.zeros((1, *t.shape[:1], 2, 2))).shape[1])
+
+
+def export_detector(head: Any, opts: DetectTrainOptions, labels: list[str], out_dir: Path,
+                    pyramid: Any = None) -> Path:
+    """Backbone (``pyramid``, by default the frozen one) + head + box decoding as one ONNX file
+    (``model.onnx``) with ``detector.json``."""
     import torch
 
     from productlens.models.detectors.fcos import decode_module
     from productlens.models.detectors.pyramid import build_torch, export
 
-    pyramid = build_torch(opts.backbone)
+    pyramid = pyramid or build_torch(opts.backbone)
     decode = decode_module(head)
 
     class Full(torch.nn.Module):
@@ -246,10 +283,15 @@ def train_detector(data: CocoSet, out_dir: str | Path, opts: DetectTrainOptions 
         raise ProductLensError(f"{data.path}: no usable boxes to train on")
     check_replaceable(out_dir)  # before the training, not after it
     t0 = time.perf_counter()
+    pyramid = tail = None
+    if opts.tune_from is not None:
+        from productlens.models.detectors.pyramid import split_torch
+
+        pyramid, _, tail = split_torch(opts.backbone, opts.tune_from)  # checks tune_from before the views
     views = views or extract_views(data, opts, progress=progress)
-    head, history = train_head(views, len(data.categories), opts, progress=progress)
+    head, history = train_head(views, len(data.categories), opts, progress=progress, tail=tail)
     with atomic_dir(out_dir) as tmp:
-        export_detector(head, opts, data.names, tmp)
+        export_detector(head, opts, data.names, tmp, pyramid)
         cfg = asdict(opts)
         cfg.update(categories=data.categories, train=str(data.path), format="productlens-detector/1")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))

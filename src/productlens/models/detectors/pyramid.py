@@ -49,14 +49,43 @@ def _check(arch: str) -> str:
 
 def build_torch(arch: str) -> torch.nn.Module:
     """Torch module: uint8 N x H x W x 3 RGB pixels -> (C3, C4, C5), eval mode."""
+    return split_torch(arch)[0]
+
+
+def tune_range(arch: str) -> tuple[int, int]:
+    """The first tunable block's bounds (inclusive) for ``arch``: after C4's tap, so that only
+    C5 changes; the upper bound tunes the head convolution alone."""
+    from productlens.models.embedders.efficientnet_lite import build_torch as backbone
+
+    return _TAPS[_check(arch)][1] + 1, len(backbone(arch).net._blocks)
+
+
+def split_torch(arch: str, tune_from: int | None = None) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """(pyramid, trunk, tail) sharing one backbone's layers, all in eval mode.
+
+    ``pyramid``: uint8 N x H x W x 3 RGB pixels -> (C3, C4, C5). With ``tune_from``
+    (a block after C4's tap, see :func:`tune_range`), ``trunk`` maps the pixels to
+    (C3, C4, T), T being the input of block ``tune_from``, and ``tail`` maps T to C5
+    (blocks ``tune_from``... and the head convolution): training ``tail`` trains
+    ``pyramid``, which is then exported whole. Without it, trunk is the pyramid and
+    tail the identity.
+    """
     import torch
 
     from productlens.models.embedders.efficientnet_lite import build_torch as backbone
 
     c3_at, c4_at, _ = _TAPS[_check(arch)]
     net = backbone(arch).net
+    split = len(net._blocks) if tune_from is None else tune_from
+    if tune_from is not None:
+        low, high = tune_range(arch)
+        if not low <= tune_from <= high:
+            from productlens.types import ProductLensError
 
-    class Pyramid(torch.nn.Module):
+            raise ProductLensError(f"{arch}: the first tuned block must be in {low}..{high} (after C4's tap; "
+                                   f"{high}: the head convolution alone), got {tune_from}")
+
+    class Trunk(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.net = net
@@ -65,16 +94,37 @@ def build_torch(arch: str) -> torch.nn.Module:
             x = pixels.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0  # Lite: [-1, 1]
             x = net._swish(net._bn0(net._conv_stem(x)))
             c3 = c4 = None
-            for i, block in enumerate(net._blocks):
+            for i, block in enumerate(net._blocks[:split]):
                 x = block(x)
                 if i == c3_at:
                     c3 = x
                 elif i == c4_at:
                     c4 = x
-            c5 = net._swish(net._bn1(net._conv_head(x)))
-            return c3, c4, c5
+            return c3, c4, x
 
-    return Pyramid().eval()
+    class Tail(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = net._blocks[split:]
+            self.head, self.bn = net._conv_head, net._bn1
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return net._swish(self.bn(self.head(x)))
+
+    trunk, tail = Trunk().eval(), Tail().eval()
+
+    class Pyramid(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk, self.tail = trunk, tail
+
+        def forward(self, pixels):
+            c3, c4, x = trunk(pixels)
+            return c3, c4, tail(x)
+
+    return Pyramid().eval(), trunk, tail
 
 
 def export(module: torch.nn.Module, target: Path, outputs: list[str], size: tuple[int, int] = (256, 256)) -> Path:
@@ -93,12 +143,16 @@ def export(module: torch.nn.Module, target: Path, outputs: list[str], size: tupl
     return target
 
 
-def cached_onnx(arch: str) -> Path:
-    """The cached ONNX export of :func:`build_torch` (exported on first use; needs torch)."""
+def cached_onnx(arch: str, tune_from: int | None = None) -> Path:
+    """The cached ONNX export of :func:`build_torch` (exported on first use; needs torch), or with
+    ``tune_from`` of :func:`split_torch`'s trunk (outputs c3, c4 and the tuned blocks' input)."""
     from productlens.models.embedders.efficientnet_lite import weights_path
 
     digest = file_sha256(weights_path(_check(arch)))[:16]
-    target = cache_dir() / "onnx" / f"{arch}-pyramid-{digest}-v{EXPORT_VERSION}.onnx"
+    part = "pyramid" if tune_from is None else f"trunk{tune_from}"
+    target = cache_dir() / "onnx" / f"{arch}-{part}-{digest}-v{EXPORT_VERSION}.onnx"
     if target.exists():
         return target
-    return export(build_torch(arch), target, ["c3", "c4", "c5"])
+    if tune_from is None:
+        return export(build_torch(arch), target, ["c3", "c4", "c5"])
+    return export(split_torch(arch, tune_from)[1], target, ["c3", "c4", "t"])
