@@ -41,7 +41,7 @@ _FINETUNE = typer.Option(False, "--finetune/--no-finetune",
                               "(minutes; kept in the model folder).")
 _COMPANIONS = typer.Option(True, "--companions/--no-companions",
                            help="With --finetune: join the other bundled backbones, frozen, to the fine-tuned one "
-                                "(--no-companions: the fine-tuned backbone alone, about a third of the model time).")
+                                "(--no-companions: the fine-tuned backbone alone, about half the model time).")
 
 
 @app.command("train")

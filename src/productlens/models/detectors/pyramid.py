@@ -67,8 +67,8 @@ def split_torch(arch: str, tune_from: int | None = None) -> tuple[torch.nn.Modul
     (a block after C4's tap, see :func:`tune_range`), ``trunk`` maps the pixels to
     (C3, C4, T), T being the input of block ``tune_from``, and ``tail`` maps T to C5
     (blocks ``tune_from``... and the head convolution): training ``tail`` trains
-    ``pyramid``, which is then exported whole. Without it, trunk is the pyramid and
-    tail the identity.
+    ``pyramid``, which is then exported whole. Without it, the trunk runs every
+    block and the tail is the head convolution alone.
     """
     import torch
 
@@ -78,7 +78,7 @@ def split_torch(arch: str, tune_from: int | None = None) -> tuple[torch.nn.Modul
     net = backbone(arch).net
     split = len(net._blocks) if tune_from is None else tune_from
     if tune_from is not None:
-        low, high = tune_range(arch)
+        low, high = c4_at + 1, len(net._blocks)  # tune_range, without building a second backbone
         if not low <= tune_from <= high:
             from productlens.types import ProductLensError
 
