@@ -76,31 +76,36 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     base = DetectTrainOptions() if args.epochs is None else DetectTrainOptions(epochs=args.epochs)
-    work = Path(tempfile.mkdtemp(prefix="dev-detect-"))
-    fit_json, held_json = dev_split(args.data / "ccp" / "train.json", work)
-    fit, held = read_coco(fit_json), read_coco(held_json)
-    first = min(args.tune) if args.tune else None
-    t = time.perf_counter()
-    views = extract_views(fit, dataclasses.replace(base, tune_from=first))
-    print(f"{len(views)} views of {views.images} images in {time.perf_counter() - t:.0f} s", flush=True)
-    rows = []
-    for tune in [None, *sorted(args.tune, reverse=True)]:
-        t = time.perf_counter()
-        v = views if first is None or tune == first else derive(views, base.backbone, first, tune)
-        opts = dataclasses.replace(base, tune_from=tune)
-        train_detector(fit, work / f"det-{tune}", opts, views=v)
-        preds, errors = predict_set(load_detector(work / f"det-{tune}"), held, progress=False)
-        m = coco_map(held, preds)
-        rows.append({"tune_from": tune, "map50": m["map50"], "map": m["map"],
-                     "seconds": round(time.perf_counter() - t, 1), "unreadable": len(errors)})
-        print(json.dumps(rows[-1]), flush=True)
-    print(f"\ndev split: {fit.n_boxes} boxes in {len(fit.images)} fit images, {len(held.images)} held out\n")
+    with tempfile.TemporaryDirectory(prefix="dev-detect-") as tmp:
+        rows = run(args.data / "ccp" / "train.json", Path(tmp), base, args.tune)
     print("| backbone | mAP@0.5 | mAP@0.5:0.95 | s (head, export, scoring) |\n|---|---:|---:|---:|")
     for r in rows:
         name = "frozen" if r["tune_from"] is None else f"tuned from block {r['tune_from']}"
         print(f"| {name} | {r['map50']:.3f} | {r['map']:.3f} | {r['seconds']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+
+
+def run(train_json: Path, work: Path, base: DetectTrainOptions, tune: list[int]) -> list[dict]:
+    """Split, extract the views once, train and score one detector per row; returns the rows."""
+    fit_json, held_json = dev_split(train_json, work)
+    fit, held = read_coco(fit_json), read_coco(held_json)
+    first = min(tune) if tune else None
+    t = time.perf_counter()
+    views = extract_views(fit, dataclasses.replace(base, tune_from=first))
+    print(f"{len(views)} views of {views.images} images in {time.perf_counter() - t:.0f} s", flush=True)
+    rows = []
+    for block in [None, *sorted(tune, reverse=True)]:
+        t = time.perf_counter()
+        v = views if first is None or block == first else derive(views, base.backbone, first, block)
+        train_detector(fit, work / f"det-{block}", dataclasses.replace(base, tune_from=block), views=v)
+        preds, errors = predict_set(load_detector(work / f"det-{block}"), held, progress=False)
+        m = coco_map(held, preds)
+        rows.append({"tune_from": block, "map50": m["map50"], "map": m["map"],
+                     "seconds": round(time.perf_counter() - t, 1), "unreadable": len(errors)})
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\ndev split: {fit.n_boxes} boxes in {len(fit.images)} fit images, {len(held.images)} held out\n")
+    return rows
 
 
 if __name__ == "__main__":
