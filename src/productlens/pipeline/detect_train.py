@@ -178,8 +178,10 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
     chans = in_channels or tuple(int(f.shape[0]) for f in views.feats[0])
-    if tail is not None and in_channels is None:
-        chans = (*chans[:2], _c5_channels(tail, views.feats[0][2]))
+    if tail is not None and in_channels is None:  # the cache holds the tail's input, the head gets C5
+        from productlens.models.detectors.pyramid import channels
+
+        chans = (*chans[:2], channels(opts.backbone)[2])
     head = build_head(chans, n_classes, opts.head)  # type: ignore[arg-type]
     buckets: dict[tuple, list[int]] = {}
     for i, f in enumerate(views.feats):
@@ -235,13 +237,6 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
     if tail is not None:
         tail.eval()
     return head.eval(), history
-
-
-def _c5_channels(tail: Any, t: np.ndarray) -> int:
-    import torch
-
-    with torch.no_grad():
-        return int(tail(torch.zeros((1, *t.shape[:1], 2, 2))).shape[1])
 
 
 def export_detector(head: Any, opts: DetectTrainOptions, labels: list[str], out_dir: Path,
