@@ -248,7 +248,8 @@ def export_detector(head: Any, opts: DetectTrainOptions, labels: list[str], out_
     from productlens.models.detectors.fcos import decode_module
     from productlens.models.detectors.pyramid import build_torch, export
 
-    pyramid = pyramid or build_torch(opts.backbone)
+    if pyramid is None:
+        pyramid = build_torch(opts.backbone)
     decode = decode_module(head)
 
     class Full(torch.nn.Module):

@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
 EXPORT_VERSION = 1
 STRIDES = (8, 16, 32)
-#: arch -> (block index whose output is C3, block index whose output is C4, channels C3, C4, C5)
+#: arch -> (block index whose output is C3, block index whose output is C4, channels C3, C4, C5, blocks)
 _TAPS = {
-    "efficientnet-lite0": (4, 10, (40, 112, 1280)),
-    "efficientnet-lite2": (6, 14, (48, 120, 1280)),
+    "efficientnet-lite0": (4, 10, (40, 112, 1280), 16),
+    "efficientnet-lite2": (6, 14, (48, 120, 1280), 21),
 }
 
 
@@ -54,10 +54,9 @@ def build_torch(arch: str) -> torch.nn.Module:
 
 def tune_range(arch: str) -> tuple[int, int]:
     """The first tunable block's bounds (inclusive) for ``arch``: after C4's tap, so that only
-    C5 changes; the upper bound tunes the head convolution alone."""
-    from productlens.models.embedders.efficientnet_lite import build_torch as backbone
-
-    return _TAPS[_check(arch)][1] + 1, len(backbone(arch).net._blocks)
+    C5 changes; the upper bound (the number of blocks) tunes the head convolution alone."""
+    _, c4_at, _, blocks = _TAPS[_check(arch)]
+    return c4_at + 1, blocks
 
 
 def split_torch(arch: str, tune_from: int | None = None) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
@@ -74,16 +73,17 @@ def split_torch(arch: str, tune_from: int | None = None) -> tuple[torch.nn.Modul
 
     from productlens.models.embedders.efficientnet_lite import build_torch as backbone
 
-    c3_at, c4_at, _ = _TAPS[_check(arch)]
-    net = backbone(arch).net
-    split = len(net._blocks) if tune_from is None else tune_from
+    c3_at, c4_at, _, blocks = _TAPS[_check(arch)]
+    split = blocks if tune_from is None else tune_from
     if tune_from is not None:
-        low, high = c4_at + 1, len(net._blocks)  # tune_range, without building a second backbone
+        low, high = tune_range(arch)
         if not low <= tune_from <= high:
             from productlens.types import ProductLensError
 
             raise ProductLensError(f"{arch}: the first tuned block must be in {low}..{high} (after C4's tap; "
                                    f"{high}: the head convolution alone), got {tune_from}")
+    net = backbone(arch).net
+    assert len(net._blocks) == blocks, f"{arch}: {len(net._blocks)} blocks, _TAPS says {blocks}"
 
     class Trunk(torch.nn.Module):
         def __init__(self) -> None:
