@@ -105,10 +105,12 @@ def test_catalog_finetuning_reads_seller_labels_only_in_catalog_mode(tmp_path, m
     seen = {}
 
     def spy(items, labels, out_dir, config=None, progress=True, repeats=None):
-        seen.update(images=[str(it.image) for it in items], labels=list(labels), repeats=list(repeats))
+        seen.update(images=[str(it.image) for it in items], labels=list(labels), repeats=list(repeats),
+                    recipe=(config.train_from, config.views, config.epochs))
         raise ProductLensError("stop after the call")
 
     monkeypatch.setattr(finetune, "finetune_backbone", spy)
+    monkeypatch.setitem(CLASSIFIER_RECIPES, MODEL, (14, 3, 2))  # a classifier recipe for the test's backbone
     train = [t for t in read_labelled_csv(ds["train"]) if t.product_id != 2]  # product 2: a seller photo only
     with pytest.raises(ProductLensError, match="stop after"):
         build_catalog(gallery, tmp_path / "cat", embedder=MODEL, train=train,
@@ -118,6 +120,8 @@ def test_catalog_finetuning_reads_seller_labels_only_in_catalog_mode(tmp_path, m
     assert [seen["labels"][i] for i in shop] == ([0, 1] if catalog_mode else [])
     assert all(seen["repeats"][i] == FINETUNE_SELLER_REPEATS for i in shop)
     assert sum(seen["repeats"]) == 4 + len(shop) * FINETUNE_SELLER_REPEATS
+    # catalog mode learns the catalog's products as a classifier does; challenge mode keeps search's recipe
+    assert seen["recipe"] == ((14, 3, 2) if catalog_mode else (None, None, None))
     assert not (tmp_path / "cat").exists()  # nothing half-written
 
 

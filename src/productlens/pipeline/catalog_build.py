@@ -67,7 +67,8 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     ``use_gallery_labels`` (catalog mode): the gallery's own product ids also
     train the adapter; with ``finetune``, the seller photos of products that also
     have training photos join the fine-tuning (each counted
-    ``FINETUNE_SELLER_REPEATS`` times). Otherwise they are never read (challenge mode).
+    ``FINETUNE_SELLER_REPEATS`` times), which then trains deeper, as a classifier's does
+    (``FinetuneConfig.for_catalog``). Otherwise they are never read (challenge mode).
     ``ocr``: read the print on every gallery photo (kept in the metadata as
     ``ocr``) and on every query; fusion starts once a text weight is chosen
     (:meth:`Catalog.fit_text_weight`).
@@ -125,7 +126,8 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                     photos += seller
                     repeats += [FINETUNE_SELLER_REPEATS] * len(seller)
                 res = finetune_backbone(photos, [t.product_id for t in photos], tmp / BACKBONE_DIR,
-                                        FinetuneConfig(backbone=embedder), progress=progress, repeats=repeats)
+                                        FinetuneConfig.for_catalog(embedder, use_gallery_labels),
+                                        progress=progress, repeats=repeats)
                 name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
                 emb = create_embedder(res.embedder_name)
             emb = joined(emb, companions)
