@@ -735,7 +735,7 @@ def test_every_pyramid_backbone_runs_on_random_input(arch):
 
 
 @pytest.mark.slow
-def test_tuned_tail_continues_the_frozen_trunk(tmp_path):
+def test_tuned_tail_continues_the_frozen_trunk():
     """The trunk that stops before a tuned block, then the tail, gives the frozen pyramid's C5."""
     import onnxruntime as ort
     import torch

@@ -157,8 +157,6 @@ def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str
     The model and ``model.json`` (its preprocessing) are written atomically;
     use the result as the embedder ``onnx:<out_dir>/model.onnx``.
     """
-    import torch
-
     cfg = (config or FinetuneConfig()).resolved()
     if len(items) != len(labels):
         raise ProductLensError(f"got {len(labels)} labels for {len(items)} photos")
