@@ -25,7 +25,8 @@ other bundled backbones on the whole photo (the catalog commands'
 ``--companions``, off by default). ``--query-views regions`` embeds the train photos (fitting photos
 and queries) as multi-region descriptors, as catalogs do; default whole photos.
 ``--recipe`` fine-tunes with each given ``first trained block:views:epochs`` instead of the
-backbone's default (``productlens.models.finetune.train.RECIPES``), one row each.
+library's (``FinetuneConfig.for_catalog``: search's ``RECIPES``, and with ``--seller-repeats``
+catalog mode's ``CLASSIFIER_RECIPES``), one row each.
 """
 
 from __future__ import annotations
@@ -127,12 +128,13 @@ def main() -> None:
             counts = [1] * len(items) + [rep] * (len(photos) - len(items))
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                res = finetune_backbone(photos, [t.product_id for t in photos], tmp,
-                                        FinetuneConfig(backbone=args.model, **recipe), repeats=counts)
+                # without --recipe, each mode's own: catalog mode's (with shop photos) trains as a classifier
+                cfg = FinetuneConfig(backbone=args.model, **recipe) if recipe else \
+                    FinetuneConfig.for_catalog(args.model, catalog_mode=bool(rep))
+                res = finetune_backbone(photos, [t.product_id for t in photos], tmp, cfg, repeats=counts)
                 secs = time.perf_counter() - t0
                 m = res.metrics
-                label = f"fine-tuned ({m['train_from_block']}:{m['views']}:{m['epochs']})" if len(recipes) > 1 \
-                    else "fine-tuned"
+                label = f"fine-tuned ({m['train_from_block']}:{m['views']}:{m['epochs']})"
                 tuned = create_embedder(res.embedder_name)
                 variants = {"": tuned}
                 if args.companions:
