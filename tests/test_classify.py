@@ -131,6 +131,29 @@ def test_final_head_trains_longer_only_when_the_labels_look_clean(monkeypatch) -
     assert seen == [(False, 6)]  # no filter, no evidence that the labels are clean
 
 
+def test_head_trains_on_every_core_unless_told_and_restores_torch_threads(monkeypatch) -> None:
+    import torch
+
+    import productlens.models.classifiers.head as head_mod
+
+    seen = []
+    real = head_mod._train
+
+    def spy(x, y, n_classes, cfg, parents, progress):
+        seen.append(torch.get_num_threads())
+        return real(x, y, n_classes, cfg, parents, progress)
+
+    monkeypatch.setattr(head_mod, "_train", spy)
+    monkeypatch.setenv("PRODUCTLENS_THREADS", "2")
+    before = torch.get_num_threads()
+    x, y = clusters(n_classes=3, per_class=20)
+    train_head(x, y, 3, HeadConfig(epochs=2))
+    assert seen == [2, 2] and torch.get_num_threads() == before  # the default: every usable core
+    seen.clear()
+    likely_clean(x, y, 3, HeadConfig(epochs=2, threads=1))
+    assert seen == [1] and torch.get_num_threads() == before
+
+
 def test_small_loss_keep_limits() -> None:
     losses = np.r_[np.full(90, 0.1), np.full(10, 3.0)] + np.linspace(0, 0.01, 100)
     keep = small_loss_keep(losses, max_drop=0.5)

@@ -70,7 +70,7 @@ class HeadConfig:
     min_noise: float = 0.02           # flagged share below which nothing is left out
     coarse_weight: float = 0.5
     seed: int = 0
-    threads: int = 1                  # small heads: more threads only add overhead (and contention)
+    threads: int = 0                  # torch threads; 0: every usable core (``config.num_threads()``)
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCES:
@@ -214,7 +214,7 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig | N
     if x.ndim == 2:
         x = x[None]
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, cfg.threads))
+    torch.set_num_threads(_threads(cfg))
     y = np.asarray(y, np.int64)
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
@@ -245,7 +245,7 @@ def likely_clean(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig |
     cfg = cfg or HeadConfig()
     x = np.asarray(x)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, cfg.threads))
+    torch.set_num_threads(_threads(cfg))
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -253,6 +253,16 @@ def likely_clean(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig |
                                progress)
     finally:
         torch.set_num_threads(threads)
+
+
+def _threads(cfg: HeadConfig) -> int:
+    """Torch threads for training a head: ``cfg.threads``, or every usable core when it is 0.
+
+    One thread was the default until 2026-12-06; on 2 cores, two train a 3,840-d head
+    (the three-backbone features) 1.4x faster and a 1,280-d one 1.3x."""
+    from productlens.config import num_threads
+
+    return cfg.threads if cfg.threads > 0 else num_threads()
 
 
 def _noise_keep(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, parents: Sequence[np.ndarray],
