@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 DEFAULT_EMBEDDER = "efficientnet-lite2"
 #: The classifier's default backbone: the three bundled backbones concatenated (see pipeline/classify.py).
@@ -44,3 +46,17 @@ def num_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def torch_threads(n: int = 0) -> Iterator[int]:
+    """Run the block with torch on ``n`` threads (0: :func:`num_threads`), then restore torch's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    n = n if n > 0 else num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)

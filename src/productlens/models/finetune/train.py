@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from productlens.config import cache_dir, num_threads
+from productlens.config import cache_dir, torch_threads
 from productlens.data.images import load_image
 from productlens.models.embedders.base import Embedder
 from productlens.models.embedders.export import EXPORT_VERSION, export_onnx, file_sha256, image_model
@@ -205,8 +205,6 @@ def _train(top, maps: np.ndarray, y: np.ndarray, n_classes: int, cfg: FinetuneCo
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads())
     n, views = maps.shape[:2]
     fc = torch.nn.Linear(top.head.out_channels, n_classes)
     groups = [{"params": list(top.parameters()), "lr": cfg.lr}, {"params": list(fc.parameters()), "lr": cfg.lr * 10}]
@@ -217,28 +215,28 @@ def _train(top, maps: np.ndarray, y: np.ndarray, n_classes: int, cfg: FinetuneCo
     labels = torch.from_numpy(y)
     gen = np.random.default_rng(cfg.seed)
     losses = []
-    try:
-        top.train()
-        for m in top.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.eval()  # few photos per batch: keep ImageNet statistics
-        for epoch in tqdm(range(cfg.epochs), desc="fine-tuning", unit="epoch", disable=not progress):
-            order, total = gen.permutation(n * views), 0.0
-            for b in range(per_epoch):
-                pick = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                x = torch.from_numpy(maps[pick // views, pick % views].astype(np.float32))
-                f = top(x).clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
-                logits = fc(torch.nn.functional.normalize(f, dim=1) * 16.0)
-                loss = torch.nn.functional.cross_entropy(logits, labels[pick // views],
-                                                         label_smoothing=cfg.label_smoothing)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item()
-            losses.append(round(total / per_epoch, 4))
-            log.info("fine-tuning epoch %d: loss %.3f", epoch, losses[-1])
-    finally:
-        top.eval()
-        torch.set_num_threads(threads)
+    with torch_threads():
+        try:
+            top.train()
+            for m in top.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()  # few photos per batch: keep ImageNet statistics
+            for epoch in tqdm(range(cfg.epochs), desc="fine-tuning", unit="epoch", disable=not progress):
+                order, total = gen.permutation(n * views), 0.0
+                for b in range(per_epoch):
+                    pick = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    x = torch.from_numpy(maps[pick // views, pick % views].astype(np.float32))
+                    f = top(x).clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+                    logits = fc(torch.nn.functional.normalize(f, dim=1) * 16.0)
+                    loss = torch.nn.functional.cross_entropy(logits, labels[pick // views],
+                                                             label_smoothing=cfg.label_smoothing)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    total += loss.item()
+                losses.append(round(total / per_epoch, 4))
+                log.info("fine-tuning epoch %d: loss %.3f", epoch, losses[-1])
+        finally:
+            top.eval()
     return losses
