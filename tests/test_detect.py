@@ -545,6 +545,23 @@ def test_training_counts_the_images_and_boxes_it_used(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "det" / "metrics.json").read_text())["boxes"] == 4
 
 
+def test_detector_head_trains_on_every_core_and_restores_torch_threads(monkeypatch):
+    import torch
+
+    from productlens.pipeline import detect_train
+
+    seen = []
+    monkeypatch.setattr(detect_train, "_train_head", lambda *a: seen.append(torch.get_num_threads()) or (None, []))
+    monkeypatch.setenv("PRODUCTLENS_THREADS", "2")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        detect_train.train_head(None, 2, detect_train.DetectTrainOptions(**TINY), progress=False)
+        assert seen == [2] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_images_with_only_crowd_regions_are_not_background(tmp_path):
     from productlens.pipeline.detect_train import DetectTrainOptions, extract_views
 

@@ -167,14 +167,21 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
     """Train the FCOS head on cached views; returns (head in eval mode, loss history).
 
     ``tail`` (torch, the cached third map -> C5) trains with the head at a tenth of its
-    learning rate, its BatchNorm statistics frozen; it is left in eval mode."""
+    learning rate, its BatchNorm statistics frozen; it is left in eval mode. Torch trains on
+    every usable core (:func:`~productlens.config.num_threads`); its own setting is restored after."""
+    from productlens.config import torch_threads
+
+    with torch_threads():
+        return _train_head(views, n_classes, opts, progress, in_channels, tail)
+
+
+def _train_head(views: Views, n_classes: int, opts: DetectTrainOptions, progress: bool,
+                in_channels: tuple[int, int, int] | None, tail: Any) -> tuple[Any, list[float]]:
     import torch
     from tqdm import tqdm
 
-    from productlens.config import num_threads
     from productlens.models.detectors.fcos import build_head, loss
 
-    torch.set_num_threads(num_threads())
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
     chans = in_channels or tuple(int(f.shape[0]) for f in views.feats[0])

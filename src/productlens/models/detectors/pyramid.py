@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from productlens.config import cache_dir
+from productlens.config import cache_dir, torch_threads
 from productlens.fileio import atomic_path
 from productlens.models.embedders.export import file_sha256
 
@@ -132,10 +132,9 @@ def export(module: torch.nn.Module, target: Path, outputs: list[str], size: tupl
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, os.cpu_count() or 1))
+    cores = min(torch.get_num_threads(), os.cpu_count() or 1)
     dynamic = {"pixels": {0: "batch", 1: "height", 2: "width"}}
-    with atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
+    with torch_threads(cores), atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.zeros(1, size[0], size[1], 3, dtype=torch.uint8),), str(tmp),
                           input_names=["pixels"], output_names=outputs, dynamic_axes=dynamic,

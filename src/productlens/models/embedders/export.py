@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from productlens.config import cache_dir
+from productlens.config import cache_dir, torch_threads
 from productlens.fileio import atomic_path
 from productlens.models.embedders.base import Preprocess
 
@@ -74,9 +74,8 @@ def export_onnx(module, size: int, target: Path) -> Path:
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, os.cpu_count() or 1))
-    with atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
+    cores = min(torch.get_num_threads(), os.cpu_count() or 1)
+    with torch_threads(cores), atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on constant folding are not the user's concern
         torch.onnx.export(
             module, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(tmp), input_names=["pixels"],
