@@ -636,6 +636,7 @@ def test_composites_from_white_background_products(tmp_path):
     assert cutout(Image.open(shop / "blank.jpg")) is None
     res = _composites(shop, bg, "--out", tmp_path / "syn", "-n", "6")
     assert res.exit_code == 0, res.output
+    assert "composites:" not in res.output  # stderr is no terminal: no progress bar in the log
     data = read_coco(tmp_path / "syn" / "annotations.json")
     assert len(data.images) == 6 and data.n_boxes >= 6 and data.names == ["product"] and not data.problems
     for im in data.images:

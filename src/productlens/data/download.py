@@ -109,7 +109,7 @@ def _stream(url: str, tmp: Path, target: Path, expected: str | None) -> None:
             total = int(length) if length and length.isdigit() else None
             with tqdm(
                 total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=target.name, disable=total is None or total < PROGRESS_MIN_BYTES,
+                desc=target.name, disable=True if total is None or total < PROGRESS_MIN_BYTES else None,
             ) as bar:
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
                     out.write(chunk)

@@ -22,6 +22,7 @@ from PIL import Image, ImageEnhance
 
 from productlens.data.images import load_image
 from productlens.fileio import atomic_dir, check_replaceable
+from productlens.progress import bar_disable
 from productlens.types import ImageError, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def _write_images(cuts: list[Image.Image], bgs: list[str | Path], out: Path, n_i
     (out / "images").mkdir()
     bgs = list(bgs)
     images, anns = [], []
-    for i in tqdm(range(n_images), desc="composites", unit="image", disable=not progress):
+    for i in tqdm(range(n_images), desc="composites", unit="image", disable=bar_disable(progress)):
         bg = _draw_background(bgs, rng, skip)
         objs = [rng.choice(cuts)] * rng.randint(3, 8) if i % 2 else rng.sample(cuts, min(len(cuts), rng.randint(1, 2)))
         img, boxes = compose(bg, objs, rng, size=size)

@@ -18,6 +18,7 @@ import numpy as np
 
 from productlens.data.coco import CocoSet
 from productlens.models.detectors.runtime import Detection, Detector
+from productlens.progress import bar_disable
 
 if TYPE_CHECKING:
     from productlens.pipeline.detect_train import DetectTrainOptions
@@ -86,7 +87,7 @@ def predict_set(detector: Detector, data: CocoSet, *, progress: bool = True
     from productlens.types import ImageError
 
     preds, errors = {}, []
-    for im in tqdm(data.images, desc="detect", unit="image", disable=not progress):
+    for im in tqdm(data.images, desc="detect", unit="image", disable=bar_disable(progress)):
         try:
             img = load_det_image(im)
         except ImageError as exc:

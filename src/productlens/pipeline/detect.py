@@ -20,6 +20,7 @@ from productlens import fonts
 from productlens.data.images import load_image
 from productlens.fileio import atomic_path
 from productlens.models.detectors.runtime import Detection, Detector
+from productlens.progress import bar_disable
 from productlens.types import Box, ImageError, ProductLensError
 
 
@@ -83,7 +84,7 @@ def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str |
         out.mkdir(parents=True, exist_ok=True)
     records, errors = [], []
     for path, name in tqdm(list(zip(paths, names)), desc="detect", unit="image",
-                           disable=not progress or len(paths) < 2):
+                           disable=True if len(paths) < 2 else bar_disable(progress)):
         try:
             img = load_image(path)
         except ImageError as exc:
@@ -144,7 +145,7 @@ def best_boxes(detector: Detector, sources: Sequence[Any], boxes: Sequence[Box |
 
     boxes = list(boxes) if boxes is not None else [None] * len(sources)
     out: list[Box | None] = []
-    for src, given in tqdm(list(zip(sources, boxes)), desc="detect", unit="image", disable=not progress):
+    for src, given in tqdm(list(zip(sources, boxes)), desc="detect", unit="image", disable=bar_disable(progress)):
         if given is not None:
             out.append(given)
             continue

@@ -34,6 +34,7 @@ from productlens.data.coco import CocoSet, DetImage, load_det_image
 from productlens.fileio import atomic_dir, check_replaceable
 from productlens.models.detectors.fcos import HeadConfig, assign
 from productlens.models.detectors.runtime import DetectorSpec, letterbox
+from productlens.progress import bar_disable
 from productlens.types import ImageError, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = T
     flips = (False, True) if opts.flip else (False,)
     budget = opts.max_cache_gb * 2**30
     used, over = 0.0, False
-    for rec in tqdm(data.images, desc="backbone views", unit="image", disable=not progress):
+    for rec in tqdm(data.images, desc="backbone views", unit="image", disable=bar_disable(progress)):
         try:
             img, boxes, labels, crowd = _image(rec)
         except ImageError as exc:
@@ -220,7 +221,7 @@ def _train_head(views: Views, n_classes: int, opts: DetectTrainOptions, progress
         for m in tail.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.eval()  # batches of a few photos: keep ImageNet statistics
-    bar = tqdm(total=total, desc="detector head", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc="detector head", unit="step", disable=bar_disable(progress))
     for _ in range(opts.epochs):
         run, n = 0.0, 0
         for batch in epoch_batches():

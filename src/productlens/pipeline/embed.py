@@ -24,6 +24,7 @@ from PIL import Image
 
 from productlens.data.images import load_image, to_rgb
 from productlens.models.embedders.base import Preprocess
+from productlens.progress import bar_disable
 from productlens.types import Box, Item, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def embed_items(
 
     n = len(sources)
     chunks, ok, errors = [], [], []
-    with tqdm(total=n, desc=desc, unit="img", disable=None if progress else True,
+    with tqdm(total=n, desc=desc, unit="img", disable=bar_disable(progress),
               dynamic_ncols=True) as bar:
         for idx, vecs, errs in iter_embeddings(
             embedder, sources, boxes=boxes, batch_size=batch_size, workers=workers

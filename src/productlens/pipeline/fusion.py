@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from productlens.progress import bar_disable
+
 log = logging.getLogger(__name__)
 
 DOC_FIELDS = ("title", "name", "category", "brand", "ocr")  # metadata that a package's print may show
@@ -128,7 +130,7 @@ def ocr_texts(sources: Sequence[Any], boxes: Sequence | None = None, *, progress
     out = []
     from tqdm.auto import tqdm
 
-    for src, box in tqdm(list(zip(sources, boxes)), desc="OCR", unit="img", disable=None if progress else True):
+    for src, box in tqdm(list(zip(sources, boxes)), desc="OCR", unit="img", disable=bar_disable(progress)):
         key = (str(src), None if box is None else box.as_tuple()) if isinstance(src, (str, os.PathLike)) else None
         if key is not None and key in _OCR_CACHE:
             out.append(_OCR_CACHE[key])

@@ -38,6 +38,7 @@ import numpy as np
 from productlens.fileio import atomic_path
 from productlens.pipeline.manifest import MANIFEST, _dumps, _pa, read_manifest, write_manifest
 from productlens.pipeline.shards import META, SHARDS, read_meta, iter_shards, load_shards, shard_path
+from productlens.progress import bar_disable
 from productlens.types import Box, Item, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def _run_ray(work_dir: Path, meta: dict, pending: list[int], report: ShardReport
             fn_constructor_kwargs={"work_dir": str(work_dir.absolute()), "embedder": meta["embedder"],
                                    "dim": meta["dim"], "batch_size": batch_size, "threads": cpus_per_worker})
         with tqdm(total=sum(t["stop"] - t["start"] for t in todo), desc="embedding shards", unit="img",
-                  disable=None if progress else True, dynamic_ncols=True) as bar:
+                  disable=bar_disable(progress), dynamic_ncols=True) as bar:
             try:
                 for row in ds.iter_rows():
                     errors = json.loads(row["errors"])

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from productlens.pipeline.manifest import _pa
+from productlens.progress import bar_disable
 from productlens.types import ProductLensError
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def load_shards(work_dir: str | os.PathLike, store, *, progress: bool = True) ->
         _store_call("writing the store's info", store.set_info, key, value)
     todo = [s for s in range(n_shards) if s not in loaded and shard_path(work_dir, s).is_file()]
     count = 0
-    for shard in tqdm(todo, desc="loading shards", unit="shard", disable=None if progress else True):
+    for shard in tqdm(todo, desc="loading shards", unit="shard", disable=bar_disable(progress)):
         ids, vectors, metadata = _read_shard(shard_path(work_dir, shard), meta["dim"])
         if len(ids):
             _store_call(f"upserting shard {shard} ({len(ids)} items)", store.upsert, ids, vectors, metadata)

@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from productlens.config import torch_threads
+from productlens.progress import bar_disable
 from productlens.types import ProductLensError
 
 log = logging.getLogger(__name__)
@@ -304,7 +305,7 @@ def _train(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig, parent
                 loss = loss + cfg.coarse_weight * c
         return loss
 
-    for epoch in tqdm(range(cfg.epochs), desc="training head", disable=None if progress else True):
+    for epoch in tqdm(range(cfg.epochs), desc="training head", disable=bar_disable(progress)):
         if cfg.noise_filter and epoch >= warm and epoch > 0:
             losses, agree = _per_image_loss(model, xt, yt, loss_fn)
             keep = small_loss_keep(losses, cfg.max_drop, agree)

@@ -26,6 +26,7 @@ from productlens.data.images import load_image
 from productlens.models.embedders.base import Embedder
 from productlens.models.embedders.export import EXPORT_VERSION, export_onnx, file_sha256, image_model
 from productlens.models.finetune.augment import random_view
+from productlens.progress import bar_disable
 from productlens.types import Item, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def _trunk_maps(trunk: Embedder, images: list, views: int, rng: random.Random, p
                          for j, (i, _) in enumerate(jobs[start:start + 32])])
 
     with ThreadPoolExecutor(1) as pool, tqdm(total=len(jobs), desc="training views", unit="img",
-                                             disable=not progress) as bar:
+                                             disable=bar_disable(progress)) as bar:
         nxt = pool.submit(batch, 0)
         for start in range(0, len(jobs), 32):
             x = nxt.result()
@@ -221,7 +222,7 @@ def _train(top, maps: np.ndarray, y: np.ndarray, n_classes: int, cfg: FinetuneCo
             for m in top.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.eval()  # few photos per batch: keep ImageNet statistics
-            for epoch in tqdm(range(cfg.epochs), desc="fine-tuning", unit="epoch", disable=not progress):
+            for epoch in tqdm(range(cfg.epochs), desc="fine-tuning", unit="epoch", disable=bar_disable(progress)):
                 order, total = gen.permutation(n * views), 0.0
                 for b in range(per_epoch):
                     pick = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]

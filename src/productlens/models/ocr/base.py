@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from productlens.progress import bar_disable
 from productlens.types import ProductLensError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class OCR:
 
         out: list[list[Word] | None] = []
         errors: list[tuple[int, Any, str]] = []
-        for i, src in enumerate(tqdm(sources, desc=desc, unit="image", disable=not progress)):
+        for i, src in enumerate(tqdm(sources, desc=desc, unit="image", disable=bar_disable(progress))):
             try:
                 img = src if isinstance(src, Image.Image) else load_image(src)
                 out.append(self.read(img))
