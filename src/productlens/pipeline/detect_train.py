@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from productlens.config import num_threads, torch_threads
 from productlens.data.coco import CocoSet, DetImage, load_det_image
 from productlens.fileio import atomic_dir, check_replaceable
 from productlens.models.detectors.fcos import HeadConfig, assign
@@ -108,7 +109,6 @@ def _image(rec: DetImage) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarr
 def _pyramid_session(arch: str, tune_from: int | None = None):
     import onnxruntime as ort
 
-    from productlens.config import num_threads
     from productlens.models.detectors.pyramid import cached_onnx
 
     opts = ort.SessionOptions()
@@ -170,8 +170,6 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
     ``tail`` (torch, the cached third map -> C5) trains with the head at a tenth of its
     learning rate, its BatchNorm statistics frozen; it is left in eval mode. Torch trains on
     every usable core (:func:`~productlens.config.num_threads`); its own setting is restored after."""
-    from productlens.config import torch_threads
-
     with torch_threads():
         return _train_head(views, n_classes, opts, progress, in_channels, tail)
 

@@ -9,14 +9,11 @@ like the embedders' exports.
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from productlens.config import cache_dir, torch_threads
-from productlens.fileio import atomic_path
-from productlens.models.embedders.export import file_sha256
+from productlens.config import cache_dir
+from productlens.models.embedders.export import export_pixels_model, file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -129,17 +126,7 @@ def split_torch(arch: str, tune_from: int | None = None) -> tuple[torch.nn.Modul
 
 def export(module: torch.nn.Module, target: Path, outputs: list[str], size: tuple[int, int] = (256, 256)) -> Path:
     """Export ``module`` (uint8 1 x H x W x 3 -> ``outputs``) with dynamic H and W, atomically."""
-    import torch
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    cores = min(torch.get_num_threads(), os.cpu_count() or 1)
-    dynamic = {"pixels": {0: "batch", 1: "height", 2: "width"}}
-    with torch_threads(cores), atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(1, size[0], size[1], 3, dtype=torch.uint8),), str(tmp),
-                          input_names=["pixels"], output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=17, dynamo=False)
-    return target
+    return export_pixels_model(module, target, size, outputs, {"pixels": {0: "batch", 1: "height", 2: "width"}})
 
 
 def cached_onnx(arch: str, tune_from: int | None = None) -> Path:

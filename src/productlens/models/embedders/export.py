@@ -71,17 +71,22 @@ def image_model(backbone, preprocess: Preprocess, gem_p: float | None = 3.0, eps
 
 def export_onnx(module, size: int, target: Path) -> Path:
     """Export an :func:`image_model` (uint8 N x size x size x 3 input) to ``target``, atomically."""
+    return export_pixels_model(module, target, (size, size), ["features"],
+                               {"pixels": {0: "batch"}, "features": {0: "batch"}})
+
+
+def export_pixels_model(module, target: Path, size: tuple[int, int], outputs: list[str],
+                        dynamic_axes: dict) -> Path:
+    """Export ``module`` (uint8 ``pixels`` N x H x W x 3, traced at 1 x ``size`` x 3 -> ``outputs``) to
+    ``target`` atomically: opset 17, the TorchScript exporter, torch on at most one thread per core."""
     import torch
 
     target.parent.mkdir(parents=True, exist_ok=True)
     cores = min(torch.get_num_threads(), os.cpu_count() or 1)
     with torch_threads(cores), atomic_path(target) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on constant folding are not the user's concern
-        torch.onnx.export(
-            module, (torch.zeros(1, size, size, 3, dtype=torch.uint8),), str(tmp), input_names=["pixels"],
-            output_names=["features"], dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )
+        torch.onnx.export(module, (torch.zeros(1, *size, 3, dtype=torch.uint8),), str(tmp), input_names=["pixels"],
+                          output_names=outputs, dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
     return target
 
 
