@@ -545,19 +545,22 @@ def test_training_counts_the_images_and_boxes_it_used(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "det" / "metrics.json").read_text())["boxes"] == 4
 
 
-def test_detector_head_trains_on_every_core_and_restores_torch_threads(monkeypatch):
+def test_detector_head_trains_on_every_core_and_restores_torch_threads_and_random_state(monkeypatch):
     import torch
 
     from productlens.pipeline import detect_train
 
     seen = []
-    monkeypatch.setattr(detect_train, "_train_head", lambda *a: seen.append(torch.get_num_threads()) or (None, []))
+    monkeypatch.setattr(detect_train, "_train_head",
+                        lambda *a: seen.append((torch.get_num_threads(), torch.rand(1))) or (None, []))
     monkeypatch.setenv("PRODUCTLENS_THREADS", "2")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    state = torch.random.get_rng_state()
     try:
         detect_train.train_head(None, 2, detect_train.DetectTrainOptions(**TINY), progress=False)
-        assert seen == [2] and torch.get_num_threads() == 1
+        assert seen[0][0] == 2 and torch.get_num_threads() == 1
+        assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
     finally:
         torch.set_num_threads(before)
 

@@ -49,7 +49,11 @@ def test_finetune_writes_a_loadable_model_and_skips_bad_photos(tmp_path) -> None
     items.append(Item(id=99, image=str(tmp_path / "bad.jpg")))
     labels.append("product-0")
     repeats = [3] + [1] * 12  # the first photo counts three times; the bad one is skipped
+    import torch
+
+    state = torch.random.get_rng_state()
     res = finetune_backbone(items, labels, tmp_path / "model", TINY, progress=False, repeats=repeats)
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded inside; the caller's state is left alone
     assert [s[0] for s in res.skipped] == [12] and "bad.jpg" in res.skipped[0][1]
     assert res.path.is_file() and (tmp_path / "model" / "model.json").is_file()
     meta = json.loads((tmp_path / "model" / "finetune.json").read_text())

@@ -169,8 +169,11 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
 
     ``tail`` (torch, the cached third map -> C5) trains with the head at a tenth of its
     learning rate, its BatchNorm statistics frozen; it is left in eval mode. Torch trains on
-    every usable core (:func:`~productlens.config.num_threads`); its own setting is restored after."""
-    with torch_threads():
+    every usable core (:func:`~productlens.config.num_threads`); its own setting and the
+    caller's torch random state are restored after."""
+    import torch
+
+    with torch_threads(), torch.random.fork_rng(devices=[]):
         return _train_head(views, n_classes, opts, progress, in_channels, tail)
 
 

@@ -156,8 +156,17 @@ def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str
     e.g. the single seller photo of a product beside its many shopper photos.
     Unreadable photos are skipped and returned in ``skipped``.
     The model and ``model.json`` (its preprocessing) are written atomically;
-    use the result as the embedder ``onnx:<out_dir>/model.onnx``.
+    use the result as the embedder ``onnx:<out_dir>/model.onnx``. Training is seeded
+    (``config.seed``); the caller's torch random state is left as it was.
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _finetune(items, labels, out_dir, config, progress, repeats)
+
+
+def _finetune(items: Sequence[Item], labels: Sequence[Any], out_dir: str | Path, config: FinetuneConfig | None,
+              progress: bool, repeats: Sequence[int] | None) -> FinetuneResult:
     cfg = (config or FinetuneConfig()).resolved()
     if len(items) != len(labels):
         raise ProductLensError(f"got {len(labels)} labels for {len(items)} photos")
