@@ -191,6 +191,7 @@ def _train_head(views: Views, n_classes: int, opts: DetectTrainOptions, progress
         from productlens.models.detectors.pyramid import channels
 
         chans = (*chans[:2], channels(opts.backbone)[2])
+    tail = torch.nn.Identity() if tail is None else tail
     head = build_head(chans, n_classes, opts.head)  # type: ignore[arg-type]
     buckets: dict[tuple, list[int]] = {}
     for i, f in enumerate(views.feats):
@@ -208,20 +209,18 @@ def _train_head(views: Views, n_classes: int, opts: DetectTrainOptions, progress
     steps_per_epoch = len(epoch_batches())
     total = steps_per_epoch * opts.epochs
     warm = min(200, total // 10)
-    groups = [{"params": list(head.parameters()), "lr": opts.lr}]
-    if tail is not None:
-        groups.append({"params": list(tail.parameters()), "lr": opts.lr * TAIL_LR})
+    groups = [{"params": list(head.parameters()), "lr": opts.lr},
+              {"params": list(tail.parameters()), "lr": opts.lr * TAIL_LR}]
     optim = torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
     params = [p for g in groups for p in g["params"]]
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     history: list[float] = []
     head.train()
-    if tail is not None:
-        tail.train()
-        for m in tail.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.eval()  # batches of a few photos: keep ImageNet statistics
+    tail.train()
+    for m in tail.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()  # batches of a few photos: keep ImageNet statistics
     bar = tqdm(total=total, desc="detector head", unit="step", disable=bar_disable(progress))
     for _ in range(opts.epochs):
         run, n = 0.0, 0
@@ -229,8 +228,7 @@ def _train_head(views: Views, n_classes: int, opts: DetectTrainOptions, progress
             maps = [torch.from_numpy(np.stack([views.feats[i][k] for i in batch]).astype(np.float32)) for k in range(3)]
             cls_t = torch.from_numpy(np.stack([views.cls_t[i] for i in batch]))
             reg_t = torch.from_numpy(np.stack([views.reg_t[i] for i in batch]))
-            if tail is not None:
-                maps[2] = tail(maps[2])
+            maps[2] = tail(maps[2])
             total_loss, parts = loss(head(*maps), cls_t, reg_t)
             optim.zero_grad(set_to_none=True)
             total_loss.backward()
@@ -243,8 +241,7 @@ def _train_head(views: Views, n_classes: int, opts: DetectTrainOptions, progress
         history.append(run / max(n, 1))
         bar.set_postfix(loss=f"{history[-1]:.3f}")
     bar.close()
-    if tail is not None:
-        tail.eval()
+    tail.eval()
     return head.eval(), history
 
 
