@@ -60,3 +60,16 @@ def torch_threads(n: int = 0) -> Iterator[int]:
         yield n
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def seeded_torch(seed: int | None, threads: int = 0) -> Iterator[None]:
+    """Run seeded torch work: on ``threads`` threads (as :func:`torch_threads`), with torch's global
+    random state forked and, unless ``seed`` is None, seeded. The caller's thread count and random
+    state come back afterwards."""
+    import torch
+
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from productlens.config import cache_dir
 from productlens.fileio import atomic_path, temporary_beside
+from productlens.progress import bar_disable
 from productlens.types import ProductLensError
 
 TIMEOUT = 60.0  # seconds without data before a download fails
@@ -109,7 +110,7 @@ def _stream(url: str, tmp: Path, target: Path, expected: str | None) -> None:
             total = int(length) if length and length.isdigit() else None
             with tqdm(
                 total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=target.name, disable=True if total is None or total < PROGRESS_MIN_BYTES else None,
+                desc=target.name, disable=bar_disable(total is not None and total >= PROGRESS_MIN_BYTES),
             ) as bar:
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
                     out.write(chunk)

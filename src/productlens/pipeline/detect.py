@@ -84,7 +84,7 @@ def detect_files(detector: Detector, paths: Sequence[str | Path], out_dir: str |
         out.mkdir(parents=True, exist_ok=True)
     records, errors = [], []
     for path, name in tqdm(list(zip(paths, names)), desc="detect", unit="image",
-                           disable=True if len(paths) < 2 else bar_disable(progress)):
+                           disable=bar_disable(progress and len(paths) > 1)):
         try:
             img = load_image(path)
         except ImageError as exc:

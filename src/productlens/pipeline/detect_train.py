@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from productlens.config import num_threads, torch_threads
+from productlens.config import num_threads, seeded_torch
 from productlens.data.coco import CocoSet, DetImage, load_det_image
 from productlens.fileio import atomic_dir, check_replaceable
 from productlens.models.detectors.fcos import HeadConfig, assign
@@ -171,9 +171,7 @@ def train_head(views: Views, n_classes: int, opts: DetectTrainOptions, *, progre
     learning rate, its BatchNorm statistics frozen; it is left in eval mode. Torch trains on
     every usable core (:func:`~productlens.config.num_threads`); its own setting and the
     caller's torch random state are restored after."""
-    import torch
-
-    with torch_threads(), torch.random.fork_rng(devices=[]):
+    with seeded_torch(opts.seed):
         return _train_head(views, n_classes, opts, progress, in_channels, tail)
 
 
@@ -184,7 +182,6 @@ def _train_head(views: Views, n_classes: int, opts: DetectTrainOptions, progress
 
     from productlens.models.detectors.fcos import build_head, loss
 
-    torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
     chans = in_channels or tuple(int(f.shape[0]) for f in views.feats[0])
     if tail is not None and in_channels is None:  # the cache holds the tail's input, the head gets C5

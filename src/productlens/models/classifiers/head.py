@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from productlens.config import torch_threads
+from productlens.config import seeded_torch
 from productlens.progress import bar_disable
 from productlens.types import ProductLensError
 
@@ -218,8 +218,7 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig | N
     if x.ndim == 2:
         x = x[None]
     y = np.asarray(y, np.int64)
-    with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
-        torch.manual_seed(cfg.seed)
+    with seeded_torch(cfg.seed, cfg.threads):  # the caller's random state is left alone
         keep = np.ones(len(y), bool)
         epochs = cfg.epochs
         if cfg.noise_filter:
@@ -239,12 +238,9 @@ def likely_clean(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadConfig |
 
     Used before fine-tuning a backbone, so that it does not learn flipped labels either.
     """
-    import torch
-
     cfg = cfg or HeadConfig()
     x = np.asarray(x)
-    with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded_torch(cfg.seed, cfg.threads):
         return _noise_keep(x if x.ndim == 3 else x[None], np.asarray(y, np.int64), n_classes, cfg, parents,
                            progress)
 

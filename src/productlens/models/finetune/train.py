@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from productlens.config import cache_dir, torch_threads
+from productlens.config import cache_dir, seeded_torch
 from productlens.data.images import load_image
 from productlens.models.embedders.base import Embedder
 from productlens.models.embedders.export import EXPORT_VERSION, export_onnx, file_sha256, image_model
@@ -156,12 +156,11 @@ def finetune_backbone(items: Sequence[Item], labels: Sequence[Any], out_dir: str
     e.g. the single seller photo of a product beside its many shopper photos.
     Unreadable photos are skipped and returned in ``skipped``.
     The model and ``model.json`` (its preprocessing) are written atomically;
-    use the result as the embedder ``onnx:<out_dir>/model.onnx``. Training is seeded
-    (``config.seed``); the caller's torch random state is left as it was.
+    use the result as the embedder ``onnx:<out_dir>/model.onnx``. Torch trains on every
+    usable core, seeded (``config.seed``); the caller's thread count and random state are
+    left as they were.
     """
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
+    with seeded_torch(None):  # building the model draws too; training seeds itself (_train)
         return _finetune(items, labels, out_dir, config, progress, repeats)
 
 
@@ -225,28 +224,27 @@ def _train(top, maps: np.ndarray, y: np.ndarray, n_classes: int, cfg: FinetuneCo
     labels = torch.from_numpy(y)
     gen = np.random.default_rng(cfg.seed)
     losses = []
-    with torch_threads():
-        try:
-            top.train()
-            for m in top.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.eval()  # few photos per batch: keep ImageNet statistics
-            for epoch in tqdm(range(cfg.epochs), desc="fine-tuning", unit="epoch", disable=bar_disable(progress)):
-                order, total = gen.permutation(n * views), 0.0
-                for b in range(per_epoch):
-                    pick = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    x = torch.from_numpy(maps[pick // views, pick % views].astype(np.float32))
-                    f = top(x).clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
-                    logits = fc(torch.nn.functional.normalize(f, dim=1) * 16.0)
-                    loss = torch.nn.functional.cross_entropy(logits, labels[pick // views],
-                                                             label_smoothing=cfg.label_smoothing)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    total += loss.item()
-                losses.append(round(total / per_epoch, 4))
-                log.info("fine-tuning epoch %d: loss %.3f", epoch, losses[-1])
-        finally:
-            top.eval()
+    try:
+        top.train()
+        for m in top.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()  # few photos per batch: keep ImageNet statistics
+        for epoch in tqdm(range(cfg.epochs), desc="fine-tuning", unit="epoch", disable=bar_disable(progress)):
+            order, total = gen.permutation(n * views), 0.0
+            for b in range(per_epoch):
+                pick = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                x = torch.from_numpy(maps[pick // views, pick % views].astype(np.float32))
+                f = top(x).clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+                logits = fc(torch.nn.functional.normalize(f, dim=1) * 16.0)
+                loss = torch.nn.functional.cross_entropy(logits, labels[pick // views],
+                                                         label_smoothing=cfg.label_smoothing)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item()
+            losses.append(round(total / per_epoch, 4))
+            log.info("fine-tuning epoch %d: loss %.3f", epoch, losses[-1])
+    finally:
+        top.eval()
     return losses
