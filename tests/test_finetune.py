@@ -38,6 +38,8 @@ def test_random_views_stay_inside_and_vary() -> None:
 
 @pytest.mark.slow
 def test_finetune_writes_a_loadable_model_and_skips_bad_photos(tmp_path) -> None:
+    import torch
+
     items, labels = [], []
     for p in range(3):
         for v in range(4):
@@ -49,8 +51,6 @@ def test_finetune_writes_a_loadable_model_and_skips_bad_photos(tmp_path) -> None
     items.append(Item(id=99, image=str(tmp_path / "bad.jpg")))
     labels.append("product-0")
     repeats = [3] + [1] * 12  # the first photo counts three times; the bad one is skipped
-    import torch
-
     state = torch.random.get_rng_state()
     res = finetune_backbone(items, labels, tmp_path / "model", TINY, progress=False, repeats=repeats)
     assert torch.equal(torch.random.get_rng_state(), state)  # seeded inside; the caller's state is left alone
