@@ -64,6 +64,17 @@ def test_embed_views_caches_and_reports_bad_images_once(tmp_path) -> None:
     assert emb.calls == calls and np.array_equal(again.vectors, first.vectors)  # all from the cache
     assert np.allclose(first.vectors[1], embed_views(emb, items[:6], [View(flip=True)], cache=False,
                                                      progress=False).vectors[0])
+    copy = tmp_path / "copy"  # the same photos in another folder, with other modification times
+    copy.mkdir()
+    moved = []
+    for i, item in enumerate(items[:6]):
+        target = copy / f"renamed_{i}.jpg"
+        target.write_bytes(open(item.image, "rb").read())
+        os.utime(target, ns=(10**9 * (i + 7), 10**9 * (i + 7)))
+        moved.append(str(target))
+    calls = emb.calls
+    from_copy = embed_views(emb, moved, views, progress=False)
+    assert emb.calls == calls and np.array_equal(from_copy.vectors, first.vectors)  # keyed by content
     calls = emb.calls
     product_photo(5, 9, shop=False, size=64).save(items[0].image)  # a changed file misses the cache
     os.utime(items[0].image, ns=(1, 1))

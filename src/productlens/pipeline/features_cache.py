@@ -2,9 +2,11 @@
 
 Layout: ``cache_dir()/features/<embedder slug>-<model hash>/<view hash>/shard-*.npz``
 (``$PRODUCTLENS_FEATURE_CACHE`` replaces ``cache_dir()/features``);
-each shard holds ``keys`` (sha1 of the file's absolute path, size, mtime and
-crop box) and ``vectors`` (float16). A changed file (new size or mtime) or a
-changed model file (an ``onnx:PATH`` re-exported in place) misses the cache.
+each shard holds ``keys`` (sha1 of the file's bytes and crop box) and ``vectors``
+(float16). The embedder's folder is named by the sha256 of its ONNX file. So a
+changed file or a changed model misses the cache, while a copy of the same photos
+(another folder, new modification times, another machine with the same cache)
+or the same model exported again hits it.
 Shards are written through :func:`productlens.fileio.atomic_path`, so an
 interrupted run keeps every finished shard and never leaves a partial one; many
 small shards are merged into one now and then.
@@ -40,8 +42,7 @@ def model_identity(embedder) -> str:
     onnx = getattr(embedder, "onnx_path", None)
     if onnx is not None:
         try:
-            st = Path(onnx).stat()
-            parts += [str(Path(onnx).resolve()), str(st.st_size), str(st.st_mtime_ns)]
+            parts.append("sha256:" + model_fingerprint(embedder))
         except OSError:
             parts.append(str(onnx))
     return "|".join(parts)
@@ -57,26 +58,51 @@ def model_fingerprint(embedder) -> str:
         return ""
     from productlens.models.embedders.export import file_sha256
 
-    st = Path(onnx).stat()
-    key = (str(Path(onnx).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FINGERPRINTS:
-        _FINGERPRINTS[key] = file_sha256(Path(onnx))[:16]
-    return _FINGERPRINTS[key]
+    return _memo_digest(_FINGERPRINTS, Path(onnx), lambda path: file_sha256(path)[:16])
+
+
+#: sha1 of each image file read so far, keyed by its path, size and modification time.
+_CONTENT: dict[tuple, str] = {}
+_CONTENT_MAX = 500_000
+
+
+def _memo_digest(memo: dict, path: Path, digest) -> str:
+    """``digest(path)``, computed once per (resolved path, size, mtime) in this process."""
+    path = path.resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in memo:
+        if len(memo) >= _CONTENT_MAX:
+            memo.clear()
+        memo[key] = digest(path)
+    return memo[key]
+
+
+def _file_sha1(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def source_key(source: Any) -> str | None:
-    """The cache key of a local image file (path or :class:`Item`), or None (URL, bytes, missing)."""
+    """The cache key of a local image file (path or :class:`Item`), or None (URL, bytes, missing).
+
+    It is the sha1 of the file's bytes and the crop box: the same photo gets the same key
+    wherever it lies. Each file is read once per process (memoised by path, size and
+    modification time); reading is a small cost beside decoding it for the model.
+    """
     box = None
     if isinstance(source, Item):
         source, box = source.image, source.box
     if not isinstance(source, (str, os.PathLike)) or "://" in str(source):
         return None
     try:
-        path = Path(source).resolve()
-        st = path.stat()
+        digest = _memo_digest(_CONTENT, Path(source), _file_sha1)
     except OSError:
         return None
-    text = f"{path}|{st.st_size}|{st.st_mtime_ns}|{box.as_tuple() if box else ''}"
+    text = f"{digest}|{box.as_tuple() if box else ''}"
     return hashlib.sha1(text.encode()).hexdigest()
 
 
