@@ -200,6 +200,18 @@ def test_modes_to_rgb(tmp_path: Path, mode: str, color: object, expected: tuple)
     assert all(abs(a - b) <= 1 for a, b in zip(out.getpixel((3, 3)), expected))
 
 
+def test_min_side_refuses_tiny_images_and_crops(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1), RED).save(path)
+    assert load_image(path).size == (1, 1)  # decoding alone has no bar
+    with pytest.raises(ImageError, match=r"tiny.png: 1x1 pixels is too small .*under 8"):
+        load_image(path, min_side=8)
+    _scene((30, 20), (0, 0, 5, 5)).save(path)
+    assert load_image(path, box=Box(0, 0, 8, 8), min_side=8).size == (8, 8)
+    with pytest.raises(ImageError, match="7x12 pixels"):
+        load_image(path, box=Box(0, 0, 7, 12), min_side=8)
+
+
 # --- sources ----------------------------------------------------------------
 
 

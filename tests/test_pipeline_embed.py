@@ -11,7 +11,7 @@ from PIL import Image
 
 from productlens.data.images import load_image
 from productlens.pipeline.embed import EmbedResult, _load_into, embed_items, iter_embeddings
-from productlens.types import Box, Item
+from productlens.types import Box, ImageError, Item
 
 N_GOOD = 20
 BATCH = 8
@@ -200,3 +200,20 @@ def test_embedder_with_its_own_embed(gallery):
     ref = np.stack([Mean.preprocess(load_image(sources[i], box=boxes[i], target=16)).mean(axis=(1, 2))
                     for i in res.ok])
     assert np.abs(res.vectors - ref).max() < 1e-6
+
+
+def test_images_too_small_to_show_a_product_are_skipped_and_named(embedder, tmp_path):
+    """A 1x1 placeholder, a 4-pixel sliver and a 5x5 box are refused; 8 pixels a side is enough."""
+    rng = np.random.default_rng(3)
+    names = {"pixel.png": (1, 1), "sliver.png": (300, 4), "small_ok.png": (8, 8), "photo.jpg": (64, 48)}
+    for name, (w, h) in names.items():
+        _photo(rng, max(w, 2), max(h, 2)).resize((w, h)).save(tmp_path / name)
+    sources = [str(tmp_path / n) for n in names] + [str(tmp_path / "photo.jpg")]
+    boxes = [None] * 4 + [Box(10, 10, 5, 5)]
+    res = embed_items(embedder, sources, boxes=boxes, progress=False)
+    assert res.ok.tolist() == [2, 3] and [e[0] for e in res.errors] == [0, 1, 4]
+    assert "pixel.png: 1x1 pixels is too small" in res.errors[0][2]
+    assert "sliver.png: 300x4 pixels" in res.errors[1][2] and "photo.jpg: 5x5 pixels" in res.errors[2][2]
+    frame = Image.new("RGB", (6, 40))  # an already decoded image (a video frame) meets the same bar
+    with pytest.raises(ImageError, match="6x40 pixels is too small"):
+        _load_into(embedder.preprocess, frame, None, np.zeros(embedder.preprocess.shape, embedder.preprocess.dtype))

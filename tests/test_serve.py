@@ -94,6 +94,13 @@ def test_bad_uploads_get_clear_errors(client):
     assert r.status_code == 413
     r = client.post("/v1/identify", files={"image": ("claims.png", _png_claiming(100_000, 100_000), "image/png")})
     assert r.status_code == 400 and "more than" in r.json()["detail"] and "pixels" in r.json()["detail"]
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")  # a placeholder pixel shows no product
+    r = client.post("/v1/identify", files={"image": ("pixel.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 400 and "1x1 pixels is too small" in r.json()["detail"]
+    r = client.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(1, 3, shop=False)), "image/jpeg")},
+                    data={"box": "10,10,4,40"})
+    assert r.status_code == 400 and "box" in r.json()["detail"] and "4x40 pixels" in r.json()["detail"]
 
 
 def test_preview_is_the_photo_as_read_exif_orientation_applied(client):

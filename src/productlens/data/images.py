@@ -39,6 +39,10 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+#: Images (or box crops) with a side shorter than this many pixels are refused for
+#: embedding: a 1x1 placeholder or a sliver shows no product, and its vector would
+#: match everything alike.
+MIN_SIDE = 8
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 _WHITE = (255, 255, 255)
 
@@ -49,6 +53,7 @@ def load_image(
     box: Box | None = None,
     target: int | None = None,
     max_pixels: int = 100_000_000,
+    min_side: int = 0,
 ) -> Image.Image:
     """Decode ``source`` (path, ``http(s)://``/``file://`` URL, or bytes) to an RGB image.
 
@@ -58,6 +63,8 @@ def load_image(
     both sides; the result is not resized to ``target``. Images with more than
     ``max_pixels`` pixels are refused from the header, before decoding; Pillow's own
     decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is enforced too.
+    A result (after the crop) with a side under ``min_side`` pixels is refused
+    (:data:`MIN_SIDE` is the bar for embedding).
     """
     name, fp = _open_source(source)
     try:
@@ -82,7 +89,7 @@ def load_image(
                     out = img.crop(_scaled_crop(raw_box, scale, img.size))
                 if orientation in _TRANSPOSE:
                     out = out.transpose(_TRANSPOSE[orientation])
-                return to_rgb(out)
+                return big_enough(to_rgb(out), name, min_side)
     except (ImageError, BoxError):
         raise
     except Image.DecompressionBombError as exc:
@@ -93,6 +100,14 @@ def load_image(
         ) from exc
     except Exception as exc:  # Pillow plugins raise many types on corrupt data
         raise ImageError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def big_enough(img: Image.Image, name: str, min_side: int = MIN_SIDE) -> Image.Image:
+    """``img`` itself, or :class:`ImageError` naming ``name`` if a side is under ``min_side`` pixels."""
+    if min(img.size) < min_side:
+        w, h = img.size
+        raise ImageError(f"{name}: {w}x{h} pixels is too small to show a product (under {min_side} on a side)")
+    return img
 
 
 def image_size(source: Source) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
-from productlens.data.images import load_image
+from productlens.data.images import MIN_SIDE, load_image
 from productlens.fileio import file_lock
 from productlens.heads.adapter import Adapter
 from productlens.index.base import Store
@@ -436,7 +436,8 @@ class Catalog:
             from productlens.pipeline.detect import best_box
 
             box = best_box(detector, load_image(source))
-        img = load_image(source, box=box, target=self.query_embedder.preprocess.size)  # ImageError / BoxError
+        img = load_image(source, box=box, target=self.query_embedder.preprocess.size,  # ImageError / BoxError
+                         min_side=MIN_SIDE)
         query = self.to_index_space(self.query_embedder.embed_images([img]), "query")
         texts = self.query_texts([img], None, [text])
         from productlens.pipeline.verify import resolve

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import load_image, to_rgb
+from productlens.data.images import MIN_SIDE, big_enough, load_image, to_rgb
 from productlens.models.embedders.base import Preprocess
 from productlens.progress import bar_disable
 from productlens.types import Box, Item, ProductLensError
@@ -73,9 +73,9 @@ def _load_into(preprocess: Preprocess, source: Any, box: Box | None, out: np.nda
         if box is not None:
             x, y, w, h = box.clip(*img.size).as_tuple()
             img = img.crop((round(x), round(y), round(x + w), round(y + h)))
-        preprocess(img, out=out)
+        preprocess(big_enough(img, "<image>"), out=out)
         return
-    preprocess(load_image(source, box=box, target=preprocess.size), out=out)
+    preprocess(load_image(source, box=box, target=preprocess.size, min_side=MIN_SIDE), out=out)
 
 
 def _message(exc: BaseException, source: Any) -> str:

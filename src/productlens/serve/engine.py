@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import load_image
+from productlens.data.images import MIN_SIDE, big_enough, load_image
 from productlens.pipeline.catalog import Catalog
 from productlens.pipeline.verify import resolve as resolve_verify
 from productlens.serve.config import ServeConfig
@@ -160,11 +160,11 @@ class Engine:
                            "alternatives": [{"tag": t, "score": round(float(p), 4)} for t, p in d.alternatives
                                             if p >= least]}
                           for d in dets if d.score >= least][:self.config.max_boxes]
-            if box is None and dets and self.config.search_detected:
+            if box is None and dets and self.config.search_detected and min(dets[0].box.w, dets[0].box.h) >= MIN_SIDE:
                 box = dets[0].box
         crop = r.image if box is None else r.image.crop((round(box.x), round(box.y), round(box.x + box.w),
                                                          round(box.y + box.h)))
-        return crop, box, detections
+        return big_enough(crop, "the photo" if box is None else "the photo's box"), box, detections
 
     def _search(self, images: list[Image.Image], k: int) -> list[list]:
         cat = self.catalog
