@@ -815,3 +815,14 @@ def test_a_tuned_block_out_of_range_fails_before_any_work(tmp_path):
         r = CliRunner().invoke(app, [*cmd, "--backbone", "efficientnet-lite0", "--tune-from", "5"])
         assert r.exit_code == 1 and "efficientnet-lite0: the first tuned block must be in 11..16" in r.output
         assert "backbone views" not in r.output and not (tmp_path / "det").exists()
+
+
+def test_tune_from_help_names_each_backbones_range():
+    """The option's help spells the ranges out (the CLI does not import the model code to build it)."""
+    from productlens.cli.detect_cmd import _TUNE
+    from productlens.models.detectors.pyramid import supported, tune_range
+
+    text = " ".join(_TUNE.help.split())
+    for arch in supported():
+        low, high = tune_range(arch)
+        assert f"{arch} {low}..{high}" in text
