@@ -37,6 +37,7 @@ def test_finetuned_classifier_is_moved_and_reloaded_with_identical_predictions(t
     assert (folder / "backbone" / "model.onnx").is_file() and (folder / "backbone" / "model.json").is_file()
     # the other bundled backbones join the fine-tuned one, frozen, and are recorded with it
     assert config["companions"] == ["efficientnet-lite2", "mobilenetv2"] and config["training"]["companions"] is True
+    assert config["format"] == 2  # versions that predate companions refuse it by its format
     assert config["dim"] == res.classifier.embedder.dim == sum(embedders.get_embedder(m).dim for m in
                                                                    ["efficientnet-lite0", *config["companions"]])
     tuned = res.classifier.metrics["finetune"]

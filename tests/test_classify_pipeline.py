@@ -123,6 +123,7 @@ def test_train_predict_save_load_with_hierarchy(tmp_path) -> None:
     assert clf.embedder_name == "fake-tiny" and len(clf.views) == 2
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["embedder"] == "fake-tiny" and config["training"]["head"]["epochs"] == 8
+    assert config["format"] == 1  # no companions: every version reads it
     test_csv = write_set(tmp_path, name="test.csv", offset=50)
     test = read_labelled(test_csv, label="sku")
     pred = clf.predict_batch(test.items)

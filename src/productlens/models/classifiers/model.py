@@ -30,7 +30,10 @@ from productlens.models.classifiers.head import HeadWeights
 from productlens.models.classifiers.hierarchy import Hierarchy
 from productlens.types import ImageError, ProductLensError
 
-FORMAT_VERSION = 1
+#: Format 2: the folder joins companion backbones (``config.json``: ``"companions"``).
+#: Folders without companions are still written as format 1, which every version reads;
+#: versions before companions refuse format 2 by name instead of failing on a dimension.
+FORMAT_VERSION = 2
 Prediction = list[tuple[str, float]]
 
 
@@ -188,7 +191,7 @@ class Classifier:
             with open(tmp / "head.npz", "wb") as f:
                 np.savez(f, mean=self.mean, temperature=np.float32(self.temperature), **self.head.arrays())
             (tmp / "labels.json").write_text(json.dumps(self.hierarchy.to_json(), indent=1))
-            config = {"format": FORMAT_VERSION, "kind": "productlens-classifier", "embedder": self.embedder_name,
+            config = {"format": 2 if self.companions else 1, "kind": "productlens-classifier", "embedder": self.embedder_name,
                       "fingerprint": self.fingerprint, "dim": int(self.mean.shape[0]), "views": self.views,
                       "temperature": self.temperature, "companions": self.companions, **self.config}
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
