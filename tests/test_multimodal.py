@@ -285,6 +285,8 @@ def test_ocr_cli_reports_bad_files(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.strip().splitlines()[-1])
     assert "OATLY" in " ".join(w["text"].upper() for w in out[0]["words"]) and out[1]["words"] is None
+    skipped = [line for line in res.output.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped: {bad}: ") and skipped[0].count(str(bad)) == 1
 
 
 def test_eval_retrieval_text_needs_train(tmp_path):

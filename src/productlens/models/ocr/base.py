@@ -64,7 +64,7 @@ class OCR:
                 img = src if isinstance(src, Image.Image) else load_image(src)
                 out.append(self.read(img))
             except ProductLensError as e:
-                log.warning("skipped %s: %s", src, e)
+                log.warning("skipped #%d %s", i, e)  # the message names the file
                 errors.append((i, src, str(e)))
                 out.append(None)
         return out, errors
