@@ -6,8 +6,8 @@ import logging
 
 import typer
 
-from productlens.cli import (audit_cmd, classify_cmd, data_cmd, detect_cmd, eval_cmd, index_cmd, search_cmd,
-                             serve_cmd, text_cmd, video_cmd)
+from productlens.cli import (audit_cmd, cache_cmd, classify_cmd, data_cmd, detect_cmd, eval_cmd, index_cmd,
+                             search_cmd, serve_cmd, text_cmd, video_cmd)
 from productlens.cli.common import fail_cleanly
 
 app = typer.Typer(help="Identify products in photos: index a catalog, search it, evaluate.",
@@ -19,6 +19,7 @@ app.add_typer(classify_cmd.app, name="classify")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(detect_cmd.app, name="detector")
 app.add_typer(text_cmd.app, name="text")
+app.add_typer(cache_cmd.app, name="cache")
 app.command("search")(fail_cleanly(search_cmd.search))
 app.command("rank")(fail_cleanly(search_cmd.rank))
 app.command("demo")(fail_cleanly(search_cmd.demo))
