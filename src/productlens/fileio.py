@@ -16,6 +16,7 @@ into one folder does not list it again for each).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -307,3 +308,12 @@ def _exchange(a: Path, b: Path) -> bool:
     fn.restype = ctypes.c_int
     at_fdcwd, rename_exchange = -100, 2
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def file_hash(path: str | os.PathLike, algorithm: str = "sha1", chunk: int = 1 << 20) -> str:
+    """The hex digest of a file's bytes (read in chunks)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from productlens.config import cache_dir
-from productlens.fileio import atomic_path, temporary_beside
+from productlens.fileio import atomic_path, file_hash, temporary_beside
 from productlens.progress import bar_disable
 from productlens.types import ProductLensError
 
@@ -68,11 +68,7 @@ def fetch(
 
 def sha256_of(path: Path) -> str:
     """The hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_hash(path, "sha256", _CHUNK)
 
 
 def _file_name(url: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from productlens.fileio import atomic_path
+from productlens.fileio import atomic_path, file_hash
 from productlens.types import Item
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,6 @@ def _memo_digest(memo: dict, path: Path, digest) -> str:
     return memo[key]
 
 
-def _file_sha1(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def source_key(source: Any) -> str | None:
     """The cache key of a local image file (path or :class:`Item`), or None (URL, bytes, missing).
 
@@ -99,7 +91,7 @@ def source_key(source: Any) -> str | None:
     if not isinstance(source, (str, os.PathLike)) or "://" in str(source):
         return None
     try:
-        digest = _memo_digest(_CONTENT, Path(source), _file_sha1)
+        digest = _memo_digest(_CONTENT, Path(source), file_hash)
     except OSError:
         return None
     text = f"{digest}|{box.as_tuple() if box else ''}"

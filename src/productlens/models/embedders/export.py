@@ -14,25 +14,20 @@ leaves a broken model in the cache.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 from typing import Callable
 
 from productlens.config import cache_dir, torch_threads
-from productlens.fileio import atomic_path
+from productlens.fileio import atomic_path, file_hash
 from productlens.models.embedders.base import Preprocess
 
 EXPORT_VERSION = 2  # bump when the exported graph changes (2: uint8 NHWC input, GeM inside)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: Path) -> str:
+    return file_hash(path, "sha256")
 
 
 def image_model(backbone, preprocess: Preprocess, gem_p: float | None = 3.0, eps: float = 1e-6):
