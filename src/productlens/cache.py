@@ -28,7 +28,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from productlens.fileio import sweep_stale
 from productlens.types import ProductLensError
@@ -91,7 +91,7 @@ def _part(name: str) -> CachePart:
 
 
 def _ours(part: CachePart) -> Iterator[Path]:
-    """The files and folders of ``part`` that productlens wrote (by their names), deepest first."""
+    """The files and folders of ``part`` that productlens wrote (known by their names)."""
     path = part.path
     if not path.is_dir():
         return
@@ -142,7 +142,7 @@ def feature_folders() -> list[tuple[str, int, int, int]]:
     return rows
 
 
-def clear_cache(names: Sequence[str] = (), *, on_remove: Callable[[Path], None] | None = None) -> list[Usage]:
+def clear_cache(names: Sequence[str] = ()) -> list[Usage]:
     """Remove what productlens wrote in the named parts (without names: the parts that come back by
     themselves); returns what was removed from each. Folders left empty are removed too."""
     parts = [_part(n) for n in names] or [p for p in cache_parts() if p.rebuilt]
@@ -161,8 +161,6 @@ def clear_cache(names: Sequence[str] = (), *, on_remove: Callable[[Path], None] 
                 continue
             files, size = files + n, size + b
             touched.add(path.parent)
-            if on_remove is not None:
-                on_remove(path)
         for folder in sorted(touched, key=lambda p: -len(p.parts)):
             _prune(folder, stop=part.path)
         removed.append(Usage(part, files, size))

@@ -191,7 +191,8 @@ class Classifier:
             with open(tmp / "head.npz", "wb") as f:
                 np.savez(f, mean=self.mean, temperature=np.float32(self.temperature), **self.head.arrays())
             (tmp / "labels.json").write_text(json.dumps(self.hierarchy.to_json(), indent=1))
-            config = {"format": 2 if self.companions else 1, "kind": "productlens-classifier", "embedder": self.embedder_name,
+            config = {"format": FORMAT_VERSION if self.companions else 1, "kind": "productlens-classifier",
+                      "embedder": self.embedder_name,
                       "fingerprint": self.fingerprint, "dim": int(self.mean.shape[0]), "views": self.views,
                       "temperature": self.temperature, "companions": self.companions, **self.config}
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
