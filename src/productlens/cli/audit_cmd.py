@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly
+from productlens.cli.common import fail_cleanly, reports_skipped
 from productlens.config import CLASSIFIER_EMBEDDER
 
 app = typer.Typer(help="Audit training data.", no_args_is_help=True)
@@ -17,6 +17,7 @@ app = typer.Typer(help="Audit training data.", no_args_is_help=True)
 
 @app.command("labels")
 @fail_cleanly
+@reports_skipped
 def labels(
     data: Path = typer.Argument(..., help="Training csv, folder per category or Shopee root."),
     label: Optional[str] = typer.Option(None, help="Label column of a csv."),

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly
+from productlens.cli.common import fail_cleanly, reports_skipped
 from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Train category classifiers and predict categories.", no_args_is_help=True)
@@ -46,6 +46,7 @@ _COMPANIONS = typer.Option(True, "--companions/--no-companions",
 
 @app.command("train")
 @fail_cleanly
+@reports_skipped
 def train(
     data: Path = typer.Argument(..., help="Folder per category, Shopee root (train/<category>/...) or csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
@@ -79,6 +80,7 @@ def _label_text(value: str) -> str:
 
 @app.command("predict")
 @fail_cleanly
+@reports_skipped
 def predict(
     model_dir: Path = typer.Argument(..., help="Model folder from `classify train`."),
     inputs: Path = typer.Argument(..., help="An image, a folder, a csv (image column) or a Shopee root (test.csv + test/)."),
@@ -151,6 +153,7 @@ def predict(
 
 
 @fail_cleanly
+@reports_skipped
 def eval_classify(
     train: Path = typer.Option(..., help="Training csv (image + label column), folder or Shopee root."),
     test: Path = typer.Option(..., help="Test csv (image + label column) or folder."),

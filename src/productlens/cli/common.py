@@ -1,12 +1,14 @@
-"""Shared CLI helpers: clean error messages instead of tracebacks."""
+"""Shared CLI helpers: clean error messages instead of tracebacks; one report per skipped file."""
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable
 
 import typer
 
+from productlens.progress import ITEM_REPORT
 from productlens.types import ProductLensError
 
 
@@ -22,6 +24,28 @@ def fail_cleanly(fn: Callable) -> Callable:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def reports_skipped(fn: Callable) -> Callable:
+    """For a command that prints its own ``skipped: <file>: <reason>`` lines once its work is done:
+    the library's log record for each of those files is dropped meanwhile, so that each is named
+    once (the batch's summary warning stays)."""
+
+    def per_item(record: logging.LogRecord) -> bool:
+        return not getattr(record, ITEM_REPORT, False)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        handlers = logging.getLogger().handlers
+        for h in handlers:
+            h.addFilter(per_item)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for h in handlers:
+                h.removeFilter(per_item)
 
     return wrapper
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly
+from productlens.cli.common import fail_cleanly, reports_skipped
 from productlens.config import ZERO_SHOT_IMAGENET_WEIGHT
 
 app = typer.Typer(help="Product text: search by words, align photos with titles, zero-shot, OCR.",
@@ -98,6 +98,7 @@ def zero_shot_cmd(
 
 @app.command("ocr")
 @fail_cleanly
+@reports_skipped
 def ocr(
     images: List[str] = typer.Argument(..., help="Photos to read."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (text, score, box per word)."),

@@ -24,7 +24,7 @@ from PIL import Image
 
 from productlens.data.images import MIN_SIDE, big_enough, load_image, to_rgb
 from productlens.models.embedders.base import Preprocess
-from productlens.progress import bar_disable
+from productlens.progress import ITEM_REPORT, bar_disable
 from productlens.types import Box, Item, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def embed_items(
     if errors:
         log.warning("%s: skipped %d of %d images that could not be read", desc, len(errors), n)
         for i, _, msg in errors:
-            log.warning("skipped #%d %s", i, msg)
+            log.warning("skipped #%d %s", i, msg, extra={ITEM_REPORT: True})
     return EmbedResult(np.ascontiguousarray(vectors, dtype=np.float32), ok_idx, errors)
 
 

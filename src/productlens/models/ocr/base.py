@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.progress import bar_disable
+from productlens.progress import ITEM_REPORT, bar_disable
 from productlens.types import ProductLensError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class OCR:
                 img = src if isinstance(src, Image.Image) else load_image(src)
                 out.append(self.read(img))
             except ProductLensError as e:
-                log.warning("skipped #%d %s", i, e)  # the message names the file
+                log.warning("skipped #%d %s", i, e, extra={ITEM_REPORT: True})  # the message names the file
                 errors.append((i, src, str(e)))
                 out.append(None)
         return out, errors
