@@ -23,19 +23,18 @@ come back by themselves (features, models, text).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from productlens.config import cache_dir
 from productlens.fileio import sweep_stale
+from productlens.pipeline.features_cache import SHARDS, VIEW_FILE, cache_folders, feature_root
 from productlens.types import ProductLensError
 
-_EMBEDDER_DIR = re.compile(r"^[A-Za-z0-9._-]+-[0-9a-f]{12}$")
-_VIEW_DIR = re.compile(r"^[0-9a-f]{16}$")
-_URL_DIR = re.compile(r"^[0-9a-f]{16}$")
+_URL_DIR = re.compile(r"^[0-9a-f]{16}$")  # data.download's folder per url
 
 
 @dataclass(frozen=True)
@@ -56,20 +55,9 @@ class Usage:
     bytes: int
 
 
-def _root() -> Path:
-    from productlens.config import cache_dir
-
-    return cache_dir()
-
-
-def feature_root() -> Path:
-    """Where the feature cache lies (``$PRODUCTLENS_FEATURE_CACHE``, else the cache's ``features``)."""
-    return Path(os.environ.get("PRODUCTLENS_FEATURE_CACHE") or _root() / "features")
-
-
 def cache_parts() -> list[CachePart]:
     """The parts of the cache, in the order ``productlens cache info`` lists them."""
-    root = _root()
+    root = cache_dir()
     return [
         CachePart("features", feature_root(), "image features per backbone, photo and view",
                   "recomputed when next needed (minutes per thousand photos)", True),
@@ -96,11 +84,11 @@ def _ours(part: CachePart) -> Iterator[Path]:
     if not path.is_dir():
         return
     if part.name == "features":
-        for emb in sorted(p for p in path.iterdir() if p.is_dir() and _EMBEDDER_DIR.match(p.name)):
-            for view in sorted(v for v in emb.iterdir() if v.is_dir() and _VIEW_DIR.match(v.name)):
-                yield from sorted(view.glob("shard-*.npz"))
-                if (view / "view.txt").is_file():
-                    yield view / "view.txt"
+        for _, views in cache_folders(path):
+            for view in views:
+                yield from sorted(view.glob(SHARDS))
+                if (view / VIEW_FILE).is_file():
+                    yield view / VIEW_FILE
     elif part.name in ("models", "text"):
         yield from sorted(path.glob("*.onnx" if part.name == "models" else "*.npy"))
     elif part.name == "downloads":
@@ -132,12 +120,9 @@ def cache_usage(names: Sequence[str] = ()) -> list[Usage]:
 
 def feature_folders() -> list[tuple[str, int, int, int]]:
     """Per backbone in the feature cache: (folder name, views, files, bytes)."""
-    root = feature_root()
     rows = []
-    folders = [p for p in root.iterdir() if p.is_dir() and _EMBEDDER_DIR.match(p.name)] if root.is_dir() else []
-    for emb in sorted(folders):
-        views = [v for v in emb.iterdir() if v.is_dir() and _VIEW_DIR.match(v.name)]
-        shards = [s for v in views for s in v.glob("shard-*.npz")]
+    for emb, views in cache_folders():
+        shards = [s for v in views for s in v.glob(SHARDS)]
         rows.append((emb.name, len(views), len(shards), sum(s.stat().st_size for s in shards)))
     return rows
 
@@ -190,5 +175,4 @@ def human(n: int) -> str:
     return f"{size:.1f} {unit}"
 
 
-__all__ = ["CachePart", "Usage", "cache_parts", "cache_usage", "clear_cache", "feature_folders", "feature_root",
-           "human"]
+__all__ = ["CachePart", "Usage", "cache_parts", "cache_usage", "clear_cache", "feature_folders", "human"]

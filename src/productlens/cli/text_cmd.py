@@ -107,7 +107,7 @@ def ocr(
     from productlens.models.ocr import get_ocr
 
     words, errors = get_ocr().read_many(images)
-    for i, src, msg in errors:
+    for _, _, msg in errors:
         typer.secho(f"skipped: {msg}", err=True, fg=typer.colors.YELLOW)  # the message names the file
     if as_json:
         typer.echo(json.dumps([{"image": img, "words": None if w is None else

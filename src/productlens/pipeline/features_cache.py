@@ -34,6 +34,30 @@ log = logging.getLogger(__name__)
 
 #: Shards in one view folder beyond which they are merged into one.
 MAX_SHARDS = 24
+#: The names FeatureCache gives its files and folders (``productlens cache`` finds them by these).
+SHARDS = "shard-*.npz"
+VIEW_FILE = "view.txt"
+_EMBEDDER_DIR = re.compile(r"^[A-Za-z0-9._-]*-[0-9a-f]{12}$")
+_VIEW_DIR = re.compile(r"^[0-9a-f]{16}$")
+
+
+def feature_root() -> Path:
+    """Where the feature cache lies: ``$PRODUCTLENS_FEATURE_CACHE``, else the cache's ``features``."""
+    from productlens.config import cache_dir
+
+    return Path(os.environ.get("PRODUCTLENS_FEATURE_CACHE") or cache_dir() / "features")
+
+
+def cache_folders(root: str | os.PathLike | None = None) -> list[tuple[Path, list[Path]]]:
+    """Each embedder folder that :class:`FeatureCache` wrote under ``root`` (default
+    :func:`feature_root`), with its view folders; known by their names, sorted."""
+    root = Path(root) if root is not None else feature_root()
+    if not root.is_dir():
+        return []
+    out = []
+    for emb in sorted(p for p in root.iterdir() if p.is_dir() and _EMBEDDER_DIR.match(p.name)):
+        out.append((emb, sorted(v for v in emb.iterdir() if v.is_dir() and _VIEW_DIR.match(v.name))))
+    return out
 
 
 def model_identity(embedder) -> str:
@@ -102,10 +126,7 @@ class FeatureCache:
     """Cached vectors of one embedder, looked up by :func:`source_key` and view key."""
 
     def __init__(self, embedder, root: str | os.PathLike | None = None) -> None:
-        if root is None:
-            from productlens.config import cache_dir
-
-            root = os.environ.get("PRODUCTLENS_FEATURE_CACHE") or cache_dir() / "features"
+        root = root if root is not None else feature_root()
         ident = model_identity(embedder)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(embedder.name).split("/")[-1])[:40]
         self.dir = Path(root) / f"{slug}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
@@ -122,7 +143,7 @@ class FeatureCache:
         index: dict[str, tuple[int, int]] = {}
         shards: list[np.ndarray] = []
         folder = self._view_dir(view_key)
-        for file in sorted(folder.glob("shard-*.npz")) if folder.is_dir() else []:
+        for file in sorted(folder.glob(SHARDS)) if folder.is_dir() else []:
             try:
                 with np.load(file) as data:
                     keys, vecs = data["keys"], data["vectors"]
@@ -153,7 +174,7 @@ class FeatureCache:
             return
         folder = self._view_dir(view_key)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "view.txt").write_text(view_key)
+        (folder / VIEW_FILE).write_text(view_key)
         vecs = np.asarray(vectors, np.float16)
         name = f"shard-{hashlib.sha1(''.join(keys).encode()).hexdigest()[:16]}-{os.getpid()}.npz"
         _write_npz(folder / name, np.array(list(keys), dtype="S40"), vecs)
@@ -162,13 +183,13 @@ class FeatureCache:
         for row, key in enumerate(keys):
             index[key] = (len(shards), row)
         shards.append(vecs)
-        if len(list(folder.glob("shard-*.npz"))) > MAX_SHARDS:
+        if len(list(folder.glob(SHARDS))) > MAX_SHARDS:
             self._merge(view_key)
 
     def _merge(self, view_key: str) -> None:
         """Rewrite a view folder's shards as one (readers meanwhile still see whole files)."""
         folder = self._view_dir(view_key)
-        old = sorted(folder.glob("shard-*.npz"))
+        old = sorted(folder.glob(SHARDS))
         self._index.pop(view_key, None)
         self._load(view_key)
         index, shards = self._index[view_key], self._shards[view_key]
@@ -240,4 +261,5 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
     return ViewFeatures(np.ascontiguousarray(out[:, ok]), ok, errors, list(views))
 
 
-__all__ = ["FeatureCache", "ViewFeatures", "embed_views", "model_fingerprint", "model_identity", "source_key"]
+__all__ = ["FeatureCache", "ViewFeatures", "cache_folders", "embed_views", "feature_root", "model_fingerprint",
+           "model_identity", "source_key"]
