@@ -66,16 +66,41 @@ def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
     assert r.exit_code == 0 and "holds 4 items" in r.output, r.output
     (folder / "new").rename(folder / "box2")
     r = runner.invoke(app, ["index", "add", str(cat), str(folder)])
-    assert r.exit_code == 0 and "get ids 4..6" in r.output and "holds 7 items" in r.output, r.output
+    assert r.exit_code == 0 and "added 3 item(s) under new ids 4..6" in r.output and "holds 7 items" in r.output, r.output
     listed = tmp_path / "more.csv"
     listed.write_text("image,product_id\n" + str(img / "t_2_0.jpg") + ",2\n")
     r = runner.invoke(app, ["index", "add", str(cat), str(listed)])
-    assert r.exit_code == 0 and "get ids 7..7" in r.output and "holds 8 items" in r.output, r.output
+    assert r.exit_code == 0 and "under new ids 7\n" in r.output and "holds 8 items" in r.output, r.output
     with Catalog.open(cat) as c:
         md = dict(zip(c.store.ids().tolist(), c.store.get(c.store.ids())))
     assert [md[i]["product_id"] for i in range(4)] == [0, 1, 2, 3]  # the gallery's own ids and products
     # gallery items carry no category: both folders become new products, above the largest (3)
     assert sorted(md[i]["product_id"] for i in (4, 5, 6)) == [4, 4, 5] and md[7]["product_id"] == 2
+
+
+def test_index_add_names_the_ids_it_added_and_each_skipped_file_once(tmp_path) -> None:
+    import shutil
+
+    ds = write_dataset(tmp_path / "ds")
+    cat = tmp_path / "cat"
+    r = runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(cat), "--model", "efficientnet-lite0"])
+    assert r.exit_code == 0, r.output  # seller_img_id 0-3
+    folder = tmp_path / "more" / "box"
+    folder.mkdir(parents=True)
+    shutil.copy(tmp_path / "ds" / "img" / "t_0_0.jpg", folder / "a.jpg")
+    (folder / "b.jpg").write_bytes((tmp_path / "ds" / "img" / "t_0_1.jpg").read_bytes()[:200])  # truncated
+    shutil.copy(tmp_path / "ds" / "img" / "t_1_0.jpg", folder / "c.jpg")
+    r = runner.invoke(app, ["index", "add", str(cat), str(folder.parent)])
+    assert r.exit_code == 0, r.output
+    assert "added 2 item(s) under new ids 4, 6" in r.output and "holds 6 items; skipped 1" in r.output, r.output
+    assert r.output.count("b.jpg") == 1, r.output
+
+
+def test_id_ranges() -> None:
+    from productlens.cli.index_cmd import id_ranges
+
+    assert id_ranges([9, 4, 5, 6]) == "4..6, 9"
+    assert id_ranges([1, 3, 5, 7], limit=2) == "1, 3 and 2 more"
 
 
 def test_index_build_ocr_writes_nothing_when_the_text_weight_fails(tmp_path, monkeypatch) -> None:

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly
+from productlens.cli.common import fail_cleanly, reports_skipped
 from productlens.config import DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Build and maintain a catalog index.", no_args_is_help=True)
@@ -131,6 +131,7 @@ def _store_spec(store: str, out: Path, collection: str | None, *, milvus_uri: st
 
 @app.command("add")
 @fail_cleanly
+@reports_skipped
 def add(
     catalog_dir: Path = typer.Argument(..., help="An existing catalog folder."),
     items: Path = typer.Argument(..., help="gallery.csv (seller_img_id are the ids), csv or folder of new items."),
@@ -148,12 +149,31 @@ def add(
     if not new:
         raise ProductLensError(f"{items}: no items to add")
     with Catalog.open(catalog_dir) as cat, cat.writing():
-        if not catalog_ids_given(items):
+        given = catalog_ids_given(items)
+        if not given:
             new = cat.with_new_ids(new, products_by_category=items.is_dir())
-            typer.echo(f"{items} names no ids: its items get ids {new[0].id}..{new[-1].id}")
         errors = cat.add(new)
         cat.mark_used(max(it.id for it in new))
+        skipped = {i for i, _, _ in errors}
+        added = [it.id for i, it in enumerate(new) if i not in skipped]
+        for _, _, message in errors:
+            typer.echo(f"skipped: {message}", err=True)
+        if added:
+            typer.echo(f"added {len(added)} item(s) under {'their own' if given else 'new'} ids {id_ranges(added)}")
         typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors)}")
+
+
+def id_ranges(ids: List[int], limit: int = 8) -> str:
+    """``[4, 5, 6, 9]`` -> ``"4..6, 9"`` (runs of consecutive ids; after ``limit`` runs, the count of the rest)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    shown = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs[:limit])
+    rest = sum(b - a + 1 for a, b in runs[limit:])
+    return shown + (f" and {rest} more" if rest else "")
 
 
 @app.command("remove")
