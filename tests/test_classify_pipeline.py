@@ -85,6 +85,22 @@ def test_embed_views_caches_and_reports_bad_images_once(tmp_path) -> None:
     assert source_key("https://x/y.jpg") is None and source_key(b"bytes") is None
 
 
+def test_feature_cache_misses_when_an_onnx_models_preprocessing_changes(tmp_path) -> None:
+    """A user's onnx:PATH model keeps its preprocessing in a JSON file beside it: editing that file
+    (not the model) must not bring back vectors made under the old preprocessing."""
+    from helpers import tiny_embedder
+
+    name = tiny_embedder(tmp_path)
+    photo = tmp_path / "a.jpg"
+    product_photo(1, 0, shop=False, size=48).save(photo)
+    before = embed_views(embedders.create_embedder(name), [str(photo)], [View()], progress=False).vectors
+    (tmp_path / "tiny.json").write_text(json.dumps({"size": 16, "resize": "pad", "mean": [0.1, 0.2, 0.3]}))
+    emb = embedders.create_embedder(name)
+    after = embed_views(emb, [str(photo)], [View()], progress=False).vectors
+    fresh = embed_views(emb, [str(photo)], [View()], cache=False, progress=False).vectors
+    assert np.array_equal(after, fresh) and not np.allclose(after, before)
+
+
 def test_feature_cache_merges_shards(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(features_cache, "MAX_SHARDS", 3)
     emb = FakeEmbedder()

@@ -18,6 +18,7 @@ same whether they were just computed or read back.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -61,8 +62,14 @@ def cache_folders(root: str | os.PathLike | None = None) -> list[tuple[Path, lis
 
 
 def model_identity(embedder) -> str:
-    """A string that changes whenever the embedder's model changes."""
+    """A string that changes whenever the embedder's model or its preprocessing changes (a user's
+    ``onnx:PATH`` model keeps its preprocessing in a JSON file, which may change on its own)."""
+    if hasattr(embedder, "main") and hasattr(embedder, "companion"):  # a JoinedEmbedder
+        return f"{model_identity(embedder.main)}+{model_identity(embedder.companion)}"
     parts = [str(embedder.name), str(getattr(embedder, "gem_p", ""))]
+    preprocess = getattr(embedder, "preprocess", None)
+    if hasattr(preprocess, "to_json"):
+        parts.append(json.dumps(preprocess.to_json(), sort_keys=True))
     onnx = getattr(embedder, "onnx_path", None)
     if onnx is not None:
         try:
