@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from productlens.config import DEFAULT_EMBEDDER
-from productlens.pipeline.catalog import Catalog
+from productlens.pipeline.catalog import MODEL_KEY, Catalog, model_record
 from productlens.pipeline.store_spec import SPEC_FILE, StoreSpec
 from productlens.types import Item, ProductLensError
 
@@ -58,6 +58,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     resumed; a finished catalog is replaced only with ``overwrite``. The store is
     the embedded one in ``out/store`` unless ``store`` names a server (Milvus).
     """
+    from productlens.models.embedders import get_embedder
     from productlens.pipeline.manifest import write_manifest
     from productlens.pipeline.ray_embed import embed_shards
     from productlens.pipeline.shards import load_shards, read_meta
@@ -93,7 +94,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     st = spec.open(out, dim=dim) if recorded or not fresh else spec.create(out, dim, overwrite=overwrite)
     try:
         spec.save(out)
-        for key, value in (("adapter", False), ("ocr", False)):
+        for key, value in (("adapter", False), ("ocr", False), (MODEL_KEY, model_record(get_embedder(embedder)))):
             st.set_info(key, value)
         load_shards(work, st, progress=progress)
     finally:

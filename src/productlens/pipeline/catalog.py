@@ -55,6 +55,8 @@ CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
 WRITER_LOCK = ".writer.lock"
 #: the store info key under which :meth:`Catalog.mark_used` keeps the lowest id never handed out
 NEXT_ID_KEY = "next_item_id"
+#: the store info key under which a catalog records its model file and preprocessing (:func:`model_record`)
+MODEL_KEY = "model"
 
 
 def item_metadata(item: Item) -> dict[str, Any]:
@@ -223,7 +225,12 @@ class Catalog:
             store.close()
             raise
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
-        embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
+        try:
+            embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
+            check_model(store.get_info(MODEL_KEY), embedder, path)
+        except BaseException:
+            store.close()
+            raise
         companions = stored_companions(store)
         embedder = joined(embedder, companions)
         adapter = Adapter.load(path / "adapter", backbone=vector_name(name, companions)) \
@@ -445,6 +452,35 @@ class Catalog:
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,
                                                        text_weight=self.text_weight_for(bool(text)),
                                                        verify=[img] if resolve(verify) else None))[0]
+
+
+def model_record(embedder: Embedder) -> dict[str, Any]:
+    """What a catalog records of the model its vectors were made with (see :func:`check_model`): a user's
+    ``onnx:`` model file's fingerprint, and the preprocessing (which such a model keeps in a JSON file)."""
+    from productlens.pipeline.features_cache import model_fingerprint
+
+    user_file = str(embedder.name).startswith("onnx:")
+    return {"fingerprint": model_fingerprint(embedder) if user_file else "",
+            "preprocess": embedder.preprocess.to_json()}
+
+
+def check_model(record: dict[str, Any] | None, embedder: Embedder, path: Path) -> None:
+    """Refuse a catalog whose model file or preprocessing changed since it was built: its queries
+    would be embedded unlike its gallery, and search would fail silently. (Catalogs built before
+    the record existed are not checked.)"""
+    if not record:
+        return
+    from productlens.models.embedders.base import Preprocess
+    from productlens.pipeline.features_cache import model_fingerprint
+
+    fingerprint = record.get("fingerprint")
+    if fingerprint and model_fingerprint(embedder) != fingerprint:
+        raise ProductLensError(f"{path}: the model file of {embedder.name} changed since this catalog was "
+                               "built; restore it or rebuild the catalog (productlens index build)")
+    if "preprocess" in record and Preprocess.from_json(record["preprocess"]) != embedder.preprocess:
+        raise ProductLensError(f"{path}: the preprocessing of {embedder.name} changed since this catalog "
+                               f"was built (it was {record['preprocess']}); restore its JSON file or "
+                               "rebuild the catalog (productlens index build)")
 
 
 def stored_companions(store: Store) -> list[str]:
