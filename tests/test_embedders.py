@@ -181,6 +181,19 @@ def test_preprocess_modes_give_model_input(mode: str) -> None:
         assert np.allclose(arr[:, 16, 16], [1.0, -1.0, -1.0])
 
 
+@pytest.mark.parametrize("size", [(8000, 40), (40, 8000)])
+def test_squash_pads_a_panorama_instead_of_flattening_it(size) -> None:
+    pp = Preprocess(size=30, uint8=True)  # stretches by 3 at most
+    red = pp.pixels(Image.new("RGB", size, (255, 0, 0)))
+    is_red = (red == (255, 0, 0)).all(-1)
+    band = is_red.any(axis=1 if size[0] > size[1] else 0)
+    assert red.shape == (30, 30, 3) and np.flatnonzero(band).tolist() == [14]  # 30 * 3 * 40 / 8000: a 1-px band
+    assert ((red == 255).all(-1) | is_red).all()  # the rest is white
+    assert (pp.pixels(Image.new("RGB", (90, 30), (255, 0, 0))) == (255, 0, 0)).all()  # 3:1 is still squashed
+    with pytest.raises(ProductLensError, match="max_stretch"):
+        Preprocess.from_json({"size": 16, "max_stretch": 0.5})
+
+
 def test_preprocess_float_matches_formula() -> None:
     pp = Preprocess(size=24, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
     img = Image.fromarray(np.random.default_rng(4).integers(0, 256, (24, 24, 3), dtype=np.uint8))

@@ -55,6 +55,15 @@ def resize_rgb(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.BILINEAR, reducing_gap=None))
 
 
+def _on_white(img: Image.Image, side: int, size: tuple[int, int]) -> np.ndarray:
+    """``img`` resized to ``size`` (w, h), centred on a white ``side`` x ``side`` canvas."""
+    nw, nh = size
+    left, top = (side - nw) // 2, (side - nh) // 2
+    canvas = np.full((side, side, 3), 255, np.uint8)
+    canvas[top:top + nh, left:left + nw] = resize_rgb(img, (nw, nh))
+    return canvas
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resize (and normalise) an RGB image for a model.
@@ -64,6 +73,9 @@ class Preprocess:
     size x size, aspect ratio not kept: nothing of the product is cut off),
     ``crop`` (shorter side to size, centre crop) or ``pad`` (longer side to
     size, padded with white, the usual seller-photo background).
+    ``max_stretch``: ``squash`` stretches one axis against the other by at most
+    this factor; a longer image (a panorama, a thin box) is padded with white
+    to that ratio first, instead of being flattened out of recognition.
     ``uint8``: the model takes the resized pixels as they are (uint8
     size x size x 3, RGB) and applies ``mean``/``std`` itself; otherwise it takes
     float32 3 x size x size, normalised here.
@@ -74,12 +86,15 @@ class Preprocess:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     resize: str = "squash"
     uint8: bool = False
+    max_stretch: float = 3.0
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ProductLensError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.size < 8:
             raise ProductLensError(f"input size {self.size} is too small")
+        if not self.max_stretch >= 1.0:
+            raise ProductLensError(f"max_stretch must be at least 1, got {self.max_stretch}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -96,20 +111,21 @@ class Preprocess:
         s = self.size
         if img.mode != "RGB":
             img = img.convert("RGB")
-        if self.resize == "squash":
-            return resize_rgb(img, (s, s))
         w, h = img.size
+        if self.resize == "squash":
+            k = self.max_stretch
+            if w > k * h:
+                return _on_white(img, s, (s, max(1, round(s * k * h / w))))
+            if h > k * w:
+                return _on_white(img, s, (max(1, round(s * k * w / h)), s))
+            return resize_rgb(img, (s, s))
         if self.resize == "crop":
             scale = s / min(w, h)
             nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
             left, top = (nw - s) // 2, (nh - s) // 2
             return resize_rgb(img, (nw, nh))[top:top + s, left:left + s]
         scale = s / max(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        left, top = (s - nw) // 2, (s - nh) // 2
-        canvas = np.full((s, s, 3), 255, np.uint8)
-        canvas[top:top + nh, left:left + nw] = resize_rgb(img, (nw, nh))
-        return canvas
+        return _on_white(img, s, (max(1, round(w * scale)), max(1, round(h * scale))))
 
     def to_array(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Resized uint8 pixels -> the model's input for one image (into ``out`` if given).
@@ -147,8 +163,12 @@ class Preprocess:
         std = tuple(float(v) for v in data.get("std", (0.5, 0.5, 0.5)))
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ProductLensError("preprocessing 'mean' and 'std' need 3 values each, std > 0")
+        try:
+            stretch = float(data.get("max_stretch", 3.0))
+        except (TypeError, ValueError):
+            raise ProductLensError("preprocessing 'max_stretch' must be a number") from None
         return cls(size=size, mean=mean, std=std, resize=str(data.get("resize", "squash")),  # type: ignore[arg-type]
-                   uint8=bool(data.get("uint8", False)))
+                   uint8=bool(data.get("uint8", False)), max_stretch=stretch)
 
     @classmethod
     def load(cls, path: Path) -> "Preprocess":
