@@ -181,6 +181,13 @@ def test_onnx_backbone_is_recorded_and_recreated(tmp_path) -> None:
     with pytest.raises(ProductLensError, match="not 'efficientnet-lite2'"):
         load_classifier(tmp_path / "m", embedder="efficientnet-lite2")
     embedders._CACHE.pop(name, None)
+    (tmp_path / "tower.json").write_text(json.dumps({"size": 16, "resize": "pad"}))  # only the preprocessing
+    with pytest.raises(ProductLensError, match="preprocessing of .*tower.onnx changed"):
+        load_classifier(tmp_path / "m").predict(train.items[0].image)
+    (tmp_path / "tower.json").write_text(json.dumps({"size": 16, "resize": "squash"}))
+    embedders._CACHE.pop(name, None)
+    assert len(load_classifier(tmp_path / "m").predict(train.items[0].image, k=2)[0]) == 2  # restored
+    embedders._CACHE.pop(name, None)
     _tiny_onnx(model, out_map=True)  # the model file changes in place
     with pytest.raises(ProductLensError, match="changed since this classifier was trained"):
         load_classifier(tmp_path / "m").predict(train.items[0].image)

@@ -295,6 +295,7 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
     clf, metrics = fit_on_features(feats, hierarchy, options, images, progress,
                                    fingerprint=model_fingerprint(main), embedder=name,
                                    held=None if held is None else held[feats.ok], companions=companions)
+    clf.config["preprocess"] = main.preprocess.to_json()  # checked when the classifier loads its backbone
     if root is not None:
         clf.attach_backbone(root, emb)
         metrics["finetune"] = tuned

@@ -113,7 +113,7 @@ class Classifier:
     def embedder(self):
         """The embedder this head was trained on (created on first use, checked against the record)."""
         if self._embedder is None:
-            from productlens.models.embedders import create_embedder, get_embedder
+            from productlens.models.embedders import Preprocess, create_embedder, get_embedder
             from productlens.models.embedders.joined import joined
             from productlens.pipeline.features_cache import model_fingerprint
 
@@ -122,6 +122,10 @@ class Classifier:
             if self.fingerprint and model_fingerprint(main) != self.fingerprint:
                 raise ProductLensError(f"the model file of {self.embedder_name} changed since this classifier "
                                        "was trained; retrain it")
+            recorded = self.config.get("preprocess")
+            if recorded and Preprocess.from_json(recorded) != main.preprocess:
+                raise ProductLensError(f"the preprocessing of {self.embedder_name} changed since this classifier "
+                                       f"was trained (it was {recorded}); restore its JSON file or retrain")
             emb = joined(main, self.companions)
             if emb.dim != self.mean.shape[0]:
                 raise ProductLensError(f"embedder {'+'.join([self.embedder_name, *self.companions])} gives "
