@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -43,11 +45,14 @@ def test_info_lists_every_part_with_its_size(cache) -> None:
     info = json.loads(r.output.strip().splitlines()[-1])
     parts = {p["name"]: p for p in info["parts"]}
     assert list(parts) == ["features", "models", "text", "downloads", "detectors"]
-    assert parts["features"]["files"] == 4 and parts["features"]["path"] == str(root / "features")  # 2 shards, 2 views
+    # 2 shards, 2 view files, the folder's last-used mark
+    assert parts["features"]["files"] == 5 and parts["features"]["path"] == str(root / "features")
     assert parts["models"]["files"] == 1 and parts["models"]["bytes"] == 1000  # the notes are not counted
     assert parts["downloads"]["bytes"] == 50 and not parts["downloads"]["cleared_by_default"]
-    assert info["features"] == [{"folder": store.dir.name, "views": 2, "shards": 2,
-                                 "bytes": sum(f.stat().st_size for f in store.dir.rglob("shard-*.npz"))}]
+    (folder,) = info["features"]
+    assert folder == {"folder": store.dir.name, "views": 2, "shards": 2, "last_used": folder["last_used"],
+                      "bytes": sum(f.stat().st_size for f in store.dir.rglob("shard-*.npz"))}
+    assert folder["last_used"][:10] == time.strftime("%Y-%m-%d")
     text = CliRunner().invoke(app, ["cache", "info"]).output
     assert "features" in text and store.dir.name in text and "cleared only when named" in text
 
@@ -56,7 +61,7 @@ def test_clear_removes_what_comes_back_by_itself_and_keeps_the_rest(cache) -> No
     root, store = cache
     r = CliRunner().invoke(app, ["cache", "clear"])
     assert r.exit_code == 0, r.output
-    assert "features: removed 4 files" in r.output and "models: removed 1 files" in r.output
+    assert "features: removed 5 files" in r.output and "models: removed 1 files" in r.output
     assert not store.dir.exists() and (root / "features").is_dir()  # emptied folders go, the root stays
     assert (root / "onnx" / "my-notes.txt").read_text() == "mine"
     assert not list((root / "onnx").glob("*.onnx")) and not list((root / "text").glob("*.npy"))
@@ -81,8 +86,32 @@ def test_clear_touches_nothing_else_in_a_shared_feature_folder(tmp_path, monkeyp
     store = FeatureCache(FakeEmbedder())
     store.put("whole", ["a" * 40], np.ones((1, 48), np.float32))
     (removed,) = clear_cache(["features"])
-    assert removed.files == 2 and not store.dir.exists()  # the shard and its view.txt
+    assert removed.files == 3 and not store.dir.exists()  # the shard, its view.txt, the last-used mark
     assert (shared / "photos" / "a.jpg").is_file() and (shared / "notes-0123456789ab" / "todo.txt").is_file()
+
+
+def test_clear_unused_days_removes_only_folders_nobody_used_since(tmp_path, monkeypatch) -> None:
+    from productlens.pipeline.features_cache import USED_FILE
+
+    monkeypatch.setenv("PRODUCTLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PRODUCTLENS_FEATURE_CACHE", raising=False)
+    (tmp_path / "cache" / "onnx").mkdir(parents=True)
+    (tmp_path / "cache" / "onnx" / "efficientnet-lite0-0123456789abcdef-gem3-v2.onnx").write_bytes(b"x")
+    old, new = FeatureCache(FakeEmbedder()), FeatureCache(FakeEmbedder())
+    old.dir = old.dir.with_name("fake-tiny-000000000000")  # another model's folder
+    for store in (old, new):
+        store.put("whole", ["a" * 40], np.ones((1, 48), np.float32))
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(old.dir / USED_FILE, (ten_days_ago, ten_days_ago))
+    r = CliRunner().invoke(app, ["cache", "info"])
+    assert r.output.index(new.dir.name) < r.output.index(old.dir.name)  # most recently used first
+    r = CliRunner().invoke(app, ["cache", "clear", "--unused-days", "7"])
+    assert r.exit_code == 0 and "features: removed 3 files" in r.output and "models" not in r.output, r.output
+    assert not old.dir.exists() and new.dir.is_dir()
+    assert FeatureCache(FakeEmbedder()).get("whole", ["a" * 40])[0].all()  # still served
+    assert (tmp_path / "cache" / "onnx").is_dir() and list((tmp_path / "cache" / "onnx").iterdir())
+    with pytest.raises(ProductLensError, match="unused days"):
+        clear_cache(unused_days=-1)
 
 
 def test_unknown_part_is_a_clear_error(cache) -> None:

@@ -4,7 +4,9 @@ The cache (:func:`productlens.config.cache_dir`, ``$PRODUCTLENS_CACHE``) holds:
 
 ``features``
     image features per backbone, photo and view (``$PRODUCTLENS_FEATURE_CACHE``
-    moves them); the largest part, and recomputed when next needed.
+    moves them); the largest part, and recomputed when next needed. Each backbone's
+    folder records when it was last used, so the folders of models nobody runs any
+    more can be cleared alone (``unused_days``).
 ``models``
     ONNX exports of the bundled backbones (``onnx/``), exported again on first use.
 ``text``
@@ -25,13 +27,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from productlens.config import cache_dir
 from productlens.fileio import sweep_stale
-from productlens.pipeline.features_cache import SHARDS, VIEW_FILE, cache_folders, feature_root
+from productlens.pipeline.features_cache import SHARDS, USED_FILE, VIEW_FILE, cache_folders, feature_root, last_used
 from productlens.types import ProductLensError
 
 _URL_DIR = re.compile(r"^[0-9a-f]{16}$")  # data.download's folder per url
@@ -78,17 +81,23 @@ def _part(name: str) -> CachePart:
     return parts[name]
 
 
-def _ours(part: CachePart) -> Iterator[Path]:
-    """The files and folders of ``part`` that productlens wrote (known by their names)."""
+def _ours(part: CachePart, unused_days: float | None = None) -> Iterator[Path]:
+    """The files and folders of ``part`` that productlens wrote (known by their names); of the
+    features, with ``unused_days``, only the backbone folders not used for that many days."""
     path = part.path
     if not path.is_dir():
         return
     if part.name == "features":
-        for _, views in cache_folders(path):
+        cutoff = None if unused_days is None else time.time() - unused_days * 86400
+        for emb, views in cache_folders(path):
+            if cutoff is not None and last_used(emb) >= cutoff:
+                continue
             for view in views:
                 yield from sorted(view.glob(SHARDS))
                 if (view / VIEW_FILE).is_file():
                     yield view / VIEW_FILE
+            if (emb / USED_FILE).is_file():
+                yield emb / USED_FILE
     elif part.name in ("models", "text"):
         yield from sorted(path.glob("*.onnx" if part.name == "models" else "*.npy"))
     elif part.name == "downloads":
@@ -118,24 +127,31 @@ def cache_usage(names: Sequence[str] = ()) -> list[Usage]:
     return out
 
 
-def feature_folders() -> list[tuple[str, int, int, int]]:
-    """Per backbone in the feature cache: (folder name, views, files, bytes)."""
+def feature_folders() -> list[tuple[str, int, int, int, float]]:
+    """Per backbone in the feature cache: (folder name, views, files, bytes, last used: seconds since
+    the epoch), the most recently used first."""
     rows = []
     for emb, views in cache_folders():
         shards = [s for v in views for s in v.glob(SHARDS)]
-        rows.append((emb.name, len(views), len(shards), sum(s.stat().st_size for s in shards)))
-    return rows
+        rows.append((emb.name, len(views), len(shards), sum(s.stat().st_size for s in shards), last_used(emb)))
+    return sorted(rows, key=lambda r: -r[4])
 
 
-def clear_cache(names: Sequence[str] = ()) -> list[Usage]:
+def clear_cache(names: Sequence[str] = (), unused_days: float | None = None) -> list[Usage]:
     """Remove what productlens wrote in the named parts (without names: the parts that come back by
-    themselves); returns what was removed from each. Folders left empty are removed too."""
-    parts = [_part(n) for n in names] or [p for p in cache_parts() if p.rebuilt]
+    themselves); returns what was removed from each. Folders left empty are removed too.
+
+    ``unused_days``: of the features, clear only the backbone folders nobody used for that many
+    days (models no longer run, a preprocessing since changed); without names, only the features."""
+    if unused_days is not None and unused_days < 0:
+        raise ProductLensError(f"unused days must be 0 or more, not {unused_days}")
+    default = [p for p in cache_parts() if p.rebuilt and (unused_days is None or p.name == "features")]
+    parts = [_part(n) for n in names] or default
     removed = []
     for part in parts:
         files = size = 0
         touched: set[Path] = set()
-        for path in list(_ours(part)):
+        for path in list(_ours(part, unused_days)):
             n, b = _size(path)
             try:
                 if path.is_dir():

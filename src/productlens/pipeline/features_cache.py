@@ -38,6 +38,8 @@ MAX_SHARDS = 24
 #: The names FeatureCache gives its files and folders (``productlens cache`` finds them by these).
 SHARDS = "shard-*.npz"
 VIEW_FILE = "view.txt"
+#: an empty file in an embedder's folder, touched whenever the folder is used (see :func:`last_used`)
+USED_FILE = "last-used"
 _EMBEDDER_DIR = re.compile(r"^[A-Za-z0-9._-]*-[0-9a-f]{12}$")
 _VIEW_DIR = re.compile(r"^[0-9a-f]{16}$")
 
@@ -59,6 +61,15 @@ def cache_folders(root: str | os.PathLike | None = None) -> list[tuple[Path, lis
     for emb in sorted(p for p in root.iterdir() if p.is_dir() and _EMBEDDER_DIR.match(p.name)):
         out.append((emb, sorted(v for v in emb.iterdir() if v.is_dir() and _VIEW_DIR.match(v.name))))
     return out
+
+
+def last_used(folder: Path) -> float:
+    """When an embedder's folder of the feature cache was last used (seconds since the epoch): the
+    time of its :data:`USED_FILE`, or for a folder written before that file existed, of its newest shard."""
+    try:
+        return (folder / USED_FILE).stat().st_mtime
+    except OSError:
+        return max((f.stat().st_mtime for f in folder.glob(f"*/{SHARDS}")), default=0.0)
 
 
 def model_identity(embedder) -> str:
@@ -140,13 +151,26 @@ class FeatureCache:
         self.dim = int(embedder.dim)
         self._index: dict[str, dict[str, tuple[int, int]]] = {}
         self._shards: dict[str, list[np.ndarray]] = {}
+        self._touched = False
 
     def _view_dir(self, view_key: str) -> Path:
         return self.dir / hashlib.sha1(view_key.encode()).hexdigest()[:16]
 
+    def _touch(self) -> None:
+        """Mark the folder used now (once per instance), so that ``productlens cache`` can tell
+        folders in use from those of models nobody runs any more."""
+        if self._touched or not self.dir.is_dir():
+            return
+        try:
+            (self.dir / USED_FILE).touch()
+        except OSError:  # a read-only cache still serves its vectors
+            pass
+        self._touched = True
+
     def _load(self, view_key: str) -> None:
         if view_key in self._index:
             return
+        self._touch()
         index: dict[str, tuple[int, int]] = {}
         shards: list[np.ndarray] = []
         folder = self._view_dir(view_key)
@@ -185,6 +209,7 @@ class FeatureCache:
         vecs = np.asarray(vectors, np.float16)
         name = f"shard-{hashlib.sha1(''.join(keys).encode()).hexdigest()[:16]}-{os.getpid()}.npz"
         _write_npz(folder / name, np.array(list(keys), dtype="S40"), vecs)
+        self._touch()
         self._load(view_key)
         index, shards = self._index[view_key], self._shards[view_key]
         for row, key in enumerate(keys):
@@ -268,5 +293,5 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
     return ViewFeatures(np.ascontiguousarray(out[:, ok]), ok, errors, list(views))
 
 
-__all__ = ["FeatureCache", "ViewFeatures", "cache_folders", "embed_views", "feature_root", "model_fingerprint",
-           "model_identity", "source_key"]
+__all__ = ["FeatureCache", "ViewFeatures", "cache_folders", "embed_views", "feature_root", "last_used",
+           "model_fingerprint", "model_identity", "source_key"]
