@@ -60,26 +60,23 @@ def test_relative_user_onnx_model_is_found_from_where_it_was_named(dataset, tmp_
         assert len(again.search(read_queries(dataset["queries"])[0].image, k=2)) == 2
 
 
-def test_reopen_refuses_a_user_model_whose_file_or_preprocessing_changed(dataset, tmp_path, monkeypatch) -> None:
-    """Queries embedded by another model or preprocessing than the gallery would rank silently wrong."""
+def test_reopen_refuses_a_user_model_whose_file_or_preprocessing_changed(dataset, tmp_path) -> None:
+    """Queries embedded by another model or preprocessing than the gallery would rank silently wrong.
+    (In one process, as in a server: the process-wide embedder is loaded again when its files change.)"""
     import json
 
     from helpers import tiny_embedder
-    from productlens.models import embedders
     from test_embedders import _tiny_onnx
 
     name = tiny_embedder(tmp_path)
     build_catalog(read_gallery(dataset["gallery"]), tmp_path / "cat", embedder=name, progress=False)[0].close()
-    monkeypatch.setattr(embedders, "_CACHE", {})  # a new process
     Catalog.open(tmp_path / "cat").close()
     preprocessing = (tmp_path / "tiny.json").read_text()
     (tmp_path / "tiny.json").write_text(json.dumps({"size": 16, "resize": "crop"}))
-    monkeypatch.setattr(embedders, "_CACHE", {})
     with pytest.raises(ProductLensError, match="preprocessing of .*tiny.onnx changed"):
         Catalog.open(tmp_path / "cat")
     (tmp_path / "tiny.json").write_text(preprocessing)
     _tiny_onnx(tmp_path / "tiny.onnx", out_map=True)  # another 8-d model in the same file
-    monkeypatch.setattr(embedders, "_CACHE", {})
     with pytest.raises(ProductLensError, match="model file of .*tiny.onnx changed"):
         Catalog.open(tmp_path / "cat")
 

@@ -174,24 +174,19 @@ def test_onnx_backbone_is_recorded_and_recreated(tmp_path) -> None:
     name = f"onnx:{model}"
     train = read_labelled(write_set(tmp_path, 3, 5), label="sku")
     train_classifier(train, tmp_path / "m", TrainOptions(name, views="flip", tta="none", head=FAST), progress=False)
-    embedders._CACHE.pop(name, None)  # as in a fresh process
     clf = load_classifier(tmp_path / "m")
     assert clf.embedder_name == name and clf.fingerprint
     assert len(clf.predict(train.items[0].image, k=2)[0]) == 2
     with pytest.raises(ProductLensError, match="not 'efficientnet-lite2'"):
         load_classifier(tmp_path / "m", embedder="efficientnet-lite2")
-    embedders._CACHE.pop(name, None)
     (tmp_path / "tower.json").write_text(json.dumps({"size": 16, "resize": "pad"}))  # only the preprocessing
     with pytest.raises(ProductLensError, match="preprocessing of .*tower.onnx changed"):
         load_classifier(tmp_path / "m").predict(train.items[0].image)
     (tmp_path / "tower.json").write_text(json.dumps({"size": 16, "resize": "squash"}))
-    embedders._CACHE.pop(name, None)
     assert len(load_classifier(tmp_path / "m").predict(train.items[0].image, k=2)[0]) == 2  # restored
-    embedders._CACHE.pop(name, None)
     _tiny_onnx(model, out_map=True)  # the model file changes in place
     with pytest.raises(ProductLensError, match="changed since this classifier was trained"):
         load_classifier(tmp_path / "m").predict(train.items[0].image)
-    embedders._CACHE.pop(name, None)
 
 
 def test_default_views_are_the_seven_regions_for_training_and_prediction(tmp_path) -> None:

@@ -168,6 +168,21 @@ def test_user_onnx_model_errors(tmp_path) -> None:
         create_embedder(f"onnx:{bad}")
 
 
+def test_shared_user_model_is_loaded_again_when_its_files_change(tmp_path) -> None:
+    from productlens.models import embedders
+    from productlens.models.embedders import get_embedder
+
+    _tiny_onnx(tmp_path / "t.onnx")
+    (tmp_path / "t.json").write_text(json.dumps({"size": 16}))
+    name = f"onnx:{tmp_path / 't.onnx'}"
+    first = get_embedder(name)
+    assert get_embedder(name) is first  # shared while nothing changes
+    (tmp_path / "t.json").write_text(json.dumps({"size": 16, "resize": "crop"}))
+    second = get_embedder(name)
+    assert second is not first and second.preprocess.resize == "crop"
+    assert sum(k.startswith(name) for k in embedders._CACHE) == 1  # the old model is let go
+
+
 @pytest.mark.parametrize("mode", ["squash", "crop", "pad"])
 def test_preprocess_modes_give_model_input(mode: str) -> None:
     pp = Preprocess(size=32, resize=mode)

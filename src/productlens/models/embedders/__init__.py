@@ -40,10 +40,29 @@ def create_embedder(name: str = "efficientnet-lite2", **kwargs) -> Embedder:
 
 
 def get_embedder(name: str = "efficientnet-lite2") -> Embedder:
-    """A process-wide shared instance (one model per process)."""
-    if name not in _CACHE:
-        _CACHE[name] = create_embedder(name)
-    return _CACHE[name]
+    """A process-wide shared instance (one model per process). A user's ``onnx:PATH`` model is
+    loaded again once its file or its preprocessing JSON changes (a long-running server or notebook
+    never pairs a replaced model with vectors made by the old one)."""
+    key = _cache_key(name)
+    if key not in _CACHE:
+        for old in [k for k in _CACHE if k.startswith(name + "|")]:  # the same file, before it changed
+            del _CACHE[old]
+        _CACHE[key] = create_embedder(name)
+    return _CACHE[key]
+
+
+def _cache_key(name: str) -> str:
+    """``name``, plus for an ``onnx:`` model the size and time of its file and of its JSON."""
+    if not name.startswith("onnx:"):
+        return name
+    from productlens.models.embedders.onnx_file import preprocess_file
+
+    model = Path(name[5:]).expanduser()
+    try:
+        stats = [f.stat() for f in (model, preprocess_file(model))]
+    except (OSError, ProductLensError):  # missing: create_embedder says so
+        return name
+    return name + "|" + "|".join(f"{st.st_size}:{st.st_mtime_ns}" for st in stats)
 
 
 def local_model_path(name: str, folder: str | os.PathLike[str] | None) -> Path | None:
