@@ -81,6 +81,17 @@ def test_reopen_refuses_a_user_model_whose_file_or_preprocessing_changed(dataset
         Catalog.open(tmp_path / "cat")
 
 
+def test_reopen_refuses_a_catalog_of_a_newer_format(dataset, tmp_path) -> None:
+    from productlens.pipeline.catalog import CATALOG_FORMAT
+
+    cat, _ = build_catalog(read_gallery(dataset["gallery"]), tmp_path / "cat", embedder=MODEL, progress=False)
+    assert cat.store.get_info("format") == CATALOG_FORMAT
+    cat.store.set_info("format", CATALOG_FORMAT + 1)
+    cat.close()
+    with pytest.raises(ProductLensError, match="newer productlens"):
+        Catalog.open(tmp_path / "cat")
+
+
 def test_companions_recorded_and_used_on_reopen(dataset, tmp_path) -> None:
     """Companion backbones (off by default) are joined to gallery and query vectors and recorded in the
     store, so that a reopened catalog embeds queries the same way."""

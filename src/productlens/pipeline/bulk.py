@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from productlens.config import DEFAULT_EMBEDDER
-from productlens.pipeline.catalog import MODEL_KEY, Catalog, model_record
+from productlens.pipeline.catalog import CATALOG_FORMAT, MODEL_KEY, Catalog, model_record
 from productlens.pipeline.store_spec import SPEC_FILE, StoreSpec
 from productlens.types import Item, ProductLensError
 
@@ -94,7 +94,8 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     st = spec.open(out, dim=dim) if recorded or not fresh else spec.create(out, dim, overwrite=overwrite)
     try:
         spec.save(out)
-        for key, value in (("adapter", False), ("ocr", False), (MODEL_KEY, model_record(get_embedder(embedder)))):
+        for key, value in (("adapter", False), ("ocr", False), (MODEL_KEY, model_record(get_embedder(embedder))),
+                           ("format", CATALOG_FORMAT)):
             st.set_info(key, value)
         load_shards(work, st, progress=progress)
     finally:

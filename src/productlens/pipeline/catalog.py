@@ -15,8 +15,9 @@ in its metadata (``ocr``) and fuses text evidence into every search
 (``text_weight``: :func:`productlens.pipeline.fusion.choose_text_weight` or
 :meth:`Catalog.fit_text_weight` choose it on training photos).
 
-The store's info records the embedder and whether an adapter is used, so a
-reopened catalog embeds queries exactly as its gallery was embedded.
+The store's info records the embedder (with its model file and preprocessing), whether an
+adapter is used and the catalog format, so a reopened catalog embeds queries exactly as its
+gallery was embedded, or refuses to open (a changed model, a newer format).
 :func:`~productlens.pipeline.catalog_build.build_catalog` writes a new catalog into a
 temporary folder and renames it into place, so an interrupted build leaves no
 half-written catalog.
@@ -57,6 +58,8 @@ WRITER_LOCK = ".writer.lock"
 NEXT_ID_KEY = "next_item_id"
 #: the store info key under which a catalog records its model file and preprocessing (:func:`model_record`)
 MODEL_KEY = "model"
+#: the layout of the catalogs this version writes (store info ``format``); a newer one is refused on open
+CATALOG_FORMAT = 1
 
 
 def item_metadata(item: Item) -> dict[str, Any]:
@@ -226,6 +229,9 @@ class Catalog:
             raise
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
         try:
+            if int(store.get_info("format", 1)) > CATALOG_FORMAT:
+                raise ProductLensError(f"{path}: written by a newer productlens (catalog format "
+                                       f"{store.get_info('format')}); upgrade productlens to open it")
             embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
             check_model(store.get_info(MODEL_KEY), embedder, path)
         except BaseException:

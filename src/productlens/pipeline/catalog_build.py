@@ -21,8 +21,8 @@ from productlens.fileio import replace_dir, temporary_beside
 from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.embedders.joined import joined
-from productlens.pipeline.catalog import (BACKBONE_DIR, MODEL_KEY, Catalog, item_metadata, model_record, query_embedder,
-                                         vector_name)
+from productlens.pipeline.catalog import (BACKBONE_DIR, CATALOG_FORMAT, MODEL_KEY, Catalog, item_metadata, model_record,
+                                         query_embedder, vector_name)
 from productlens.pipeline.embed import embed_items
 from productlens.types import Item, ProductLensError
 
@@ -151,6 +151,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             spec.save(tmp)
             store.set_info("embedder", name)
             store.set_info(MODEL_KEY, model_record(emb.main if companions else emb))
+            store.set_info("format", CATALOG_FORMAT)
             store.set_info("companions", "+".join(companions))
             store.set_info("adapter", adapter is not None)
             store.set_info("query_views", query_views)
