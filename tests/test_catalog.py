@@ -85,8 +85,8 @@ def test_reopen_refuses_a_catalog_of_a_newer_format(dataset, tmp_path) -> None:
     from productlens.pipeline.catalog import CATALOG_FORMAT
 
     cat, _ = build_catalog(read_gallery(dataset["gallery"]), tmp_path / "cat", embedder=MODEL, progress=False)
-    assert cat.store.get_info("format") == CATALOG_FORMAT
-    cat.store.set_info("format", CATALOG_FORMAT + 1)
+    assert cat.store.get_info("catalog_format") == CATALOG_FORMAT
+    cat.store.set_info("catalog_format", CATALOG_FORMAT + 1)
     cat.close()
     with pytest.raises(ProductLensError, match="newer productlens"):
         Catalog.open(tmp_path / "cat")

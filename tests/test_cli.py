@@ -66,7 +66,8 @@ def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
     assert r.exit_code == 0 and "holds 4 items" in r.output, r.output
     (folder / "new").rename(folder / "box2")
     r = runner.invoke(app, ["index", "add", str(cat), str(folder)])
-    assert r.exit_code == 0 and "added 3 item(s) under new ids 4..6" in r.output and "holds 7 items" in r.output, r.output
+    assert r.exit_code == 0, r.output
+    assert "added 3 item(s) under new ids 4..6" in r.output and "holds 7 items" in r.output, r.output
     listed = tmp_path / "more.csv"
     listed.write_text("image,product_id\n" + str(img / "t_2_0.jpg") + ",2\n")
     r = runner.invoke(app, ["index", "add", str(cat), str(listed)])

@@ -95,7 +95,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     try:
         spec.save(out)
         for key, value in (("adapter", False), ("ocr", False), (MODEL_KEY, model_record(get_embedder(embedder))),
-                           ("format", CATALOG_FORMAT)):
+                           ("catalog_format", CATALOG_FORMAT)):
             st.set_info(key, value)
         load_shards(work, st, progress=progress)
     finally:

@@ -58,7 +58,7 @@ WRITER_LOCK = ".writer.lock"
 NEXT_ID_KEY = "next_item_id"
 #: the store info key under which a catalog records its model file and preprocessing (:func:`model_record`)
 MODEL_KEY = "model"
-#: the layout of the catalogs this version writes (store info ``format``); a newer one is refused on open
+#: the layout of the catalogs this version writes (store info ``catalog_format``); a newer one is refused on open
 CATALOG_FORMAT = 1
 
 
@@ -229,9 +229,9 @@ class Catalog:
             raise
         name = store.get_info("embedder", DEFAULT_EMBEDDER)
         try:
-            if int(store.get_info("format", 1)) > CATALOG_FORMAT:
+            if int(store.get_info("catalog_format", 1)) > CATALOG_FORMAT:
                 raise ProductLensError(f"{path}: written by a newer productlens (catalog format "
-                                       f"{store.get_info('format')}); upgrade productlens to open it")
+                                       f"{store.get_info('catalog_format')}); upgrade productlens to open it")
             embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
             check_model(store.get_info(MODEL_KEY), embedder, path)
         except BaseException:

@@ -151,7 +151,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             spec.save(tmp)
             store.set_info("embedder", name)
             store.set_info(MODEL_KEY, model_record(emb.main if companions else emb))
-            store.set_info("format", CATALOG_FORMAT)
+            store.set_info("catalog_format", CATALOG_FORMAT)
             store.set_info("companions", "+".join(companions))
             store.set_info("adapter", adapter is not None)
             store.set_info("query_views", query_views)
