@@ -75,6 +75,8 @@ def test_reopen_refuses_a_user_model_whose_file_or_preprocessing_changed(dataset
     (tmp_path / "tiny.json").write_text(json.dumps({"size": 16, "resize": "crop"}))
     with pytest.raises(ProductLensError, match="preprocessing of .*tiny.onnx changed"):
         Catalog.open(tmp_path / "cat")
+    with Catalog.open(tmp_path / "cat", check=False) as described:  # index info still describes it
+        assert len(described) == 4 and '"resize": "squash"' in described.model_changed
     (tmp_path / "tiny.json").write_text(preprocessing)
     _tiny_onnx(tmp_path / "tiny.onnx", out_map=True)  # another 8-d model in the same file
     with pytest.raises(ProductLensError, match="model file of .*tiny.onnx changed"):

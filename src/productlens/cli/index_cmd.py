@@ -197,13 +197,16 @@ def info(catalog_dir: Path = typer.Argument(...)) -> None:
     """Describe a catalog."""
     from productlens.pipeline.catalog import Catalog
 
-    with Catalog.open(catalog_dir) as cat:
+    with Catalog.open(catalog_dir, check=False) as cat:
         clf = cat.classifier
         dtype = getattr(cat.store, "vector_dtype", None)
         typer.echo(f"items: {len(cat)}\nembedder: {cat.vector_name}\ndim: {cat.store.dim}"
                    f"{f' ({dtype})' if dtype else ''}\n"
                    f"adapter: {'yes' if cat.adapter else 'no'}\n"
                    f"classifier: {f'{len(clf.labels)} classes ({clf.embedder_name})' if clf else 'no'}")
+        if cat.model_changed:
+            typer.echo(f"warning: {cat.model_changed}: searches are refused until it is restored or the "
+                       "catalog rebuilt", err=True)
 
 
 @app.command("attach-classifier")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -86,6 +87,8 @@ class Catalog:
         self._matcher = None
         self._verifier = None
         self._by_product: dict[int, list[int]] | None = None
+        #: why the model no longer matches the one the catalog was built with (opened with ``check=False``)
+        self.model_changed: str | None = None
 
     @property
     def vector_name(self) -> str:
@@ -216,8 +219,12 @@ class Catalog:
 
     # -------------------------------------------------------------- open
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Catalog":
-        """Open an existing catalog folder (made by :func:`~productlens.pipeline.catalog_build.build_catalog`)."""
+    def open(cls, path: str | os.PathLike, check: bool = True) -> "Catalog":
+        """Open an existing catalog folder (made by :func:`~productlens.pipeline.catalog_build.build_catalog`).
+
+        A catalog whose model file or preprocessing changed since it was built is refused, as its
+        queries would be embedded unlike its gallery; ``check=False`` opens it anyway (to describe
+        it) and says why in :attr:`model_changed`."""
         from productlens.pipeline.store_spec import StoreSpec, check_complete
 
         path = Path(path)
@@ -233,7 +240,9 @@ class Catalog:
                 raise ProductLensError(f"{path}: written by a newer productlens (catalog format "
                                        f"{store.get_info('catalog_format')}); upgrade productlens to open it")
             embedder = embedder_in_folder(name, path)  # onnx: paths are relative to the catalog folder
-            check_model(store.get_info(MODEL_KEY), embedder, path)
+            changed = model_change(store.get_info(MODEL_KEY), embedder)
+            if changed and check:
+                raise ProductLensError(f"{path}: {changed}; restore it or rebuild the catalog (productlens index build)")
         except BaseException:
             store.close()
             raise
@@ -241,7 +250,9 @@ class Catalog:
         embedder = joined(embedder, companions)
         adapter = Adapter.load(path / "adapter", backbone=vector_name(name, companions)) \
             if store.get_info("adapter") else None
-        return cls(path, store, embedder, adapter)
+        cat = cls(path, store, embedder, adapter)
+        cat.model_changed = changed
+        return cat
 
     def close(self) -> None:
         self.store.close()
@@ -461,7 +472,7 @@ class Catalog:
 
 
 def model_record(embedder: Embedder) -> dict[str, Any]:
-    """What a catalog records of the model its vectors were made with (see :func:`check_model`): a user's
+    """What a catalog records of the model its vectors were made with (see :func:`model_change`): a user's
     ``onnx:`` model file's fingerprint, and the preprocessing (which such a model keeps in a JSON file)."""
     from productlens.pipeline.features_cache import model_fingerprint
 
@@ -470,23 +481,22 @@ def model_record(embedder: Embedder) -> dict[str, Any]:
             "preprocess": embedder.preprocess.to_json()}
 
 
-def check_model(record: dict[str, Any] | None, embedder: Embedder, path: Path) -> None:
-    """Refuse a catalog whose model file or preprocessing changed since it was built: its queries
-    would be embedded unlike its gallery, and search would fail silently. (Catalogs built before
-    the record existed are not checked.)"""
+def model_change(record: dict[str, Any] | None, embedder: Embedder) -> str | None:
+    """Why ``embedder`` is not the model a catalog recorded (:func:`model_record`), or None: a
+    changed model file or preprocessing would embed queries unlike the gallery, and search would
+    fail silently. (Catalogs built before the record existed are not checked.)"""
     if not record:
-        return
+        return None
     from productlens.models.embedders.base import Preprocess
     from productlens.pipeline.features_cache import model_fingerprint
 
     fingerprint = record.get("fingerprint")
     if fingerprint and model_fingerprint(embedder) != fingerprint:
-        raise ProductLensError(f"{path}: the model file of {embedder.name} changed since this catalog was "
-                               "built; restore it or rebuild the catalog (productlens index build)")
+        return f"the model file of {embedder.name} changed since this catalog was built"
     if "preprocess" in record and Preprocess.from_json(record["preprocess"]) != embedder.preprocess:
-        raise ProductLensError(f"{path}: the preprocessing of {embedder.name} changed since this catalog "
-                               f"was built (it was {record['preprocess']}); restore its JSON file or "
-                               "rebuild the catalog (productlens index build)")
+        return (f"the preprocessing of {embedder.name} changed since this catalog was built; "
+                f"it was {json.dumps(record['preprocess'])}")
+    return None
 
 
 def stored_companions(store: Store) -> list[str]:

@@ -125,7 +125,7 @@ class Classifier:
             recorded = self.config.get("preprocess")
             if recorded and Preprocess.from_json(recorded) != main.preprocess:
                 raise ProductLensError(f"the preprocessing of {self.embedder_name} changed since this classifier "
-                                       f"was trained (it was {recorded}); restore its JSON file or retrain")
+                                       f"was trained (it was {json.dumps(recorded)}); restore its JSON file or retrain")
             emb = joined(main, self.companions)
             if emb.dim != self.mean.shape[0]:
                 raise ProductLensError(f"embedder {'+'.join([self.embedder_name, *self.companions])} gives "
