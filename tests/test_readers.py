@@ -65,6 +65,28 @@ def test_read_queries(manifests: Path) -> None:
     assert q2.image == str((manifests / "images" / "q2.jpg").resolve())
 
 
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_spreadsheet_separators_are_read_from_the_header(manifests: Path, sep: str) -> None:
+    """Spreadsheets in many locales save csv with semicolons (or tabs): the header says which."""
+    for name in ("gallery.csv", "queries.csv"):
+        comma = (manifests / "retrieval" / name).read_text()
+        (manifests / "retrieval" / f"sep_{name}").write_text(comma.replace(",", sep))
+    assert read_gallery(manifests / "retrieval" / "sep_gallery.csv") == \
+        read_gallery(manifests / "retrieval" / "gallery.csv")
+    assert read_queries(manifests / "retrieval" / "sep_queries.csv") == \
+        read_queries(manifests / "retrieval" / "queries.csv")
+    labelled = _write(manifests / "l.csv", f"image{sep}product_id\na;b.jpg{sep}3\n" if sep == "\t"
+                      else f"image{sep}product_id\n\"a;b.jpg\"{sep}3\n")
+    assert [(it.image, it.product_id) for it in read_labelled_csv(labelled)] == \
+        [(str((manifests / "a;b.jpg").resolve()), 3)]
+
+
+def test_a_comma_csv_with_semicolons_in_its_values_stays_a_comma_csv(tmp_path: Path) -> None:
+    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\n5,x;y.png\n")
+    (item,) = read_gallery(csv)
+    assert item.id == 5 and item.image == str((tmp_path / "x;y.png").resolve())
+
+
 def test_missing_column_names_existing_columns(tmp_path: Path) -> None:
     csv = _write(tmp_path / "bad.csv", "id,path\n0,a.jpg\n")
     with pytest.raises(ProductLensError, match=r"seller_img_id.*id, path"):

@@ -249,12 +249,26 @@ def _products_catalog(path: Path) -> list[Item]:
     return items
 
 
+#: the field separators a csv may use: commas, or as spreadsheets in many locales write them, semicolons or tabs
+DELIMITERS = (",", ";", "\t")
+
+
+def _delimiter(f) -> str:
+    """The separator of an open csv, from its header line (the one that splits it most; commas on a tie);
+    the file is left at its start."""
+    first = f.readline()
+    f.seek(0)
+    counts = {d: first.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: counts[d])  # max keeps the first (comma) on a tie
+    return best if counts[best] else ","
+
+
 def _header(path: Path) -> list[str]:
     """The column names of a csv (stripped)."""
     if not path.is_file():
         raise ProductLensError(f"{path}: csv file not found")
     with _csv_errors(path), path.open(newline="", encoding="utf-8-sig") as f:
-        first = next(csv.reader(f), [])
+        first = next(csv.reader(f, delimiter=_delimiter(f)), [])
     return [c.strip() for c in first]
 
 
@@ -275,7 +289,9 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
     if not path.is_file():
         raise ProductLensError(f"{path}: csv file not found")
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        with _csv_errors(path):
+            delimiter = _delimiter(f)
+        reader = csv.DictReader(f, delimiter=delimiter)
         with _csv_errors(path, lambda: f", line {reader.line_num + 1}"):
             yield from _checked_rows(path, reader, required)
 
