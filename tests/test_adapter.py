@@ -42,6 +42,42 @@ def test_adapter_round_trip_and_backbone_check(tmp_path) -> None:
         Adapter.load(tmp_path / "nowhere")
 
 
+def test_whitening_evens_out_the_principal_axes_and_is_saved() -> None:
+    from productlens.heads.adapter import whitening
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(4000, 3)) * [10.0, 1.0, 0.1]  # variances 100, 1, 0.01 along the axes
+    spread = np.sqrt(np.diag(np.cov((X @ whitening(X, power=0.5, shrink=0.0)).T)))
+    assert spread.max() / spread.min() < 1.1  # full whitening: every axis alike
+    partial = np.sort(np.sqrt(np.diag(np.cov((X @ whitening(X, power=0.15, shrink=0.3)).T))))
+    assert 1 < partial[2] / partial[1] < 9.5 and partial[1] > partial[0]  # the strong axis weighs less, order kept
+    q, yq, g = _domains(2)
+    assert fit_adapter("bb", q, yq, gallery_vectors=g, whiten=0).whitening is None
+    ad = fit_adapter("bb", q, yq, gallery_vectors=g)
+    assert ad.whitening is not None and ad.whitening.shape == (32, 32)
+    manual = l2_normalize((q[:4] - ad.query_mean) @ ad.whitening)
+    assert np.allclose(ad.transform(q[:4], "query")[:, :32] * np.sqrt(1 + ad.weight), manual, atol=1e-5)
+
+
+def test_adapters_without_whitening_still_load_and_newer_ones_are_refused(tmp_path) -> None:
+    import json
+
+    q, yq, g = _domains(4)
+    old = fit_adapter("bb", q, yq, gallery_vectors=g, whiten=0)
+    old.save(tmp_path / "v1")
+    assert json.loads((tmp_path / "v1" / "adapter.json").read_text())["version"] == 1
+    back = Adapter.load(tmp_path / "v1")
+    assert back.whitening is None and np.allclose(back.transform(q, "query"), old.transform(q, "query"))
+    new = fit_adapter("bb", q, yq, gallery_vectors=g)
+    new.save(tmp_path / "v2")
+    config = json.loads((tmp_path / "v2" / "adapter.json").read_text())
+    assert config["version"] == 2 and np.allclose(Adapter.load(tmp_path / "v2").whitening, new.whitening)
+    config["version"] = 3
+    (tmp_path / "v2" / "adapter.json").write_text(json.dumps(config))
+    with pytest.raises(ProductLensError, match="newer productlens"):
+        Adapter.load(tmp_path / "v2")
+
+
 def test_adapter_needs_two_products() -> None:
     q, yq, _ = _domains()
     with pytest.raises(ProductLensError, match="at least 2"):
