@@ -3,8 +3,9 @@
 Layout: ``cache_dir()/features/<embedder slug>-<model hash>/<view hash>/shard-*.npz``
 (``$PRODUCTLENS_FEATURE_CACHE`` replaces ``cache_dir()/features``);
 each shard holds ``keys`` (sha1 of the file's bytes and crop box) and ``vectors``
-(float16). The embedder's folder is named by the sha256 of its ONNX file. So a
-changed file or a changed model misses the cache, while a copy of the same photos
+(float16). The embedder's folder is named by the sha256 of its ONNX file and its
+preprocessing, and holds a ``last-used`` mark that each use touches. So a changed
+file, a changed model or a changed preprocessing misses the cache, while a copy of the same photos
 (another folder, new modification times, another machine with the same cache)
 or the same model exported again hits it.
 Shards are written through :func:`productlens.fileio.atomic_path`, so an
