@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from productlens.config import DEFAULT_EMBEDDER
-from productlens.pipeline.catalog import CATALOG_FORMAT, MODEL_KEY, Catalog, model_record
+from productlens.pipeline.catalog import CATALOG_FORMAT, MODEL_KEY, Catalog
+from productlens.pipeline.features_cache import model_record
 from productlens.pipeline.store_spec import SPEC_FILE, StoreSpec
 from productlens.types import Item, ProductLensError
 

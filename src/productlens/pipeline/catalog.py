@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -44,6 +43,7 @@ from productlens.models.detectors.runtime import Detector
 from productlens.models.embedders import Embedder, embedder_in_folder
 from productlens.models.embedders.joined import joined
 from productlens.pipeline.embed import embed_items
+from productlens.pipeline.features_cache import model_change
 from productlens.pipeline.rerank import alpha_qe
 from productlens.types import Box, Hit, Item, ProductLensError, product_key
 
@@ -57,7 +57,8 @@ CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
 WRITER_LOCK = ".writer.lock"
 #: the store info key under which :meth:`Catalog.mark_used` keeps the lowest id never handed out
 NEXT_ID_KEY = "next_item_id"
-#: the store info key under which a catalog records its model file and preprocessing (:func:`model_record`)
+#: the store info key under which a catalog records its model file and preprocessing
+#: (:func:`~productlens.pipeline.features_cache.model_record`)
 MODEL_KEY = "model"
 #: the layout of the catalogs this version writes (store info ``catalog_format``); a newer one is refused on open
 CATALOG_FORMAT = 1
@@ -469,34 +470,6 @@ class Catalog:
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,
                                                        text_weight=self.text_weight_for(bool(text)),
                                                        verify=[img] if resolve(verify) else None))[0]
-
-
-def model_record(embedder: Embedder) -> dict[str, Any]:
-    """What a catalog records of the model its vectors were made with (see :func:`model_change`): a user's
-    ``onnx:`` model file's fingerprint, and the preprocessing (which such a model keeps in a JSON file)."""
-    from productlens.pipeline.features_cache import model_fingerprint
-
-    user_file = str(embedder.name).startswith("onnx:")
-    return {"fingerprint": model_fingerprint(embedder) if user_file else "",
-            "preprocess": embedder.preprocess.to_json()}
-
-
-def model_change(record: dict[str, Any] | None, embedder: Embedder) -> str | None:
-    """Why ``embedder`` is not the model a catalog recorded (:func:`model_record`), or None: a
-    changed model file or preprocessing would embed queries unlike the gallery, and search would
-    fail silently. (Catalogs built before the record existed are not checked.)"""
-    if not record:
-        return None
-    from productlens.models.embedders.base import Preprocess
-    from productlens.pipeline.features_cache import model_fingerprint
-
-    fingerprint = record.get("fingerprint")
-    if fingerprint and model_fingerprint(embedder) != fingerprint:
-        return f"the model file of {embedder.name} changed since this catalog was built"
-    if "preprocess" in record and Preprocess.from_json(record["preprocess"]) != embedder.preprocess:
-        return (f"the preprocessing of {embedder.name} changed since this catalog was built; "
-                f"it was {json.dumps(record['preprocess'])}")
-    return None
 
 
 def stored_companions(store: Store) -> list[str]:

@@ -21,9 +21,10 @@ from productlens.fileio import replace_dir, temporary_beside
 from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.embedders.joined import joined
-from productlens.pipeline.catalog import (BACKBONE_DIR, CATALOG_FORMAT, MODEL_KEY, Catalog, item_metadata, model_record,
+from productlens.pipeline.catalog import (BACKBONE_DIR, CATALOG_FORMAT, MODEL_KEY, Catalog, item_metadata,
                                          query_embedder, vector_name)
 from productlens.pipeline.embed import embed_items
+from productlens.pipeline.features_cache import model_record
 from productlens.types import Item, ProductLensError
 
 if TYPE_CHECKING:

@@ -14,6 +14,10 @@ small shards are merged into one now and then.
 
 Vectors are stored and returned as float16-rounded values, so features are the
 same whether they were just computed or read back.
+
+The same identity guards what is stored elsewhere: :func:`model_record` is what a catalog
+records of its model, and :func:`model_change` says why an embedder is no longer the one a
+catalog or a classifier recorded.
 """
 
 from __future__ import annotations
@@ -103,6 +107,32 @@ def model_fingerprint(embedder) -> str:
 
     return _memo_digest(_FINGERPRINTS, Path(onnx), lambda path: file_sha256(path)[:16])
 
+
+
+def model_record(embedder) -> dict[str, Any]:
+    """What a catalog records of the model its vectors were made with (see :func:`model_change`): a user's
+    ``onnx:`` model file's fingerprint, and the preprocessing (which such a model keeps in a JSON file)."""
+    user_file = str(embedder.name).startswith("onnx:")
+    return {"fingerprint": model_fingerprint(embedder) if user_file else "",
+            "preprocess": embedder.preprocess.to_json()}
+
+
+def model_change(record: dict[str, Any] | None, embedder, since: str = "this catalog was built") -> str | None:
+    """Why ``embedder`` is not the model a record names (``{"fingerprint", "preprocess"}``, as made by
+    :func:`model_record` for catalogs and kept by classifiers), or None. A changed model file or
+    preprocessing would embed new photos unlike the stored vectors, and results would go wrong
+    silently. Empty entries are not checked (records older than them)."""
+    if not record:
+        return None
+    from productlens.models.embedders.base import Preprocess
+
+    fingerprint = record.get("fingerprint")
+    if fingerprint and model_fingerprint(embedder) != fingerprint:
+        return f"the model file of {embedder.name} changed since {since}"
+    recorded = record.get("preprocess")
+    if recorded and Preprocess.from_json(recorded) != embedder.preprocess:
+        return f"the preprocessing of {embedder.name} changed since {since}; it was {json.dumps(recorded)}"
+    return None
 
 #: sha1 of each image file read so far, keyed by its path, size and modification time.
 _CONTENT: dict[tuple, str] = {}
@@ -295,4 +325,5 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
 
 
 __all__ = ["FeatureCache", "ViewFeatures", "cache_folders", "embed_views", "feature_root", "last_used",
-           "model_fingerprint", "model_identity", "source_key"]
+           "model_change", "model_fingerprint", "model_identity",
+           "model_record", "source_key"]

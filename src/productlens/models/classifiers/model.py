@@ -113,19 +113,16 @@ class Classifier:
     def embedder(self):
         """The embedder this head was trained on (created on first use, checked against the record)."""
         if self._embedder is None:
-            from productlens.models.embedders import Preprocess, create_embedder, get_embedder
+            from productlens.models.embedders import create_embedder, get_embedder
             from productlens.models.embedders.joined import joined
-            from productlens.pipeline.features_cache import model_fingerprint
+            from productlens.pipeline.features_cache import model_change
 
             local = self._backbone_path()  # this classifier's own backbone: loaded afresh
             main = create_embedder(f"onnx:{local}") if local is not None else get_embedder(self.embedder_name)
-            if self.fingerprint and model_fingerprint(main) != self.fingerprint:
-                raise ProductLensError(f"the model file of {self.embedder_name} changed since this classifier "
-                                       "was trained; retrain it")
-            recorded = self.config.get("preprocess")
-            if recorded and Preprocess.from_json(recorded) != main.preprocess:
-                raise ProductLensError(f"the preprocessing of {self.embedder_name} changed since this classifier "
-                                       f"was trained (it was {json.dumps(recorded)}); restore its JSON file or retrain")
+            changed = model_change({"fingerprint": self.fingerprint, "preprocess": self.config.get("preprocess")},
+                                   main, since="this classifier was trained")
+            if changed:
+                raise ProductLensError(f"{changed}; restore it or retrain the classifier")
             emb = joined(main, self.companions)
             if emb.dim != self.mean.shape[0]:
                 raise ProductLensError(f"embedder {'+'.join([self.embedder_name, *self.companions])} gives "
