@@ -99,16 +99,18 @@ class Adapter:
         return p / p.sum(axis=1, keepdims=True)
 
     def centre(self, vectors: np.ndarray, domain: str) -> np.ndarray:
+        """Vectors less their domain's mean, L2-normalised."""
+        return l2_normalize(self._less_mean(vectors, domain))
+
+    def _less_mean(self, vectors: np.ndarray, domain: str) -> np.ndarray:
         if domain not in ("query", "gallery"):
             raise ValueError(f"domain must be 'query' or 'gallery', got {domain!r}")
-        mean = self.query_mean if domain == "query" else self.gallery_mean
-        return l2_normalize(np.asarray(vectors, np.float32) - mean)
+        return np.asarray(vectors, np.float32) - (self.query_mean if domain == "query" else self.gallery_mean)
 
     def transform(self, vectors: np.ndarray, domain: str) -> np.ndarray:
         """Backbone vectors (N x D, unit norm) -> adapted unit vectors (N x (D + C)): the centred
         vector (whitened, if the adapter whitens) and the product evidence of the centred vector."""
-        mean = self.query_mean if domain == "query" else self.gallery_mean
-        centred = np.asarray(vectors, np.float32) - mean
+        centred = self._less_mean(vectors, domain)
         x = l2_normalize(centred)
         p = l2_normalize(np.sqrt(self.probabilities(x)))
         if self.whitening is not None:
@@ -203,15 +205,13 @@ def fit_adapter(backbone: str, train_vectors: np.ndarray, train_labels: np.ndarr
                    coef=coef, intercept=intercept, classes=clf.classes_, weight=weight, whitening=W)
 
 
-def whitening(parts: np.ndarray | list[tuple[np.ndarray, np.ndarray]], power: float = WHITEN_POWER,
+def whitening(parts: list[tuple[np.ndarray, np.ndarray]], power: float = WHITEN_POWER,
               shrink: float = WHITEN_SHRINK, chunk: int = 65536) -> np.ndarray:
     """A D x D partial whitening: the principal axes of the centred vectors, each scaled by
     ``(variance + shrink * mean variance) ** -power`` (relative to an axis of mean variance).
 
-    ``parts``: centred vectors (N x D), or ``(vectors, mean)`` pairs centred here; the covariance
-    is summed chunk by chunk, so a large gallery is never copied whole."""
-    if isinstance(parts, np.ndarray):
-        parts = [(parts, np.zeros(parts.shape[1], np.float32))]
+    ``parts``: ``(vectors, mean)`` pairs, each centred on its own mean here; the covariance is
+    summed chunk by chunk, so a large gallery is never copied whole."""
     dim = parts[0][0].shape[1]
     cov, n = np.zeros((dim, dim)), 0
     for vectors, mean in parts:
