@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import product_photo, write_dataset
+from productlens.data.images import load_image
 from productlens.data.readers import read_gallery, read_labelled_csv, read_queries
 from productlens.pipeline.catalog import Catalog
 from productlens.pipeline.catalog_build import build_catalog
@@ -134,15 +135,47 @@ def test_query_views_recorded_and_used(dataset, tmp_path) -> None:
         np.testing.assert_allclose(cat.search_vectors(vec, 2, rerank=True)[0][0], [h.score for h in hits], atol=1e-5)
     with Catalog.open(tmp_path / "a") as again:
         assert isinstance(again.query_embedder, PooledViewEmbedder)
+        # the gallery is embedded as the queries are, also what is added later
+        assert again.store.get_info("gallery_views") == "regions"
+        assert isinstance(again.gallery_embedder, PooledViewEmbedder)
+        pooled = again.to_index_space(again.query_embedder.embed_images([load_image(gallery[1].image)]), "gallery")
+        np.testing.assert_allclose(again.store.vectors([1]), pooled, atol=2e-3)
+        again.add([dataclasses.replace(gallery[1], id=50)], progress=False)
+        np.testing.assert_allclose(again.store.vectors([50]), again.store.vectors([1]), atol=1e-5)
     cat, _ = build_catalog(gallery, tmp_path / "b", embedder=MODEL, train=train, progress=False, query_views="none")
     with cat:
         assert cat.query_embedder is cat.embedder and cat.store.get_info("query_views") == "none"
+        assert cat.gallery_embedder is cat.embedder and cat.store.get_info("gallery_views") == "none"
     cat, _ = build_catalog(gallery, tmp_path / "c", embedder=MODEL, progress=False)  # no adapter: whole photos
     with cat:
-        assert cat.query_embedder is cat.embedder
-    with pytest.raises(ProductLensError, match="unknown view set"):
-        build_catalog(gallery, tmp_path / "d", embedder=MODEL, train=train, progress=False, query_views="lots")
-    assert not (tmp_path / "d").exists()
+        assert cat.query_embedder is cat.embedder and cat.gallery_embedder is cat.embedder
+    cat, _ = build_catalog(gallery, tmp_path / "e", embedder=MODEL, train=train, progress=False, gallery_views="none")
+    with cat:
+        assert isinstance(cat.query_embedder, PooledViewEmbedder) and cat.gallery_embedder is cat.embedder
+    for views in ({"query_views": "lots"}, {"gallery_views": "lots"}):
+        with pytest.raises(ProductLensError, match="unknown view set"):
+            build_catalog(gallery, tmp_path / "d", embedder=MODEL, train=train, progress=False, **views)
+        assert not (tmp_path / "d").exists()
+
+
+def test_gallery_photos_that_are_training_photos_reuse_their_vectors(dataset, tmp_path) -> None:
+    """A gallery that holds the training photos (the vpr set) takes their vectors instead of embedding
+    them again: the same vectors as embedding them would give, and bad photos still reported by index."""
+    from productlens.data.augment import PooledViewEmbedder, view_set
+    from productlens.models.embedders import get_embedder
+    from productlens.pipeline.catalog_build import embed_gallery
+    from productlens.pipeline.embed import embed_items
+
+    train = read_labelled_csv(dataset["train"])
+    emb = PooledViewEmbedder(get_embedder(MODEL), view_set("regions"))
+    known = embed_items(emb, train[:6], progress=False)
+    gallery = [Item(id=i, image=t.image) for i, t in enumerate(train[3:9])]  # three known, three not
+    gallery.insert(2, Item(id=99, image=str(tmp_path / "missing.jpg")))
+    got = embed_gallery(emb, gallery, progress=False, known=known, known_items=train[:6])
+    fresh = embed_items(emb, gallery, progress=False)
+    assert got.ok.tolist() == fresh.ok.tolist() == [0, 1, 3, 4, 5, 6]
+    np.testing.assert_allclose(got.vectors, fresh.vectors, atol=1e-6)
+    assert [e[0] for e in got.errors] == [2] and "missing.jpg" in got.errors[0][2]
 
 
 def test_incremental_add_update_remove(dataset, tmp_path) -> None:

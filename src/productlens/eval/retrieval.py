@@ -31,13 +31,14 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
                        k: int = 1000, progress: bool = True, rankings_out: str | Path | None = None,
                        detector: Detector | None = None, text: bool = False,
                        products: str | Path | None = None, query_views: str | None = None,
-                       companions: Sequence[str] = (), verify: bool | None = None,
+                       gallery_views: str | None = None, companions: Sequence[str] = (), verify: bool | None = None,
                        plot: str | Path | None = None) -> dict:
     """Evaluate retrieval end to end and return the metrics dict.
 
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
     ``query_views``: how queries are embedded (``build_catalog``'s option; default
-    ``"regions"`` with ``train_csv``, ``"none"`` without). ``companions``: also
+    ``"regions"`` with ``train_csv``, ``"none"`` without); ``gallery_views``: how gallery
+    photos are (default: as the queries). ``companions``: also
     ``build_catalog``'s (bundled backbones joined on the whole photo; default none).
     ``verify``: spatial verification of each query's top results (``rank_queries``'s;
     default: on where OpenCV is installed). ``plot``: also write a contact sheet of
@@ -89,7 +90,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
         catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
                                          use_gallery_labels=catalog_mode, finetune=finetune and train is not None,
                                          progress=progress, ocr=text, query_views=query_views,
-                                         companions=companions)
+                                         gallery_views=gallery_views, companions=companions)
         with catalog:
             if text:
                 catalog.set_text_weight(weight)

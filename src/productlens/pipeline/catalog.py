@@ -15,9 +15,10 @@ in its metadata (``ocr``) and fuses text evidence into every search
 (``text_weight``: :func:`productlens.pipeline.fusion.choose_text_weight` or
 :meth:`Catalog.fit_text_weight` choose it on training photos).
 
-The store's info records the embedder (with its model file and preprocessing), whether an
-adapter is used and the catalog format, so a reopened catalog embeds queries exactly as its
-gallery was embedded, or refuses to open (a changed model, a newer format).
+The store's info records the embedder (with its model file and preprocessing), the views
+that embed queries and gallery photos, whether an adapter is used and the catalog format, so
+a reopened catalog embeds queries and new photos exactly as at its build, or refuses to open
+(a changed model, a newer format).
 :func:`~productlens.pipeline.catalog_build.build_catalog` writes a new catalog into a
 temporary folder and renames it into place, so an interrupted build leaves no
 half-written catalog.
@@ -84,6 +85,8 @@ class Catalog:
         self.embedder = embedder
         self.adapter = adapter
         self.query_embedder = query_embedder(embedder, store.get_info("query_views", "none"))
+        #: what embeds photos added to the gallery (catalogs before ``gallery_views`` embedded them whole)
+        self.gallery_embedder = query_embedder(embedder, store.get_info("gallery_views", "none"))
         self._classifier = None
         self._matcher = None
         self._verifier = None
@@ -282,7 +285,7 @@ class Catalog:
     # ------------------------------------------------------------ writes
     def add(self, items: Sequence[Item], progress: bool = True) -> list[tuple[int, Any, str]]:
         """Embed and upsert items (same id replaces); returns the skipped items' errors."""
-        res = embed_items(self.embedder, items, progress=progress, desc="gallery")
+        res = embed_items(self.gallery_embedder, items, progress=progress, desc="gallery")
         if len(res.ok):
             ok = [items[i] for i in res.ok]
             mds = [item_metadata(it) for it in ok]

@@ -23,8 +23,8 @@ from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.embedders.joined import joined
 from productlens.pipeline.catalog import (BACKBONE_DIR, CATALOG_FORMAT, MODEL_KEY, Catalog, item_metadata,
                                          query_embedder, vector_name)
-from productlens.pipeline.embed import embed_items
-from productlens.pipeline.features_cache import model_record
+from productlens.pipeline.embed import EmbedResult, embed_items
+from productlens.pipeline.features_cache import model_record, source_key
 from productlens.types import Item, ProductLensError
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                   train: Sequence[Item] | None = None, use_gallery_labels: bool = False,
                   finetune: bool = False, overwrite: bool = False, progress: bool = True,
                   ocr: bool = False, store: "StoreSpec | None" = None,
-                  query_views: str | None = None, companions: Sequence[str] = ()) -> tuple[Catalog, list]:
+                  query_views: str | None = None, gallery_views: str | None = None,
+                  companions: Sequence[str] = ()) -> tuple[Catalog, list]:
     """Embed ``items`` into a new catalog folder at ``path``; returns (catalog, skipped errors).
 
     ``train``: labelled shopper photos (Item.product_id set) that fit the
@@ -81,7 +82,11 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     queries) are embedded: ``"regions"`` pools the whole photo with six crops
     (:func:`query_embedder`; default when there are training photos, since the
     adapter then centres the two domains apart), ``"none"`` the whole photo
-    only (default without training photos). Gallery photos are always embedded whole.
+    only (default without training photos).
+    ``gallery_views``: how gallery photos are embedded; by default as the queries are
+    (``query_views``): a symmetric multi-region descriptor matched the train-only splits'
+    held-out photos better than whole seller photos did (docs/benchmarks.md). ``"none"``
+    embeds each gallery photo once, seven times faster to build with ``regions``.
     ``companions``: bundled backbones joined to the embedder, run on the whole
     photo only (:mod:`productlens.models.embedders.joined`; ``companions_for(embedder)``
     gives the other bundled backbones). None by default: on the train-only
@@ -108,12 +113,13 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         raise ProductLensError("fine-tuning needs labelled training photos (--train)")
     if query_views is None:
         query_views = DEFAULT_QUERY_VIEWS if labelled else "none"
+    gallery_views = query_views if gallery_views is None else gallery_views
     companions = list(companions)
     path.parent.mkdir(parents=True, exist_ok=True)
     with temporary_beside(path, folder=True, tag="building.") as tmp:
         try:
             name, emb = embedder, get_embedder(embedder)
-            query_embedder(emb, query_views)  # an unknown view set fails before any work
+            query_embedder(emb, query_views), query_embedder(emb, gallery_views)  # an unknown view set fails now
             if finetune:
                 from productlens.models.finetune import FinetuneConfig, finetune_backbone, supports
 
@@ -133,13 +139,16 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                 name = f"onnx:{BACKBONE_DIR}/{res.path.name}"  # relative: the folder may be moved
                 emb = create_embedder(res.embedder_name)
             emb = joined(emb, companions)
-            gal = embed_items(emb, items, progress=progress, desc="gallery")
+            tr = embed_items(query_embedder(emb, query_views), labelled, progress=progress, desc="training photos") \
+                if labelled else None
+            gal = embed_gallery(query_embedder(emb, gallery_views), items, progress=progress,
+                                known=tr if tr is not None and gallery_views == query_views else None,
+                                known_items=labelled)
             if not len(gal.ok):
                 raise ProductLensError("no gallery image could be read")
             ok_items = [items[i] for i in gal.ok]
             adapter = None
             if labelled:
-                tr = embed_items(query_embedder(emb, query_views), labelled, progress=progress, desc="training photos")
                 labels = np.array([labelled[i].product_id for i in tr.ok])
                 glabels = None
                 if use_gallery_labels:
@@ -156,6 +165,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             store.set_info("companions", "+".join(companions))
             store.set_info("adapter", adapter is not None)
             store.set_info("query_views", query_views)
+            store.set_info("gallery_views", gallery_views)
             store.set_info("ocr", bool(ocr))
             mds = [item_metadata(it) for it in ok_items]
             if ocr:
@@ -174,3 +184,32 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return Catalog.open(path), gal.errors
+
+
+def embed_gallery(embedder, items: Sequence[Item], *, progress: bool = True, known: EmbedResult | None = None,
+                  known_items: Sequence[Item] = ()) -> EmbedResult:
+    """Embed gallery photos (:func:`~productlens.pipeline.embed.embed_items`), reusing ``known``:
+    the vectors the same embedder gave ``known_items``. A gallery photo with the same bytes and box
+    as one of them (a catalog whose gallery holds its training photos) takes that vector instead of
+    being embedded again; the vectors are the ones embedding would give, and no label is read."""
+    if known is None or not len(known.ok):
+        return embed_items(embedder, items, progress=progress, desc="gallery")
+    have = {}
+    for j, i in enumerate(known.ok):
+        key = source_key(known_items[i])
+        if key is not None:
+            have[key] = j
+    found = [have.get(source_key(it)) for it in items]  # None: not a training photo (or no local file)
+    todo = [i for i, j in enumerate(found) if j is None]
+    res = embed_items(embedder, [items[i] for i in todo], progress=progress, desc="gallery")
+    vectors = np.zeros((len(items), embedder.dim), np.float32)
+    ok = np.zeros(len(items), bool)
+    for i, j in enumerate(found):
+        if j is not None:
+            vectors[i], ok[i] = known.vectors[j], True
+    done = np.asarray(todo, np.int64)[res.ok]
+    vectors[done], ok[done] = res.vectors, True
+    if len(todo) < len(items):
+        log.info("gallery: %d of %d photos are training photos; their vectors were reused",
+                 len(items) - len(todo), len(items))
+    return EmbedResult(vectors[ok], np.flatnonzero(ok), [(todo[i], src, msg) for i, src, msg in res.errors])
