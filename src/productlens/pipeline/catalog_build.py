@@ -119,7 +119,8 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     with temporary_beside(path, folder=True, tag="building.") as tmp:
         try:
             name, emb = embedder, get_embedder(embedder)
-            query_embedder(emb, query_views), query_embedder(emb, gallery_views)  # an unknown view set fails now
+            for views in (query_views, gallery_views):
+                query_embedder(emb, views)  # an unknown view set fails before any work
             if finetune:
                 from productlens.models.finetune import FinetuneConfig, finetune_backbone, supports
 
