@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -150,7 +150,8 @@ def ocr_texts(sources: Sequence[Any], boxes: Sequence | None = None, *, progress
 
 def choose_text_weight(gallery: Sequence, train: Sequence, *, embedder: str | None = None,
                        use_gallery_labels: bool = False, folds: int = 2, every: int = HOLDOUT_EVERY,
-                       progress: bool = False) -> tuple[float, dict[float, float]]:
+                       progress: bool = False,
+                       build: Mapping[str, Any] | None = None) -> tuple[float, dict[float, float]]:
     """Choose the fusion weight by cross-fitting over products, on training photos only.
 
     Photos of one product taken in one session are near-duplicates, so photos
@@ -161,6 +162,10 @@ def choose_text_weight(gallery: Sequence, train: Sequence, *, embedder: str | No
     ``every``-th photo of those products is ranked in it. The image is then
     about as unsure as on a new shopper's photo. The weight that maximises
     mAP over all these rankings wins. Returns (weight, {weight: mAP}).
+
+    ``build``: further options of :func:`~productlens.pipeline.catalog_build.build_catalog`
+    (``query_views``, ``gallery_views``, ``companions``), so that the folds' catalogs embed
+    photos as the final catalog will (they are not fine-tuned).
     """
     import tempfile
     from pathlib import Path
@@ -194,7 +199,7 @@ def choose_text_weight(gallery: Sequence, train: Sequence, *, embedder: str | No
                 cat.close()
             cat, _ = build_catalog(list(gallery), Path(tmp) / f"fold{f}", embedder=embedder or DEFAULT_EMBEDDER,
                                    train=adapt or None, use_gallery_labels=use_gallery_labels, ocr=True,
-                                   progress=progress)
+                                   progress=progress, **(build or {}))
             rows.append(cat.text_weight_rows(held, progress=progress))
         with cat:  # the last fold's catalog groups items by product (same gallery in every fold)
             k = min(r["ids"].shape[1] for r in rows)
