@@ -87,15 +87,15 @@ def build(
     train_items = read_labelled_csv(train, label="product_id") if train else None
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
-    views = {"query_views": query_views, "gallery_views": gallery_views,
-             "companions": companions_for(model) if companions else []}
+    options = {"query_views": query_views, "gallery_views": gallery_views,
+               "companions": companions_for(model) if companions else []}
     if ocr:  # chosen first: a failure here must not leave a catalog behind
         check_catalog_target(out, overwrite)  # nor may a folder that cannot be written cost the minutes it takes
         weight, table = choose_text_weight(items, train_items, embedder=model, use_gallery_labels=catalog_labels,
-                                           progress=True, build=views)
+                                           progress=True, build=options)
     cat, errors = build_catalog(items, out, embedder=model, train=train_items,
                                 use_gallery_labels=catalog_labels, finetune=finetune and train_items is not None,
-                                overwrite=overwrite, ocr=ocr, store=spec, **views)
+                                overwrite=overwrite, ocr=ocr, store=spec, **options)
     with cat:
         if ocr:
             cat.set_text_weight(weight)

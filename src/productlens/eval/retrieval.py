@@ -70,7 +70,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     if not catalog_mode:  # the system never sees the gallery's labels
         gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
     train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
-    views = {"query_views": query_views, "gallery_views": gallery_views, "companions": companions}
+    options = {"query_views": query_views, "gallery_views": gallery_views, "companions": companions}
     weight, weights = 0.0, None
     if products and not (text and catalog_mode):
         raise ProductLensError("--products gives the product text that --text fuses in catalog mode: "
@@ -81,7 +81,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
         if products and catalog_mode:
             gallery = attach_product_text(gallery, read_products_jsonl(products))
         weight, weights = choose_text_weight(gallery, train, embedder=embedder, use_gallery_labels=catalog_mode,
-                                             progress=progress, build=views)
+                                             progress=progress, build=options)
     if detector is not None:  # detected once: the boxes searched are the boxes drawn
         from productlens.pipeline.detect import best_boxes
 
@@ -90,7 +90,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     with tempfile.TemporaryDirectory(prefix="productlens-eval-") as tmp:
         catalog, gerrors = build_catalog(gallery, Path(tmp) / "catalog", embedder=embedder, train=train,
                                          use_gallery_labels=catalog_mode, finetune=finetune and train is not None,
-                                         progress=progress, ocr=text, **views)
+                                         progress=progress, ocr=text, **options)
         with catalog:
             if text:
                 catalog.set_text_weight(weight)

@@ -200,7 +200,9 @@ def embed_gallery(embedder, items: Sequence[Item], *, progress: bool = True, kno
         key = source_key(known_items[i])
         if key is not None:
             have[key] = j
-    found = [have.get(source_key(it)) for it in items]  # None: not a training photo (or no local file)
+    sizes = {_file_size(known_items[i]) for i in known.ok} - {None}
+    # only a file of a training photo's size can be one: the others are not read for a hash
+    found = [have.get(source_key(it)) if _file_size(it) in sizes else None for it in items]
     todo = [i for i, j in enumerate(found) if j is None]
     res = embed_items(embedder, [items[i] for i in todo], progress=progress, desc="gallery")
     vectors = np.zeros((len(items), embedder.dim), np.float32)
@@ -214,3 +216,11 @@ def embed_gallery(embedder, items: Sequence[Item], *, progress: bool = True, kno
         log.info("gallery: %d of %d photos are training photos; their vectors were reused",
                  len(items) - len(todo), len(items))
     return EmbedResult(vectors[ok], np.flatnonzero(ok), [(todo[i], src, msg) for i, src, msg in res.errors])
+
+
+def _file_size(item: Item) -> int | None:
+    """The size of an item's local image file, or None (a URL, a missing file)."""
+    try:
+        return os.path.getsize(item.image)
+    except (OSError, TypeError, ValueError):
+        return None
