@@ -85,6 +85,37 @@ def test_embed_views_caches_and_reports_bad_images_once(tmp_path) -> None:
     assert source_key("https://x/y.jpg") is None and source_key(b"bytes") is None
 
 
+def test_embed_views_decodes_each_image_once_and_keeps_cached_views(tmp_path, monkeypatch) -> None:
+    """Every view of an image comes from one decode (a 12 MP phone photo costs more to decode than to
+    embed under one view); views already cached keep their vectors when others are added."""
+    from productlens.data.augment import ViewEmbedder
+    from productlens.pipeline import embed as embed_module
+
+    emb = embedders.get_embedder("fake-tiny")
+    items = read_labelled(write_set(tmp_path, 2, 3), label="sku").items
+    decoded = []
+    real_load = embed_module.load_image
+    monkeypatch.setattr(embed_module, "load_image", lambda src, **kw: decoded.append(src) or real_load(src, **kw))
+    views = view_set("regions")
+    feats = embed_views(emb, items, views, cache=False, progress=False)
+    assert len(decoded) == len(items) and feats.vectors.shape == (7, 6, 48)
+    size = max(ViewEmbedder(emb, view).preprocess.size for view in views)  # the closest crop's draft size
+    photos = [real_load(it.image, target=size) for it in items]
+    for v, view in enumerate(views):  # the same vectors as embedding each view of that decode on its own
+        one = ViewEmbedder(emb, view)
+        assert np.allclose(feats.vectors[v], one.embed(np.stack([one.preprocess(im) for im in photos])), atol=2e-3)
+
+    first = embed_views(emb, items, views[:1], progress=False)  # the whole photo cached alone
+    decoded.clear()
+    calls = emb.calls
+    both = embed_views(emb, items, views[:2], progress=False)
+    assert len(decoded) == len(items) and emb.calls == calls + 2 * len(items)
+    assert np.array_equal(both.vectors[0], first.vectors[0])  # the cached view is kept as cached
+    decoded.clear()
+    again = embed_views(emb, items, views[:2], progress=False)
+    assert decoded == [] and np.array_equal(again.vectors, both.vectors)
+
+
 def test_feature_cache_misses_when_an_onnx_models_preprocessing_changes(tmp_path) -> None:
     """A user's onnx:PATH model keeps its preprocessing in a JSON file beside it: editing that file
     (not the model) must not bring back vectors made under the old preprocessing."""

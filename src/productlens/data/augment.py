@@ -8,6 +8,8 @@ probabilities over a few views (test-time augmentation).
 :class:`ViewEmbedder` wraps an embedder so that the robust batch pipeline
 (:func:`productlens.pipeline.embed.embed_items`) embeds a view instead of the
 whole image: decoding, error reporting and batching stay the same.
+:class:`StackedViewEmbedder` gives every view of a set from one decode of each
+image (one vector per view); :class:`PooledViewEmbedder` pools them into one.
 
 >>> views = view_set("train")                        # doctest: +SKIP
 >>> ViewEmbedder(embedder, views[1]).preprocess(img)  # doctest: +SKIP
@@ -169,6 +171,29 @@ class PooledViewPreprocess:
         return out
 
 
+class StackedViewEmbedder:
+    """An embedder whose vector of an image is the vectors of its views side by side.
+
+    Each image is decoded once for all of ``views`` (at the size the closest crop
+    needs), and all views of a batch go through the model as one batch. The output
+    is ``len(views) * embedder.dim`` wide: block ``v`` is view ``v``'s L2-normalised
+    vector, the one :class:`ViewEmbedder` gives from the same pixels.
+    """
+
+    def __init__(self, embedder, views: list[View]) -> None:
+        self.base = embedder
+        self.views = list(views)
+        self.name = embedder.name
+        self.dim = embedder.dim * len(self.views)
+        self.preprocess = PooledViewPreprocess(embedder.preprocess, self.views)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        n, v = batch.shape[0], len(self.views)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.base.embed(batch.reshape(n * v, *batch.shape[2:])).reshape(n, self.dim)
+
+
 class PooledViewEmbedder:
     """An embedder whose vector of an image is the L2-normalised sum of its views' vectors.
 
@@ -207,5 +232,5 @@ class PooledViewEmbedder:
         return self.embed(np.stack([self.preprocess(im) for im in images]))
 
 
-__all__ = ["VIEW_SETS", "PooledViewEmbedder", "PooledViewPreprocess", "View", "ViewEmbedder", "ViewPreprocess",
-           "view_set"]
+__all__ = ["VIEW_SETS", "PooledViewEmbedder", "PooledViewPreprocess", "StackedViewEmbedder", "View", "ViewEmbedder",
+           "ViewPreprocess", "view_set"]

@@ -99,6 +99,8 @@ def iter_embeddings(
 
     ``indices`` are the positions in ``sources`` of the rows of ``vectors``;
     ``errors`` holds ``(index, source, message)`` for the batch's skipped items.
+    ``batch_size`` counts model inputs: an embedder that runs several views of each
+    image (its preprocessing has ``views``) gets ``batch_size // views`` images a batch.
     Decode threads write each preprocessed image straight into its batch's
     array, up to ``PREFETCH`` batches ahead of the one the calling thread is
     embedding; the calling thread decodes the images nobody has started when it
@@ -111,6 +113,9 @@ def iter_embeddings(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     preprocess = embedder.preprocess
+    # A multi-view preprocessing gives the model one input per view of an image: count those, so that
+    # a batch of seven-view photos is not seven batches of work between two looks at the decoders.
+    batch_size = max(1, batch_size // max(1, len(getattr(preprocess, "views", ()))))
     pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
                               thread_name_prefix="productlens-decode")
     pending: deque[tuple[int, np.ndarray, list[Future]]] = deque()

@@ -290,35 +290,42 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
     """Embed every source (path, :class:`Item`, URL or bytes) under every view.
 
     Local files are looked up in (and added to) the feature cache, chunk by chunk,
-    so an interrupted run resumes where it stopped. An image that fails under one
-    view is reported once and skipped in all views.
+    so an interrupted run resumes where it stopped. An image missing under any view
+    is decoded once and embedded under all of them (the cached views keep their
+    cached vectors). An image that cannot be read is reported once and skipped in
+    all views. A batch holds ``batch_size // len(views)`` images (at least one): the
+    model sees about ``batch_size`` inputs a call.
     """
-    from productlens.data.augment import ViewEmbedder
+    from productlens.data.augment import StackedViewEmbedder
     from productlens.pipeline.embed import embed_items
 
-    n, dim = len(sources), int(embedder.dim)
+    n, dim, nv = len(sources), int(embedder.dim), len(views)
     store = cache if isinstance(cache, FeatureCache) else (FeatureCache(embedder) if cache else None)
     keys = [source_key(s) for s in sources] if store else [None] * n
-    out = np.zeros((len(views), n, dim), np.float16)
+    out = np.zeros((nv, n, dim), np.float16)
+    have = np.zeros((nv, n), bool)
+    if store is not None:
+        for v, view in enumerate(views):
+            have[v], vecs = store.get(view.key, keys)
+            out[v, have[v]] = vecs
+    todo = np.flatnonzero(~have.all(axis=0))
+    stacked = StackedViewEmbedder(embedder, list(views))
     failed: dict[int, tuple] = {}
-    for v, view in enumerate(views):
-        found = np.zeros(n, bool)
-        if store is not None:
-            found, vecs = store.get(view.key, keys)
-            out[v, found] = vecs
-        todo = [i for i in range(n) if not found[i] and i not in failed]
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            res = embed_items(ViewEmbedder(embedder, view), [sources[i] for i in part], batch_size=batch_size,
-                              progress=progress, desc=f"view {v + 1}/{len(views)}")
-            for j, _, msg in res.errors:
-                failed.setdefault(part[j], (part[j], sources[part[j]], msg))
-            rows = np.asarray(part, np.int64)[res.ok]
-            out[v, rows] = res.vectors
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        res = embed_items(stacked, [sources[i] for i in part], batch_size=batch_size, progress=progress,
+                          desc=f"{nv} view{'s' if nv > 1 else ''}")
+        for j, _, msg in res.errors:
+            failed.setdefault(int(part[j]), (int(part[j]), sources[part[j]], msg))
+        rows = part[res.ok]
+        vecs = res.vectors.reshape(len(rows), nv, dim)
+        for v, view in enumerate(views):
+            new = ~have[v, rows]
+            out[v, rows[new]] = vecs[new, v]
             if store is not None:
-                keep = [(r, k) for r, k in ((r, keys[r]) for r in rows.tolist()) if k is not None]
+                keep = [int(r) for r in rows[new] if keys[r] is not None]
                 if keep:
-                    store.put(view.key, [k for _, k in keep], out[v, [r for r, _ in keep]])
+                    store.put(view.key, [keys[r] for r in keep], out[v, keep])
     ok = np.array([i for i in range(n) if i not in failed], np.int64)
     errors = [failed[i] for i in sorted(failed)]
     return ViewFeatures(np.ascontiguousarray(out[:, ok]), ok, errors, list(views))
