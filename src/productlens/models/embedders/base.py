@@ -192,8 +192,8 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 #: The most images :meth:`Embedder.embed` gives onnxruntime in one call. On this project's 2-core
-#: machine efficientnet-lite2 ran 120 images/s in calls of 8 to 32 and 90 images/s in calls of 224
-#: (seven views of 32 photos): the activations of a large call no longer fit the CPU's caches.
+#: machine efficientnet-lite2 ran 113-121 images/s in calls of 8 to 32 and 90-106 in calls of 64 to
+#: 224 (seven views of 32 photos), whose activations no longer fit the CPU's caches.
 MODEL_BATCH = 32
 
 
