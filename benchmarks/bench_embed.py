@@ -90,7 +90,8 @@ def pipeline_run(embedder, paths, batch_size, workers, views=None, per_view=Fals
     if views is not None and per_view:
         from productlens.pipeline.features_cache import embed_views
 
-        res = embed_views(embedder, paths, views, cache=False, progress=False, batch_size=batch_size)
+        res = embed_views(embedder, paths, views, cache=False, progress=False, batch_size=batch_size,
+                          workers=workers)
     else:
         if views is not None:
             embedder = PooledViewEmbedder(embedder, views)

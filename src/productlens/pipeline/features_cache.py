@@ -286,7 +286,8 @@ class ViewFeatures:
 
 
 def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | FeatureCache = True,
-                progress: bool = True, chunk: int = 1024, batch_size: int = 32) -> ViewFeatures:
+                progress: bool = True, chunk: int = 1024, batch_size: int = 32,
+                workers: int | None = None) -> ViewFeatures:
     """Embed every source (path, :class:`Item`, URL or bytes) under every view.
 
     Local files are looked up in (and added to) the feature cache, chunk by chunk,
@@ -294,7 +295,8 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
     is decoded once and embedded under all of them (the cached views keep their
     cached vectors). An image that cannot be read is reported once and skipped in
     all views. A batch holds ``batch_size // len(views)`` images (at least one): the
-    model sees about ``batch_size`` inputs a call.
+    model sees about ``batch_size`` inputs a call. ``workers``: decode threads, as for
+    :func:`~productlens.pipeline.embed.embed_items`.
     """
     from productlens.data.augment import StackedViewEmbedder
     from productlens.pipeline.embed import embed_items
@@ -313,8 +315,8 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
     failed: dict[int, tuple] = {}
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        res = embed_items(stacked, [sources[i] for i in part], batch_size=batch_size, progress=progress,
-                          desc=f"{nv} view{'s' if nv > 1 else ''}")
+        res = embed_items(stacked, [sources[i] for i in part], batch_size=batch_size, workers=workers,
+                          progress=progress, desc=f"{nv} view{'s' if nv > 1 else ''}")
         for j, _, msg in res.errors:
             failed.setdefault(int(part[j]), (int(part[j]), sources[part[j]], msg))
         rows = part[res.ok]
