@@ -175,7 +175,8 @@ class StackedViewEmbedder:
     """An embedder whose vector of an image is the vectors of its views side by side.
 
     Each image is decoded once for all of ``views`` (at the size the closest crop
-    needs), and all views of a batch go through the model as one batch. The output
+    needs), and all views of a batch go to the model together (``embed`` passes it at most
+    :data:`~productlens.models.embedders.base.MODEL_BATCH` images a call). The output
     is ``len(views) * embedder.dim`` wide: block ``v`` is view ``v``'s L2-normalised
     vector, the one :class:`ViewEmbedder` gives from the same pixels.
     """
@@ -199,7 +200,8 @@ class PooledViewEmbedder:
 
     With ``view_set("regions")`` this is a multi-region descriptor: a product
     that fills only part of a shopper's photo also counts through the crops
-    that frame it. All views of a batch go through the model as one batch.
+    that frame it. All views of a batch go to the model together (in calls of at most
+    :data:`~productlens.models.embedders.base.MODEL_BATCH` images).
     Around a :class:`~productlens.models.embedders.joined.JoinedEmbedder`, only
     its main backbone sees every view; its companions see the whole image.
     """

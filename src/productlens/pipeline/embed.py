@@ -87,6 +87,12 @@ def _message(exc: BaseException, source: Any) -> str:
     return f"{name}: {type(exc).__name__}: {exc}"
 
 
+def inputs_per_image(embedder) -> int:
+    """How many model inputs ``embedder`` runs per image: one per view for a multi-view embedder
+    (:class:`~productlens.data.augment.PooledViewEmbedder`, ``StackedViewEmbedder``), else one."""
+    return len(getattr(embedder.preprocess, "views", ())) or 1
+
+
 def iter_embeddings(
     embedder,
     sources: Sequence,
@@ -113,9 +119,9 @@ def iter_embeddings(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     preprocess = embedder.preprocess
-    # A multi-view preprocessing gives the model one input per view of an image: count those, so that
-    # a batch of seven-view photos is not seven batches of work between two looks at the decoders.
-    batch_size = max(1, batch_size // max(1, len(getattr(preprocess, "views", ()))))
+    # count model inputs, so that a batch of seven-view photos is not seven batches of work between
+    # two looks at the decoders
+    batch_size = max(1, batch_size // inputs_per_image(embedder))
     pool = ThreadPoolExecutor(max_workers=workers or default_workers(),
                               thread_name_prefix="productlens-decode")
     pending: deque[tuple[int, np.ndarray, list[Future]]] = deque()
@@ -198,4 +204,4 @@ def embed_items(
     return EmbedResult(np.ascontiguousarray(vectors, dtype=np.float32), ok_idx, errors)
 
 
-__all__ = ["EmbedResult", "embed_items", "iter_embeddings", "default_workers"]
+__all__ = ["EmbedResult", "default_workers", "embed_items", "inputs_per_image", "iter_embeddings"]

@@ -23,6 +23,7 @@ from PIL import Image
 
 from productlens.data.images import MIN_SIDE, big_enough, load_image
 from productlens.pipeline.catalog import Catalog
+from productlens.pipeline.embed import inputs_per_image
 from productlens.pipeline.verify import resolve as resolve_verify
 from productlens.serve.config import ServeConfig
 from productlens.types import Box, ImageError, Item, ProductLensError, product_key
@@ -107,8 +108,7 @@ class Engine:
     def default_batch(self) -> int:
         """Queries per batch when requests wait together: as many as fit in ``BATCH_INPUTS``
         model inputs (a catalog that pools seven views per query runs one query at a time)."""
-        views = len(getattr(self.catalog.query_embedder, "views", ())) or 1
-        return max(1, BATCH_INPUTS // views)
+        return max(1, BATCH_INPUTS // inputs_per_image(self.catalog.query_embedder))
 
     def identify(self, img: Image.Image, box: Box | None = None, k: int = 4, matches: int = 8) -> dict[str, Any]:
         """Categories (top ``k`` with probabilities), detections and matching products for one photo."""
