@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a folder of images or a csv with an 'image' column (default: grocery train)")
     ap.add_argument("--limit", type=int, default=1000, help="number of images (0: all)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=None, help="decode threads (default: one per four cores, at least one)")
+    ap.add_argument("--workers", type=int, default=None, help="decode threads (default: one per core, at most 8)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="timed passes over the images (the bare/productlens order flips each time)")
     ap.add_argument("--chunk", type=int, default=256,

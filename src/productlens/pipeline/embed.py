@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: (PREFETCH + 1) * batch_size preprocessed images are alive at once; a
 #: bundled model's are uint8 pixels, 200 kB each at 260 px).
 PREFETCH = 2
+#: The most decode threads :func:`default_workers` starts (each may hold a decoded full-size photo).
+MAX_WORKERS = 8
 
 ItemError = tuple[int, Any, str]
 
@@ -50,18 +52,22 @@ class EmbedResult:
 
 
 def default_workers() -> int:
-    """Decode threads: ``$PRODUCTLENS_DECODE_WORKERS``, else one per four cores (at least one).
+    """Decode threads: ``$PRODUCTLENS_DECODE_WORKERS``, else one per core, at most ``MAX_WORKERS``.
 
-    Decoding and resizing a photo costs ~0.5-1 ms of one core against tens of
-    ms of inference, so one thread keeps a 2-4 core machine's model fed; more
-    would only take cores from the ONNX session.
+    Decoding a small photo costs about a millisecond of one core, a 1000-px JPEG about 5 ms and a
+    12 MP one about 30 ms even at an eighth of its size, against about 17 ms of core time of
+    inference per photo (``efficientnet-lite2``). The inference threads do not spin, and a decode
+    thread with nothing to do sleeps, so one thread per core costs the model nothing on small
+    photos and lets decoding use every core on large ones (2 cores, ``benchmarks/bench_embed.py``,
+    2026-12-07: one thread against two, 224-px photos 0.915 -> 0.935 of the bare model, 1000-px
+    0.721 -> 0.817, 12 MP 0.251 -> 0.370; three or four threads no better than two).
     """
     from productlens.config import num_threads
 
     env = os.environ.get("PRODUCTLENS_DECODE_WORKERS")
     if env:
         return max(1, int(env))
-    return max(1, num_threads() // 4)
+    return max(1, min(MAX_WORKERS, num_threads()))
 
 
 def _load_into(preprocess: Preprocess, source: Any, box: Box | None, out: np.ndarray) -> None:
