@@ -217,3 +217,17 @@ def test_images_too_small_to_show_a_product_are_skipped_and_named(embedder, tmp_
     frame = Image.new("RGB", (6, 40))  # an already decoded image (a video frame) meets the same bar
     with pytest.raises(ImageError, match="6x40 pixels is too small"):
         _load_into(embedder.preprocess, frame, None, np.zeros(embedder.preprocess.shape, embedder.preprocess.dtype))
+
+
+def test_default_workers_one_per_core_capped_and_overridable(monkeypatch):
+    """One decode thread per usable core (PRODUCTLENS_THREADS), at most MAX_WORKERS; the env var wins."""
+    from productlens.pipeline.embed import MAX_WORKERS, default_workers
+
+    monkeypatch.delenv("PRODUCTLENS_DECODE_WORKERS", raising=False)
+    for cores, expected in ((1, 1), (2, 2), (5, 5), (64, MAX_WORKERS)):
+        monkeypatch.setenv("PRODUCTLENS_THREADS", str(cores))
+        assert default_workers() == expected
+    monkeypatch.setenv("PRODUCTLENS_DECODE_WORKERS", "3")
+    assert default_workers() == 3
+    monkeypatch.setenv("PRODUCTLENS_DECODE_WORKERS", "0")
+    assert default_workers() == 1
