@@ -207,3 +207,34 @@ def test_demo_detector_trains_once_skips_without_backgrounds(tmp_path, capsys) -
     assert list(det.spec.labels) == ["product"]
     demo_detector(items, tmp_path / "det", tmp_path / "bg", composites=6)
     assert "reusing" in capsys.readouterr().out
+
+
+def test_cli_index_remove_waits_for_the_writer_lock(tmp_path) -> None:
+    """`index remove` writes under the catalog's writer lock: it waits while another writer holds it."""
+    import threading
+    import time
+
+    from productlens.fileio import file_lock
+    from productlens.pipeline.catalog import WRITER_LOCK
+
+    ds = write_dataset(tmp_path / "ds")
+    cat = tmp_path / "cat"
+    r = runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(cat), "--model", "efficientnet-lite0"])
+    assert r.exit_code == 0, r.output
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with file_lock(cat / WRITER_LOCK):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    held.wait(10)
+    threading.Timer(0.6, release.set).start()
+    t0 = time.monotonic()
+    r = runner.invoke(app, ["index", "remove", str(cat), "0"])
+    waited = time.monotonic() - t0
+    t.join()
+    assert r.exit_code == 0, r.output
+    assert "removed 1" in r.output and waited >= 0.5

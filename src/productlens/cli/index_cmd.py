@@ -183,10 +183,10 @@ def id_ranges(ids: List[int], limit: int = 8) -> str:
 @app.command("remove")
 @fail_cleanly
 def remove(catalog_dir: Path = typer.Argument(...), ids: List[int] = typer.Argument(..., help="Item ids.")) -> None:
-    """Remove items by id."""
+    """Remove items by id (under the catalog's writer lock, as `index add` and the service write)."""
     from productlens.pipeline.catalog import Catalog
 
-    with Catalog.open(catalog_dir) as cat:
+    with Catalog.open(catalog_dir) as cat, cat.writing():
         unknown = [i for i, md in zip(ids, cat.store.get(ids)) if md is None]
         n = cat.remove(ids)
         typer.echo(f"removed {n}; catalog now holds {len(cat)} items")
@@ -224,6 +224,6 @@ def attach_classifier(
     """Copy a category classifier into the catalog: `search` then also prints the query's top categories."""
     from productlens.pipeline.catalog import Catalog
 
-    with Catalog.open(catalog_dir) as cat:
+    with Catalog.open(catalog_dir) as cat, cat.writing():
         cat.attach_classifier(model_dir)
         typer.echo(f"attached {model_dir} ({len(cat.classifier.labels)} classes) to {catalog_dir}")
