@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_multimodal.py
 	$(BIN)/python benchmarks/bench_video.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_identify.py
 	$(BIN)/python benchmarks/bench_ray.py --n 3000 --workers 2 --shard-size 250
 	$(BIN)/python benchmarks/bench_milvus.py --n 100000
 

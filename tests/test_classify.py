@@ -237,3 +237,23 @@ def test_classifier_checks_embedder_dimension(monkeypatch) -> None:
     monkeypatch.setitem(embedders._CACHE, "fake-tiny", FakeEmbedder())
     with pytest.raises(ProductLensError, match="gives 48-d features; this classifier expects 8"):
         clf.predict(Image.new("RGB", (20, 20)))
+
+
+def test_large_decoded_photos_are_reduced_before_their_views() -> None:
+    """A decoded photo many times larger than its views need (an upload, a video frame) is reduced
+    once by a whole factor, then each view to under twice its own need, before it is cut and resized:
+    close to resizing each view from the whole photo, and unchanged under twice every view's need."""
+    emb = FakeEmbedder()
+    pre = PooledViewEmbedder(emb, view_set("regions")).preprocess  # needs 32 px: the 0.5 crop of a 16 px input
+    base = emb.preprocess
+    g = Image.linear_gradient("L")  # a smooth photo: a box filter and a triangle one agree on it
+    big = Image.merge("RGB", (g, Image.radial_gradient("L"), g.rotate(90))).resize((320, 320))
+    got = pre(big)
+    np.testing.assert_array_equal(got, np.stack([v(big.reduce(10)) for v in pre.views]))  # reduced once first
+    np.testing.assert_array_equal(pre.views[0](big), base(big))  # the identity view is the base preprocessing
+    np.testing.assert_array_equal(base(big), base.to_array(base.pixels(big.reduce(20))))
+    direct = np.stack([base.to_array(base.pixels(v.view.crop(big))) for v in pre.views])  # from the whole photo
+    assert np.abs(got.astype(int) - direct).mean(axis=(1, 2, 3)).max() < 2
+    small = product_photo(2, 0, shop=False, size=30)  # under twice every view's need: as before
+    np.testing.assert_array_equal(pre(small), np.stack([base.to_array(base.pixels(v.view.crop(small)))
+                                                        for v in pre.views]))

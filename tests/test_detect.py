@@ -181,18 +181,19 @@ def _write_user_detector(path: Path, *, square: bool) -> Path:
 
 
 @pytest.mark.parametrize("square", [True, False])
-def test_user_onnx_detector_contract(tmp_path, square):
+@pytest.mark.parametrize("zoom", [1, 9])  # 9: a large photo, reduced before it is resized to the input
+def test_user_onnx_detector_contract(tmp_path, square, zoom):
     model = _write_user_detector(tmp_path / "mine.onnx", square=square)
     det = load_detector(f"onnx:{model}")
     assert det.labels == ("red", "other")
-    img = Image.new("RGB", (128, 256), (255, 0, 0))
+    img = Image.new("RGB", (128 * zoom, 256 * zoom), (255, 0, 0))
     dets = det.detect(img)
     assert [d.tag for d in dets] == ["red"]  # the overlapping second box is suppressed; 'other' scores ~0
     b = dets[0].box
-    if square:  # 64 x 64 input: x scaled by 2, y by 4
-        assert (b.x, b.y, b.w, b.h) == pytest.approx((16, 32, 64, 128))
+    if square:  # 64 x 64 input: x scaled by 2, y by 4 (times the zoom)
+        assert (b.x, b.y, b.w, b.h) == pytest.approx((16 * zoom, 32 * zoom, 64 * zoom, 128 * zoom))
     else:  # longer side 256 -> 64: factor 4
-        assert (b.x, b.y, b.w, b.h) == pytest.approx((32, 32, 96, 128))  # clipped at the 128 px width
+        assert (b.x, b.y, b.w, b.h) == pytest.approx((32 * zoom, 32 * zoom, 96 * zoom, 128 * zoom))  # clipped
     assert dets[0].as_json()["tag"] == "red"
     grey = Image.new("RGB", (128, 256), (128, 128, 128))  # red ~0.51, other ~0.49 on the same boxes
     assert [d.tag for d in det.detect(grey)] == ["red", "other"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from productlens.data.images import image_size, load_image, to_rgb
+from productlens.data.images import image_size, load_image, reduce_for, to_rgb
 from productlens.types import Box, BoxError, ImageError
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -323,3 +323,13 @@ def test_bad_boxes_raise_box_error(small_png: Path, box: Box, why: str) -> None:
         load_image(small_png, box=box)
     with pytest.raises(BoxError, match="finite"):
         Box.parse("nan,0,10,10")
+
+
+def test_reduce_for_shrinks_by_whole_factors_past_twice_the_need() -> None:
+    img = Image.new("RGB", (1000, 800), RED)
+    small = reduce_for(img, 260)
+    assert small.size == (334, 267)  # factor 3: the shorter side stays at least 260
+    assert _mean(small) == pytest.approx(RED)
+    assert reduce_for(img, 401) is img  # under twice the need: unchanged
+    palette = img.convert("P")
+    assert reduce_for(palette, 100) is palette  # a mode Pillow cannot reduce: left as it is

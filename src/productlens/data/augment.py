@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from productlens.data.images import reduce_for
 from productlens.types import ProductLensError
 
 
@@ -120,7 +121,9 @@ class ViewPreprocess:
 
     Looks like the base preprocessing to the batch pipeline (``shape``, ``dtype``;
     ``size`` is enlarged by the view's zoom so that JPEG draft decoding keeps
-    enough pixels for the crop).
+    enough pixels for the crop). An image of twice ``size`` or more is first reduced
+    (:func:`~productlens.data.images.reduce_for`), as the base preprocessing does for the
+    whole image, so the identity view gives the base preprocessing's pixels.
     """
 
     def __init__(self, base, view: View) -> None:
@@ -131,7 +134,7 @@ class ViewPreprocess:
         self.dtype = base.dtype
 
     def __call__(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
-        pixels = self.base.pixels(self.view.crop(img))
+        pixels = self.base.pixels(self.view.crop(reduce_for(img, self.size)))
         if self.view.flip:
             pixels = np.ascontiguousarray(pixels[:, ::-1])
         return self.base.to_array(pixels, out)
@@ -166,6 +169,8 @@ class PooledViewPreprocess:
     def __call__(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
             out = np.empty(self.shape, self.dtype)
+        img = reduce_for(img, self.size)  # once for all views (a decoded upload may be a 12 MP photo); each
+        # view then reduces that to its own need
         for j, v in enumerate(self.views):
             v(img, out[j])
         return out

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import load_image
+from productlens.data.images import load_image, reduce_for
 from productlens.types import ImageError, ProductLensError
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def resolve(verify: bool | None) -> bool:
 def local_features(img: Image.Image) -> LocalFeatures:
     """SIFT keypoints of an RGB image scaled to at most ``LONG_SIDE`` pixels, RootSIFT-normalised."""
     cv2 = _cv2()
-    gray = img.convert("L")
+    gray = reduce_for(img, LONG_SIDE).convert("L")  # a large photo: reduced before anything else
     scale = LONG_SIDE / max(gray.size)
     if scale < 1:
         gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))),

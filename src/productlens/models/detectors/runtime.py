@@ -218,15 +218,18 @@ class Detector:
 
     def prepare(self, img: Image.Image) -> tuple[np.ndarray, tuple[float, float]]:
         """The model's input for ``img`` and the (x, y) factors from original to input pixels."""
+        from productlens.data.images import reduce_for
+
         s = self.spec
+        small = reduce_for(img, s.size)  # a large photo: resized from under twice the input, not from all of it
         if s.resize == "square":
             from productlens.models.embedders.base import resize_rgb
 
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            rgb = small if small.mode == "RGB" else small.convert("RGB")
             pixels, factors = resize_rgb(rgb, (s.size, s.size)), (s.size / img.size[0], s.size / img.size[1])
         else:
-            pixels, f = letterbox(img, s.size, s.multiple)
-            factors = (f, f)
+            pixels, f = letterbox(small, s.size, s.multiple)
+            factors = (f * small.size[0] / img.size[0], f * small.size[1] / img.size[1])
             if self._pad_to and pixels.shape[:2] != self._pad_to:  # a fixed-size model: pad to its square
                 pixels = np.pad(pixels, ((0, self._pad_to[0] - pixels.shape[0]),
                                          (0, self._pad_to[1] - pixels.shape[1]), (0, 0)))

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from productlens.data.images import reduce_for
 from productlens.types import ProductLensError
 
 RESIZE_MODES = ("squash", "crop", "pad")
@@ -147,8 +148,9 @@ class Preprocess:
         return out
 
     def __call__(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
-        """A decoded image -> the model's input for it (``shape``, ``dtype``)."""
-        return self.to_array(self.pixels(img), out)
+        """A decoded image -> the model's input for it (``shape``, ``dtype``); a large one is first
+        reduced to under twice ``size`` (:func:`~productlens.data.images.reduce_for`)."""
+        return self.to_array(self.pixels(reduce_for(img, self.size)), out)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
