@@ -237,7 +237,7 @@ class Engine:
                 self._thumbs.move_to_end(key)
                 return data
         try:
-            data = thumbnail_jpeg(load_image(path))
+            data = thumbnail_jpeg(load_image(path, target=THUMB))  # a large photo: decoded at a fraction of its size
         except ImageError as e:
             log.warning("item %d: %s", item_id, e)
             raise
