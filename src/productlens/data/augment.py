@@ -169,8 +169,8 @@ class PooledViewPreprocess:
     def __call__(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
             out = np.empty(self.shape, self.dtype)
-        img = reduce_for(img, self.size)  # once for all views (a decoded upload may be a 12 MP photo); each
-        # view then reduces that to its own need
+        # once for all views (a decoded upload may be a 12 MP photo); each view then reduces it to its own need
+        img = reduce_for(img, self.size)
         for j, v in enumerate(self.views):
             v(img, out[j])
         return out

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from productlens.data.images import reduce_for
 from productlens.models.detectors.nms import batched_nms, iou_matrix
 from productlens.types import Box, ProductLensError
 
@@ -218,8 +219,6 @@ class Detector:
 
     def prepare(self, img: Image.Image) -> tuple[np.ndarray, tuple[float, float]]:
         """The model's input for ``img`` and the (x, y) factors from original to input pixels."""
-        from productlens.data.images import reduce_for
-
         s = self.spec
         small = reduce_for(img, s.size)  # a large photo: resized from under twice the input, not from all of it
         if s.resize == "square":
