@@ -221,6 +221,22 @@ def test_random_catalog_photo(client):
     assert img.format == "JPEG" and 0 <= r["id"] < 4
 
 
+def test_random_catalog_photo_is_capped_for_the_page(tmp_path):
+    """A 12 MP catalog photo goes to the page at most RANDOM_SIDE long, its shape kept."""
+    import base64
+
+    from productlens.serve.engine import RANDOM_SIDE
+
+    cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        store = app.state.engine.catalog.store
+        for i in store.ids().tolist():  # the catalog's photos replaced by large ones on disk
+            product_photo(i, 0, shop=True).resize((4000, 3000)).save(store.get([i])[0]["image"], "JPEG")
+        img = Image.open(io.BytesIO(base64.b64decode(c.get("/v1/random").json()["jpeg_base64"])))
+        assert img.size == (RANDOM_SIDE, RANDOM_SIDE * 3 // 4)
+
+
 def test_a_catalog_photo_gone_from_disk_and_an_empty_catalog(tmp_path):
     cat_dir = titled_catalog(tmp_path / "data", 4, lambda p: "boxes")
     app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))

@@ -36,6 +36,7 @@ MATCH_TEMPERATURE = 0.05
 IMAGE_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
 MAX_ID = 2 ** 53 - 1  # item and product ids: what a browser's JavaScript number still holds exactly
 RANDOM_TRIES = 5      # /v1/random skips a catalog photo that cannot be read, this many times
+RANDOM_SIDE = 1600    # /v1/random's photo at most this long: the page shows it and sends it back to identify
 EDITABLE = ("title", "category")  # what PUT /v1/products/{id} may change
 #: model inputs per batch of waiting queries: whole-photo queries ran 17.2 ms each alone and
 #: 14.1-14.6 ms in batches of 4-8; the seven pooled views of a query already fill a batch (89.5 ms
@@ -258,11 +259,12 @@ class Engine:
                 md = self.catalog.store.get([i])[0]
             if md is None:  # removed since the ids were read
                 continue
-            try:
-                img = load_image(md["image"])
+            try:  # a 12 MP photo: decoded at a fraction of its size, then capped (was 4 MB of base64)
+                img = load_image(md["image"], target=RANDOM_SIDE // 2)
             except ImageError as e:  # a catalog photo gone from disk: try another
                 log.warning("item %d: %s", i, e)
                 continue
+            img.thumbnail((RANDOM_SIDE, RANDOM_SIDE))
             buf = io.BytesIO()
             img.convert("RGB").save(buf, "JPEG", quality=90)
             return int(i), buf.getvalue()
