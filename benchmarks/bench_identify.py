@@ -38,7 +38,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 from PIL import Image
 
-from productlens.data.augment import View, ViewPreprocess
+from productlens.data.augment import StackedViewEmbedder, View
 from productlens.data.images import load_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,13 +85,11 @@ def models_alone(engine: Engine, img: Image.Image) -> float:
     """Seconds of the onnxruntime calls identify makes for ``img``, on inputs preprocessed in memory."""
     cat = engine.catalog
     query = cat.query_embedder.preprocess(img)[None]
-    clf = cat.classifier
-    views = [ViewPreprocess(clf.embedder.preprocess, View.parse(v)) for v in clf.views]
-    inputs = [v(img)[None] for v in views]
+    views = StackedViewEmbedder(cat.classifier.embedder, [View.parse(v) for v in cat.classifier.views])
+    inputs = views.preprocess(img)[None]
     t = time.perf_counter()
     cat.query_embedder.embed(query)
-    for x in inputs:
-        clf.embedder.embed(x)
+    views.embed(inputs)
     return time.perf_counter() - t
 
 

@@ -172,18 +172,17 @@ class Classifier:
 
         from PIL import Image
 
-        from productlens.data.augment import View, ViewPreprocess
-        from productlens.data.images import load_image, reduce_for, to_rgb
+        from productlens.data.augment import StackedViewEmbedder, View
+        from productlens.data.images import load_image, to_rgb
 
-        emb = self.embedder
-        views = [ViewPreprocess(emb.preprocess, View.parse(v)) for v in self.views]
-        need = max(v.size for v in views)  # the pixels the closest view needs: a large photo is reduced once
-        decoded = []
-        for im in images:
-            decoded.append(reduce_for(to_rgb(im) if isinstance(im, Image.Image) else load_image(
-                im.image if hasattr(im, "image") else (im if not isinstance(im, io.BytesIO) else im.getvalue()),
-                target=need), need))
-        feats = np.stack([emb.embed(np.stack([v(img) for img in decoded])) for v in views])
+        # the views as embed_views gives them in training: each photo reduced once (a decoded upload
+        # may be 12 MP), then every view
+        stacked = StackedViewEmbedder(self.embedder, [View.parse(v) for v in self.views])
+        decoded = [to_rgb(im) if isinstance(im, Image.Image) else load_image(
+            im.image if hasattr(im, "image") else (im if not isinstance(im, io.BytesIO) else im.getvalue()),
+            target=stacked.preprocess.size) for im in images]
+        vecs = stacked.embed(np.stack([stacked.preprocess(img) for img in decoded]))
+        feats = vecs.reshape(len(decoded), len(self.views), -1).transpose(1, 0, 2)
         return self.probs_from_features(feats.astype(np.float16), level)
 
     # -- persistence -------------------------------------------------------------------
