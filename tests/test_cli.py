@@ -79,6 +79,37 @@ def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
     assert sorted(md[i]["product_id"] for i in (4, 5, 6)) == [4, 4, 5] and md[7]["product_id"] == 2
 
 
+def test_a_flat_folder_of_photos_indexes_and_its_loose_photos_stay_without_a_product(tmp_path) -> None:
+    """Seller photos straight in a folder are a catalog (each photo an item); beside category folders
+    they are indexed too, and `index add` leaves them without a product rather than inventing one."""
+    import shutil
+
+    from productlens.pipeline.catalog import Catalog
+
+    write_dataset(tmp_path / "ds")
+    img = tmp_path / "ds" / "img"
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in ("t_0_0.jpg", "t_1_0.jpg", "t_2_0.jpg"):
+        shutil.copy(img / f, flat / f)
+    cat = tmp_path / "cat"
+    r = runner.invoke(app, ["index", "build", str(flat), "--out", str(cat), "--model", "efficientnet-lite0"])
+    assert r.exit_code == 0 and "indexed 3 items" in r.output, r.output
+    r = runner.invoke(app, ["search", str(cat), str(img / "t_1_0.jpg"), "-k", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])[0]["id"] == 1  # the same photo comes first
+    more = tmp_path / "more"
+    (more / "box").mkdir(parents=True)
+    shutil.copy(img / "t_0_1.jpg", more / "loose.jpg")
+    shutil.copy(img / "t_3_0.jpg", more / "box" / "boxed.jpg")
+    r = runner.invoke(app, ["index", "add", str(cat), str(more)])
+    assert r.exit_code == 0 and "added 2 item(s) under new ids 3..4" in r.output, r.output
+    with Catalog.open(cat) as c:
+        md = {m["image"].rsplit("/", 1)[-1]: m for m in c.store.get(c.store.ids())}
+    assert md["loose.jpg"].get("product_id") is None and md["t_0_0.jpg"].get("product_id") is None
+    assert md["boxed.jpg"]["product_id"] == 0 and md["boxed.jpg"]["category"] == "box"  # a new product
+
+
 def test_index_add_names_the_ids_it_added_and_each_skipped_file_once(tmp_path) -> None:
     import shutil
 

@@ -138,19 +138,43 @@ def test_read_labelled_csv_text_labels_and_custom_columns(tmp_path: Path) -> Non
     assert all(i.product_id is None for i in unlabelled)
 
 
-def test_read_folder(tmp_path: Path) -> None:
+def test_read_folder(tmp_path: Path, caplog) -> None:
     for rel in ["b_cat/2.jpg", "b_cat/1.PNG", "a_cat/x.webp", "a_cat/notes.txt", "a_cat/.hidden.jpg"]:
         _write(tmp_path / "root" / rel, "")
     _write(tmp_path / "root" / "top.jpg", "")
-    items = read_folder(tmp_path / "root")
+    with caplog.at_level("WARNING"):
+        items = read_folder(tmp_path / "root")
     assert [(Path(i.image).name, i.category, i.product_id) for i in items] == [
         ("x.webp", "a_cat", 0),
         ("1.PNG", "b_cat", 1),
         ("2.jpg", "b_cat", 1),
     ]
     assert [i.id for i in items] == [0, 1, 2]
-    with pytest.raises(ProductLensError, match="no images"):
+    # a labelled set cannot train on a photo with no category folder: left out, and said so
+    assert "1 photo(s)" in caplog.text and "top.jpg" in caplog.text and "no category folder" in caplog.text
+    with pytest.raises(ProductLensError, match="no category folder"):
         read_folder(tmp_path / "root" / "a_cat")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ProductLensError, match="no images found in the layout root/<category>/<image>"):
+        read_folder(tmp_path / "empty")
+
+
+def test_a_catalog_folder_takes_the_photos_at_its_top_as_items_of_their_own(tmp_path: Path) -> None:
+    for rel in ["shelf/b.jpg", "shelf/a.jpg", "z.jpg", "m.png", "notes.txt", ".hidden.jpg"]:
+        _write(tmp_path / "root" / rel, "")
+    items = read_catalog(tmp_path / "root")
+    assert [(Path(i.image).name, i.category, i.product_id) for i in items] == [
+        ("m.png", "", None),  # no folder: no product, each photo its own item
+        ("z.jpg", "", None),
+        ("a.jpg", "shelf", 0),
+        ("b.jpg", "shelf", 0),
+    ]
+    assert [i.id for i in items] == [0, 1, 2, 3]
+    flat = read_catalog(tmp_path / "root" / "shelf")  # a flat folder of seller photos is a catalog
+    assert [(Path(i.image).name, i.product_id) for i in flat] == [("a.jpg", None), ("b.jpg", None)]
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(ProductLensError, match="no images found in photos at its top"):
+        read_catalog(tmp_path / "bare")
 
 
 def test_products_jsonl_and_catalog_detection(tmp_path: Path, manifests: Path) -> None:

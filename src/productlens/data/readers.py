@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,6 +22,8 @@ _GALLERY_COLUMNS = ("seller_img_id", "img_path")
 _QUERY_COLUMNS = ("user_img_id", "img_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
 _BOX_COLUMNS = _QUERY_COLUMNS[2:]
 _URL_PREFIXES = ("http://", "https://", "file://")
+
+log = logging.getLogger(__name__)
 
 
 def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
@@ -133,17 +136,27 @@ def read_labelled_csv(
     return items
 
 
-def read_folder(root: str | os.PathLike[str]) -> list[Item]:
+def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[Item]:
     """Read an ImageFolder tree ``root/<category>/<image>``.
 
     Categories are numbered in sorted order (``product_id``); ``category`` is the
     folder name. Hidden files and non-image files are skipped.
+
+    Photos in ``root`` itself have no category folder. With ``loose`` (a catalog of
+    seller photos) each becomes an item of its own, with no product id, ahead of the
+    folders' items; so a flat folder of photos is a catalog too. Without it (a labelled
+    set) they cannot be trained on: they are left out with a warning that counts them,
+    and a tree with no category folder at all is an error that says so.
     """
     root_path = Path(root)
     if not root_path.is_dir():
         raise ProductLensError(f"{root_path}: not a directory")
-    folders = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = sorted(p for p in root_path.iterdir() if not p.name.startswith("."))
+    folders = [p for p in entries if p.is_dir()]
+    top = [p for p in entries if p.is_file() and _is_image_name(p.name)]
     items: list[Item] = []
+    if loose:
+        items += [Item(id=i, image=str(file.resolve())) for i, file in enumerate(top)]
     for class_index, folder in enumerate(folders):
         for file in sorted(folder.iterdir()):
             if file.is_file() and not file.name.startswith(".") and _is_image_name(file.name):
@@ -155,10 +168,16 @@ def read_folder(root: str | os.PathLike[str]) -> list[Item]:
                         category=folder.name,
                     )
                 )
+    if top and not loose:
+        where = f"{len(top)} photo(s) in {root_path} itself (first {top[0].name}) have no category folder"
+        if not items:
+            raise ProductLensError(f"{where}: a labelled folder holds root/<category>/<image>; "
+                                   "move each photo into the folder of its category")
+        log.warning("%s: left out", where)
     if not items:
+        layout = "photos at its top or in root/<product>/<image>" if loose else "the layout root/<category>/<image>"
         raise ProductLensError(
-            f"{root_path}: no images found in the layout root/<category>/<image> "
-            f"(extensions {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"{root_path}: no images found in {layout} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return items
 
@@ -183,8 +202,8 @@ def read_products_jsonl(path: str | os.PathLike[str]) -> dict[int, dict[str, Any
 def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
     """Read a catalog, detecting its layout.
 
-    A directory (holding ``gallery.csv``, else ``products.jsonl``, else an
-    ImageFolder tree), a gallery csv
+    A directory (holding ``gallery.csv``, else ``products.jsonl``, else photos: a
+    folder per product, photos of their own at its top, or both), a gallery csv
     (``seller_img_id``), a labelled csv (``image``, labelled by ``product_id`` when
     present) or a ``products.jsonl`` (one item per product's shop image).
     """
@@ -194,7 +213,7 @@ def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
             return read_gallery(p / "gallery.csv")
         if (p / "products.jsonl").is_file():
             return _products_catalog(p / "products.jsonl")
-        return read_folder(p)
+        return read_folder(p, loose=True)
     if not p.is_file():
         raise ProductLensError(f"{p}: no such catalog file or directory")
     suffix = p.suffix.lower()

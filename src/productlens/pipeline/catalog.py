@@ -327,7 +327,8 @@ class Catalog:
 
         ``products_by_category`` (items read from an ImageFolder tree, whose product ids number
         its folders from 0): each folder becomes the catalog's product of that category when exactly
-        one product has it, else a new product id above the catalog's largest."""
+        one product has it, else a new product id above the catalog's largest. Photos from the top
+        of the tree (no folder, no product id) stay without one."""
         start = self.free_id()
         items = [dataclasses.replace(it, id=start + i) for i, it in enumerate(items)]
         if products_by_category:
@@ -338,13 +339,14 @@ class Catalog:
                     owners.setdefault(md["category"], set()).add(int(md["product_id"]))
             top = max((int(md["product_id"]) for md in mds), default=-1)
             new: dict[str, int] = {}
-            for name in dict.fromkeys(it.category for it in items):
+            for name in dict.fromkeys(it.category for it in items if it.product_id is not None):
                 if len(owners.get(name, ())) == 1:
                     new[name] = next(iter(owners[name]))
                 else:
                     top += 1
                     new[name] = top
-            items = [dataclasses.replace(it, product_id=new[it.category]) for it in items]
+            items = [it if it.product_id is None else dataclasses.replace(it, product_id=new[it.category])
+                     for it in items]
         return items
 
     def remove(self, ids: Sequence[int]) -> int:
