@@ -187,6 +187,18 @@ def test_temperature_recovers_the_true_one() -> None:
     assert expected_calibration_error(view_probs(z, t), y) < expected_calibration_error(view_probs(z, 1.0), y)
     assert view_probs(np.stack([z, z]), t).shape == (4000, 10)
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
+    assert fit_temperature(z, y, prior_sd=None) == pytest.approx(t, rel=0.01)  # 4,000 photos outweigh the prior
+
+
+def test_a_few_held_out_photos_all_right_do_not_make_every_prediction_certain() -> None:
+    """Separable held-out logits pull the likelihood's temperature to its lower bound (T 0.02: every
+    prediction 100%); the prior on log T keeps it where a handful of photos can say something."""
+    z = np.array([[4.0, 1.0, 0.0], [0.5, 3.0, 0.0], [0.0, 1.0, 2.5], [3.0, 0.0, 1.0]])
+    y = np.array([0, 1, 2, 0])
+    assert fit_temperature(z, y, prior_sd=None) < 0.05
+    t = fit_temperature(z, y)
+    assert 0.3 < t < 1.0
+    assert view_probs(z, t).max(axis=1).min() < 0.99  # the least clear photo is not called certain
 
 
 def test_hierarchy_sums_children_and_refuses_two_parents() -> None:

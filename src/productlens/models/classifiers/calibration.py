@@ -38,8 +38,12 @@ def noisy_channel(probs: np.ndarray, noise: float) -> np.ndarray:
     return (1 - noise) * probs + noise * (1 - probs) / max(1, c - 1)
 
 
+#: Standard deviation of the prior on log T (see :func:`fit_temperature`).
+PRIOR_SD = 2.0
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, float] = (0.02, 20.0),
-                    noise: float = 0.0) -> float:
+                    noise: float = 0.0, prior_sd: float | None = PRIOR_SD) -> float:
     """The temperature that minimises held-out NLL (1.0 when there is nothing to fit on).
 
     ``noise``: the estimated share of wrong labels among ``y`` (uniformly flipped).
@@ -47,14 +51,24 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, bounds: tuple[float, floa
     is calibrated for correct labels: fitting plainly on noisy labels flattens
     the probabilities (e.g. 20% flipped labels took the temperature from 0.4 to
     1.9), which also skews sums over the children of a coarse class.
+
+    ``prior_sd``: a normal prior on log T (mean 0), so the fit is the most probable
+    temperature rather than the likeliest. A few held-out photos that are all
+    classified right would otherwise drive T to its lower bound (every prediction
+    then says 100%); a few hundred outweigh the prior (393 held-out grocery photos:
+    T 0.344 without it, 0.347 with it). ``None`` fits the likelihood alone.
     """
     from scipy.optimize import minimize_scalar
 
     y = np.asarray(y, np.int64)
     if len(y) == 0:
         return 1.0
-    res = minimize_scalar(lambda t: nll(noisy_channel(view_probs(logits, float(np.exp(t))), noise), y),
-                          bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+    weight = 0.0 if prior_sd is None else 0.5 / prior_sd ** 2 / len(y)  # the prior per held-out photo
+
+    def loss(log_t: float) -> float:
+        return nll(noisy_channel(view_probs(logits, float(np.exp(log_t))), noise), y) + weight * log_t ** 2
+
+    res = minimize_scalar(loss, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-3})
     return float(np.exp(res.x))
 
