@@ -43,6 +43,20 @@ def client(catalog_dir, tmp_path):
     app.state.engine.close()
 
 
+def test_matches_with_no_category_keep_a_category_from_being_called_certain(tmp_path):
+    """Without a classifier, categories come from the matches; an uncategorised photo that matches
+    best takes its share, unlisted, instead of leaving the one named category at 100%."""
+    cat = titled_catalog(tmp_path, 4, lambda p: "balls" if p == 3 else "")
+    app = create_app(ServeConfig(catalog=cat, history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        body = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(2, 5, shop=False)),
+                                                        "image/jpeg")}).json()
+    app.state.engine.close()
+    assert body["matches"][0]["product_id"] == 2 and body["category_source"] == "matches"
+    assert [c["category"] for c in body["categories"]] == ["balls"]
+    assert body["categories"][0]["probability"] < 0.5
+
+
 def test_health_page_and_openapi(client):
     h = client.get("/v1/health").json()
     assert h["status"] == "ok" and h["items"] == 4

@@ -194,19 +194,22 @@ class Engine:
 
     def _categories_from_matches(self, hits: list, k: int) -> list[dict]:
         """Each category scored by its best match, turned into shares by a softmax (temperature
-        ``MATCH_TEMPERATURE`` on the cosine): a rough guide when there is no classifier, labelled as such."""
+        ``MATCH_TEMPERATURE`` on the cosine): a rough guide when there is no classifier, labelled as such.
+
+        Matches with no category compete as one unnamed share that is not listed, so a category
+        whose photo matches worse than an uncategorised one is not reported as certain."""
         md = self.catalog.store.get([h.id for h in hits])
         best: dict[str, float] = {}
         for h, m in zip(hits, md):
             c = (m or {}).get("category") or ""
-            if c and h.score > best.get(c, -np.inf):
+            if h.score > best.get(c, -np.inf):
                 best[c] = h.score
-        if not best:
+        if not any(best):
             return []
         names = list(best)
         w = np.exp((np.array([best[c] for c in names]) - max(best.values())) / MATCH_TEMPERATURE)
         w /= w.sum()
-        order = np.argsort(-w, kind="stable")[:k]
+        order = [i for i in np.argsort(-w, kind="stable") if names[i]][:k]
         return [{"category": names[i], "probability": round(float(w[i]), 4)} for i in order]
 
     # ---------------------------------------------------------------- products
