@@ -64,6 +64,25 @@ def test_text_search_lexical_then_dense(encoder):
         ts.search("   ")
     with pytest.raises(ProductLensError):
         TextSearch([ProductText(5)], encoder)
+    # products with no text cannot answer a text query: never listed, even to fill k
+    partly = TextSearch([ProductText(-8), *PRODUCTS[:2], ProductText(-9)], encoder)
+    assert [p.product_id for p, _ in partly.search("apple", 10)] == [0, 1]
+
+
+def test_text_search_cli_names_an_item_that_has_no_product(tmp_path):
+    paths = write_dataset(tmp_path, n_products=3, per_product=1)
+    rows = list(csv.DictReader(open(paths["gallery"])))
+    gallery = tmp_path / "g.csv"  # titled seller photos, no product ids
+    gallery.write_text("seller_img_id,img_path,title\n" + "".join(
+        f"{r['seller_img_id']},{paths['gallery'].parent / r['img_path']},box {r['seller_img_id']}\n" for r in rows))
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "build", str(gallery), "--out", str(tmp_path / "c")]).exit_code == 0
+    res = runner.invoke(app, ["text", "search", str(tmp_path / "c"), "box 1", "-k", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    (hit,) = json.loads(res.output.strip().splitlines()[-1])
+    assert hit["product_id"] is None and hit["id"] == 1 and hit["title"] == "box 1"
+    res = runner.invoke(app, ["text", "search", str(tmp_path / "c"), "box 1", "-k", "1"])
+    assert "id=1  box 1" in res.output
 
 
 # ------------------------------------------------------------------ OCR

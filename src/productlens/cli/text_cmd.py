@@ -34,7 +34,9 @@ def search(
             rows = [{"id": h.id, "product_id": h.product_id, "title": h.title, "image": h.image, "score": h.score}
                     for h in photos_for_text(cat, query, k)]
         else:
-            rows = [{"product_id": p, "title": t, "score": s} for p, t, s in text_search(cat, query, k)]
+            # an item with no product stands for itself (text_search's key -1 - item id): name the item
+            rows = [{"product_id": p, "title": t, "score": s} if p >= 0 else
+                    {"product_id": None, "id": -1 - p, "title": t, "score": s} for p, t, s in text_search(cat, query, k)]
             if rows and all(r["score"] < 1e-4 for r in rows):  # no BM25 score (TextSearch.scores: ties < 1e-4)
                 typer.echo("note: no word of the query occurs in the catalog's text; the products are ordered "
                            "by MiniLM similarity alone (the scores shown are BM25's, all 0)", err=True)
@@ -42,7 +44,8 @@ def search(
         typer.echo(json.dumps(rows))
         return
     for r, row in enumerate(rows, 1):
-        typer.echo(f"{r:3d}  {row['score']:.4f}  product={row['product_id']}  {row['title'] or row.get('image', '')}")
+        who = f"product={row['product_id']}" if row["product_id"] is not None else f"id={row['id']}"
+        typer.echo(f"{r:3d}  {row['score']:.4f}  {who}  {row['title'] or row.get('image', '')}")
 
 
 @app.command("align")

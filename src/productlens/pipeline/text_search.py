@@ -99,6 +99,7 @@ class TextSearch:
         docs = [p.document() for p in self.products]
         if not any(docs):
             raise ProductLensError("no product has any text (title, name, category or description)")
+        self._with_text = np.array([bool(d) for d in docs])
         self.encoder = encoder or get_text_encoder(DEFAULT_TEXT_ENCODER)
         self.vectors = self.encoder.encode(docs)
         self.bm25 = BM25(docs)
@@ -121,8 +122,10 @@ class TextSearch:
         return (np.round(lexical, 4) + (dense + 1.0) * 1e-6).astype(np.float64)
 
     def search(self, query: str, k: int = 10) -> list[tuple[ProductText, float]]:
-        """The ``k`` best products for one query, with their scores (see :meth:`scores`)."""
+        """The ``k`` best products for one query, with their scores (see :meth:`scores`).
+
+        Products with no text at all are left out: nothing in them can answer a text query."""
         s = self.scores([query])[0]
-        order = np.argsort(-s, kind="stable")[:k]
+        order = [i for i in np.argsort(-s, kind="stable") if self._with_text[i]][:k]
         return [(self.products[i], float(s[i])) for i in order]
 
