@@ -364,6 +364,18 @@ def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
     assert res.exit_code == 1 and ("cannot open" in res.output or "no readable frame" in res.output)
     res = runner.invoke(app, ["identify-video", str(clip)])
     assert res.exit_code == 1 and "--catalog" in res.output
+    # a gallery with no product ids (as the AIcrowd one): the items are named, not given made-up products
+    rows = list(csv.DictReader(open(paths["gallery"])))
+    bare = tmp_path / "bare.csv"
+    bare.write_text("seller_img_id,img_path\n" + "".join(f"{r['seller_img_id']},{r['img_path']}\n" for r in rows))
+    shop_of_2 = next(int(r["seller_img_id"]) for r in rows if r["product_id"] == "2")
+    cat, _ = build_catalog(read_gallery(bare), tmp_path / "bare_cat", progress=False)
+    with cat:
+        res = identify_video(cat, clip, k=3)
+    assert res.products[0].product_id is None and res.products[0].id == shop_of_2
+    assert all(t[1] is None and t[2] is not None for t in res.frame_top)
+    res = runner.invoke(app, ["identify-video", str(clip), "--catalog", str(tmp_path / "bare_cat")])
+    assert res.exit_code == 0 and f"id={shop_of_2}" in res.output and "product=" not in res.output, res.output
 
 
 def test_identify_video_fuses_a_given_title_with_a_products_catalog(tmp_path):

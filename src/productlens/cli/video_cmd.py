@@ -54,4 +54,5 @@ def identify_video(
                f"({res.dropped_blurred} blurred, {res.dropped_duplicates} near-duplicates dropped)")
     for r, m in enumerate(res.products, 1):
         times = ", ".join(f"{t:.1f}s" for t in m.times[:8]) + (" ..." if len(m.times) > 8 else "")
-        typer.echo(f"{r:3d}  {m.score:.4f}  product={m.product_id}  {m.title}  frames: {times or '-'}")
+        who = f"product={m.product_id}" if m.product_id is not None else f"id={m.id}"
+        typer.echo(f"{r:3d}  {m.score:.4f}  {who}  {m.title}  frames: {times or '-'}")

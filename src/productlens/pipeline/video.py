@@ -51,10 +51,17 @@ class Frame:
 
 @dataclass
 class ProductMatch:
-    product_id: int
+    product_id: int | None  # None: a catalog item with no product (``id`` names it)
     title: str
     score: float
     times: list[float] = field(default_factory=list)  # frames whose best product this is
+    id: int | None = None  # the item, when it has no product
+
+
+def _match_of(key: int) -> tuple[int | None, int | None]:
+    """(product_id, item id) of a :func:`~productlens.types.product_key`: an item with no product
+    counts as a product of its own, keyed ``-1 - item id``."""
+    return (key, None) if key >= 0 else (None, -1 - key)
 
 
 @dataclass
@@ -65,7 +72,7 @@ class VideoResult:
     dropped_blurred: int
     dropped_duplicates: int
     duration: float
-    frame_top: list[tuple[float, int]]  # (time, best product) of every frame used
+    frame_top: list[tuple[float, int | None, int | None]]  # (time, best product, its item if none) a frame
 
 
 def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple[list[Frame], float]:
@@ -166,10 +173,11 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     clip = table.mean(0)
     order = np.argsort(-clip, kind="stable")[:k]
     top = [max(d, key=d.get) for d in per_frame]
-    matches = [ProductMatch(products[j], titles.get(products[j], ""), float(clip[j]),
-                            [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]]) for j in order]
+    matches = [ProductMatch(_match_of(products[j])[0], titles.get(products[j], ""), float(clip[j]),
+                            [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]],
+                            id=_match_of(products[j])[1]) for j in order]
     return VideoResult(matches, len(sharp), len(frames), blurred, duplicates, round(duration, 2),
-                       [(round(f.time, 2), t) for f, t in zip(frames, top)])
+                       [(round(f.time, 2), *_match_of(t)) for f, t in zip(frames, top)])
 
 
 def _frame_texts(catalog: Catalog, frames: list[Frame], boxes: list, text: str | None) -> list[str] | None:
