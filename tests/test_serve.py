@@ -57,6 +57,30 @@ def test_matches_with_no_category_keep_a_category_from_being_called_certain(tmp_
     assert body["categories"][0]["probability"] < 0.5
 
 
+def test_history_names_an_untitled_match_by_its_item(tmp_path):
+    """A flat folder of photos has no titles: the history row names the best match as the page does."""
+    import shutil
+
+    from productlens.data.readers import read_catalog
+    from productlens.pipeline.catalog_build import build_catalog
+
+    write_dataset(tmp_path / "ds", n_products=3, per_product=1)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in range(3):
+        shutil.copy(tmp_path / "ds" / "img" / f"shop_{p}.jpg", flat / f"shop_{p}.jpg")
+    cat, _ = build_catalog(read_catalog(flat), tmp_path / "cat", progress=False)
+    cat.close()
+    app = create_app(ServeConfig(catalog=tmp_path / "cat", history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        body = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(1, 5, shop=False)),
+                                                        "image/jpeg")}).json()
+        hist = c.get("/v1/history").json()
+    app.state.engine.close()
+    assert body["matches"][0]["title"] == "" and body["categories"] == []
+    assert hist[0]["top_product"] == f"item {body['matches'][0]['id']}"
+
+
 def test_health_page_and_openapi(client):
     h = client.get("/v1/health").json()
     assert h["status"] == "ok" and h["items"] == 4

@@ -113,8 +113,9 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
         def finish(out: dict) -> dict:  # in the same trip to the thread pool: the history row
             top = out["categories"][0] if out["categories"] else {"category": "", "probability": 0.0}
+            best = out["matches"][0] if out["matches"] else None  # an untitled photo is named as the page does
             out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
-                                            out["matches"][0]["title"] if out["matches"] else "")
+                                            (best["title"] or f"item {best['id']}") if best else "")
             out["image_size"] = list(img.size)
             if preview:  # what the boxes are in: a browser may not apply EXIF orientation (WebP) or read TIFF
                 out["preview"] = "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(img, 400)).decode()
