@@ -16,7 +16,8 @@ app = typer.Typer(help="Build and maintain a catalog index.", no_args_is_help=Tr
 @app.command("build")
 @fail_cleanly
 def build(
-    catalog: Path = typer.Argument(..., help="Folder, gallery.csv, labelled csv or products.jsonl."),
+    catalog: Path = typer.Argument(..., help="Folder of photos (or of a folder per product), gallery.csv, "
+                                             "labelled csv or products.jsonl."),
     out: Path = typer.Option(..., "--out", "-o", help="Catalog folder to create."),
     train: Optional[Path] = typer.Option(None, help="csv of labelled shopper photos (image, product_id) to adapt the embedding."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name (see `productlens models`)."),
