@@ -36,7 +36,8 @@ def search(
         else:
             # an item with no product stands for itself (text_search's key -1 - item id): name the item
             rows = [{"product_id": p, "title": t, "score": s} if p >= 0 else
-                    {"product_id": None, "id": -1 - p, "title": t, "score": s} for p, t, s in text_search(cat, query, k)]
+                    {"product_id": None, "id": -1 - p, "title": t, "score": s}
+                    for p, t, s in text_search(cat, query, k)]
             if rows and all(r["score"] < 1e-4 for r in rows):  # no BM25 score (TextSearch.scores: ties < 1e-4)
                 typer.echo("note: no word of the query occurs in the catalog's text; the products are ordered "
                            "by MiniLM similarity alone (the scores shown are BM25's, all 0)", err=True)

@@ -204,7 +204,7 @@ class Engine:
             c = (m or {}).get("category") or ""
             if h.score > best.get(c, -np.inf):
                 best[c] = h.score
-        if not any(best):
+        if not any(best):  # no match has a category
             return []
         names = list(best)
         w = np.exp((np.array([best[c] for c in names]) - max(best.values())) / MATCH_TEMPERATURE)
