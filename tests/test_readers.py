@@ -159,6 +159,19 @@ def test_read_folder(tmp_path: Path, caplog) -> None:
         read_folder(tmp_path / "empty")
 
 
+def test_read_folder_says_which_deeper_folders_it_does_not_read(tmp_path: Path, caplog) -> None:
+    """A tree one level too deep (root/Fruit/Apple/x.jpg) is an error that names it, not 'no images';
+    beside photos it reads, such folders are named in a warning rather than dropped silently."""
+    for rel in ["Fruit/Apple/1.jpg", "Fruit/Pear/2.jpg", "Dairy/Milk/3.jpg"]:
+        _write(tmp_path / "deep" / rel, "")
+    with pytest.raises(ProductLensError, match=r"3 folder\(s\) inside the category folders .*first Dairy/Milk"):
+        read_catalog(tmp_path / "deep")
+    _write(tmp_path / "deep" / "Fruit" / "0.jpg", "")
+    with caplog.at_level("WARNING"):
+        items = read_folder(tmp_path / "deep")
+    assert [Path(i.image).name for i in items] == ["0.jpg"] and "are not read" in caplog.text
+
+
 def test_a_catalog_folder_takes_the_photos_at_its_top_as_items_of_their_own(tmp_path: Path) -> None:
     for rel in ["shelf/b.jpg", "shelf/a.jpg", "z.jpg", "m.png", "notes.txt", ".hidden.jpg"]:
         _write(tmp_path / "root" / rel, "")

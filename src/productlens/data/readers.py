@@ -146,7 +146,9 @@ def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[It
     seller photos) each becomes an item of its own, with no product id, ahead of the
     folders' items; so a flat folder of photos is a catalog too. Without it (a labelled
     set) they cannot be trained on: they are left out with a warning that counts them,
-    and a tree with no category folder at all is an error that says so.
+    and a tree with no category folder at all is an error that says so. Folders inside
+    the category folders are not read either: a warning names them, and a tree whose
+    photos all sit that deep is an error that says so.
     """
     root_path = Path(root)
     if not root_path.is_dir():
@@ -157,9 +159,14 @@ def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[It
     items: list[Item] = []
     if loose:
         items += [Item(id=i, image=str(file.resolve())) for i, file in enumerate(top)]
+    deeper: list[Path] = []  # folders inside category folders: the layout is one level deep
     for class_index, folder in enumerate(folders):
         for file in sorted(folder.iterdir()):
-            if file.is_file() and not file.name.startswith(".") and _is_image_name(file.name):
+            if file.name.startswith("."):
+                continue
+            if file.is_dir():
+                deeper.append(file)
+            elif file.is_file() and _is_image_name(file.name):
                 items.append(
                     Item(
                         id=len(items),
@@ -168,6 +175,13 @@ def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[It
                         category=folder.name,
                     )
                 )
+    if deeper:
+        nested = (f"{len(deeper)} folder(s) inside the category folders of {root_path} (first "
+                  f"{deeper[0].relative_to(root_path)}) are not read: one folder level per category")
+        if not items:
+            raise ProductLensError(f"{nested}, and no photo sits above them; point at the folder that holds "
+                                   "the category folders, or list the photos in a csv")
+        log.warning("%s", nested)
     if top and not loose:
         where = f"{len(top)} photo(s) in {root_path} itself (first {top[0].name}) have no category folder"
         if not items:
