@@ -120,3 +120,9 @@ def product_key(item_id: int, product_id: object) -> int:
     if product_id is not None and int(product_id) >= 0:  # type: ignore[call-overload]
         return int(product_id)  # type: ignore[call-overload]
     return -1 - int(item_id)
+
+
+def key_owner(key: int) -> tuple[int | None, int | None]:
+    """The inverse of :func:`product_key`, for output: ``(product_id, None)`` for a product,
+    ``(None, item_id)`` for an item that counts as a product of its own."""
+    return (key, None) if key >= 0 else (None, -1 - key)

@@ -28,16 +28,19 @@ def search(
     """Rank the catalog's products (or photos) for a text query."""
     from productlens.pipeline.catalog import Catalog
     from productlens.pipeline.multimodal import photos_for_text, text_search
+    from productlens.types import key_owner
 
     with Catalog.open(catalog_dir) as cat:
         if photos:
             rows = [{"id": h.id, "product_id": h.product_id, "title": h.title, "image": h.image, "score": h.score}
                     for h in photos_for_text(cat, query, k)]
         else:
-            # an item with no product stands for itself (text_search's key -1 - item id): name the item
-            rows = [{"product_id": p, "title": t, "score": s} if p >= 0 else
-                    {"product_id": None, "id": -1 - p, "title": t, "score": s}
-                    for p, t, s in text_search(cat, query, k)]
+            # an item with no product stands for itself (text_search keys it by product_key): name the item
+            rows = []
+            for key, title, score in text_search(cat, query, k):
+                pid, item = key_owner(key)
+                rows.append({"product_id": pid, "title": title, "score": score} if item is None else
+                            {"product_id": None, "id": item, "title": title, "score": score})
             if rows and all(r["score"] < 1e-4 for r in rows):  # no BM25 score (TextSearch.scores: ties < 1e-4)
                 typer.echo("note: no word of the query occurs in the catalog's text; the products are ordered "
                            "by MiniLM similarity alone (the scores shown are BM25's, all 0)", err=True)

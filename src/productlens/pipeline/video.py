@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from productlens.pipeline.catalog import Catalog
-from productlens.types import ProductLensError, product_key
+from productlens.types import ProductLensError, key_owner, product_key
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,6 @@ class ProductMatch:
     score: float
     times: list[float] = field(default_factory=list)  # frames whose best product this is
     id: int | None = None  # the item, when it has no product
-
-
-def _match_of(key: int) -> tuple[int | None, int | None]:
-    """(product_id, item id) of a :func:`~productlens.types.product_key`: an item with no product
-    counts as a product of its own, keyed ``-1 - item id``."""
-    return (key, None) if key >= 0 else (None, -1 - key)
 
 
 @dataclass
@@ -173,11 +167,13 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     clip = table.mean(0)
     order = np.argsort(-clip, kind="stable")[:k]
     top = [max(d, key=d.get) for d in per_frame]
-    matches = [ProductMatch(_match_of(products[j])[0], titles.get(products[j], ""), float(clip[j]),
-                            [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]],
-                            id=_match_of(products[j])[1]) for j in order]
+    matches = []
+    for j in order:
+        pid, item = key_owner(products[j])
+        matches.append(ProductMatch(pid, titles.get(products[j], ""), float(clip[j]),
+                                    [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]], id=item))
     return VideoResult(matches, len(sharp), len(frames), blurred, duplicates, round(duration, 2),
-                       [(round(f.time, 2), *_match_of(t)) for f, t in zip(frames, top)])
+                       [(round(f.time, 2), *key_owner(t)) for f, t in zip(frames, top)])
 
 
 def _frame_texts(catalog: Catalog, frames: list[Frame], boxes: list, text: str | None) -> list[str] | None:
