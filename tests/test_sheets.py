@@ -192,3 +192,19 @@ def test_drawn_text_uses_a_font_with_more_than_latin() -> None:
     pytest.importorskip("matplotlib")  # ships DejaVu Sans
     f = fonts.font(14)
     assert isinstance(f, ImageFont.FreeTypeFont) and f.getname()[0].startswith(("DejaVu", "Noto"))
+
+
+def test_search_plot_names_untitled_results_by_product_or_item(tmp_path, monkeypatch) -> None:
+    from productlens.cli import search_cmd
+    from productlens.eval import sheets
+    from productlens.types import Hit
+
+    product_photo(0, 0, shop=True).save(tmp_path / "g.jpg")
+    g = str(tmp_path / "g.jpg")
+    seen = {}
+    real = sheets.contact_sheet
+    monkeypatch.setattr(sheets, "contact_sheet",
+                        lambda rows, path, **kw: seen.update(rows=rows) or real(rows, path, **kw))
+    hits = [Hit(3, 0.9, None, "", g), Hit(4, 0.8, 0, "", g), Hit(5, 0.7, 2, "Oat milk", g)]
+    search_cmd._plot_hits([(g, None, None, hits)], tmp_path / "h.png", title="t")
+    assert [t.caption.split("\n")[1] for t in seen["rows"][0][1:]] == ["item 3", "product 0", "Oat milk"]

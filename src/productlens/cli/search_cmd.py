@@ -73,7 +73,8 @@ def _plot_hits(queries: list, path: Path, *, title: str, per_row: int = 6) -> No
         tiles = [Tile(image, "query" + (f"\nproduct {truth}" if truth is not None else ""), box=box)]
         for r, h in enumerate(hits, 1):
             border = None if truth is None else RIGHT if same_product(h.product_id, truth) else WRONG
-            tiles.append(Tile(h.image, f"#{r} {h.score:.3f}\n{h.title or h.product_id}", border=border))
+            name = h.title or (f"product {h.product_id}" if h.product_id is not None else f"item {h.id}")
+            tiles.append(Tile(h.image, f"#{r} {h.score:.3f}\n{name}", border=border))
         rows += [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
     try:
         typer.echo(f"wrote {contact_sheet(rows, path, title=title)}", err=True)
