@@ -55,3 +55,8 @@ def verify_option():
     where OpenCV is installed; see :func:`productlens.pipeline.verify.resolve`)."""
     return typer.Option(None, "--verify/--no-verify", help="Spatial verification: re-rank the top 10 by SIFT "
                         "matches that fit one geometry (default: on where OpenCV is installed).")
+
+
+def owner_label(product_id: int | None, item_id: int | None) -> str:
+    """``product=P`` for a ranked product, ``id=N`` for an item that has no product (printed rankings)."""
+    return f"product={product_id}" if product_id is not None else f"id={item_id}"

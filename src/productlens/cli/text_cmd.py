@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, reports_skipped
+from productlens.cli.common import fail_cleanly, owner_label, reports_skipped
 from productlens.config import ZERO_SHOT_IMAGENET_WEIGHT
 
 app = typer.Typer(help="Product text: search by words, align photos with titles, zero-shot, OCR.",
@@ -48,7 +48,7 @@ def search(
         typer.echo(json.dumps(rows))
         return
     for r, row in enumerate(rows, 1):
-        who = f"product={row['product_id']}" if row["product_id"] is not None else f"id={row['id']}"
+        who = owner_label(row["product_id"], row.get("id"))
         typer.echo(f"{r:3d}  {row['score']:.4f}  {who}  {row['title'] or row.get('image', '')}")
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from productlens.cli.common import owner_label
 from productlens.config import GIVEN_TEXT_WEIGHT
 
 
@@ -54,5 +55,4 @@ def identify_video(
                f"({res.dropped_blurred} blurred, {res.dropped_duplicates} near-duplicates dropped)")
     for r, m in enumerate(res.products, 1):
         times = ", ".join(f"{t:.1f}s" for t in m.times[:8]) + (" ..." if len(m.times) > 8 else "")
-        who = f"product={m.product_id}" if m.product_id is not None else f"id={m.id}"
-        typer.echo(f"{r:3d}  {m.score:.4f}  {who}  {m.title}  frames: {times or '-'}")
+        typer.echo(f"{r:3d}  {m.score:.4f}  {owner_label(m.product_id, m.id)}  {m.title}  frames: {times or '-'}")
