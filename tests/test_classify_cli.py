@@ -234,6 +234,44 @@ def test_classifier_attached_to_a_catalog(tmp_path) -> None:
     assert r.exit_code != 0 and "not a productlens classifier folder" in r.output
 
 
+def test_catalog_classify_decodes_a_large_photo_reduced(tmp_path, monkeypatch) -> None:
+    """A catalog's top categories for a large JPEG come from a draft decode (not the whole photo),
+    and are those ``classify predict`` gives for the same file; a box is cropped in original pixels."""
+    from productlens.data import images
+    from productlens.pipeline import catalog as catalog_mod
+    from productlens.pipeline.catalog import Catalog
+    from productlens.models.classifiers import load_classifier
+    from productlens.types import Box
+
+    train = write_set(tmp_path)
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["index", "build", str(tmp_path / "img"), "--out", str(tmp_path / "cat"),
+                            "--model", "fake-tiny"])
+    assert r.exit_code == 0, r.output
+    big = tmp_path / "big.jpg"
+    product_photo(2, 1, shop=False, size=64).resize((1600, 1600)).save(big, quality=95)
+    decoded = []
+
+    def spy(*args, **kwargs):
+        img = images.load_image(*args, **kwargs)
+        decoded.append(img.size)
+        return img
+
+    monkeypatch.setattr(catalog_mod, "load_image", spy)
+    clf = load_classifier(tmp_path / "m")
+    with Catalog.open(tmp_path / "cat") as cat:
+        cat.attach_classifier(tmp_path / "m")
+        top = cat.classify(str(big), k=3)
+        boxed = cat.classify(str(big), box=Box(0, 0, 800, 1600), k=3)
+    assert decoded[0][0] < 1600 and decoded[0][0] >= clf.input_size  # drafted, never below what the views need
+    assert decoded[1][1] == decoded[0][1] and decoded[1][0] == decoded[0][0] // 2  # the left half, scaled alike
+    want = clf.predict(str(big), k=3)[0]
+    assert [c for c, _ in top] == [c for c, _ in want]
+    assert [p for _, p in top] == pytest.approx([p for _, p in want], abs=1e-4)
+    assert len(boxed) == 3
+
+
 def test_predict_with_detect_classifies_the_detected_box(tmp_path) -> None:
     from test_detect import _write_user_detector
 

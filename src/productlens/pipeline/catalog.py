@@ -447,7 +447,7 @@ class Catalog:
         if clf is None:
             raise ProductLensError(f"{self.path} has no classifier; attach one with "
                                    "`productlens index attach-classifier`")
-        img = load_image(source, box=box)
+        img = load_image(source, box=box, target=clf.input_size)  # a large JPEG: decoded at a fraction of its size
         return clf.predict(img, k=k, level=level)[0]
 
     def search(self, source: Any, *, box: Box | None = None, k: int = 10, rerank: bool = True,

@@ -130,6 +130,14 @@ class Classifier:
             self._embedder = emb
         return self._embedder
 
+    @property
+    def input_size(self) -> int:
+        """The side an image needs for every view (``load_image(..., target=input_size)`` decodes a large
+        JPEG at a fraction of its size and loses nothing the views use)."""
+        from productlens.data.augment import PooledViewPreprocess, View
+
+        return PooledViewPreprocess(self.embedder.preprocess, [View.parse(v) for v in self.views]).size
+
     def probs_from_features(self, feats: np.ndarray, level: str | None = None) -> np.ndarray:
         """Features (N x D, or V x N x D for several views) -> calibrated probabilities at ``level``."""
         logits = self.head.logits(prepare(feats, self.mean))
@@ -180,7 +188,7 @@ class Classifier:
         stacked = StackedViewEmbedder(self.embedder, [View.parse(v) for v in self.views])
         decoded = [to_rgb(im) if isinstance(im, Image.Image) else load_image(
             im.image if hasattr(im, "image") else (im if not isinstance(im, io.BytesIO) else im.getvalue()),
-            target=stacked.preprocess.size) for im in images]
+            target=self.input_size) for im in images]
         vecs = stacked.embed(np.stack([stacked.preprocess(img) for img in decoded]))
         feats = vecs.reshape(len(decoded), len(self.views), -1).transpose(1, 0, 2)
         return self.probs_from_features(feats.astype(np.float16), level)
