@@ -98,6 +98,8 @@ def test_a_flat_folder_of_photos_indexes_and_its_loose_photos_stay_without_a_pro
     r = runner.invoke(app, ["search", str(cat), str(img / "t_1_0.jpg"), "-k", "1", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])[0]["id"] == 1  # the same photo comes first
+    r = runner.invoke(app, ["search", str(cat), str(img / "t_1_0.jpg"), "-k", "1"])
+    assert r.exit_code == 0 and "id=1  product=-  " in r.output and "None" not in r.output, r.output
     more = tmp_path / "more"
     (more / "box").mkdir(parents=True)
     shutil.copy(img / "t_0_1.jpg", more / "loose.jpg")

@@ -81,6 +81,27 @@ def test_history_names_an_untitled_match_by_its_item(tmp_path):
     assert hist[0]["top_product"] == f"item {body['matches'][0]['id']}"
 
 
+def test_history_names_an_untitled_match_by_its_product(tmp_path):
+    """A gallery.csv with product ids and no titles: the history row says ``product P`` (types.result_name)."""
+    from productlens.data.readers import read_catalog
+    from productlens.pipeline.catalog_build import build_catalog
+
+    write_dataset(tmp_path / "ds", n_products=3, per_product=1)
+    (tmp_path / "ds" / "untitled.csv").write_text("seller_img_id,img_path,product_id\n" + "".join(
+        f"{p},img/shop_{p}.jpg,{p + 10}\n" for p in range(3)))
+    cat, _ = build_catalog(read_catalog(tmp_path / "ds" / "untitled.csv"), tmp_path / "cat", progress=False)
+    cat.close()
+    app = create_app(ServeConfig(catalog=tmp_path / "cat", history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        body = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(1, 5, shop=False)),
+                                                        "image/jpeg")}).json()
+        hist = c.get("/v1/history").json()
+    app.state.engine.close()
+    best = body["matches"][0]
+    assert best["title"] == "" and best["product_id"] >= 10
+    assert hist[0]["top_product"] == f"product {best['product_id']}"
+
+
 def test_health_page_and_openapi(client):
     h = client.get("/v1/health").json()
     assert h["status"] == "ok" and h["items"] == 4

@@ -205,6 +205,6 @@ def test_search_plot_names_untitled_results_by_product_or_item(tmp_path, monkeyp
     real = sheets.contact_sheet
     monkeypatch.setattr(sheets, "contact_sheet",
                         lambda rows, path, **kw: seen.update(rows=rows) or real(rows, path, **kw))
-    hits = [Hit(3, 0.9, None, "", g), Hit(4, 0.8, 0, "", g), Hit(5, 0.7, 2, "Oat milk", g)]
+    hits = [Hit(3, 0.9, None, "", g), Hit(4, 0.8, 0, "", g), Hit(5, 0.7, 2, "Oat milk", g), Hit(6, 0.6, -1, "", g)]
     search_cmd._plot_hits([(g, None, None, hits)], tmp_path / "h.png", title="t")
-    assert [t.caption.split("\n")[1] for t in seen["rows"][0][1:]] == ["item 3", "product 0", "Oat milk"]
+    assert [t.caption.split("\n")[1] for t in seen["rows"][0][1:]] == ["item 3", "product 0", "Oat milk", "item 6"]

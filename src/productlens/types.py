@@ -122,6 +122,16 @@ def product_key(item_id: int, product_id: object) -> int:
     return -1 - int(item_id)
 
 
+def result_name(title: str | None, item_id: int, product_id: object) -> str:
+    """What a ranked photo is called where people read it (a plot, the page, its history): its title,
+    else ``product P``, else (no product, or a -1 distractor) ``item N``. The page's app.js mirrors this."""
+    if title:
+        return str(title)
+    if product_id is not None and int(product_id) >= 0:  # type: ignore[call-overload]
+        return f"product {product_id}"
+    return f"item {item_id}"
+
+
 def key_owner(key: int) -> tuple[int | None, int | None]:
     """The inverse of :func:`product_key`, for output: ``(product_id, None)`` for a product,
     ``(None, item_id)`` for an item that counts as a product of its own."""

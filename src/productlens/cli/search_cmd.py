@@ -58,7 +58,8 @@ def search(
     if categories is not None:
         typer.echo("categories: " + ", ".join(f"{c} {p:.2f}" for c, p in categories))
     for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank:3d}  {h.score:.4f}  id={h.id}  product={h.product_id}  {h.title or h.image}")
+        product = h.product_id if h.product_id is not None else "-"
+        typer.echo(f"{rank:3d}  {h.score:.4f}  id={h.id}  product={product}  {h.title or h.image}")
 
 
 def _plot_hits(queries: list, path: Path, *, title: str, per_row: int = 6) -> None:
@@ -66,14 +67,14 @@ def _plot_hits(queries: list, path: Path, *, title: str, per_row: int = 6) -> No
     with score and title; green/red borders where the true product is known (-1, a distractor,
     is never right). A sheet that cannot be written is a warning: the results stand."""
     from productlens.eval.sheets import RIGHT, WRONG, Tile, contact_sheet
-    from productlens.types import ProductLensError
+    from productlens.types import ProductLensError, result_name
 
     rows = []
     for image, box, truth, hits in queries:
         tiles = [Tile(image, "query" + (f"\nproduct {truth}" if truth is not None else ""), box=box)]
         for r, h in enumerate(hits, 1):
             border = None if truth is None else RIGHT if same_product(h.product_id, truth) else WRONG
-            name = h.title or (f"product {h.product_id}" if h.product_id is not None else f"item {h.id}")
+            name = result_name(h.title, h.id, h.product_id)
             tiles.append(Tile(h.image, f"#{r} {h.score:.3f}\n{name}", border=border))
         rows += [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
     try:

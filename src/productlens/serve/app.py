@@ -24,7 +24,7 @@ from productlens.serve.engine import (CatalogEmpty, Engine, IdentifyRequest, Ite
                                       thumbnail_jpeg)
 from productlens.serve.history import History
 from productlens.serve.limits import BodyLimit
-from productlens.types import Box, BoxError, ImageError, ProductLensError
+from productlens.types import Box, BoxError, ImageError, ProductLensError, result_name
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -115,7 +115,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             top = out["categories"][0] if out["categories"] else {"category": "", "probability": 0.0}
             best = out["matches"][0] if out["matches"] else None  # an untitled photo is named as the page does
             out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
-                                            (best["title"] or f"item {best['id']}") if best else "")
+                                            result_name(best["title"], best["id"], best["product_id"]) if best else "")
             out["image_size"] = list(img.size)
             if preview:  # what the boxes are in: a browser may not apply EXIF orientation (WebP) or read TIFF
                 out["preview"] = "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(img, 400)).decode()

@@ -70,9 +70,16 @@ async function render(blob, r, mine) {
      <div class="bar"><span style="width:${(100 * c.probability).toFixed(1)}%"></span></div></li>`).join("")
     : "<li>No category information in this catalog.</li>";
   $("matches").innerHTML = r.matches.map((m) =>
-    `<div class="match"><img src="${m.thumbnail}" alt=""><div>${esc(m.title || "item " + m.id)}</div>
+    `<div class="match"><img src="${m.thumbnail}" alt=""><div>${esc(resultName(m))}</div>
      <div>score ${m.score.toFixed(3)}</div></div>`).join("");
   return true;
+}
+
+// types.result_name: the title, else "product P", else (no product, or a -1 distractor) "item N"
+function resultName(m) {
+  if (m.title) return m.title;
+  return m.product_id !== null && m.product_id !== undefined && m.product_id >= 0
+    ? `product ${m.product_id}` : `item ${m.id}`;
 }
 
 async function loadHistory() {
