@@ -272,6 +272,48 @@ def test_catalog_classify_decodes_a_large_photo_reduced(tmp_path, monkeypatch) -
     assert len(boxed) == 3
 
 
+def test_search_downloads_a_url_query_once(tmp_path) -> None:
+    """A URL query with categories to show is fetched once (it was fetched for the search and again
+    for the categories); a failed download names the URL."""
+    import http.server
+    import threading
+
+    train = write_set(tmp_path)
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["index", "build", str(tmp_path / "img"), "--out", str(tmp_path / "cat"),
+                            "--model", "fake-tiny"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["index", "attach-classifier", str(tmp_path / "cat"), str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    gets = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path / "img"), **kwargs)
+
+        def do_GET(self):
+            gets.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        r = runner.invoke(app, ["search", str(tmp_path / "cat"), f"{base}/train_2_1.jpg", "-k", "2",
+                                "--plot", str(tmp_path / "hits.png")])
+        assert r.exit_code == 0 and "categories: " in r.output, r.output
+        assert gets == ["/train_2_1.jpg"] and (tmp_path / "hits.png").is_file()
+        r = runner.invoke(app, ["search", str(tmp_path / "cat"), f"{base}/missing.jpg"])
+        assert r.exit_code == 1 and f"{base}/missing.jpg: download failed" in r.output, r.output
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_predict_with_detect_classifies_the_detected_box(tmp_path) -> None:
     from test_detect import _write_user_detector
 

@@ -32,7 +32,7 @@ def search(
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of the query and its results here."),
 ) -> None:
     """Rank the catalog for one query photo."""
-    from productlens.data.images import load_image
+    from productlens.data.images import load_image, read_once
     from productlens.eval.sheets import sheet_path
     from productlens.models.detectors import load_detector
     from productlens.pipeline.catalog import Catalog
@@ -42,16 +42,17 @@ def search(
     if plot:
         sheet_path(plot)
     query_box = Box.parse(box)
-    if detect and query_box is None:
-        query_box = best_box(load_detector(detector), load_image(image))
-        typer.echo(f"detected box: {query_box.as_tuple() if query_box else 'none (whole photo)'}", err=True)
     with Catalog.open(catalog_dir) as cat:
-        hits = cat.search(image, box=query_box, k=k, rerank=rerank, text=text, verify=verify)
+        source = read_once(image)  # a URL: downloaded once for the detector, the search and the categories
+        if detect and query_box is None:
+            query_box = best_box(load_detector(detector), load_image(source))
+            typer.echo(f"detected box: {query_box.as_tuple() if query_box else 'none (whole photo)'}", err=True)
+        hits = cat.search(source, box=query_box, k=k, rerank=rerank, text=text, verify=verify)
         categories = None
         if not as_json and cat.classifier is not None:  # the attached classifier's top 4 categories
-            categories = cat.classify(image, box=query_box, k=4)
+            categories = cat.classify(source, box=query_box, k=4)
     if plot:
-        _plot_hits([(image, query_box, None, hits)], plot, title=f"{Path(image).name}: top {len(hits)}")
+        _plot_hits([(source, query_box, None, hits)], plot, title=f"{Path(image).name}: top {len(hits)}")
     if as_json:
         typer.echo(json.dumps([h.__dict__ for h in hits]))
         return

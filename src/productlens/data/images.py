@@ -146,6 +146,27 @@ def image_size(source: Source) -> tuple[int, int]:
         raise ImageError(f"{name}: cannot read image header ({type(exc).__name__}: {exc})") from exc
 
 
+class NamedBytes(bytes):
+    """Image bytes that keep the name they came from (a URL), for messages: a source like any bytes."""
+
+    name: str
+
+    def __new__(cls, data: bytes, name: str) -> "NamedBytes":
+        obj = super().__new__(cls, data)
+        obj.name = name
+        return obj
+
+
+def read_once(source: Source) -> Source:
+    """``source`` as it is, but an http(s) URL downloaded now (:class:`NamedBytes`): for a query that
+    several steps decode (detection, search, categories), so that the photo is fetched once."""
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if isinstance(text, str) and urllib.parse.urlsplit(text).scheme.lower() in ("http", "https"):
+            return NamedBytes(_fetch_url(text), text)
+    return source
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB.
 
@@ -190,9 +211,10 @@ def _open_source(source: Source) -> tuple[str, "io.BytesIO | Path"]:
     """Resolve ``source`` to (display name, path or in-memory bytes)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+        name = getattr(source, "name", "<bytes>")
         if not data:
-            raise ImageError("<bytes>: empty image data")
-        return "<bytes>", io.BytesIO(data)
+            raise ImageError(f"{name}: empty image data")
+        return name, io.BytesIO(data)
     if not isinstance(source, (str, os.PathLike)):
         raise ImageError(f"unsupported image source of type {type(source).__name__}")
     text = os.fspath(source)

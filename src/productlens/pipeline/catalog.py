@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
-from productlens.data.images import MIN_SIDE, load_image
+from productlens.data.images import MIN_SIDE, load_image, read_once
 from productlens.fileio import file_lock
 from productlens.heads.adapter import Adapter
 from productlens.index.base import Store
@@ -465,6 +465,7 @@ class Catalog:
         if box is None and detector is not None:
             from productlens.pipeline.detect import best_box
 
+            source = read_once(source)  # a URL: fetched once for the detector and the search
             box = best_box(detector, load_image(source))
         img = load_image(source, box=box, target=self.query_embedder.preprocess.size,  # ImageError / BoxError
                          min_side=MIN_SIDE)
