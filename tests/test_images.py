@@ -325,6 +325,13 @@ def test_bad_boxes_raise_box_error(small_png: Path, box: Box, why: str) -> None:
         Box.parse("nan,0,10,10")
 
 
+@pytest.mark.parametrize("text, why", [("1_0,0,5,5", "4 numbers"), ("0,0,-50,-50", "cannot be negative"),
+                                       ("0,0,5,-1", "cannot be negative")])
+def test_box_text_that_float_would_misread_is_refused(text: str, why: str) -> None:
+    with pytest.raises(BoxError, match=why):
+        Box.parse(text)
+
+
 def test_reduce_for_shrinks_by_whole_factors_past_twice_the_need() -> None:
     img = Image.new("RGB", (1000, 800), RED)
     small = reduce_for(img, 260)

@@ -538,3 +538,128 @@ def test_no_path_traversal_through_parameters(client):
         r = client.get(url)
         assert r.status_code in (404, 422), (url, r.status_code)
         assert "import" not in r.text
+
+
+def test_a_writer_waiting_for_another_process_does_not_stall_reads(tmp_path):
+    """While another process holds the catalog's writer lock, reads answer at once; admin calls wait
+    ``write_wait`` seconds and then answer 503 with Retry-After (DELETE was a 500, PUT a 400)."""
+    import threading
+    import time
+
+    from productlens.fileio import file_lock
+    from productlens.pipeline.catalog import WRITER_LOCK
+
+    cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite", write_wait=1.5))
+    admin = {"X-API-Key": KEY}
+    with TestClient(app) as c, file_lock(cat_dir / WRITER_LOCK):  # as `productlens index add` would
+        slow = {}
+        waiting = threading.Thread(target=lambda: slow.update(r=c.delete("/v1/products/1", headers=admin)))
+        waiting.start()
+        time.sleep(0.3)  # the delete now waits for the file lock
+        t = time.monotonic()
+        assert c.get("/v1/products/0").status_code == 200
+        r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(0, 5, shop=False)), "image/jpeg")})
+        assert r.status_code == 200 and time.monotonic() - t < 1.0
+        waiting.join()
+        assert slow["r"].status_code == 503 and slow["r"].headers["retry-after"] == "5"
+        assert "locked" in slow["r"].json()["detail"]
+        r = c.put("/v1/products/1", json={"title": "x"}, headers=admin)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        files = {"image": ("p.jpg", _jpeg(product_photo(3, 0, shop=True)), "image/jpeg")}
+        r = c.post("/v1/products", files=files, data={"product_id": "3"}, headers=admin)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    with TestClient(app) as c:  # the lock released: the same calls go through
+        assert c.delete("/v1/products/1", headers=admin).json()["removed"] == 1
+    app.state.engine.close()
+
+
+def test_uploads_are_stored_under_an_absolute_path(tmp_path, monkeypatch):
+    """A server started from the catalog's parent with a relative path: a photo it stores can still be
+    read, and removed, by a server started anywhere else."""
+    cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
+    monkeypatch.chdir(cat_dir.parent)
+    app = create_app(ServeConfig(catalog=cat_dir.name, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    admin = {"X-API-Key": KEY}
+    with TestClient(app) as c:
+        files = {"image": ("p.jpg", _jpeg(product_photo(4, 0, shop=True)), "image/jpeg")}
+        new = c.post("/v1/products", files=files, data={"product_id": "4"}, headers=admin).json()["id"]
+        stored = app.state.engine.catalog.store.get([new])[0]["image"]
+    app.state.engine.close()
+    assert os.path.isabs(stored)
+    monkeypatch.chdir(tmp_path)
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        assert c.get(f"/v1/items/{new}/thumbnail").status_code == 200
+        assert c.delete("/v1/products/4", headers=admin).json()["removed"] == 1
+    app.state.engine.close()
+    assert not os.path.exists(stored)
+
+
+def test_ids_of_a_built_catalog_are_not_reused_and_spent_ids_do_not_lock_adding_out(tmp_path):
+    """A catalog from `index build` records no next id: its removed items' ids must not come back (nor
+    id 0 once it is empty). An item added by hand at the largest id leaves the service able to add."""
+    from productlens.serve.engine import MAX_ID
+
+    cat_dir = titled_catalog(tmp_path / "data", 3, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    admin = {"X-API-Key": KEY}
+
+    def add(product: int, **extra):
+        files = {"image": ("p.jpg", _jpeg(product_photo(product, 0, shop=True)), "image/jpeg")}
+        return c.post("/v1/products", files=files, data={"product_id": str(product), **extra}, headers=admin)
+
+    with TestClient(app) as c:
+        for p in (2, 1, 0):
+            assert c.delete(f"/v1/products/{p}", headers=admin).json()["removed"] == 1
+        assert add(5).json()["id"] == 3  # not 2, the removed item's, nor 0 in the emptied catalog
+        assert add(6, item_id=str(MAX_ID)).json()["id"] == MAX_ID
+        assert c.delete("/v1/products/6", headers=admin).status_code == 200
+        r = add(7)
+        assert r.status_code == 201 and r.json()["id"] == 0  # the ids above are spent: the lowest free one
+    app.state.engine.close()
+
+
+def test_a_new_photo_of_a_known_product_takes_its_title_and_category(tmp_path):
+    cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
+    admin = {"X-API-Key": KEY}
+    with TestClient(app) as c:
+        files = {"image": ("p.jpg", _jpeg(product_photo(1, 3, shop=True)), "image/jpeg")}
+        new = c.post("/v1/products", files=files, data={"product_id": "1"}, headers=admin).json()["id"]
+        files = {"image": ("p.jpg", _jpeg(product_photo(9, 3, shop=True)), "image/jpeg")}
+        other = c.post("/v1/products", files=files, data={"product_id": "1", "title": "Own title"},
+                       headers=admin).json()["id"]
+        md = app.state.engine.catalog.store.get([new, other])
+    app.state.engine.close()
+    assert (md[0]["title"], md[0]["category"]) == ("product 1", "boxes")
+    assert (md[1]["title"], md[1]["category"]) == ("Own title", "boxes")  # what is given is kept
+
+
+def test_identify_answers_when_the_history_cannot_be_written(tmp_path):
+    """Another process holds the history database's write lock: the photo is still identified."""
+    import sqlite3
+
+    cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat_dir, history_db=tmp_path / "h.sqlite"))
+    with TestClient(app) as c:
+        app.state.history._db.execute("PRAGMA busy_timeout = 100")
+        other = sqlite3.connect(tmp_path / "h.sqlite", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(0, 5, shop=False)),
+                                                         "image/jpeg")})
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    app.state.engine.close()
+    assert r.status_code == 200 and r.json()["matches"] and r.json()["history_id"] is None
+
+
+@pytest.mark.parametrize("field,value", [("max_upload_mb", float("nan")), ("max_upload_mb", -1), ("workers", 0),
+                                         ("write_wait", 0), ("queue", -1)])
+def test_service_settings_are_checked(tmp_path, field, value):
+    from productlens.types import ProductLensError
+
+    with pytest.raises(ProductLensError, match=field.replace("_", "-")):
+        ServeConfig(catalog=tmp_path, **{field: value})

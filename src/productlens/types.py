@@ -61,11 +61,15 @@ class Box:
         if len(vals) != 4:
             raise BoxError(f"a box needs 4 numbers x,y,w,h, got {vals!r}")
         try:
+            if any(isinstance(v, str) and "_" in v for v in vals):  # float() reads "1_0" as 10
+                raise ValueError
             x, y, w, h = (float(v) for v in vals)
         except (TypeError, ValueError):
             raise BoxError(f"a box needs 4 numbers x,y,w,h, got {vals!r}") from None
         if not all(math.isfinite(v) for v in (x, y, w, h)):
             raise BoxError(f"a box needs 4 finite numbers x,y,w,h, got {vals!r}")
+        if w < 0 or h < 0:
+            raise BoxError(f"a box's width and height cannot be negative, got w={w:g}, h={h:g}")
         return cls(x, y, w, h)
 
 

@@ -11,7 +11,7 @@ import typer
 def serve(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder (from `productlens index build` or `demo`)."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
-    port: int = typer.Option(8000, help="Port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH: boxes on the page and (unless "
                                                       "--search-whole) the search on the best box."),
     search_detected: bool = typer.Option(True, "--search-detected/--search-whole",
@@ -32,8 +32,9 @@ def serve(
         raise typer.BadParameter(f"serving needs the 'serve' extra (pip install 'productlens[serve]'): {e}")
     from productlens.pipeline.catalog import Catalog
 
+    config = ServeConfig(catalog=catalog_dir, detector=detector, search_detected=search_detected,
+                         workers=workers, queue=queue, max_batch=max_batch, max_upload_mb=max_upload_mb)
     Catalog.open(catalog_dir).close()  # a clear error before the server starts
-    app = create_app(ServeConfig(catalog=catalog_dir, detector=detector, search_detected=search_detected,
-                                 workers=workers, queue=queue, max_batch=max_batch, max_upload_mb=max_upload_mb))
+    app = create_app(config)
     typer.echo(f"productlens is serving {catalog_dir} at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

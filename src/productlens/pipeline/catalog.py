@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 import numpy as np
 
@@ -299,23 +299,38 @@ class Catalog:
         return res.errors
 
     @contextlib.contextmanager
-    def writing(self, timeout: float = 60.0) -> Iterator[None]:
+    def writing(self, timeout: float = 60.0, guard: ContextManager | None = None) -> Iterator[None]:
         """Hold the catalog's writer lock for the block (a file lock in its folder, shared by every
         process on this machine that opens the catalog). Choose new ids (:meth:`free_id`) and add
         them under it, and two processes adding to one catalog never hand out the same id. What was
         derived from the items (the product -> items map, ...) is read again inside: another process
-        may have written since."""
-        with file_lock(self.path / WRITER_LOCK, timeout):
+        may have written since.
+
+        ``guard``: the caller's own lock between its threads (a server's), taken once the file lock is
+        held, so that readers in the process go on while a writer waits for another process."""
+        with file_lock(self.path / WRITER_LOCK, timeout), (guard or contextlib.nullcontext()):
             self._changed()
             yield
 
-    def free_id(self) -> int:
-        """An id no item of this catalog has had: above the largest id now and above every id given to
-        :meth:`mark_used` (removed items' ids are not handed out again, so nothing cached under an id,
-        such as a browser's thumbnail, shows another photo). Take it under :meth:`writing`."""
+    def free_id(self, limit: int | None = None) -> int:
+        """An id no item of this catalog has had: above the largest id now, above every id given to
+        :meth:`mark_used` and above every removed item's (ids are not handed out again, so nothing cached
+        under an id, such as a browser's thumbnail, shows another photo). Take it under :meth:`writing`.
+
+        ``limit``: the largest id allowed. When an id at the limit was once used (an item added with
+        that id by hand), the ids above are spent; then the lowest id that no item has now is given,
+        with a warning, since it may have been a removed item's."""
         ids = self.store.ids()
         top = int(ids.max()) + 1 if len(ids) else 0
-        return max(top, int(self.store.get_info(NEXT_ID_KEY, 0) or 0))
+        new = max(top, int(self.store.get_info(NEXT_ID_KEY, 0) or 0))
+        if limit is None or new <= limit:
+            return new
+        taken = np.sort(np.asarray(ids, np.int64))
+        gaps = np.flatnonzero(taken != np.arange(len(taken)))
+        low = int(gaps[0]) if len(gaps) else len(taken)  # the first id missing from 0, 1, 2, ...
+        log.warning("item ids above %d are spent (an item had id %d); giving the lowest free id, %d, which "
+                    "a removed item may have had", limit, new - 1, low)
+        return low
 
     def mark_used(self, item_id: int) -> None:
         """Remember that ``item_id`` was handed out: :meth:`free_id` stays above it after a removal."""
@@ -350,7 +365,12 @@ class Catalog:
         return items
 
     def remove(self, ids: Sequence[int]) -> int:
+        """Remove the items; returns how many there were. Their ids are not handed out again (:meth:`free_id`)."""
         self._changed()
+        ids = [int(i) for i in ids]
+        present = [i for i, md in zip(ids, self.store.get(ids)) if md is not None]
+        if present:
+            self.mark_used(max(present))
         return self.store.remove(ids)
 
     def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:

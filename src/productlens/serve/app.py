@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import logging
 import secrets
+import sqlite3
 from pathlib import Path
 from typing import Optional
 
@@ -114,8 +115,13 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         def finish(out: dict) -> dict:  # in the same trip to the thread pool: the history row
             top = out["categories"][0] if out["categories"] else {"category": "", "probability": 0.0}
             best = out["matches"][0] if out["matches"] else None  # an untitled photo is named as the page does
-            out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
-                                            result_name(best["title"], best["id"], best["product_id"]) if best else "")
+            try:
+                out["history_id"] = history.add(sid, thumbnail_jpeg(img, 96), top["category"], top["probability"],
+                                                result_name(best["title"], best["id"], best["product_id"])
+                                                if best else "")
+            except sqlite3.Error as e:  # the history is a convenience: the answer stands without its row
+                log.warning("history row not written: %s", e)
+                out["history_id"] = None
             out["image_size"] = list(img.size)
             if preview:  # what the boxes are in: a browser may not apply EXIF orientation (WebP) or read TIFF
                 out["preview"] = "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(img, 400)).decode()
@@ -175,7 +181,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             try:
                 new_id = await _run(engine.add_item, img, product_id, title, category, item_id)
             except Locked as e:  # another process is writing to the catalog
-                raise HTTPException(503, _short(e)) from None
+                raise _locked(e) from None
             except ItemExists as e:
                 raise HTTPException(409, _short(e)) from None
             except ProductLensError as e:
@@ -186,6 +192,8 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     def update_product(product_id: int, fields: dict) -> dict:
         try:
             n = engine.update_product(product_id, fields)
+        except Locked as e:
+            raise _locked(e) from None
         except ProductLensError as e:
             raise HTTPException(400, _short(e)) from None
         if not n:
@@ -194,7 +202,10 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.delete("/v1/products/{product_id}", dependencies=[Depends(admin)])
     def delete_product(product_id: int) -> dict:
-        n = engine.remove_product(product_id)
+        try:
+            n = engine.remove_product(product_id)
+        except Locked as e:
+            raise _locked(e) from None
         if not n:
             raise HTTPException(404, f"no product {product_id}")
         return {"product_id": product_id, "removed": n}
@@ -217,6 +228,11 @@ def _check_key(config: ServeConfig, given: str | None) -> None:
         raise HTTPException(403, "admin calls are disabled: set PRODUCTLENS_API_KEY (or ServeConfig.api_key)")
     if not given or not hmac.compare_digest(given.encode(), config.api_key.encode()):
         raise HTTPException(401, "a valid X-API-Key header is required")
+
+
+def _locked(e: Exception) -> HTTPException:
+    """503 for a catalog another process kept locked for writing: a client may retry."""
+    return HTTPException(503, _short(e), headers={"Retry-After": "5"})
 
 
 def _short(e: Exception) -> str:

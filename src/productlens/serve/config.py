@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ class ServeConfig:
     at most this many, best first, scoring at least this much.
     ``verify``: spatial verification of the top matches (:mod:`productlens.pipeline.verify`;
     None: on where OpenCV is installed).
+    ``write_wait``: seconds an admin call waits while another process writes to the catalog;
+    then it answers 503 (reads go on meanwhile).
     """
 
     catalog: Path
@@ -46,8 +49,18 @@ class ServeConfig:
     max_batch: int | None = None
     history_db: Path | None = None  # default: <catalog>/history.sqlite
     cors_origins: tuple[str, ...] = ()  # CORS off unless origins are listed
+    write_wait: float = 60.0
 
     def __post_init__(self) -> None:
+        from productlens.types import ProductLensError
+
         self.catalog = Path(self.catalog)
+        for name in ("max_upload_mb", "max_pixels", "workers", "write_wait"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # NaN fails this too
+                raise ProductLensError(f"{name.replace('_', '-')} must be a positive number, got {value}")
+        if self.queue < 0 or (self.max_batch is not None and self.max_batch < 1):
+            raise ProductLensError(f"queue must be 0 or more and max-batch 1 or more, got {self.queue} and "
+                                   f"{self.max_batch}")
         if self.history_db is None:
             self.history_db = self.catalog / "history.sqlite"

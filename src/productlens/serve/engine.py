@@ -98,7 +98,7 @@ class Engine:
         self.lock = threading.Lock()
         self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
-        self.uploads = Path(config.catalog) / "uploads"
+        self.uploads = Path(config.catalog).resolve() / "uploads"  # stored paths hold wherever a server starts
         self.verify = resolve_verify(config.verify)
 
     def close(self) -> None:
@@ -278,7 +278,8 @@ class Engine:
                  item_id: int | None = None) -> int:
         """Store the photo under the catalog's uploads/ and index it; returns the item id.
 
-        Ids are between 0 and ``MAX_ID``. A new id is chosen under the catalog's writer lock
+        A photo of a product the catalog has takes the product's title and category where they
+        are not given. Ids are between 0 and ``MAX_ID``. A new id is chosen under the catalog's writer lock
         (:meth:`Catalog.writing`), so servers on one machine sharing a catalog never hand out the same one,
         and it was never any item's before. A given ``item_id`` that an item has: :class:`ItemExists`.
         """
@@ -289,15 +290,18 @@ class Engine:
         path = self.uploads / f"{uuid.uuid4().hex}.jpg"
         img.convert("RGB").save(path, "JPEG", quality=92)
         try:
-            with self.lock, self.catalog.writing():
+            with self.catalog.writing(self.config.write_wait, guard=self.lock):
                 if item_id is None:
-                    item_id = self.catalog.free_id()
-                    if item_id > MAX_ID:
-                        raise ProductLensError(f"no free item id above {MAX_ID - 1}: give item_id")
+                    item_id = self.catalog.free_id(limit=MAX_ID)
                 elif item_id in self.catalog.store:
                     owner = (self.catalog.store.get([item_id])[0] or {}).get("product_id")
                     raise ItemExists(f"item {item_id} exists (a photo of product {owner}); delete it first, "
                                      "or leave item_id out to get a new id")
+                if not (title and category):  # a new photo of a known product: its title and category
+                    known = self.catalog.store.get(self.catalog.items_of(product_id)[:1])
+                    if known and known[0]:
+                        title = title or known[0].get("title", "")
+                        category = category or known[0].get("category", "")
                 errors = self.catalog.add([Item(item_id, str(path), product_id=product_id, title=title,
                                                 category=category)], progress=False)
                 if not errors:
@@ -318,7 +322,7 @@ class Engine:
             raise ProductLensError(f"only {' and '.join(EDITABLE)} can be changed (got {', '.join(bad) or 'nothing'})")
         if not all(isinstance(v, str) for v in fields.values()):
             raise ProductLensError(f"{' and '.join(EDITABLE)} must be strings")
-        with self.lock, self.catalog.writing():  # the product's items as they are now, whoever added them
+        with self.catalog.writing(self.config.write_wait, guard=self.lock):  # the product's items as they are now, whoever added them
             ids = self.catalog.items_of(product_id)
             if ids:
                 self.catalog.update_metadata(ids, [dict(fields)] * len(ids))
@@ -326,7 +330,7 @@ class Engine:
 
     def remove_product(self, product_id: int) -> int:
         """Remove every item of the product; the photos the service stored for them (uploads/) go too."""
-        with self.lock, self.catalog.writing():
+        with self.catalog.writing(self.config.write_wait, guard=self.lock):
             ids = self.catalog.items_of(product_id)
             if not ids:
                 return 0

@@ -8,10 +8,16 @@ function esc(s) { const d = document.createElement("div"); d.textContent = Strin
 
 let latest = 0;  // the newest photo asked about: an older answer arriving later is dropped
 
-async function identify(blob, name) {
+// a new request, or a refusal before one: older answers are dropped and their results hidden
+function startOver(error) {
   const mine = ++latest;
-  showError("");
+  showError(error || "");
   $("result").hidden = true;  // no stale results under a new photo's error
+  return mine;
+}
+
+async function identify(blob, name) {
+  const mine = startOver();
   const form = new FormData();
   form.append("image", blob, name || "photo.jpg");
   form.append("preview", "true");  // the photo as the service read it: the boxes are drawn on that
@@ -95,7 +101,7 @@ async function loadHistory() {
 function pick(files) {
   const f = files && files[0];
   if (!f) return;
-  if (f.type && !f.type.startsWith("image/")) { showError(`${f.name} is not an image.`); return; }
+  if (f.type && !f.type.startsWith("image/")) { startOver(`${f.name} is not an image.`); return; }
   identify(f, f.name);
 }
 
@@ -105,9 +111,14 @@ drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.ad
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); pick(e.dataTransfer.files); });
 $("random").addEventListener("click", async () => {
-  const res = await fetch("/v1/random");
-  if (!res.ok) { showError("No catalog photo available."); return; }
-  const r = await res.json();
+  const mine = startOver();
+  let r;
+  try {
+    const res = await fetch("/v1/random");
+    if (!res.ok) { if (mine === latest) showError("No catalog photo available."); return; }
+    r = await res.json();
+  } catch (err) { if (mine === latest) showError("The service cannot be reached: " + err); return; }
+  if (mine !== latest) return;  // another photo was chosen meanwhile
   const bytes = Uint8Array.from(atob(r.jpeg_base64), (c) => c.charCodeAt(0));
   identify(new Blob([bytes], { type: "image/jpeg" }), `catalog-${r.id}.jpg`);
 });
