@@ -271,3 +271,21 @@ def test_cli_index_remove_waits_for_the_writer_lock(tmp_path) -> None:
     t.join()
     assert r.exit_code == 0, r.output
     assert "removed 1" in r.output and waited >= 0.5
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path, caplog) -> None:
+    """Linux keeps a name's bytes: one in Latin-1 could not go into the catalog's SQLite or a csv, and
+    aborted the whole build with a traceback. It is now reported and skipped; the rest is indexed."""
+    import os
+    import shutil
+
+    write_dataset(tmp_path / "ds")
+    img = tmp_path / "ds" / "img"
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in ("t_0_0.jpg", "t_1_0.jpg"):
+        shutil.copy(img / f, flat / f)
+    shutil.copy(img / "t_2_0.jpg", os.fsdecode(os.fsencode(str(flat)) + b"/caf\xe9.jpg"))
+    r = runner.invoke(app, ["index", "build", str(flat), "--out", str(tmp_path / "cat"), "--model", "efficientnet-lite0"])
+    assert r.exit_code == 0 and "indexed 2 items" in r.output, r.output
+    assert "caf\\xe9.jpg: the name is not valid UTF-8" in caplog.text

@@ -101,3 +101,21 @@ def test_label_checks(tmp_path) -> None:
     with pytest.raises(LabelError, match="never seen in training: 'z'"):
         check_known(ds, ["x", "y"])
     check_known(ds.subset([0, 2]), ["x", "y"])
+
+
+def test_names_that_are_not_utf8_are_skipped_with_a_warning(tmp_path, caplog) -> None:
+    """A category folder or a photo named in another encoding could not be stored as a label or
+    written to a csv (every later prediction crashed on the label): it is left out, and named."""
+    import os
+
+    root = os.fsencode(str(tmp_path / "set"))
+    for folder in (b"/apples", b"/caf\xe9"):
+        os.makedirs(root + folder)
+        for v in range(2):
+            product_photo(v, v, shop=False).save(os.fsdecode(root + folder + b"/%d.jpg" % v))
+    product_photo(0, 5, shop=False).save(os.fsdecode(root + b"/apples/\xff.jpg"))
+    data = read_labelled(tmp_path / "set")
+    assert sorted(set(data.labels)) == ["apples"] and len(data.items) == 2
+    assert "caf\\xe9: the name is not valid UTF-8" in caplog.text and "\\xff.jpg" in caplog.text
+    inputs = read_inputs(tmp_path / "set")
+    assert len(inputs.items) == 2 and all("\\udc" not in n for n in inputs.names)

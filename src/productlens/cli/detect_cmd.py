@@ -43,7 +43,7 @@ def detect(
     as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list on the last line."),
 ) -> None:
     """Detect products: boxes in pixels (x, y, w, h), tags and scores; bad images are reported and skipped."""
-    from productlens.data.readers import IMAGE_EXTENSIONS
+    from productlens.data.readers import IMAGE_EXTENSIONS, utf8_path
     from productlens.fileio import check_output_file
     from productlens.models.detectors import load_detector
     from productlens.pipeline.detect import detect_files
@@ -51,7 +51,8 @@ def detect(
     paths: list[Path] = []
     for p in images:
         if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file())
+            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()
+                            and utf8_path(q))
         else:
             paths.append(p)
     if not paths:

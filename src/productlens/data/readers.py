@@ -153,7 +153,7 @@ def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[It
     root_path = Path(root)
     if not root_path.is_dir():
         raise ProductLensError(f"{root_path}: not a directory")
-    entries = sorted(p for p in root_path.iterdir() if not p.name.startswith("."))
+    entries = sorted(p for p in root_path.iterdir() if not p.name.startswith(".") and utf8_path(p))
     folders = [p for p in entries if p.is_dir()]
     top = [p for p in entries if p.is_file() and _is_image_name(p.name)]
     items: list[Item] = []
@@ -162,7 +162,7 @@ def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[It
     deeper: list[Path] = []  # folders inside category folders: the layout is one level deep
     for class_index, folder in enumerate(folders):
         for file in sorted(folder.iterdir()):
-            if file.name.startswith("."):
+            if file.name.startswith(".") or not utf8_path(file):
                 continue
             if file.is_dir():
                 deeper.append(file)
@@ -377,6 +377,19 @@ def _image(value: str, manifest: Path, line: int) -> str:
 
 def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def utf8_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``'s name can be stored and written out (UTF-8). A name in another encoding (Linux
+    keeps its bytes) is reported with a warning, and the caller skips it: its photo, or its category
+    folder, could not go into a catalog, a label map or a csv."""
+    try:
+        os.fspath(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        log.warning("skipped: %s: the name is not valid UTF-8; rename it to include it", shown)
+        return False
 
 
 def _is_int(value: str) -> bool:
