@@ -372,3 +372,20 @@ def test_predict_reports_and_skips_a_csv_row_without_image(tmp_path) -> None:
     assert "predicted 2 images; skipped 1" in r.output
     records = json.loads(r.output.strip().splitlines()[-1])
     assert [rec["image"] for rec in records] == ["img/train_0_0.jpg", "img/train_1_0.jpg"]
+
+
+def test_classify_refuses_a_damaged_model_zero_epochs_and_exits_1_when_nothing_was_predicted(tmp_path) -> None:
+    train = write_set(tmp_path)
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"),
+                            "--model", "fake-tiny", "--views", "flip", "--tta", "flip", "--epochs", "0"])
+    assert r.exit_code == 2 and "--epochs" in r.output  # wrote an untrained head before
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "junk.jpg")])
+    assert r.exit_code == 1 and "skipped: " in r.output and "predicted 0 images" in r.output
+    head = (tmp_path / "m" / "head.npz").read_bytes()
+    (tmp_path / "m" / "head.npz").write_bytes(head[:100])  # cut short
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "img" / "train_0_0.jpg")])
+    assert r.exit_code == 1 and "not a productlens classifier folder" in r.output and "head.npz: damaged" in r.output
+    assert "Traceback" not in r.output

@@ -289,3 +289,26 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path, caplog) -> 
     r = runner.invoke(app, ["index", "build", str(flat), "--out", str(tmp_path / "cat"), "--model", "efficientnet-lite0"])
     assert r.exit_code == 0 and "indexed 2 items" in r.output, r.output
     assert "caf\\xe9.jpg: the name is not valid UTF-8" in caplog.text
+
+
+def test_an_emptied_catalog_says_so_and_batches_that_read_nothing_exit_1(tmp_path) -> None:
+    """search printed nothing and exited 0 on an empty catalog, rank and identify-video blamed k; rank -k -1
+    ended in a traceback; index add whose every row was unreadable exited 0."""
+    ds = write_dataset(tmp_path / "ds", n_products=2, per_product=1)
+    cat = tmp_path / "cat"
+    r = runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(cat), "--model", "efficientnet-lite0"])
+    assert r.exit_code == 0, r.output
+    q = str(tmp_path / "ds" / "img" / "q_1_0.jpg")
+    r = runner.invoke(app, ["rank", str(cat), str(ds["queries"]), "--out", str(tmp_path / "r.npy"), "-k", "-1"])
+    assert r.exit_code == 2 and "-k" in r.output and "Traceback" not in r.output
+    bad = tmp_path / "bad.csv"
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    bad.write_text(f"seller_img_id,img_path\n7,{tmp_path / 'junk.jpg'}\n")
+    r = runner.invoke(app, ["index", "add", str(cat), str(bad)])
+    assert r.exit_code == 1 and "skipped: " in r.output and "holds 2 items" in r.output, r.output
+    r = runner.invoke(app, ["index", "remove", str(cat), "0", "1"])
+    assert r.exit_code == 0 and "holds 0 items" in r.output, r.output
+    for args in (["search", str(cat), q], ["rank", str(cat), str(ds["queries"]), "--out", str(tmp_path / "r.npy")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and "the catalog holds no item" in r.output, (args, r.output)
+    assert not (tmp_path / "r.npy").exists()

@@ -366,6 +366,8 @@ def test_detect_cli_writes_drawings_and_json(trained, tmp_path):
     (mine / "b.json").write_text("{}")  # a user's file where b.json would go
     res = CliRunner().invoke(app, ["detect", str(mine / "b.png"), *model, "--out", str(mine)])
     assert res.exit_code == 1 and "b.json, which detect did not write" in res.output
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "broken.jpg"), *model])  # nothing could be read
+    assert res.exit_code == 1 and "skipped: " in res.output and "broken.jpg" in res.output
     assert (tmp_path / "a.jpg").read_bytes() == before and (mine / "b.json").read_text() == "{}"
 
 

@@ -224,6 +224,11 @@ def test_bytes_and_file_url(tmp_path: Path) -> None:
     assert image_size(path.read_bytes()) == (30, 20)
 
 
+def test_other_url_schemes_are_named_not_taken_for_paths() -> None:
+    with pytest.raises(ImageError, match="ftp://x/y.jpg: cannot read ftp:// addresses"):
+        load_image("ftp://x/y.jpg")
+
+
 def test_http_url(tmp_path: Path) -> None:
     _scene((30, 20), (0, 0, 5, 5)).save(tmp_path / "web.png")
 

@@ -428,3 +428,33 @@ def test_long_video_sampling_is_bounded(tmp_path):
     frames, duration = sample_frames(path, max_frames=12)
     assert len(frames) == 12 and 29 <= duration <= 31
     assert frames[-1].time > 25  # spread over the whole clip, not its start
+
+
+def test_text_commands_report_what_they_leave_out(text_catalog, tmp_path):
+    """align names the training rows it cannot use; zero-shot exits 1 when no photo could be read, reads a
+    names file that is not UTF-8 as an error that names it, and counts a name given twice once; text
+    search refuses k < 1 (-3 printed all but the last 3 results)."""
+    root, paths = text_catalog
+    runner = CliRunner()
+    rows = list(csv.DictReader(open(paths["train"])))[:2]
+    extra = tmp_path / "train.csv"
+    extra.write_text("image,product_id\n" + f"{root / rows[0]['image']},{rows[0]['product_id']}\n"
+                     + f"{root / rows[1]['image']},999\n" + f"{tmp_path / 'gone.jpg'},1\n")
+    res = runner.invoke(app, ["text", "align", str(root / "cat"), "--train", str(extra)])
+    assert res.exit_code == 0, res.output
+    assert "skipped: " in res.output and "product 999 has no photo with a title or category" in res.output
+    assert "gone.jpg" in res.output and "1 training photos" in res.output
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), str(tmp_path / "bad.jpg"), "--names", "a,b"])
+    assert res.exit_code == 1 and "unreadable" in res.output
+    (tmp_path / "names.txt").write_bytes(b"caf\xe9\n")
+    res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), str(tmp_path / "bad.jpg"),
+                              "--names", f"@{tmp_path / 'names.txt'}"])
+    assert res.exit_code == 1 and "names.txt: not a UTF-8 text file" in res.output and "Traceback" not in res.output
+    queries = list(csv.DictReader(open(paths["queries"])))
+    res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), str(root / queries[0]["img_path"]),
+                              "--names", "red,red,blue", "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.output.strip().splitlines()[-1])[0]["categories"]) == 2
+    for k in ("0", "-3"):
+        res = runner.invoke(app, ["text", "search", str(root / "cat"), "green", "-k", k])
+        assert res.exit_code == 2 and "-k" in res.output

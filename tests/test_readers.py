@@ -260,3 +260,12 @@ def test_product_ids_must_be_integers_and_bad_bytes_are_named(tmp_path: Path) ->
     with pytest.raises(ProductLensError, match="not UTF-8"):
         read_catalog(latin)
 
+
+
+@pytest.mark.parametrize("rows, why", [("5,a.jpg\n-5,b.jpg\n", "line 3: seller_img_id must be 0 or more, got -5"),
+                                       ("5,a.jpg\n6,b.jpg\n5,c.jpg\n", "line 4: seller_img_id 5 is on line 2 too")])
+def test_gallery_ids_are_checked_where_they_are_read(tmp_path, rows, why) -> None:
+    """A negative or repeated id was refused only after every photo had been embedded, without its line."""
+    (tmp_path / "g.csv").write_text("seller_img_id,img_path\n" + rows)
+    with pytest.raises(ProductLensError, match=why):
+        read_gallery(tmp_path / "g.csv")

@@ -317,3 +317,18 @@ def file_hash(path: str | os.PathLike, algorithm: str = "sha1", chunk: int = 1 <
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_npz(path: str | os.PathLike) -> dict:
+    """Every array of an ``.npz`` file, read now. A damaged file (cut short, not a zip, a bad member)
+    raises ValueError naming it, which the loaders' ``except (OSError, ValueError)`` already report:
+    numpy lets zipfile's own errors through."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, EOFError, KeyError, zipfile.LargeZipFile) as exc:
+        raise ValueError(f"{path}: damaged ({type(exc).__name__}: {exc})") from None

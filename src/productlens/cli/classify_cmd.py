@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, reports_skipped
+from productlens.cli.common import fail_cleanly, fail_if_none_done, reports_skipped
 from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Train category classifiers and predict categories.", no_args_is_help=True)
@@ -31,8 +31,8 @@ _VIEWS = typer.Option(None, help="Training views: none, flip, tta, train (12 cro
                                   "(whole, centre crops 0.75 and 0.5, four corners 0.6; the default).")
 _TTA = typer.Option(None, help="Prediction views averaged (test-time augmentation): none, flip, tta, train "
                                "or regions (the default).")
-_EPOCHS = typer.Option(None, help="Head training epochs (default: 15, or 25 when the noise filter finds the labels "
-                                   "clean); a value sets both.")
+_EPOCHS = typer.Option(None, min=1, help="Head training epochs (default: 15, or 25 when the noise filter finds "
+                                          "the labels clean); a value sets both.")
 _NOISE = typer.Option(True, "--noise-filter/--no-noise-filter", help="Small-loss selection against noisy labels.")
 _BALANCE = typer.Option("logit-adjust", help="Imbalance handling: logit-adjust, class-weight or none.")
 _HOLDOUT = typer.Option(0.15, help="Share of each class held out to fit the temperature.")
@@ -150,6 +150,7 @@ def predict(
                + (f"; wrote {out}" if out else "") + (f"; submission {submission}" if submission else ""))
     if as_json:
         typer.echo(json.dumps(records))
+    fail_if_none_done(len(records), len(skipped))
 
 
 @fail_cleanly

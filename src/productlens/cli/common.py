@@ -60,3 +60,10 @@ def verify_option():
 def owner_label(product_id: int | None, item_id: int | None) -> str:
     """``product=P`` for a ranked product, ``id=N`` for an item that has no product (printed rankings)."""
     return f"product={product_id}" if product_id is not None else f"id={item_id}"
+
+
+def fail_if_none_done(done: int, failed: int) -> None:
+    """Exit with status 1 when every input of a batch failed (each was reported): a script must not
+    take a run that produced nothing for a success. Some done, some skipped: status 0."""
+    if failed and not done:
+        raise typer.Exit(1)

@@ -8,13 +8,13 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly
+from productlens.cli.common import fail_cleanly, fail_if_none_done
 
 app = typer.Typer(help="Train object detectors on COCO boxes.", no_args_is_help=True)
 
 _MODEL = typer.Option(None, "--model", "-m", help="Detector folder or onnx:PATH; default $PRODUCTLENS_DETECTOR "
                                                    "or the cache's detectors/default.")
-_EPOCHS = typer.Option(None, help="Head training epochs (default: the library's).")
+_EPOCHS = typer.Option(None, min=1, help="Head training epochs (default: the library's).")
 _SIZE = typer.Option(512, help="Longer side of the detector's input, pixels.")
 _BACKBONE = typer.Option("efficientnet-lite2", help="Backbone: efficientnet-lite2 or efficientnet-lite0.")
 _TUNE = typer.Option(None, "--tune-from", help="Train the backbone's blocks from this one on (and its head "
@@ -66,12 +66,13 @@ def detect(
         typer.echo(f"skipped: {msg}", err=True)
     if as_json:
         typer.echo(json.dumps(records))
-        return
-    for rec in records:
-        found = ", ".join(f"{d['tag']} {d['score']:.2f}" for d in rec["detections"]) or "nothing"
-        typer.echo(f"{rec['image']}: {found}")
-    if out is not None:
-        typer.echo(f"wrote {len(records)} drawn images and JSON files to {out}; skipped {len(errors)}")
+    else:
+        for rec in records:
+            found = ", ".join(f"{d['tag']} {d['score']:.2f}" for d in rec["detections"]) or "nothing"
+            typer.echo(f"{rec['image']}: {found}")
+        if out is not None:
+            typer.echo(f"wrote {len(records)} drawn images and JSON files to {out}; skipped {len(errors)}")
+    fail_if_none_done(len(records), len(errors))
 
 
 @app.command("train")

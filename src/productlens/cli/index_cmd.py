@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, reports_skipped
+from productlens.cli.common import fail_cleanly, fail_if_none_done, reports_skipped
 from productlens.config import DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Build and maintain a catalog index.", no_args_is_help=True)
@@ -166,6 +166,7 @@ def add(
         if added:
             typer.echo(f"added {len(added)} item(s) under {'their own' if given else 'new'} ids {id_ranges(added)}")
         typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors)}")
+    fail_if_none_done(len(added), len(errors))
 
 
 def id_ranges(ids: List[int], limit: int = 8) -> str:

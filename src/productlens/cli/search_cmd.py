@@ -19,7 +19,7 @@ def search(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder (from `productlens index build`)."),
     image: str = typer.Argument(..., help="Query image: a path or an http(s) URL."),
     box: Optional[str] = typer.Option(None, help="Product box in pixels: x,y,w,h (clipped to the image)."),
-    k: int = typer.Option(10, "-k", help="Number of results."),
+    k: int = typer.Option(10, "-k", min=1, help="Number of results."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
     verify: Optional[bool] = verify_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -88,7 +88,7 @@ def rank(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder built from gallery.csv."),
     queries: Path = typer.Argument(..., help="AIcrowd queries.csv (user_img_id, img_path, bbox_x..bbox_h)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the N x k int32 .npy."),
-    k: int = typer.Option(1000, "-k"),
+    k: int = typer.Option(1000, "-k", min=1),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
     verify: Optional[bool] = verify_option(),
 ) -> None:

@@ -8,8 +8,9 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, owner_label, reports_skipped
+from productlens.cli.common import fail_cleanly, fail_if_none_done, owner_label, reports_skipped
 from productlens.config import ZERO_SHOT_IMAGENET_WEIGHT
+from productlens.types import ProductLensError
 
 app = typer.Typer(help="Product text: search by words, align photos with titles, zero-shot, OCR.",
                   no_args_is_help=True)
@@ -20,7 +21,7 @@ app = typer.Typer(help="Product text: search by words, align photos with titles,
 def search(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder whose items have titles or descriptions."),
     query: str = typer.Argument(..., help='Words, e.g. "oat yoghurt".'),
-    k: int = typer.Option(10, "-k", help="Number of products."),
+    k: int = typer.Option(10, "-k", min=1, help="Number of products."),
     photos: bool = typer.Option(False, "--photos", help="Rank photos through the image-text alignment instead "
                                                         "(`productlens text align` first)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -54,6 +55,7 @@ def search(
 
 @app.command("align")
 @fail_cleanly
+@reports_skipped
 def align(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder."),
     train: Optional[Path] = typer.Option(None, help="csv of labelled photos (image, product_id) of the catalog's "
@@ -66,6 +68,8 @@ def align(
 
     with Catalog.open(catalog_dir) as cat:
         m = fit_catalog_alignment(cat, read_labelled_csv(train, label="product_id") if train else (), progress=True)
+    for msg in m["skipped"]:
+        typer.echo(f"skipped: {msg}", err=True)
     typer.echo(f"alignment saved in {catalog_dir}/align: {m['gallery_photos']} gallery + {m['train_photos']} "
                f"training photos of {m['products']} products (ridge alpha {m['alpha']:g})")
 
@@ -76,7 +80,7 @@ def zero_shot_cmd(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder with an alignment."),
     images: List[str] = typer.Argument(..., help="Photos to name."),
     names: str = typer.Option(..., help="Category names, comma-separated, or @FILE with one name a line."),
-    k: int = typer.Option(4, "-k"),
+    k: int = typer.Option(4, "-k", min=1),
     imagenet_weight: float = typer.Option(
         ZERO_SHOT_IMAGENET_WEIGHT, "--imagenet-weight", min=0.0,
         help="Weight of the backbone's ImageNet concepts beside the catalog's alignment (0: alignment only)."),
@@ -91,16 +95,25 @@ def zero_shot_cmd(
     from productlens.pipeline.multimodal import zero_shot
 
     if names.startswith("@"):
-        name_list = [ln.strip() for ln in Path(names[1:]).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            lines = Path(names[1:]).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ProductLensError(f"{names[1:]}: not a UTF-8 text file of names ({e.reason} "
+                                   f"at byte {e.start})") from None
+        except IsADirectoryError:
+            raise ProductLensError(f"{names[1:]}: a folder; --names @FILE reads one name a line") from None
+        name_list = [ln.strip() for ln in lines if ln.strip()]
     else:
         name_list = [n.strip() for n in names.split(",") if n.strip()]
+    name_list = list(dict.fromkeys(name_list))  # a name given twice would split its own score
     with Catalog.open(catalog_dir) as cat:
         preds = zero_shot(cat, images, name_list, k=k, imagenet_weight=imagenet_weight)
     if as_json:
         typer.echo(json.dumps([{"image": i, "categories": p} for i, p in zip(images, preds)]))
-        return
-    for img, p in zip(images, preds):
-        typer.echo(f"{img}: " + ("unreadable" if p is None else ", ".join(f"{n} {s:.3f}" for n, s in p)))
+    else:
+        for img, p in zip(images, preds):
+            typer.echo(f"{img}: " + ("unreadable" if p is None else ", ".join(f"{n} {s:.3f}" for n, s in p)))
+    fail_if_none_done(sum(p is not None for p in preds), sum(p is None for p in preds))
 
 
 @app.command("ocr")

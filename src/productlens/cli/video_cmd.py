@@ -26,7 +26,7 @@ def identify_video(
                                                            f"training photos; else {GIVEN_TEXT_WEIGHT})."),
     detect: bool = typer.Option(False, "--detect", help="Search the best detected product in each frame."),
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect."),
-    k: int = typer.Option(5, "-k", help="Number of products."),
+    k: int = typer.Option(5, "-k", min=1, help="Number of products."),
     max_frames: int = typer.Option(48, help="Frames sampled evenly over the clip, whatever its length."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

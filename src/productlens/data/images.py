@@ -224,6 +224,8 @@ def _open_source(source: Source) -> tuple[str, "io.BytesIO | Path"]:
     if scheme == "file":
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(text).path))
         name = text
+    elif len(scheme) > 1 and "://" in text:  # ftp://, s3://, ... (a one-letter scheme is a Windows drive)
+        raise ImageError(f"{text}: cannot read {scheme}:// addresses; give an http(s) or file URL, or a path")
     else:
         path = Path(text)
         name = str(path)

@@ -38,10 +38,18 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
     title_col = next((c for c in ("title", "product_name") if c in header), None)
     category_col = next((c for c in ("category_name", "category") if c in header), None)
     items = []
+    first_line: dict[int, int] = {}  # item id -> the line that gave it
     for line, row in _rows(path, _GALLERY_COLUMNS):
+        item_id = _int(row["seller_img_id"], "seller_img_id", path, line)
+        if item_id < 0:
+            raise ProductLensError(f"{path}, line {line}: seller_img_id must be 0 or more, got {item_id}")
+        if item_id in first_line:
+            raise ProductLensError(f"{path}, line {line}: seller_img_id {item_id} is on line {first_line[item_id]} "
+                                   "too; each photo needs its own id")
+        first_line[item_id] = line
         items.append(
             Item(
-                id=_int(row["seller_img_id"], "seller_img_id", path, line),
+                id=item_id,
                 image=_image(row["img_path"], path, line),
                 product_id=_opt_int(row.get("product_id"), "product_id", path, line),
                 title=row[title_col].strip() if title_col else "",

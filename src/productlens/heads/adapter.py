@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from productlens.fileio import atomic_dir
+from productlens.fileio import atomic_dir, read_npz
 
 from productlens.models.embedders.base import l2_normalize
 from productlens.types import ProductLensError
@@ -142,7 +142,7 @@ class Adapter:
         folder = Path(folder)
         try:
             config = json.loads((folder / "adapter.json").read_text())
-            data = np.load(folder / "adapter.npz")
+            data = read_npz(folder / "adapter.npz")
         except (OSError, json.JSONDecodeError, ValueError) as exc:
             raise ProductLensError(f"cannot read adapter in {folder}: {exc}") from None
         if int(config.get("version", 1)) > ADAPTER_VERSION:
@@ -154,7 +154,7 @@ class Adapter:
         return cls(backbone=config["backbone"], query_mean=data["query_mean"],
                    gallery_mean=data["gallery_mean"], coef=data["coef"], intercept=data["intercept"],
                    classes=data["classes"], weight=float(config["weight"]),
-                   whitening=data["whitening"] if "whitening" in data.files else None)
+                   whitening=data["whitening"] if "whitening" in data else None)
 
 
 def fit_adapter(backbone: str, train_vectors: np.ndarray, train_labels: np.ndarray, *,

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from productlens.fileio import atomic_dir
+from productlens.fileio import atomic_dir, read_npz
 from productlens.types import ProductLensError
 
 ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -61,7 +61,7 @@ class Alignment:
         folder = Path(folder)
         try:
             cfg = json.loads((folder / "config.json").read_text())
-            w = np.load(folder / "weights.npz")
+            w = read_npz(folder / "weights.npz")
         except (OSError, ValueError) as e:
             raise ProductLensError(f"{folder}: not a readable alignment folder ({e})") from None
         if image_space is not None and cfg["image_space"] != image_space:

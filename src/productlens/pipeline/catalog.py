@@ -76,6 +76,10 @@ def item_metadata(item: Item) -> dict[str, Any]:
     return md
 
 
+class CatalogEmpty(ProductLensError):
+    """The catalog holds no item: nothing to search or identify a photo against."""
+
+
 class Catalog:
     """An open catalog: search it with images, add or remove items."""
 
@@ -267,6 +271,11 @@ class Catalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def check_not_empty(self) -> None:
+        """:class:`CatalogEmpty` when the catalog holds no item: nothing to rank."""
+        if not len(self.store):
+            raise CatalogEmpty(f"{self.path}: the catalog holds no item; add photos with `productlens index add`")
+
     def __len__(self) -> int:
         return len(self.store)
 
@@ -393,7 +402,8 @@ class Catalog:
         ``verify`` (one query image per row, or None): spatial verification of the
         top results (:mod:`productlens.pipeline.verify`) after the text, before grouping.
         """
-        k = min(k, max(len(self.store), 1))
+        self.check_not_empty()
+        k = min(k, len(self.store))
         scores, ids = self.store.search(queries, k, where)
         if rerank and len(self.store) > QE_K:
             top = ids[:, :QE_K]

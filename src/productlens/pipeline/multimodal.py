@@ -52,7 +52,8 @@ def fit_catalog_alignment(catalog: Catalog, train: Sequence[Item] = (), *, progr
     Pairs: every gallery item with a title or category (its stored vector and
     its product's text) and every ``train`` photo whose product the catalog
     knows (query-domain vectors). Photos are weighted so that each product
-    counts the same.
+    counts the same. ``metrics["skipped"]``: one message per ``train`` photo left out
+    (a product the catalog has no text for, or an unreadable photo).
     """
     ids = catalog.store.ids()
     mds = catalog.store.get(ids)
@@ -71,8 +72,11 @@ def fit_catalog_alignment(catalog: Catalog, train: Sequence[Item] = (), *, progr
         pids.append(key)
     n_gallery = len(vecs)
     known = [t for t in train if t.product_id is not None and int(t.product_id) in text_of]
+    skipped = [f"{t.image}: product {t.product_id} has no photo with a title or category in the catalog"
+               for t in train if not (t.product_id is not None and int(t.product_id) in text_of)]
     if known:
         res = catalog.embed_queries(known, [t.box for t in known], progress=progress)
+        skipped += [msg for _, _, msg in res.errors]
         for i, v in zip(res.ok, res.vectors):
             vecs.append(v)
             texts.append(text_of[int(known[i].product_id)])
@@ -85,8 +89,8 @@ def fit_catalog_alignment(catalog: Catalog, train: Sequence[Item] = (), *, progr
     align = fit_alignment(np.stack(vecs), enc.encode(texts), image_space=_image_space(catalog),
                           text_encoder=enc.name, sample_weight=weights * len(uniq) / weights.sum())
     metrics = {"gallery_photos": n_gallery, "train_photos": len(vecs) - n_gallery, "products": int(len(uniq)),
-               "alpha": align.alpha}
-    align.save(catalog.path / ALIGN_DIR, metrics)
+               "alpha": align.alpha, "skipped": skipped}
+    align.save(catalog.path / ALIGN_DIR, {**metrics, "skipped": len(skipped)})
     return metrics
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from productlens.fileio import atomic_path
 from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import Catalog
-from productlens.types import Item
+from productlens.types import Item, ProductLensError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, re
     """
     from productlens.pipeline.verify import resolve
 
+    if int(k) < 1:
+        raise ProductLensError(f"k must be a positive integer, got {k}")
+    catalog.check_not_empty()  # before the queries are embedded
     verify = resolve(verify)
     k_eff = min(k, len(catalog))
     out = np.full((len(queries), k), -1, dtype=np.int32)

@@ -125,6 +125,8 @@ class TextSearch:
         """The ``k`` best products for one query, with their scores (see :meth:`scores`).
 
         Products with no text at all are left out: nothing in them can answer a text query."""
+        if int(k) < 1:
+            raise ProductLensError(f"k must be a positive integer, got {k}")
         s = self.scores([query])[0]
         order = [i for i in np.argsort(-s, kind="stable") if self._with_text[i]][:k]
         return [(self.products[i], float(s[i])) for i in order]

@@ -135,6 +135,7 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
         raise ProductLensError(f"k and max_frames must be at least 1, got {k} and {max_frames}")
     if text_weight is not None and not text_weight >= 0:
         raise ProductLensError(f"the text weight must be >= 0, got {text_weight}")
+    catalog.check_not_empty()  # before the clip is decoded
     frames, duration = sample_frames(path, max_frames)
     sharp = np.array([sharpness(f.image) for f in frames])
     keep = sharp >= BLUR_RATIO * np.median(sharp)

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from productlens.data.images import MIN_SIDE, big_enough, load_image
-from productlens.pipeline.catalog import Catalog
+from productlens.pipeline.catalog import Catalog, CatalogEmpty
 from productlens.pipeline.embed import inputs_per_image
 from productlens.pipeline.verify import resolve as resolve_verify
 from productlens.serve.config import ServeConfig
@@ -42,10 +42,6 @@ EDITABLE = ("title", "category")  # what PUT /v1/products/{id} may change
 #: 14.1-14.6 ms in batches of 4-8; the seven pooled views of a query already fill a batch (89.5 ms
 #: alone, 91.8-108.7 ms per query in batches of 2-16): EfficientNet-Lite2, onnxruntime, 2 cores
 BATCH_INPUTS = 8
-
-
-class CatalogEmpty(ProductLensError):
-    """The catalog holds no item: nothing to identify a photo against."""
 
 
 class ItemExists(ProductLensError):

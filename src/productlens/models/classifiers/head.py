@@ -79,6 +79,8 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if self.balance not in BALANCES:
             raise ProductLensError(f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
+        if min(self.epochs, self.clean_epochs) < 1:  # 0 wrote an untrained head that predicted uniform shares
+            raise ProductLensError(f"epochs must be at least 1, got {min(self.epochs, self.clean_epochs)}")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from productlens.fileio import atomic_dir
+from productlens.fileio import atomic_dir, read_npz
 from productlens.models.classifiers.calibration import view_probs
 from productlens.models.classifiers.head import HeadWeights
 from productlens.models.classifiers.hierarchy import Hierarchy
@@ -225,10 +225,11 @@ def load_classifier(path: str | os.PathLike[str], embedder: str | None = None) -
         config = json.loads((folder / "config.json").read_text())
         labels = json.loads((folder / "labels.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
-        with np.load(folder / "head.npz") as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = read_npz(folder / "head.npz")
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise ProductLensError(f"{folder}: not a productlens classifier folder ({exc})") from None
+    if not {"mean", "temperature"} <= set(arrays):
+        raise ProductLensError(f"{folder}: head.npz lacks {', '.join(sorted({'mean', 'temperature'} - set(arrays)))}")
     if config.get("kind") != "productlens-classifier":
         raise ProductLensError(f"{folder}: not a productlens classifier folder")
     if config.get("format", 0) > FORMAT_VERSION:

