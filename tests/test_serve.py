@@ -550,7 +550,7 @@ def test_a_writer_waiting_for_another_process_does_not_stall_reads(tmp_path):
     from productlens.pipeline.catalog import WRITER_LOCK
 
     cat_dir = titled_catalog(tmp_path / "data", 2, lambda p: "boxes")
-    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite", write_wait=1.5))
+    app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite", write_wait=4))
     admin = {"X-API-Key": KEY}
     with TestClient(app) as c, file_lock(cat_dir / WRITER_LOCK):  # as `productlens index add` would
         slow = {}
@@ -560,7 +560,7 @@ def test_a_writer_waiting_for_another_process_does_not_stall_reads(tmp_path):
         t = time.monotonic()
         assert c.get("/v1/products/0").status_code == 200
         r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(0, 5, shop=False)), "image/jpeg")})
-        assert r.status_code == 200 and time.monotonic() - t < 1.0
+        assert r.status_code == 200 and time.monotonic() - t < 2.5  # not the writer's 4 s
         waiting.join()
         assert slow["r"].status_code == 503 and slow["r"].headers["retry-after"] == "5"
         assert "locked" in slow["r"].json()["detail"]
