@@ -42,6 +42,21 @@ def test_build_search_reopen(dataset, tmp_path, adapted: bool) -> None:
         assert (again.adapter is not None) == adapted
 
 
+def test_a_smaller_k_gives_the_first_k_of_the_same_ranking(dataset, tmp_path) -> None:
+    """alpha-QE, text fusion, verification and grouping work on the same candidates whatever k is asked:
+    with k = 1 the query was expanded with one neighbour instead of two, and k < 10 verified fewer results,
+    so the top hit could change with k."""
+    gallery = read_gallery(dataset["gallery"])
+    cat, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL, progress=False)
+    vecs = cat.embed_queries(read_queries(dataset["queries"])).vectors
+    full_s, full_i = cat.search_vectors(vecs, 4)
+    for k in (1, 2, 3):
+        s, i = cat.search_vectors(vecs, k)
+        assert i.shape == (len(vecs), k) and (i == full_i[:, :k]).all()
+        np.testing.assert_allclose(s, full_s[:, :k], rtol=1e-6)
+    cat.close()
+
+
 def test_relative_user_onnx_model_is_found_from_where_it_was_named(dataset, tmp_path, monkeypatch) -> None:
     """``--model onnx:tower.onnx`` names a file beside the user, not inside the catalog folder."""
     import json

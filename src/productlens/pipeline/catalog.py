@@ -51,6 +51,9 @@ from productlens.types import Box, Hit, Item, ProductLensError, product_key
 log = logging.getLogger(__name__)
 
 QE_K = 2          # alpha-QE neighbours (see pipeline/rerank.py for the measurements)
+#: candidates every search re-ranks (alpha-QE, text, spatial verification, grouping) whatever k is asked,
+#: so that the first k results are the same for every k up to this (k = 1 saw one neighbour, no verification)
+RANK_DEPTH = 100
 QE_ALPHA = 3.0
 BACKBONE_DIR = "backbone"  # a fine-tuned backbone inside the catalog folder
 CLASSIFIER_DIR = "classifier"  # a category classifier inside the catalog folder
@@ -401,9 +404,12 @@ class Catalog:
         items' documents at the catalog's ``text_weight`` (or ``text_weight``) before grouping.
         ``verify`` (one query image per row, or None): spatial verification of the
         top results (:mod:`productlens.pipeline.verify`) after the text, before grouping.
+        Each step works on at least :data:`RANK_DEPTH` candidates, so a smaller ``k`` gives the
+        first ``k`` of the same ranking.
         """
         self.check_not_empty()
-        k = min(k, len(self.store))
+        want = min(k, len(self.store))
+        k = min(max(k, RANK_DEPTH), len(self.store))
         scores, ids = self.store.search(queries, k, where)
         if rerank and len(self.store) > QE_K:
             top = ids[:, :QE_K]
@@ -423,7 +429,7 @@ class Catalog:
             scores, ids = self.verifier.rerank(scores, ids, verify)
         if group_by_product:
             scores, ids = self._group(scores, ids)
-        return scores, ids
+        return scores[:, :want], ids[:, :want]
 
     def _group(self, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Re-order each row by its product's best score, then the item's own score."""
