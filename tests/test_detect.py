@@ -829,3 +829,16 @@ def test_tune_from_help_names_each_backbones_range():
     for arch in supported():
         low, high = tune_range(arch)
         assert f"{arch} {low}..{high}" in text
+
+
+def test_best_boxes_takes_decoded_frames(tmp_path):
+    """identify-video --detect passes decoded frames: each was refused as 'unsupported image source',
+    so every frame was searched whole and --detect did nothing."""
+    from productlens.pipeline.detect import best_boxes
+
+    model = _write_user_detector(tmp_path / "mine.onnx", square=True)
+    det = load_detector(f"onnx:{model}")
+    red = Image.new("RGB", (64, 64), (255, 0, 0))
+    red.save(tmp_path / "red.png")
+    boxes = best_boxes(det, [red, str(tmp_path / "red.png"), b"not an image"], progress=False)
+    assert boxes[0] is not None and boxes[0] == boxes[1] and boxes[2] is None

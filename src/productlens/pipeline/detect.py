@@ -139,8 +139,9 @@ def best_box(detector: Detector, img: Image.Image, *, min_score: float = 0.05) -
 
 def best_boxes(detector: Detector, sources: Sequence[Any], boxes: Sequence[Box | None] | None = None, *,
                progress: bool = True) -> list[Box | None]:
-    """For each source without a box (in ``boxes``), the best detected box; given boxes are kept.
-    Unreadable sources get None (the embedding step reports them)."""
+    """For each source (path, URL, bytes or decoded PIL image, such as a video frame) without a box
+    (in ``boxes``), the best detected box; given boxes are kept. Unreadable sources get None (the
+    embedding step reports them)."""
     from tqdm import tqdm
 
     boxes = list(boxes) if boxes is not None else [None] * len(sources)
@@ -150,7 +151,7 @@ def best_boxes(detector: Detector, sources: Sequence[Any], boxes: Sequence[Box |
             out.append(given)
             continue
         try:
-            out.append(best_box(detector, load_image(src)))
+            out.append(best_box(detector, src if isinstance(src, Image.Image) else load_image(src)))
         except ImageError:
             out.append(None)
     return out
