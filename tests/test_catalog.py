@@ -294,3 +294,29 @@ def test_group_by_product_orders_by_best_score_of_each_product() -> None:
     # row 1: unlabelled 14 first, then product 1 (10, 12), product 2 (11, 15), 13
     assert i[1].tolist() == [14, 10, 12, 11, 15, 13, -1]
     assert np.isneginf(s[:, -1]).all()
+
+
+def test_a_writer_of_a_rebuilt_catalog_is_refused_not_lost(dataset, tmp_path) -> None:
+    """`index build --overwrite` swaps the folder: a catalog opened before wrote into the replaced folder,
+    and its items were lost without a word. The build now waits for a writer's lock, and a writer opened
+    before the swap is refused."""
+    import threading
+    import time
+
+    gallery = read_gallery(dataset["gallery"])
+    cat, _ = build_catalog(gallery[:2], tmp_path / "cat", embedder=MODEL, progress=False)
+    done = {}
+    with cat.writing():  # a long `index add` in progress
+        builder = threading.Thread(target=lambda: done.update(cat=build_catalog(
+            gallery, tmp_path / "cat", embedder=MODEL, overwrite=True, progress=False)[0]))
+        builder.start()
+        time.sleep(1.0)
+        assert builder.is_alive()  # the swap waits for the writer
+        cat.add(gallery[2:3], progress=False)
+    builder.join()
+    assert len(done["cat"]) == 4  # the new catalog, built from all four photos
+    with pytest.raises(ProductLensError, match="was rebuilt .* open it again"):
+        with cat.writing():
+            pass
+    cat.close()
+    done["cat"].close()

@@ -687,6 +687,76 @@ def test_orphan_files_removed_on_open(store_factory):
     assert len(s2) == 2 and s2.search(np.eye(4)[1], 1)[1][0, 0] == 2
 
 
+class _FailingCommit:
+    """A store connection whose COMMITs fail, as on a full disk (sqlite3's own objects cannot be patched)."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            raise __import__("sqlite3").OperationalError("disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_a_commit_that_fails_keeps_the_old_state_and_leaves_no_file(store_factory):
+    """A full disk at COMMIT: a ProductLensError that says nothing was saved (was a raw sqlite3 error), the
+    store as it was, and no unreferenced segment file left until the next open."""
+    embedded_only(store_factory)
+    s = store_factory(dim=4)
+    s.upsert([1, 2], np.eye(4)[:2])
+    before = sorted(p.name for p in s.path.iterdir())
+    real, s._db = s._db, _FailingCommit(s._db)
+    with pytest.raises(ProductLensError, match="could not be saved .*disk I/O error"):
+        s.upsert([3], np.eye(4)[2:3])
+    with pytest.raises(ProductLensError, match="could not be saved"):
+        s.compact()
+    s._db = real
+    assert len(s) == 2 and sorted(p.name for p in s.path.iterdir()) == before
+
+
+def test_a_committed_write_is_not_reported_failed_when_tidying_up_fails(store_factory, monkeypatch, caplog):
+    """Compaction runs after the write's commit: its failure (a full disk) raised from upsert, and a caller
+    that retried added the items twice. The write now stands and the failure is a warning."""
+    embedded_only(store_factory)
+    s = store_factory(dim=4)
+
+    def full_disk(*a, **k):
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(s, "compact", full_disk)
+    s.max_segments = 1
+    s.upsert([1], np.eye(4)[:1])
+    s.upsert([2], np.eye(4)[1:2])  # two segments: compaction due, and failing
+    assert len(s) == 2 and s.remove([1]) == 1 and len(s) == 1
+    assert "the change is saved, but tidying up failed" in caplog.text
+
+
+def test_opening_does_not_wait_for_a_writer_of_another_process(store_factory):
+    """Opening took SQLite's write lock, so a long write elsewhere held every new reader (and failed it
+    after the timeout)."""
+    import sqlite3
+
+    embedded_only(store_factory)
+    s = store_factory(dim=4)
+    s.upsert([1, 2], np.eye(4)[:2])
+    path = s.path
+    s.close()
+    other = sqlite3.connect(str(path / "store.sqlite"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # as a writer in the middle of a segment write or a compaction
+    try:
+        t = time.monotonic()
+        again = open_store(path, timeout=2)
+        assert len(again) == 2 and time.monotonic() - t < 1.5
+        again.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
 CRASH_OPS = textwrap.dedent(
     '''
     import numpy as np

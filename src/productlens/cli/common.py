@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from typing import Callable
 
 import typer
@@ -20,12 +21,27 @@ def fail_cleanly(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ProductLensError, OSError, KeyError) as exc:  # OSError: a missing file, a folder given for a file, ...
+        except BrokenPipeError:  # `productlens ... | head`: the reader has what it wanted
+            _quiet_stdout()
+            raise typer.Exit(0) from None
+        except (ProductLensError, OSError, KeyError, sqlite3.Error) as exc:  # OSError: a missing file, a full disk
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe again."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test runner's capture)
+        pass
 
 
 def reports_skipped(fn: Callable) -> Callable:

@@ -98,6 +98,7 @@ class Catalog:
         self._matcher = None
         self._verifier = None
         self._by_product: dict[int, list[int]] | None = None
+        self._folder = folder_key(self.path)  # which folder was opened (`index build --overwrite` swaps it)
         #: why the model no longer matches the one the catalog was built with (opened with ``check=False``)
         self.model_changed: str | None = None
 
@@ -239,6 +240,7 @@ class Catalog:
         from productlens.pipeline.store_spec import StoreSpec, check_complete
 
         path = Path(path)
+        folder = folder_key(path)  # before the store: a folder swapped in between is taken for a rebuild
         store = StoreSpec.of(path).open(path)
         try:
             check_complete(store, path)
@@ -263,6 +265,7 @@ class Catalog:
             if store.get_info("adapter") else None
         cat = cls(path, store, embedder, adapter)
         cat.model_changed = changed
+        cat._folder = folder
         return cat
 
     def close(self) -> None:
@@ -321,6 +324,9 @@ class Catalog:
         ``guard``: the caller's own lock between its threads (a server's), taken once the file lock is
         held, so that readers in the process go on while a writer waits for another process."""
         with file_lock(self.path / WRITER_LOCK, timeout), (guard or contextlib.nullcontext()):
+            if folder_key(self.path) != self._folder:  # its writes would go to the replaced folder, and be lost
+                raise ProductLensError(f"{self.path} was rebuilt (index build --overwrite) since it was opened "
+                                       "here; open it again to change it")
             self._changed()
             yield
 
@@ -512,6 +518,15 @@ class Catalog:
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,
                                                        text_weight=self.text_weight_for(bool(text)),
                                                        verify=[img] if resolve(verify) else None))[0]
+
+
+def folder_key(path: Path) -> tuple[int, int] | None:
+    """The identity of the folder at ``path`` (device, inode), or None where there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def stored_companions(store: Store) -> list[str]:

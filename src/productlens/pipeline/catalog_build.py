@@ -8,6 +8,7 @@ build leaves either the old catalog or the new one, never a half-written folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -180,11 +181,22 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             if adapter is not None:
                 adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,
                                                       "gallery_labels_used": bool(use_gallery_labels)})
-            replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
+            with _writer_lock_of(path):  # a writer of the old catalog finishes first (and later ones see the swap)
+                replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return Catalog.open(path), gal.errors
+
+
+def _writer_lock_of(path: Path):
+    """The writer lock of the catalog at ``path`` (:meth:`Catalog.writing`), or nothing to hold."""
+    from productlens.fileio import file_lock
+    from productlens.pipeline.catalog import WRITER_LOCK
+
+    if Path(path).is_dir():  # a catalog (check_catalog_target refuses any other folder) or an empty folder
+        return file_lock(Path(path) / WRITER_LOCK)
+    return contextlib.nullcontext()
 
 
 def embed_gallery(embedder, items: Sequence[Item], *, progress: bool = True, known: EmbedResult | None = None,

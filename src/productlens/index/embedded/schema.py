@@ -45,7 +45,13 @@ def init_schema(
     created; None takes the existing store's (float32 for a new one), and a
     different value for an existing store is refused.
     """
-    db.execute("BEGIN IMMEDIATE")
+    # an existing store is only read here: a deferred transaction, so that opening does not wait for (or,
+    # past the timeout, fail on) a writer of another process; creating one takes the write lock
+    db.execute("BEGIN")
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is not None
+    if not exists:
+        db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
     try:
         has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
         stored_dim = None

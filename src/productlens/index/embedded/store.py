@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -52,6 +53,8 @@ from .search import exact_segments, exact_subset
 from .segments import (BLOCK_ROWS, SegmentMissing, delete_segments, read_rows, remove_orphans, seg_path, tmp_path,
                        write_npy)
 from .snapshot import Snapshot
+
+log = logging.getLogger(__name__)
 
 
 HALF_MAX = float(np.finfo(np.float16).max)
@@ -180,7 +183,13 @@ class EmbeddedStore(Store):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as e:  # a full disk, an I/O error: nothing of the transaction was kept
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise ProductLensError(f"store at {self.path}: the change could not be saved ({e}); "
+                                       "the store is as it was") from e
 
     @contextlib.contextmanager
     def _read_txn(self, refresh: bool = True) -> Iterator[sqlite3.Connection]:
@@ -243,12 +252,12 @@ class EmbeddedStore(Store):
         if ids_a.size == 0:
             return
         dropped: list[int] = []
-        with self._write_txn() as db:
-            gen = self._meta("gen") + 1
-            seg = self._meta("next_seg")
-            self._write_segment(seg, iter([vecs]), vecs.shape[0])
-            committing = False
-            try:
+        seg: int | None = None
+        try:
+            with self._write_txn() as db:
+                gen = self._meta("gen") + 1
+                seg = self._meta("next_seg")
+                self._write_segment(seg, iter([vecs]), vecs.shape[0])
                 old = db.execute(
                     "SELECT id, seg, off FROM items WHERE id IN (SELECT value FROM json_each(?))",
                     (ids_json(ids_a),),
@@ -257,12 +266,11 @@ class EmbeddedStore(Store):
                 dropped = tombstone(db, old, gen)
                 upsert_items(db, ids_a, seg, gen, rows)
                 set_meta(db, gen=gen, vgen=gen, next_seg=seg + 1)
-                committing = True
-            finally:
-                if not committing:  # nothing references the file: remove it now
-                    delete_segments(self.path, [seg])
-        delete_segments(self.path, dropped)
-        self._maybe_compact()
+        except BaseException:
+            if seg is not None:  # not committed (the body or the COMMIT failed): nothing references the file
+                delete_segments(self.path, [seg])
+            raise
+        self._after_write(dropped)
 
     def remove(self, ids: Sequence[int]) -> int:
         ids_a = np.unique(check_ids(ids))
@@ -278,8 +286,7 @@ class EmbeddedStore(Store):
             db.execute("DELETE FROM items WHERE id IN (SELECT value FROM json_each(?))", (ids_json(ids_a),))
             dropped = tombstone(db, old, gen)
             set_meta(db, gen=gen, vgen=gen)
-        delete_segments(self.path, dropped)
-        self._maybe_compact()
+        self._after_write(dropped)
         return len(old)
 
     def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
@@ -322,6 +329,17 @@ class EmbeddedStore(Store):
             return {k: json.loads(v) for k, v in self._conn().execute("SELECT key, value FROM info")}
 
     # ============================================================ compaction
+    def _after_write(self, dropped: Sequence[int]) -> None:
+        """Housekeeping once a write has committed: remove the segments it emptied, compact when due.
+        A failure here (a full disk) is logged, not raised: the write stands, and a caller that saw an
+        error would retry it and add the items twice. A later write or open does the work."""
+        try:
+            delete_segments(self.path, dropped)
+            self._maybe_compact()
+        except (OSError, sqlite3.Error, ProductLensError) as e:
+            log.warning("store at %s: the change is saved, but tidying up failed (%s); a later write retries",
+                        self.path, e)
+
     def _maybe_compact(self) -> None:
         db = self._conn()
         with self._lock:
@@ -339,7 +357,16 @@ class EmbeddedStore(Store):
         With ``merge_only`` only the smallest segments are merged (until at most
         ``max_segments // 2`` remain), which keeps appends cheap.
         """
-        dropped: list[int] = []
+        written: list[int] = []  # the new segment, once numbered
+        try:
+            dropped = self._compact_in_txn(merge_only, written)
+        except BaseException:
+            delete_segments(self.path, written)  # not committed (the body or the COMMIT failed): unreferenced
+            raise
+        delete_segments(self.path, dropped)
+
+    def _compact_in_txn(self, merge_only: bool, written: list[int]) -> list[int]:
+        """The compaction's transaction; returns the segments it replaced (to delete once committed)."""
         with self._write_txn() as db:
             self._refresh_in_txn()
             segs = self._snap.segs
@@ -347,43 +374,37 @@ class EmbeddedStore(Store):
             if merge_only:
                 n_merge = len(stats) - self.max_segments // 2 + 1
                 if n_merge < 2:
-                    return
+                    return []
                 victims = [s for s, _ in stats[:n_merge]]
             else:
                 if len(stats) <= 1 and not db.execute("SELECT 1 FROM segments WHERE dead > 0").fetchone():
-                    return
+                    return []
                 victims = [s for s, _ in stats]
             victims.sort()
             gen = self._meta("gen") + 1
             seg_no = self._meta("next_seg")
             parts = [(no, np.flatnonzero(segs[no].row_ids >= 0)) for no in victims]
             n_live = int(sum(p.size for _, p in parts))
-            committing = False
-            try:
-                if n_live:
-                    def chunks() -> Iterator[np.ndarray]:
-                        for no, live in parts:
-                            vecs = segs[no].vecs
-                            for a in range(0, live.size, BLOCK_ROWS):
-                                part = live[a : a + BLOCK_ROWS]
-                                lo = int(part[0])  # read the block's span ahead, then pick its live rows
-                                yield read_rows(vecs, lo, int(part[-1]) + 1)[part - lo]
+            if n_live:
+                def chunks() -> Iterator[np.ndarray]:
+                    for no, live in parts:
+                        vecs = segs[no].vecs
+                        for a in range(0, live.size, BLOCK_ROWS):
+                            part = live[a : a + BLOCK_ROWS]
+                            lo = int(part[0])  # read the block's span ahead, then pick its live rows
+                            yield read_rows(vecs, lo, int(part[-1]) + 1)[part - lo]
 
-                    self._write_segment(seg_no, chunks(), n_live)
-                    new_ids = np.concatenate([segs[no].row_ids[live] for no, live in parts])
-                    db.execute("INSERT INTO segments(seg, rows, dead, gen) VALUES (?, ?, 0, ?)", (seg_no, n_live, gen))
-                    db.executemany(
-                        "UPDATE items SET seg=?, off=? WHERE id=?",
-                        zip(itertools.repeat(seg_no), range(n_live), new_ids.tolist()),
-                    )
-                drop_segments(db, victims)
-                set_meta(db, gen=gen, next_seg=seg_no + 1)
-                committing = True
-                dropped = victims
-            finally:
-                if not committing:
-                    delete_segments(self.path, [seg_no])
-        delete_segments(self.path, dropped)
+                written.append(seg_no)
+                self._write_segment(seg_no, chunks(), n_live)
+                new_ids = np.concatenate([segs[no].row_ids[live] for no, live in parts])
+                db.execute("INSERT INTO segments(seg, rows, dead, gen) VALUES (?, ?, 0, ?)", (seg_no, n_live, gen))
+                db.executemany(
+                    "UPDATE items SET seg=?, off=? WHERE id=?",
+                    zip(itertools.repeat(seg_no), range(n_live), new_ids.tolist()),
+                )
+            drop_segments(db, victims)
+            set_meta(db, gen=gen, next_seg=seg_no + 1)
+        return victims
 
     def _cleanup(self) -> None:
         """Delete files no committed state references (needs the write lock; skipped if busy)."""
