@@ -687,6 +687,20 @@ def test_orphan_files_removed_on_open(store_factory):
     assert len(s2) == 2 and s2.search(np.eye(4)[1], 1)[1][0, 0] == 2
 
 
+def test_ties_at_the_cut_keep_the_lowest_ids_whatever_the_segments(store_factory):
+    """Items tied with the k-th score were kept at random (argpartition): duplicates of one photo came back
+    as [7, 8, 9] or [0, 1, 2] depending on how the store had been filled."""
+    embedded_only(store_factory)
+    v = np.tile(np.eye(4, dtype=np.float32)[:1], (10, 1))
+    layouts = ([[9, 8, 7, 6, 5], [4, 3, 2, 1, 0]], [list(range(10))], [[5, 6, 7, 8, 9], [0, 1, 2, 3, 4]])
+    for n, batches in enumerate(layouts):
+        s = store_factory(dim=4, name=f"ties{n}")
+        for ids in batches:
+            s.upsert(ids, v[:len(ids)])
+        assert s.search(v[:1], 3)[1][0].tolist() == [0, 1, 2], batches
+        s.close()
+
+
 class _FailingCommit:
     """A store connection whose COMMITs fail, as on a full disk (sqlite3's own objects cannot be patched)."""
 

@@ -26,6 +26,12 @@ def topk_merge(
         i = np.concatenate([best_i, i], axis=1)
     if s.shape[1] > k:
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(s, part, axis=1).min(axis=1, keepdims=True)
+        cut = np.flatnonzero((s == kth).sum(axis=1) > (np.take_along_axis(s, part, axis=1) == kth).sum(axis=1))
+        for r in cut:  # items tied with the k-th score were left out at random: keep the lowest ids, as finish sorts
+            above = np.flatnonzero(s[r] > kth[r, 0])
+            tied = np.flatnonzero(s[r] == kth[r, 0])
+            part[r] = np.concatenate([above, tied[np.argsort(i[r, tied], kind="stable")][: k - above.size]])
         s = np.take_along_axis(s, part, axis=1)
         i = np.take_along_axis(i, part, axis=1)
     return s, i
