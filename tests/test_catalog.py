@@ -244,7 +244,7 @@ def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path, mon
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
-    with pytest.raises(ProductLensError, match="not a productlens catalog"):  # --overwrite replaces catalogs only
+    with pytest.raises(ProductLensError, match="holds files but no productlens catalog: it is never replaced"):
         build_catalog(gallery, mine, embedder=MODEL, overwrite=True, progress=False)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     killed = tmp_path / "cat.building.k1ll3d.pltmp"  # what a build killed with -9 leaves: unlocked, old

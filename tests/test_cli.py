@@ -37,8 +37,11 @@ def test_cli_index_search_rank_eval(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     assert np.load(out).shape == (16, 1000)
     r = runner.invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries", str(ds["queries"]),
-                            "--train", str(ds["train"]), "--model", "efficientnet-lite0", "--json"])
+                            "--train", str(ds["train"]), "--model", "efficientnet-lite0", "--json",
+                            "--rankings", str(tmp_path / "eval.npy")])
     assert r.exit_code == 0, r.output
+    assert f"wrote the rankings (one row of seller_img_id per query, best first) to {tmp_path / 'eval.npy'}" \
+        in r.output and np.load(tmp_path / "eval.npy").shape == (16, 1000)
     m = json.loads(r.output.strip().splitlines()[-1])
     assert set(m) == {"map@1000", "top1", "top5", "recall@10", "queries", "gallery", "seconds"}
     assert m["queries"] == 16 and m["gallery"] == 4 and m["map@1000"] > 0.5
@@ -64,6 +67,7 @@ def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
     assert r.exit_code == 0, r.output  # items 0-2; product 0 "box", product 1 "new"
     r = runner.invoke(app, ["index", "add", str(cat), str(ds["gallery"])])  # seller_img_id 0-3: replaces 0-2
     assert r.exit_code == 0 and "holds 4 items" in r.output, r.output
+    assert "added 1 item(s) under their own ids 3\n" in r.output and "replaced 3 item(s)" in r.output, r.output
     (folder / "new").rename(folder / "box2")
     r = runner.invoke(app, ["index", "add", str(cat), str(folder)])
     assert r.exit_code == 0, r.output
@@ -152,8 +156,8 @@ def test_index_build_ocr_writes_nothing_when_the_text_weight_fails(tmp_path, mon
     assert not (tmp_path / "cat").exists()  # chosen before the catalog is written
 
 
-@pytest.mark.parametrize("overwrite, message", [(False, "exists; pass overwrite=True (--overwrite)"),
-                                                (True, "not a productlens catalog")])
+@pytest.mark.parametrize("overwrite, message", [(False, "exists; replace it with --overwrite"),
+                                                (True, "holds files but no productlens catalog")])
 def test_index_build_ocr_checks_its_output_before_the_text_weight(tmp_path, monkeypatch, overwrite, message) -> None:
     from productlens.pipeline import fusion
 
@@ -177,7 +181,8 @@ def test_cli_clear_errors(tmp_path) -> None:
     r = runner.invoke(app, ["search", str(tmp_path), "x.jpg"])
     assert r.exit_code == 1 and "not a productlens catalog" in r.output
     r = runner.invoke(app, ["demo", "--catalog", str(tmp_path / "missing")])
-    assert r.exit_code == 1 and "no catalog" in r.output
+    assert r.exit_code == 1 and f"no catalog at {tmp_path / 'missing'} (from --catalog)" in r.output
+    assert "CATALOG is not set" not in r.output  # it was given: the message named the default instead
 
 
 def test_cli_data_fetch_from_local_file(tmp_path, monkeypatch) -> None:
@@ -312,3 +317,22 @@ def test_an_emptied_catalog_says_so_and_batches_that_read_nothing_exit_1(tmp_pat
         r = runner.invoke(app, args)
         assert r.exit_code == 1 and "the catalog holds no item" in r.output, (args, r.output)
     assert not (tmp_path / "r.npy").exists()
+
+
+def test_search_says_when_given_text_is_not_used(tmp_path) -> None:
+    """A catalog built with --ocr whose training photos chose a text weight of 0 ignores --text: it did
+    so without a word, and the user took the unchanged ranking for the text's verdict."""
+    from productlens.pipeline.catalog import Catalog
+
+    ds = write_dataset(tmp_path / "ds", n_products=2, per_product=1)
+    cat = tmp_path / "cat"
+    r = runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(cat), "--model", "efficientnet-lite0"])
+    assert r.exit_code == 0, r.output
+    q = str(tmp_path / "ds" / "img" / "q_1_0.jpg")
+    r = runner.invoke(app, ["search", str(cat), q, "--text", "red box", "--no-verify"])
+    assert r.exit_code == 0 and "note:" not in r.output  # no OCR: the given text counts
+    with Catalog.open(cat) as c:
+        c.store.set_info("ocr", True)  # as `index build --ocr --train` records it
+        c.set_text_weight(0.0)
+    r = runner.invoke(app, ["search", str(cat), q, "--text", "red box", "--no-verify"])
+    assert r.exit_code == 0 and "note: --text is not used: this catalog's text weight is 0" in r.output

@@ -458,3 +458,11 @@ def test_text_commands_report_what_they_leave_out(text_catalog, tmp_path):
     for k in ("0", "-3"):
         res = runner.invoke(app, ["text", "search", str(root / "cat"), "green", "-k", k])
         assert res.exit_code == 2 and "-k" in res.output
+    folder = tmp_path / "photos"  # a folder is read for its photos, as detect and classify predict read one
+    (folder / "sub").mkdir(parents=True)
+    for j, q in enumerate(queries[:3]):
+        (folder / ("sub" if j else "") / f"{j}.jpg").write_bytes((root / q["img_path"]).read_bytes())
+    res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), str(folder), "--names", "red,blue", "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.output.strip().splitlines()[-1])) == 3, res.output
+    res = runner.invoke(app, ["text", "ocr", str(tmp_path / "empty_dir_missing")])
+    assert res.exit_code == 1

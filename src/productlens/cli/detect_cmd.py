@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, fail_if_none_done
+from productlens.cli.common import expand_folders, fail_cleanly, fail_if_none_done
 
 app = typer.Typer(help="Train object detectors on COCO boxes.", no_args_is_help=True)
 
@@ -43,18 +43,11 @@ def detect(
     as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list on the last line."),
 ) -> None:
     """Detect products: boxes in pixels (x, y, w, h), tags and scores; bad images are reported and skipped."""
-    from productlens.data.readers import IMAGE_EXTENSIONS, utf8_path
     from productlens.fileio import check_output_file
     from productlens.models.detectors import load_detector
     from productlens.pipeline.detect import detect_files
 
-    paths: list[Path] = []
-    for p in images:
-        if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()
-                            and utf8_path(q))
-        else:
-            paths.append(p)
+    paths = [Path(p) for p in expand_folders(images)]
     if not paths:
         raise FileNotFoundError("no images given (folders hold no image files)")
     if out is not None:

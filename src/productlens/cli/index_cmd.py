@@ -157,16 +157,20 @@ def add(
         given = catalog_ids_given(items)
         if not given:
             new = cat.with_new_ids(new, products_by_category=items.is_dir())
+        had = {it.id for it, md in zip(new, cat.store.get([it.id for it in new])) if md is not None}
         errors = cat.add(new)
         cat.mark_used(max(it.id for it in new))
         skipped = {i for i, _, _ in errors}
-        added = [it.id for i, it in enumerate(new) if i not in skipped]
+        done = [it.id for i, it in enumerate(new) if i not in skipped]
+        added, replaced = [i for i in done if i not in had], [i for i in done if i in had]
         for _, _, message in errors:
             typer.echo(f"skipped: {message}", err=True)
         if added:
             typer.echo(f"added {len(added)} item(s) under {'their own' if given else 'new'} ids {id_ranges(added)}")
+        if replaced:
+            typer.echo(f"replaced {len(replaced)} item(s) with new photos or data: ids {id_ranges(replaced)}")
         typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors)}")
-    fail_if_none_done(len(added), len(errors))
+    fail_if_none_done(len(done), len(errors))
 
 
 def id_ranges(ids: List[int], limit: int = 8) -> str:

@@ -43,10 +43,14 @@ def search(
         sheet_path(plot)
     query_box = Box.parse(box)
     with Catalog.open(catalog_dir) as cat:
+        if text and cat.text_weight_for(True) == 0:
+            typer.echo("note: --text is not used: this catalog's text weight is 0 (its training photos chose "
+                       "the image alone when it was built with --ocr)", err=True)
         source = read_once(image)  # a URL: downloaded once for the detector, the search and the categories
         if detect and query_box is None:
             query_box = best_box(load_detector(detector), load_image(source))
-            typer.echo(f"detected box: {query_box.as_tuple() if query_box else 'none (whole photo)'}", err=True)
+            shown = ",".join(f"{v:.0f}" for v in query_box.as_tuple()) if query_box else "none (whole photo)"
+            typer.echo(f"detected box: {shown}", err=True)
         hits = cat.search(source, box=query_box, k=k, rerank=rerank, text=text, verify=verify)
         categories = None
         if not as_json and cat.classifier is not None:  # the attached classifier's top 4 categories
@@ -186,9 +190,13 @@ def demo(
     from productlens.types import ProductLensError
 
     src = catalog or default_catalog()
-    if src is None or not Path(src).exists():
+    if src is None:
         raise ProductLensError("no catalog: ../shared/data/grocery is absent and CATALOG is not set; "
                                "run `make run CATALOG=/path/to/folder-or.csv`")
+    if not Path(src).exists():
+        given = "--catalog" if catalog else "CATALOG"
+        raise ProductLensError(f"no catalog at {src} (from {given}): give a folder of photos, a csv or a "
+                               "products.jsonl")
     src = Path(src)
     items = read_catalog(src)
     base = src if src.is_dir() else src.parent

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, fail_if_none_done, owner_label, reports_skipped
+from productlens.cli.common import expand_folders, fail_cleanly, fail_if_none_done, owner_label, reports_skipped
 from productlens.config import ZERO_SHOT_IMAGENET_WEIGHT
 from productlens.types import ProductLensError
 
@@ -78,7 +78,7 @@ def align(
 @fail_cleanly
 def zero_shot_cmd(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder with an alignment."),
-    images: List[str] = typer.Argument(..., help="Photos to name."),
+    images: List[str] = typer.Argument(..., help="Photos (or folders of photos) to name."),
     names: str = typer.Option(..., help="Category names, comma-separated, or @FILE with one name a line."),
     k: int = typer.Option(4, "-k", min=1),
     imagenet_weight: float = typer.Option(
@@ -106,6 +106,9 @@ def zero_shot_cmd(
     else:
         name_list = [n.strip() for n in names.split(",") if n.strip()]
     name_list = list(dict.fromkeys(name_list))  # a name given twice would split its own score
+    images = expand_folders(images)
+    if not images:
+        raise ProductLensError("no images given (the folders hold no image files)")
     with Catalog.open(catalog_dir) as cat:
         preds = zero_shot(cat, images, name_list, k=k, imagenet_weight=imagenet_weight)
     if as_json:
@@ -120,12 +123,15 @@ def zero_shot_cmd(
 @fail_cleanly
 @reports_skipped
 def ocr(
-    images: List[str] = typer.Argument(..., help="Photos to read."),
+    images: List[str] = typer.Argument(..., help="Photos (or folders of photos) to read."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (text, score, box per word)."),
 ) -> None:
     """Print the words read on each photo (an unreadable photo is reported and skipped)."""
     from productlens.models.ocr import get_ocr
 
+    images = expand_folders(images)
+    if not images:
+        raise ProductLensError("no images given (the folders hold no image files)")
     words, errors = get_ocr().read_many(images)
     for _, _, msg in errors:
         typer.secho(f"skipped: {msg}", err=True, fg=typer.colors.YELLOW)  # the message names the file

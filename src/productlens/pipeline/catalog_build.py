@@ -49,9 +49,13 @@ def check_catalog_target(path: str | os.PathLike, overwrite: bool) -> None:
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ProductLensError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise ProductLensError(f"{path} exists; replace it with --overwrite (overwrite=True), or write elsewhere")
     if path.is_dir() and any(path.iterdir()):  # only a catalog is replaced, never a folder of the user's
-        StoreSpec.of(path)  # ProductLensError: "... is not a productlens catalog"
+        try:
+            StoreSpec.of(path)
+        except ProductLensError:
+            raise ProductLensError(f"{path} holds files but no productlens catalog: it is never replaced, even "
+                                   "with --overwrite; write the catalog to a new or empty folder") from None
 
 
 def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: str = DEFAULT_EMBEDDER,
