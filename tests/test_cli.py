@@ -209,7 +209,9 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
     r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
                             "--model", "efficientnet-lite0", "--queries", "2", "--no-detector"])
     assert r.exit_code == 0, r.output
-    assert "adapting on 16 labelled photos" in r.output and r.output.count("query ") == 2
+    assert "adapting on 16 labelled photos" in r.output and r.output.count("\nquery ") == 2
+    assert "the examples are catalog photos, which find themselves first" in r.output  # no val.csv here
+    assert ": )" not in r.output  # an untitled product is not shown with an empty title
     assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()
     assert "classifier attached: 2 categories" in r.output and (tmp_path / "cat" / "classifier").is_dir()
     assert Image.open(tmp_path / "demo.png").size[1] > 2 * 160  # a row per example query

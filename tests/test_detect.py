@@ -368,6 +368,8 @@ def test_detect_cli_writes_drawings_and_json(trained, tmp_path):
     assert res.exit_code == 1 and "b.json, which detect did not write" in res.output
     res = CliRunner().invoke(app, ["detect", str(tmp_path / "broken.jpg"), *model])  # nothing could be read
     assert res.exit_code == 1 and "skipped: " in res.output and "broken.jpg" in res.output
+    by_file = load_detector(f"onnx:{root / 'detector' / 'model.onnx'}")  # its folder's detector.json is the spec
+    assert by_file.labels == load_detector(root / "detector").labels
     assert (tmp_path / "a.jpg").read_bytes() == before and (mine / "b.json").read_text() == "{}"
 
 

@@ -221,14 +221,18 @@ def demo(
                    f"{res.seconds:.0f} s")
     if detector:
         demo_detector(items, out.parent / "detector", backgrounds or default_backgrounds(src))
-    pool = read_labelled_csv(base / "val.csv") if (base / "val.csv").is_file() else items
+    held_out = (base / "val.csv").is_file()
+    pool = read_labelled_csv(base / "val.csv") if held_out else items
+    if not held_out:  # each example then finds itself first: say so rather than let the ticks impress
+        typer.echo("\nno val.csv beside the catalog: the examples are catalog photos, which find themselves first")
     rng = random.Random(seed)
     shown = []
     with cat:
         for q in rng.sample(list(pool), min(queries, len(pool))):
             hits = cat.search(q.image, k=3)
             shown.append((q.image, q.box, q.product_id, hits))
-            truth = f" (true product {q.product_id}: {q.title})" if q.product_id is not None else ""
+            truth = f" (true product {q.product_id}{': ' + q.title if q.title else ''})" \
+                if q.product_id is not None else ""
             typer.echo(f"\nquery {q.image}{truth}")
             for r, h in enumerate(hits, 1):
                 mark = " ✓" if same_product(h.product_id, q.product_id) else ""

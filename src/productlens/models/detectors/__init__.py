@@ -48,7 +48,10 @@ def load_detector(name: str | os.PathLike[str] | None = None, *, threads: int | 
         model = Path(name[5:]).expanduser()
         if not model.is_file():
             raise ProductLensError(f"detector model {model} does not exist")
-        return Detector(model, load_spec(model.with_suffix(".json")), name=name, threads=threads)
+        spec = model.with_suffix(".json")
+        if not spec.is_file() and model.name == "model.onnx" and (model.parent / "detector.json").is_file():
+            spec = model.parent / "detector.json"  # the model of a trained detector's folder, named by its file
+        return Detector(model, load_spec(spec), name=name, threads=threads)
     folder = Path(name).expanduser()
     if not (folder / "detector.json").is_file() or not (folder / "model.onnx").is_file():
         raise ProductLensError(f"{folder} is not a detector folder (model.onnx and detector.json); "
