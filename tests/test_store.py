@@ -701,6 +701,16 @@ def test_ties_at_the_cut_keep_the_lowest_ids_whatever_the_segments(store_factory
         s.close()
 
 
+def test_an_overflowing_score_stays_the_best_hit(store_factory):
+    """An inner product past float32's range is +inf: it was taken for padding and the best hit vanished."""
+    embedded_only(store_factory)
+    s = store_factory(dim=2)
+    s.upsert([0, 1, 2], np.array([[1e20, 0], [1, 0], [0, 1]], np.float32))
+    with np.errstate(over="ignore"):
+        scores, ids = s.search(np.array([[1e20, 0]], np.float32), 3)
+    assert ids[0].tolist() == [0, 1, 2] and scores[0, 0] == np.inf
+
+
 class _FailingCommit:
     """A store connection whose COMMITs fail, as on a full disk (sqlite3's own objects cannot be patched)."""
 

@@ -44,7 +44,7 @@ def finish(s: np.ndarray | None, i: np.ndarray | None, nq: int, k: int) -> tuple
         return out_s, out_i
     s = s.astype(np.float32, copy=False)
     i = i.astype(np.int64, copy=True)
-    i[~np.isfinite(s)] = -1
+    i[np.isnan(s) | (s == -np.inf)] = -1  # padding; +inf (an inner product that overflowed) is still the best hit
     s = np.where(i < 0, np.float32(-np.inf), s)
     order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -s), axis=1)
     s = np.take_along_axis(s, order, axis=1)
