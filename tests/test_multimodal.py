@@ -466,3 +466,16 @@ def test_text_commands_report_what_they_leave_out(text_catalog, tmp_path):
     assert res.exit_code == 0 and len(json.loads(res.output.strip().splitlines()[-1])) == 3, res.output
     res = runner.invoke(app, ["text", "ocr", str(tmp_path / "empty_dir_missing")])
     assert res.exit_code == 1
+
+
+def test_a_bad_clip_gets_one_message_of_ours(tmp_path, capfd):
+    """FFmpeg printed its own line ("moov atom not found") before productlens's error; a folder was 'no such
+    video file'."""
+    from productlens.pipeline.video import sample_frames
+
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    with pytest.raises(ProductLensError, match="bad.mp4: cannot open the video"):
+        sample_frames(tmp_path / "bad.mp4")
+    with pytest.raises(ProductLensError, match="a folder; give a video file"):
+        sample_frames(tmp_path)
+    assert "moov" not in capfd.readouterr().err

@@ -76,7 +76,11 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
     """
     import cv2
 
+    # FFmpeg's own lines ("moov atom not found") would precede ours, which say the same thing
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     path = Path(path)
+    if path.is_dir():
+        raise ProductLensError(f"{path}: a folder; give a video file")
     if not path.is_file():
         raise ProductLensError(f"{path}: no such video file")
     cap = cv2.VideoCapture(str(path))
