@@ -269,3 +269,11 @@ def test_gallery_ids_are_checked_where_they_are_read(tmp_path, rows, why) -> Non
     (tmp_path / "g.csv").write_text("seller_img_id,img_path\n" + rows)
     with pytest.raises(ProductLensError, match=why):
         read_gallery(tmp_path / "g.csv")
+
+
+def test_a_folder_given_for_a_csv_is_named_as_one(tmp_path) -> None:
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ProductLensError, match="train: a folder, where a csv file was expected"):
+        read_gallery(tmp_path / "train")
+    with pytest.raises(ProductLensError, match="nowhere.csv: csv file not found"):
+        read_gallery(tmp_path / "nowhere.csv")

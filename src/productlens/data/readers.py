@@ -304,10 +304,17 @@ def _delimiter(f) -> str:
     return best if counts[best] else ","
 
 
+def _need_file(path: Path, what: str = "csv file") -> None:
+    """ProductLensError unless ``path`` is a file: a folder is named as one (it was "not found")."""
+    if path.is_dir():
+        raise ProductLensError(f"{path}: a folder, where a {what} was expected")
+    if not path.is_file():
+        raise ProductLensError(f"{path}: {what} not found")
+
+
 def _header(path: Path) -> list[str]:
     """The column names of a csv (stripped)."""
-    if not path.is_file():
-        raise ProductLensError(f"{path}: csv file not found")
+    _need_file(path)
     with _csv_errors(path), path.open(newline="", encoding="utf-8-sig") as f:
         first = next(csv.reader(f, delimiter=_delimiter(f)), [])
     return [c.strip() for c in first]
@@ -327,8 +334,7 @@ def _csv_errors(path: Path, where: Callable[[], str] = lambda: "") -> Iterator[N
 
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line number, row)`` of a csv after checking the required columns."""
-    if not path.is_file():
-        raise ProductLensError(f"{path}: csv file not found")
+    _need_file(path)
     with path.open(newline="", encoding="utf-8-sig") as f:
         with _csv_errors(path):
             delimiter = _delimiter(f)
@@ -356,8 +362,7 @@ def _checked_rows(path: Path, reader: csv.DictReader, required: tuple[str, ...]
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line number, object)`` of a JSON-lines file, skipping blank lines."""
-    if not path.is_file():
-        raise ProductLensError(f"{path}: file not found")
+    _need_file(path, "JSON-lines file")
     with _csv_errors(path), path.open(encoding="utf-8-sig") as f:
         for line, text in enumerate(f, start=1):
             if not text.strip():
