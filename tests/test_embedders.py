@@ -110,21 +110,27 @@ def test_unknown_embedder_lists_known_names() -> None:
         create_embedder("resnet-9000")
 
 
-def _tiny_onnx(path, out_map: bool = False) -> None:
-    """A 3-channel model: 1x1 conv to 8 channels (+ global average pool unless out_map)."""
+def _tiny_onnx(path, out_map: bool = False, batch: str | int = "N", nan: bool = False) -> None:
+    """A 3-channel model: 1x1 conv to 8 channels (+ global average pool unless out_map). ``batch``: the
+    input's batch axis (1: a model exported for one image a call); ``nan``: its output is all NaN."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 3, 1, 1)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["image", "w"], ["map"])]
     nodes.append(helper.make_node("Relu", ["map"], ["relu"]))
-    out_name, out_shape = "relu", ["N", 8, 16, 16]
+    inits = [w]
+    if nan:
+        inits.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan"))
+        nodes.append(helper.make_node("Mul", ["relu0", "nan"], ["relu"]))
+        nodes[1] = helper.make_node("Relu", ["map"], ["relu0"])
+    out_name, out_shape = "relu", [batch, 8, 16, 16]
     if not out_map:
         nodes += [helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
                   helper.make_node("Flatten", ["pool"], ["emb"])]
-        out_name, out_shape = "emb", ["N", 8]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)], [w])
+        out_name, out_shape = "emb", [batch, 8]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 16, 16])],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -166,6 +172,66 @@ def test_user_onnx_model_errors(tmp_path) -> None:
     (tmp_path / "bad.json").write_text('{"size": 16}')
     with pytest.raises(ProductLensError, match="cannot load"):
         create_embedder(f"onnx:{bad}")
+
+
+def test_a_user_model_for_one_image_a_call_runs_batches_one_by_one(tmp_path) -> None:
+    """A model exported with its batch axis fixed to 1 loaded, then failed on every batch of two or more
+    with onnxruntime's own error."""
+    _tiny_onnx(tmp_path / "one.onnx", batch=1)
+    _tiny_onnx(tmp_path / "any.onnx")
+    for name in ("one", "any"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"size": 16}))
+    imgs = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 20, 3), dtype=np.uint8)) for i in range(5)]
+    one = create_embedder(f"onnx:{tmp_path / 'one.onnx'}").embed_images(imgs)
+    np.testing.assert_allclose(one, create_embedder(f"onnx:{tmp_path / 'any.onnx'}").embed_images(imgs), atol=1e-6)
+
+
+@pytest.mark.parametrize("spec, why", [
+    ({"size": 32}, "has shape \\['N', 3, 16, 16\\], but its preprocessing gives N x 3 x 32 x 32"),
+    ({"size": 16, "mean": ["a", "b", "c"]}, "'mean' needs 3 finite numbers"),
+    ({"size": 16, "mean": 0.5}, "'mean' needs 3 finite numbers"),
+    ({"size": 16, "std": [float("nan"), 1, 1]}, "'std' needs 3 finite numbers"),
+    ({"size": 16, "uint8": "false"}, "'uint8' must be true or false"),
+    ({"size": 16.9}, "whole number 'size'"),
+    ({"size": True}, "whole number 'size'"),
+    ([16], "must be a JSON object"),
+])
+def test_user_model_mistakes_are_named_with_their_file(tmp_path, spec, why) -> None:
+    """Each was a raw ValueError / TypeError / onnxruntime error, a message without the file, or accepted
+    (a NaN std gave NaN vectors; "false" was read as true; 16.9 as 16)."""
+    _tiny_onnx(tmp_path / "t.onnx")
+    (tmp_path / "t.json").write_text(json.dumps(spec))
+    with pytest.raises(ProductLensError, match="t.(json|onnx): .*" + why):
+        create_embedder(f"onnx:{tmp_path / 't.onnx'}")
+
+
+def test_a_user_model_that_returns_nan_is_refused(tmp_path) -> None:
+    _tiny_onnx(tmp_path / "t.onnx", nan=True)
+    (tmp_path / "t.json").write_text("\ufeff" + json.dumps({"size": 16}))  # a BOM is fine
+    emb = create_embedder(f"onnx:{tmp_path / 't.onnx'}")
+    with pytest.raises(ProductLensError, match="t.onnx: the model returned NaN"):
+        emb.embed_images([Image.new("RGB", (20, 20), (9, 9, 9))])
+
+
+def test_pil_images_are_taken_as_a_path_would_give_them(tmp_path) -> None:
+    """A PIL image from Image.open with EXIF orientation 6 was embedded unrotated, and a 16-bit one
+    clipped instead of scaled, unlike the same photo given by its path."""
+    from productlens.pipeline.embed import embed_items
+
+    emb = create_embedder("efficientnet-lite0")
+    rng = np.random.default_rng(0)
+    upright = Image.fromarray(np.kron(rng.integers(0, 255, (6, 4, 3), dtype=np.uint8), np.ones((20, 20, 1), np.uint8)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: a viewer rotates it 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    by_path = embed_items(emb, [str(tmp_path / "turned.jpg")], progress=False).vectors
+    opened = Image.open(tmp_path / "turned.jpg")
+    assert float(by_path[0] @ emb.embed_images([opened])[0]) > 0.999
+    assert float(by_path[0] @ embed_items(emb, [Image.open(tmp_path / "turned.jpg")], progress=False).vectors[0]) > 0.999
+    grey = (np.asarray(upright.convert("L"), np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    from_path = embed_items(emb, [str(tmp_path / "g16.png")], progress=False).vectors[0]
+    assert float(from_path @ emb.embed_images([Image.open(tmp_path / "g16.png")])[0]) > 0.999
 
 
 def test_shared_user_model_is_loaded_again_when_its_files_change(tmp_path) -> None:

@@ -41,7 +41,12 @@ def num_threads() -> int:
     """Threads for inference: ``$PRODUCTLENS_THREADS`` or the number of usable cores."""
     env = os.environ.get("PRODUCTLENS_THREADS")
     if env:
-        return max(1, int(env))
+        try:
+            return max(1, int(env))
+        except ValueError:
+            from productlens.types import ProductLensError
+
+            raise ProductLensError(f"$PRODUCTLENS_THREADS must be a whole number, got {env!r}") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS, Windows

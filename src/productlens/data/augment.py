@@ -233,10 +233,11 @@ class PooledViewEmbedder:
         return self.base.join(vecs, self.base.companion.embed(batch[:, 0]))  # companions: the whole image
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        """Decoded RGB images -> L2-normalised pooled vectors (N x dim)."""
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.embed(np.stack([self.preprocess(im) for im in images]))
+        """PIL images -> L2-normalised pooled vectors (N x dim); see
+        :func:`~productlens.models.embedders.base.embed_decoded`."""
+        from productlens.models.embedders.base import embed_decoded
+
+        return embed_decoded(self, images)
 
 
 __all__ = ["VIEW_SETS", "PooledViewEmbedder", "PooledViewPreprocess", "StackedViewEmbedder", "View", "ViewEmbedder",

@@ -55,7 +55,7 @@ def load_image(
     max_pixels: int = 100_000_000,
     min_side: int = 0,
 ) -> Image.Image:
-    """Decode ``source`` (path, ``http(s)://``/``file://`` URL, or bytes) to an RGB image.
+    """Decode ``source`` (path, ``http(s)://``/``file://`` URL, bytes, or a PIL image) to an RGB image.
 
     ``box`` (original, EXIF-oriented pixels) is clipped to the image and cropped.
     ``target`` lets JPEGs shrink while decoding (Pillow's ``draft``) by the largest
@@ -64,8 +64,15 @@ def load_image(
     ``max_pixels`` pixels are refused from the header, before decoding; Pillow's own
     decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) is enforced too.
     A result (after the crop) with a side under ``min_side`` pixels is refused
-    (:data:`MIN_SIDE` is the bar for embedding).
+    (:data:`MIN_SIDE` is the bar for embedding). A PIL image is taken as decoded: turned upright by
+    its EXIF orientation if it comes straight from ``Image.open``, made RGB, cropped to ``box``.
     """
+    if isinstance(source, Image.Image):
+        img = decoded_rgb(source)
+        raw_box = _clip_box(box, img.size, 1, "<image>")
+        if raw_box is not None:
+            img = img.crop(_scaled_crop(raw_box, 1.0, img.size))
+        return big_enough(img, "<image>", min_side)
     name, fp = _open_source(source)
     try:
         with warnings.catch_warnings():
@@ -165,6 +172,22 @@ def read_once(source: Source) -> Source:
         if isinstance(text, str) and urllib.parse.urlsplit(text).scheme.lower() in ("http", "https"):
             return NamedBytes(_fetch_url(text), text)
     return source
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """A PIL image as ``Image.open`` gives it, turned as its EXIF orientation says (what
+    :func:`load_image` does for a path). An image without a file format (decoded by productlens, a
+    video frame, one built in memory) is returned as it is: its pixels are taken as shown."""
+    if img.format is None:
+        return img
+    orientation = _orientation(img)
+    return img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
+
+
+def decoded_rgb(img: Image.Image) -> Image.Image:
+    """A PIL image given by a caller, ready for a model: upright (:func:`upright`) and 8-bit RGB
+    (:func:`to_rgb`: alpha on white, 16-bit scaled)."""
+    return to_rgb(upright(img))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -484,7 +484,7 @@ class Catalog:
 
     def classify(self, source: Any, *, box: Box | None = None, k: int = 4,
                  level: str | None = None) -> list[tuple[str, float]]:
-        """The ``k`` most probable categories of one image (path, URL or bytes; optional box)."""
+        """The ``k`` most probable categories of one image (path, URL, bytes or PIL image; optional box)."""
         clf = self.classifier
         if clf is None:
             raise ProductLensError(f"{self.path} has no classifier; attach one with "
@@ -495,7 +495,7 @@ class Catalog:
     def search(self, source: Any, *, box: Box | None = None, k: int = 10, rerank: bool = True,
                where: dict | None = None, detector: Detector | None = None, text: str | None = None,
                verify: bool | None = None) -> list[Hit]:
-        """Rank the catalog for one query image (path, URL or bytes; optional box).
+        """Rank the catalog for one query image (path, URL, bytes or PIL image; optional box).
 
         ``detector`` (a :class:`~productlens.models.detectors.Detector`): without
         a box, search with the best detected box instead of the whole photo.

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import MIN_SIDE, big_enough, load_image, to_rgb
+from productlens.data.images import MIN_SIDE, big_enough, decoded_rgb, load_image
 from productlens.models.embedders.base import Preprocess
 from productlens.progress import ITEM_REPORT, bar_disable
 from productlens.types import Box, Item, ProductLensError
@@ -74,8 +74,8 @@ def _load_into(preprocess: Preprocess, source: Any, box: Box | None, out: np.nda
     """Decode ``source`` and write ``preprocess(image)`` into ``out`` (one row of a batch)."""
     if isinstance(source, Item):
         source, box = source.image, box if box is not None else source.box
-    if isinstance(source, Image.Image):  # already decoded (a video frame, a generated image)
-        img = to_rgb(source)
+    if isinstance(source, Image.Image):  # already decoded (a video frame, a generated image, Image.open's)
+        img = decoded_rgb(source)
         if box is not None:
             x, y, w, h = box.clip(*img.size).as_tuple()
             img = img.crop((round(x), round(y), round(x + w), round(y + h)))

@@ -181,12 +181,12 @@ class Classifier:
         from PIL import Image
 
         from productlens.data.augment import StackedViewEmbedder, View
-        from productlens.data.images import load_image, to_rgb
+        from productlens.data.images import decoded_rgb, load_image
 
         # the views as embed_views gives them in training: each photo reduced once (a decoded upload
         # may be 12 MP), then every view
         stacked = StackedViewEmbedder(self.embedder, [View.parse(v) for v in self.views])
-        decoded = [to_rgb(im) if isinstance(im, Image.Image) else load_image(
+        decoded = [decoded_rgb(im) if isinstance(im, Image.Image) else load_image(
             im.image if hasattr(im, "image") else (im if not isinstance(im, io.BytesIO) else im.getvalue()),
             target=self.input_size) for im in images]
         vecs = stacked.embed(np.stack([stacked.preprocess(img) for img in decoded]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import reduce_for
+from productlens.data.images import decoded_rgb, reduce_for, to_rgb
 from productlens.types import ProductLensError
 
 RESIZE_MODES = ("squash", "crop", "pad")
@@ -110,8 +111,7 @@ class Preprocess:
     def pixels(self, img: Image.Image) -> np.ndarray:
         """The image resized for the model, as uint8 size x size x 3 RGB pixels."""
         s = self.size
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = to_rgb(img)  # 16-bit scaled, alpha on white (convert("RGB") clipped and used black)
         w, h = img.size
         if self.resize == "squash":
             k = self.max_stretch
@@ -156,28 +156,53 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Preprocess":
-        try:
-            size = int(data["size"])
-        except (KeyError, TypeError, ValueError):
-            raise ProductLensError("preprocessing needs an integer 'size'") from None
-        mean = tuple(float(v) for v in data.get("mean", (0.5, 0.5, 0.5)))
-        std = tuple(float(v) for v in data.get("std", (0.5, 0.5, 0.5)))
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ProductLensError("preprocessing 'mean' and 'std' need 3 values each, std > 0")
-        try:
-            stretch = float(data.get("max_stretch", 3.0))
-        except (TypeError, ValueError):
-            raise ProductLensError("preprocessing 'max_stretch' must be a number") from None
-        return cls(size=size, mean=mean, std=std, resize=str(data.get("resize", "squash")),  # type: ignore[arg-type]
-                   uint8=bool(data.get("uint8", False)), max_stretch=stretch)
+    def from_json(cls, data: Any) -> "Preprocess":
+        """The preprocessing an ``onnx:PATH`` model's JSON file describes: ``size`` (a whole number of
+        pixels), optional ``mean`` and ``std`` (3 finite numbers each, std > 0), ``resize`` (one of
+        ``RESIZE_MODES``), ``uint8`` (true or false) and ``max_stretch`` (a number >= 1).
+        Anything else of the wrong type or range: ProductLensError saying which key."""
+        if not isinstance(data, dict):
+            raise ProductLensError(f"preprocessing must be a JSON object, got {type(data).__name__}")
+        size = data.get("size")
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ProductLensError(f"preprocessing needs a whole number 'size' (pixels), got {size!r}")
+
+        def triple(key: str) -> tuple[float, float, float]:
+            value = data.get(key, [0.5, 0.5, 0.5])
+            if (not isinstance(value, (list, tuple)) or len(value) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                    or not all(math.isfinite(v) for v in value)):
+                raise ProductLensError(f"preprocessing '{key}' needs 3 finite numbers (one per RGB channel), "
+                                       f"got {value!r}")
+            return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+        mean, std = triple("mean"), triple("std")
+        if min(std) <= 0:
+            raise ProductLensError(f"preprocessing 'std' must be positive, got {list(std)}")
+        uint8 = data.get("uint8", False)
+        if not isinstance(uint8, bool):
+            raise ProductLensError(f"preprocessing 'uint8' must be true or false, got {uint8!r}")
+        stretch = data.get("max_stretch", 3.0)
+        if isinstance(stretch, bool) or not isinstance(stretch, (int, float)):
+            raise ProductLensError(f"preprocessing 'max_stretch' must be a number, got {stretch!r}")
+        resize = data.get("resize", "squash")
+        if not isinstance(resize, str):
+            raise ProductLensError(f"preprocessing 'resize' must be one of {RESIZE_MODES}, got {resize!r}")
+        return cls(size=size, mean=mean, std=std, resize=resize, uint8=uint8, max_stretch=float(stretch))
 
     @classmethod
     def load(cls, path: Path) -> "Preprocess":
+        """:meth:`from_json` of a JSON file (UTF-8, a BOM allowed); every error names the file."""
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ProductLensError(f"cannot read preprocessing file {path}: {exc}") from None
+        try:
+            return cls.from_json(data)
+        except ProductLensError as exc:
+            raise ProductLensError(f"{path}: {exc}") from None
 
 
 def gem(features: np.ndarray, p: float = 3.0, eps: float = 1e-6) -> np.ndarray:
@@ -215,6 +240,8 @@ class Embedder:
 
         from productlens.config import num_threads
 
+        if not gem_p > 0:
+            raise ProductLensError(f"GeM's power must be positive, got {gem_p}")
         self.name = name
         self.onnx_path = Path(onnx_path)
         self.preprocess = preprocess
@@ -239,6 +266,15 @@ class Embedder:
                 f"gives {expected} ('uint8': {str(preprocess.uint8).lower()})")
         self._input = inp.name
         self._output = self.session.get_outputs()[0].name
+        shape = list(inp.shape)
+        want = list(preprocess.shape)
+        if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape[1:], want)):
+            raise ProductLensError(
+                f"{self.onnx_path}: input {inp.name!r} has shape {shape}, but its preprocessing gives "
+                f"N x {' x '.join(map(str, want))} (size {preprocess.size}, 'uint8': {str(preprocess.uint8).lower()}); "
+                "export it with that input, or with free height and width")
+        #: a model exported for one image a call (batch axis fixed to 1) is run one image at a time
+        self._one_at_a_time = shape[0] == 1
         self.dim = self._probe_dim()
 
     def _probe_dim(self) -> int:
@@ -256,7 +292,13 @@ class Embedder:
             raise ProductLensError(f"{self.name} takes uint8 pixels (N x {self.preprocess.size} x "
                                    f"{self.preprocess.size} x 3, see .preprocess), got {batch.dtype}")
         batch = np.ascontiguousarray(batch, self.preprocess.dtype)
-        return self.session.run([self._output], {self._input: batch})[0]
+        if self._one_at_a_time and len(batch) > 1:
+            return np.concatenate([self.run(batch[i:i + 1]) for i in range(len(batch))])
+        try:
+            return self.session.run([self._output], {self._input: batch})[0]
+        except Exception as exc:  # onnxruntime's own types: a shape the model does not take, ...
+            raise ProductLensError(f"{self.onnx_path}: the model failed on a batch of shape {list(batch.shape)} "
+                                   f"({type(exc).__name__}: {exc})") from None
 
     def pool(self, out: np.ndarray) -> np.ndarray:
         return gem(out, self.gem_p) if out.ndim == 4 else np.asarray(out, np.float32)
@@ -267,13 +309,23 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         if len(batch) > MODEL_BATCH:
             return np.concatenate([self.embed(batch[i:i + MODEL_BATCH]) for i in range(0, len(batch), MODEL_BATCH)])
-        return l2_normalize(self.pool(self.run(batch)))
+        out = self.pool(self.run(batch))
+        if not np.isfinite(out).all():  # a broken export: NaN vectors would go into a catalog unnoticed
+            raise ProductLensError(f"{self.onnx_path}: the model returned NaN or infinite values")
+        return l2_normalize(out)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Decoded RGB images -> L2-normalised vectors (N x dim)."""
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.embed(np.stack([self.preprocess(im) for im in images]))
+        """PIL images -> L2-normalised vectors (N x dim); see :func:`embed_decoded`."""
+        return embed_decoded(self, images)
 
     def __repr__(self) -> str:
         return f"Embedder({self.name!r}, dim={self.dim}, input={self.preprocess.size})"
+
+
+def embed_decoded(embedder: Any, images: Sequence[Image.Image]) -> np.ndarray:
+    """PIL images -> ``embedder``'s vectors (N x dim). Each is taken as a caller gives it: one straight
+    from ``Image.open`` is turned upright by its EXIF orientation, and any mode is made 8-bit RGB
+    (alpha on white, 16-bit scaled: :func:`~productlens.data.images.decoded_rgb`)."""
+    if not images:
+        return np.zeros((0, embedder.dim), np.float32)
+    return embedder.embed(np.stack([embedder.preprocess(decoded_rgb(im)) for im in images]))

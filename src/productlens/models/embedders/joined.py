@@ -59,10 +59,10 @@ class JoinedEmbedder:
         return self.join(self.main.embed(batch), self.companion.embed(batch))
 
     def embed_images(self, images: list) -> np.ndarray:
-        """Decoded RGB images -> joined unit vectors (N x dim)."""
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        return self.embed(np.stack([self.preprocess(im) for im in images]))
+        """PIL images -> joined unit vectors (N x dim); see :func:`~productlens.models.embedders.base.embed_decoded`."""
+        from productlens.models.embedders.base import embed_decoded
+
+        return embed_decoded(self, images)
 
 
 def companions_for(backbone: str) -> list[str]:

