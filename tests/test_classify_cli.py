@@ -76,7 +76,9 @@ def test_eval_classify_json_plot_and_hierarchy(tmp_path) -> None:
                             "--json", "--plot", str(tmp_path / "cm.png"), *FAST])
     assert r.exit_code == 0, r.output
     m = json.loads(r.output.strip().splitlines()[-1])
-    assert set(m) == {"top1", "top5", "macro_f1", "classes", "train", "test", "seconds"}
+    assert set(m) == {"top1", "top5", "macro_f1", "classes", "train", "test", "seconds", "balanced_accuracy",
+                      "per_class", "skipped"}
+    assert set(m["per_class"]) <= {f"s{p:02d}" for p in range(6)}
     assert m["classes"] == 6 and m["train"] == 36 and m["test"] == 36 and m["top1"] > 0.4 and m["top5"] >= m["top1"]
     assert "per-class accuracy: " in r.output and (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
     r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "dept",
@@ -389,3 +391,54 @@ def test_classify_refuses_a_damaged_model_zero_epochs_and_exits_1_when_nothing_w
     r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "img" / "train_0_0.jpg")])
     assert r.exit_code == 1 and "not a productlens classifier folder" in r.output and "head.npz: damaged" in r.output
     assert "Traceback" not in r.output
+
+
+def test_classify_input_checks_from_an_audit(tmp_path, monkeypatch) -> None:
+    """A relative onnx:PATH model trained, then failed to load; labels '7' and '07' were both written '07'
+    in a submission; eval classify --test on a Shopee root scored its training photos; a category folder
+    named 'train' made a folder be read as a Shopee root; --parent twice was a traceback; a decomposed
+    'Crème' (a macOS folder name) was another label than the composed one; --out p.xlsx wrote csv text."""
+    import shutil
+
+    from test_embedders import _tiny_onnx
+
+    from productlens.data.labelled import is_shopee, read_labelled
+
+    train = write_set(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    _tiny_onnx(tmp_path / "t.onnx")
+    (tmp_path / "t.json").write_text(json.dumps({"size": 16}))
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"),
+                            "--model", "onnx:t.onnx", "--views", "flip", "--tta", "flip", "--epochs", "3"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "img" / "train_0_0.jpg")])
+    assert r.exit_code == 0 and "predicted 1 images" in r.output, r.output
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "img"), "--out", "p.xlsx"])
+    assert r.exit_code == 2 and ".csv or .json" in r.output
+    shopee = tmp_path / "shop"
+    for label, src in (("7", 0), ("07", 1), ("9", 2)):
+        (shopee / "train" / label).mkdir(parents=True)
+        for v in range(3):
+            shutil.copy(tmp_path / "img" / f"train_{src}_{v}.jpg", shopee / "train" / label / f"{v}.jpg")
+    (shopee / "test").mkdir()
+    shutil.copy(tmp_path / "img" / "train_0_5.jpg", shopee / "test" / "a.jpg")
+    (shopee / "test.csv").write_text("filename,category\na.jpg,43\n")
+    r = runner.invoke(app, ["classify", "train", str(shopee), "--out", str(tmp_path / "ms"), *FAST])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "ms"), str(shopee), "--submission", "s.csv"])
+    assert r.exit_code == 1 and "would both be written '07'" in r.output and not (tmp_path / "s.csv").exists()
+    r = runner.invoke(app, ["eval", "classify", "--train", str(shopee), "--test", str(shopee), "--label", "category",
+                            *FAST])
+    assert r.exit_code == 1 and "carries no true categories" in r.output
+    folders = tmp_path / "fold"
+    for label in ("train", "41"):
+        shutil.copytree(shopee / "train" / "9", folders / label)
+    assert is_shopee(shopee) and not is_shopee(folders)
+    assert sorted(set(read_labelled(folders).labels)) == ["41", "train"]
+    with pytest.raises(Exception, match="both the label and a parent"):
+        read_labelled(train, label="sku", parents=["sku"])
+    assert read_labelled(train, label="sku", parents=["dept", "dept"]).parents.keys() == {"dept"}
+    nfd = tmp_path / "nfd"
+    shutil.copytree(shopee / "train" / "9", nfd / "Cre\u0300me")
+    shutil.copytree(shopee / "train" / "7", nfd / "other")
+    assert "Cr\u00e8me" in read_labelled(nfd).labels

@@ -66,7 +66,7 @@ def labels(
         typer.echo(f"  {d.cosine:.3f}  {d.first_label} {d.first_image}  <->  {d.second_label} {d.second_image}")
     if out is not None:
         with atomic_path(out) as tmp:
-            with open(tmp, "w", newline="") as f:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["rank", "image", "given", "suggested", "given_prob", "suggested_prob", "margin", "flagged_by"])
                 for r, s in enumerate(report.suspects, start=1):

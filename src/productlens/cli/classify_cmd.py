@@ -11,6 +11,7 @@ import typer
 
 from productlens.cli.common import fail_cleanly, fail_if_none_done, reports_skipped
 from productlens.config import CLASSIFIER_EMBEDDER, DEFAULT_EMBEDDER
+from productlens.types import ProductLensError
 
 app = typer.Typer(help="Train category classifiers and predict categories.", no_args_is_help=True)
 
@@ -78,6 +79,17 @@ def _label_text(value: str) -> str:
     return value.zfill(2) if value.isdigit() else value
 
 
+def _check_submission_labels(labels: list[str]) -> None:
+    """Refuse a submission in which two categories would be written alike ('7' and '07' are both '07')."""
+    seen: dict[str, str] = {}
+    for lab in labels:
+        text = _label_text(str(lab))
+        if text in seen:
+            raise ProductLensError(f"categories {seen[text]!r} and {lab!r} would both be written {text!r} in the "
+                                   "Shopee submission; rename one of the training folders (or labels)")
+        seen[text] = str(lab)
+
+
 @app.command("predict")
 @fail_cleanly
 @reports_skipped
@@ -105,8 +117,14 @@ def predict(
     for path in (out, submission):
         if path is not None:
             check_output_file(path)  # before the predictions, not after them
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise typer.BadParameter(f"{out}: predictions are written as .csv or .json", param_hint="--out")
+    if submission is not None and submission.suffix.lower() != ".csv":
+        raise typer.BadParameter(f"{submission}: a Shopee submission is a .csv", param_hint="--submission")
     clf = load_classifier(model_dir)
     k = min(k, len(clf.hierarchy.labels_of(level)))  # no more categories than the level has
+    if submission is not None:
+        _check_submission_labels(clf.hierarchy.labels_of(level))
     data = read_inputs(inputs)
     items = data.items
     if detect:
@@ -128,7 +146,7 @@ def predict(
             if out.suffix.lower() == ".json":
                 tmp.write_text(json.dumps(records, indent=1))
             else:
-                with open(tmp, "w", newline="") as f:
+                with open(tmp, "w", newline="", encoding="utf-8") as f:
                     w = csv.writer(f)
                     w.writerow(["image"] + [f"{c}_{j}" for j in range(1, k + 1) for c in ("label", "prob")])
                     for r in records:
@@ -136,7 +154,7 @@ def predict(
     if submission is not None:
         best = {i: t[0][0] for i, t in zip(res.ok.tolist(), top)}
         with atomic_path(submission) as tmp:
-            with open(tmp, "w", newline="") as f:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["filename", "category"])
                 for i, name in enumerate(data.names):  # every input row, in order; unreadable ones left empty
@@ -168,7 +186,8 @@ def eval_classify(
     plot: Optional[Path] = typer.Option(None, help="Write a confusion-matrix PNG here."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
 ) -> None:
-    """Train on TRAIN, report top-1, top-5, macro-F1 and per-class accuracy on TEST."""
+    """Train on TRAIN, report top-1, top-5, macro-F1 (averaged over the classes TEST holds) and per-class
+    accuracy on TEST."""
     from productlens.eval.classification import evaluate_classification
 
     options = _options(model, views, tta, epochs, noise_filter, balance, holdout, finetune, companions)
@@ -184,4 +203,5 @@ def eval_classify(
         typer.echo(f"warning: {m['plot_error']}" if "plot_error" in m else f"confusion matrix written to {plot}",
                    err="plot_error" in m)
     if as_json:
-        typer.echo(json.dumps({k: m[k] for k in ("top1", "top5", "macro_f1", "classes", "train", "test", "seconds")}))
+        typer.echo(json.dumps({k: m[k] for k in ("top1", "top5", "macro_f1", "classes", "train", "test", "seconds",
+                                                  "balanced_accuracy", "per_class", "skipped")}))

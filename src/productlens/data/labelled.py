@@ -16,6 +16,7 @@ Labels are kept as the text written in the csv or folder name (``"07"`` stays
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -52,8 +53,18 @@ class LabelledSet:
         return sorted(set(self.labels))
 
 
+def _nfc(label: str) -> str:
+    """A label in Unicode's composed form: "Crème" typed on one system and a folder named so on macOS
+    (decomposed, e + combining accent) are one label, not two that look alike."""
+    return unicodedata.normalize("NFC", label)
+
+
 def is_shopee(root: Path) -> bool:
-    return root.is_dir() and (root / "train").is_dir() and not (root / "train" / "train").exists()
+    """A Shopee root: a ``train/`` folder (of category folders), and no other folder than ``test/``.
+    A folder per category of which one is named "train" is not one."""
+    if not (root.is_dir() and (root / "train").is_dir()) or (root / "train" / "train").exists():
+        return False
+    return all(d.name in ("train", "test") for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def read_labelled(path: str | os.PathLike[str], label: str | None = None, parents: Sequence[str] = (),
@@ -66,12 +77,15 @@ def read_labelled(path: str | os.PathLike[str], label: str | None = None, parent
     :class:`ProductLensError`) for missing columns or empty labels.
     """
     p = Path(path)
+    parents = list(dict.fromkeys(parents))  # a column given twice is one level
+    if label and label in parents:
+        raise LabelError(f"{label!r} is both the label and a parent column")
     if p.is_dir():
         if parents:
             raise LabelError(f"{p}: parent columns need a csv (a folder layout has one level)")
         root = p / "train" if is_shopee(p) else p
         items = read_folder(root)
-        return LabelledSet(items, [it.category for it in items], label or "category", {}, str(p))
+        return LabelledSet(items, [_nfc(it.category) for it in items], label or "category", {}, str(p))
     if not p.is_file():
         raise ProductLensError(f"{p}: no such file or directory")
     if p.suffix.lower() != ".csv":
@@ -88,12 +102,12 @@ def _read_csv(path: Path, label: str, parents: list[str], image_column: str) -> 
         for col in (label, *parents):
             if not row[col].strip():
                 raise LabelError(f"{path}, line {line}: empty {col!r} label")
-        value = row[label].strip()
+        value = _nfc(row[label].strip())
         items.append(Item(id=len(items), image=_image(row[image_column], path, line), category=value,
                           extra={k: v for k, v in row.items() if k not in columns}))
         labels.append(value)
         for c in parents:
-            coarse[c].append(row[c].strip())
+            coarse[c].append(_nfc(row[c].strip()))
     if not items:
         raise LabelError(f"{path}: no rows")
     return LabelledSet(items, labels, label, coarse, str(path))

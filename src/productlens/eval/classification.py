@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from productlens.data.labelled import LabelledSet, check_known, nothing_read, read_labelled
+from productlens.data.labelled import LabelledSet, check_known, is_shopee, nothing_read, read_labelled
 from productlens.types import ProductLensError
 
 
@@ -41,9 +41,15 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[st
     }
 
 
+#: classes a confusion-matrix plot shows at most (about 2,400 px a side at 120 dpi)
+MAX_PLOT_CLASSES = 100
+
+
 def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path: str | Path,
                    title: str = "") -> Path:
-    """Write a row-normalised confusion-matrix PNG (matplotlib, imported here)."""
+    """Write a row-normalised confusion-matrix PNG (matplotlib, imported here). With more than
+    :data:`MAX_PLOT_CLASSES` classes, those with the most errors (made or received) are shown: a
+    matrix of a thousand classes would be a 20,000-px picture that nobody can read."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,11 +58,21 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path:
     from productlens.eval.sheets import save_chart
 
     present = np.unique(np.concatenate([y, pred]))
+    shown_of = ""
+    if len(present) > MAX_PLOT_CLASSES:
+        wrong = y != pred
+        errors = np.bincount(np.concatenate([y[wrong], pred[wrong]]), minlength=int(present.max()) + 1)[present]
+        keep = np.sort(present[np.argsort(-errors, kind="stable")[:MAX_PLOT_CLASSES]])
+        inside = np.isin(y, keep) & np.isin(pred, keep)
+        shown_of = f", the {MAX_PLOT_CLASSES} of {len(present)} classes with most errors"
+        y, pred = y[inside], pred[inside]
+        present = keep
     pos = {c: i for i, c in enumerate(present)}
     cm = np.zeros((len(present), len(present)))
     for t, p in zip(y, pred):
         cm[pos[t], pos[p]] += 1
     cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    title = (title or "confusion matrix (rows normalised)") + shown_of
     side = max(5.0, 0.18 * len(present) + 2)
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
@@ -65,7 +81,7 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: Sequence[str], path:
     ax.set_yticks(range(len(present)), names, fontsize=6)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or "confusion matrix (rows normalised)")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_chart(fig, path, dpi=120)
 
@@ -98,6 +114,9 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
     if not isinstance(train, LabelledSet):
         train = read_labelled(train, label=fine or label, parents=[label] if fine else [])
     if not isinstance(test, LabelledSet):
+        if is_shopee(Path(test)):  # read_labelled would read its train/ folder: training photos scored
+            raise ProductLensError(f"{test}: a Shopee root's test.csv carries no true categories; give --test a "
+                                   "labelled csv or a folder per category")
         test = read_labelled(test, label=label)
     level = label if fine else None
     known = train.parents.get(label) if fine else train.labels
@@ -116,8 +135,8 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
         try:
             plot_confusion(y, pred.probs.argmax(axis=1), labels, plot,
                            title=f"{label}: top-1 {m['top1']:.3f} on {len(y)} test images")
-        except ProductLensError as exc:
-            m["plot_error"] = str(exc)
+        except (ProductLensError, MemoryError, ValueError, OSError) as exc:  # matplotlib's own, too
+            m["plot_error"] = str(exc) or type(exc).__name__
     m.update(classes=len(labels), train=len(train) - len(res.errors), test=int(len(y)),
              skipped=len(res.errors) + len(pred.errors), seconds=round(time.perf_counter() - start, 1),
              temperature=clf.temperature, errors=[msg for _, _, msg in res.errors + pred.errors])

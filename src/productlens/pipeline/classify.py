@@ -95,6 +95,12 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if not 0 < self.holdout <= 0.5:
             raise ProductLensError(f"the calibration hold-out is a share of each class in (0, 0.5], got {self.holdout}")
+        user_file = Path(self.embedder[5:]).expanduser() if self.embedder and self.embedder.startswith("onnx:") \
+            else None
+        if user_file is not None and not user_file.is_absolute():
+            # a relative onnx: name inside a classifier folder means the folder's own backbone: a user's
+            # model is named from where they stand (the training ran, then the saved model failed to load)
+            self.embedder = f"onnx:{user_file.resolve()}"
 
     @property
     def backbone(self) -> str:

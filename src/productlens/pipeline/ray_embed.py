@@ -127,7 +127,7 @@ class _ShardWorker:
         })
         # the errors first: a shard file that exists is complete
         with atomic_path(shard_path(self.work_dir, shard).with_suffix(".errors.json")) as tmp:
-            tmp.write_text(json.dumps(errors, ensure_ascii=False))
+            tmp.write_text(json.dumps(errors, ensure_ascii=False), encoding="utf-8")
         with atomic_path(shard_path(self.work_dir, shard)) as tmp:
             pq.write_table(table, tmp)
         return len(keep), errors
