@@ -259,3 +259,22 @@ def test_training_refuses_a_class_whose_photos_are_all_unreadable(tmp_path) -> N
             f.write_bytes(b"")
     with pytest.raises(LabelError, match="no training image could be read \\(6 skipped\\): .*x.jpg"):
         train_classifier(read_labelled(tmp_path / "onecls"), options=options, progress=False)
+
+
+def test_finetune_checks_readable_classes_before_fine_tuning(tmp_path, monkeypatch) -> None:
+    """A class left with fewer than two readable photos was named only after minutes of fine-tuning."""
+    from productlens.pipeline import classify as classify_mod
+
+    csv_path = write_set(tmp_path, 3, 3)
+    (tmp_path / "img" / "empty.jpg").write_bytes(b"")
+    with open(csv_path, "a") as f:
+        f.write("img/empty.jpg,s99,d9\nimg/missing.jpg,s99,d9\n")
+
+    def never(*a, **k):
+        raise AssertionError("fine-tuned before the photos were checked")
+
+    monkeypatch.setattr(classify_mod, "_finetuned_backbone", never)
+    data = read_labelled(csv_path, label="sku")
+    with pytest.raises(ProductLensError, match="s99"):
+        classify_mod.train_classifier(data, None, classify_mod.TrainOptions(embedder="efficientnet-lite2",
+                                                                            finetune=True), progress=False)

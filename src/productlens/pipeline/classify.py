@@ -287,6 +287,7 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
         from productlens.models.finetune import supports
 
         if supports(options.backbone):
+            _check_headers(data)  # minutes of fine-tuning would come before the check on the decoded photos
             root, main, held, tuned = _finetuned_backbone(data, hierarchy, options, progress)
             name = f"onnx:{BACKBONE_DIR}/{main.onnx_path.name}"  # relative to the classifier's folder
             if options.companions:  # every backbone fine-tuning supports is a bundled one
@@ -312,6 +313,22 @@ def train_classifier(data: LabelledSet, out: str | Path | None = None, options: 
     if out is not None:
         clf.save(out)
     return TrainResult(clf, feats.errors, seconds)
+
+
+def _check_headers(data: LabelledSet) -> None:
+    """:func:`check_readable` on the image headers alone (a second or two for thousands of photos):
+    missing, empty and non-image files, and the classes they would leave short, are named up front."""
+    from productlens.data.images import image_size
+    from productlens.types import ImageError
+
+    ok, errors = [], []
+    for i, it in enumerate(data.items):
+        try:
+            image_size(it.image)
+            ok.append(i)
+        except ImageError as exc:
+            errors.append((i, it.image, str(exc)))
+    check_readable(data, ok, errors)
 
 
 def _finetuned_backbone(data: LabelledSet, hierarchy: Hierarchy, options: TrainOptions, progress: bool):
