@@ -264,14 +264,19 @@ def test_rank_queries_aicrowd_array(dataset, tmp_path) -> None:
                            train=read_labelled_csv(dataset["train"]), progress=False)
     with cat:
         ranks, errors = rank_queries(cat, queries, k=1000, progress=False)
-    assert ranks.shape == (len(queries), 1000) and ranks.dtype == np.int32
+    assert ranks.shape == (len(queries), 1000)
     assert (ranks[:-2, :4] >= 0).all() and (ranks[:, 4:] == -1).all() and (ranks[-2:] == -1).all()
     assert len(errors) == 2 and any("line 9: bad box" in str(e) for e in errors)
     assert sorted(ranks[0, :4].tolist()) == [0, 1, 2, 3]
     top1 = np.mean([r[0] == q.product_id for r, q in zip(ranks[:-2], queries[:-2])])
     assert top1 >= 0.75
     out = save_rankings(ranks, tmp_path / "sub" / "rankings.npy")
-    assert np.array_equal(np.load(out), ranks)
+    assert np.array_equal(np.load(out), ranks) and np.load(out).dtype == np.int32  # the challenge's array
+    big = ranks.copy()
+    big[0, 0] = 3_000_000_000  # was written wrapped around to a negative id, and scored so
+    with pytest.raises(ProductLensError, match="3000000000 does not fit the AIcrowd rankings array"):
+        save_rankings(big, tmp_path / "big.npy")
+    assert not (tmp_path / "big.npy").exists()
 
 
 def test_group_by_product_orders_by_best_score_of_each_product() -> None:

@@ -59,6 +59,32 @@ def test_missing_ground_truth_is_an_error_not_zeros(tmp_path, which: str) -> Non
     assert res.exit_code != 0 and "no product_id column" in res.output and "mAP" not in res.output
 
 
+def test_queries_without_a_match_are_counted_and_an_empty_set_is_an_error(tmp_path) -> None:
+    """A query whose product has no gallery photo scores 0 in every figure: eval now says how many there
+    are. Box cells of spaces mean the whole photo, as empty ones do (they were a bad box). A header-only
+    queries.csv gave all four figures as 0.0000 instead of an error."""
+    import csv
+
+    ds = write_dataset(tmp_path / "ds", n_products=3, per_product=1)
+    rows = list(csv.DictReader(open(ds["queries"])))
+    rows[0]["product_id"] = "7"  # no gallery photo
+    for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h"):
+        rows[1][c] = " "
+    with open(ds["queries"], "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries",
+                                   str(ds["queries"]), "--model", "efficientnet-lite0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert f"warning: 1 of {len(rows)} queries show a product with no photo in the gallery" in res.output
+    assert "bad box" not in res.output and json.loads(res.output.strip().splitlines()[-1])["queries"] == len(rows)
+    (tmp_path / "empty.csv").write_text(open(ds["queries"]).readline())
+    res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries",
+                                   str(tmp_path / "empty.csv"), "--model", "efficientnet-lite0"])
+    assert res.exit_code == 1 and "empty.csv: no rows to evaluate" in res.output and "mAP" not in res.output
+
+
 @pytest.mark.slow
 @pytest.mark.shared
 def test_grocery_shop_challenge_adapted_beats_plain(shared_data) -> None:

@@ -56,8 +56,9 @@ class Box:
         if isinstance(values, str):
             values = [v for v in values.replace(" ", "").split(",")] if values.strip() else []
         vals = list(values)
-        if not vals or all(v is None or v == "" or (isinstance(v, float) and v != v) for v in vals):
-            return None
+        if not vals or all(v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and v != v)
+                           for v in vals):
+            return None  # empty cells (or cells of spaces): the whole image
         if len(vals) != 4:
             raise BoxError(f"a box needs 4 numbers x,y,w,h, got {vals!r}")
         try:

@@ -60,6 +60,9 @@ def retrieval(
     typer.echo(f"queries: {m['queries']}  gallery: {m['gallery']}  skipped: {m['skipped']}  seconds: {m['seconds']}")
     typer.echo(f"mAP@1000: {m['map@1000']:.4f}  top-1: {m['top1']:.4f}  top-5: {m['top5']:.4f}  "
                f"recall@10: {m['recall@10']:.4f}")
+    if m.get("without_match"):
+        typer.echo(f"warning: {m['without_match']} of {m['queries']} queries show a product with no photo in the "
+                   "gallery (or no product_id): each scores 0 in every figure", err=True)
     if rankings:
         typer.echo(f"wrote the rankings (one row of seller_img_id per query, best first) to {rankings}", err=True)
     if plot:

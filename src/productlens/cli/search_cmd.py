@@ -100,10 +100,11 @@ def rank(
     from productlens.data.readers import read_queries
     from productlens.fileio import check_output_file
     from productlens.pipeline.catalog import Catalog
-    from productlens.pipeline.rank import rank_queries, save_rankings
+    from productlens.pipeline.rank import check_submission_ids, rank_queries, save_rankings
 
     check_output_file(out)  # before the ranking, not after it
     with Catalog.open(catalog_dir) as cat:
+        check_submission_ids(cat.store.ids())
         rankings, errors = rank_queries(cat, read_queries(queries), k, rerank=rerank, verify=verify)
     save_rankings(rankings, out)
     typer.echo(f"wrote {rankings.shape[0]} x {rankings.shape[1]} rankings to {out}; {len(errors)} queries unreadable")

@@ -22,7 +22,7 @@ from productlens.eval.metrics import per_query_ap, retrieval_metrics, same_produ
 from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog_build import build_catalog
 from productlens.pipeline.fusion import choose_text_weight
-from productlens.pipeline.rank import rank_queries
+from productlens.pipeline.rank import check_submission_ids, rank_queries
 from productlens.types import Item, ProductLensError
 
 
@@ -62,7 +62,9 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     gallery = read_gallery(gallery_csv)
     queries = read_queries(queries_csv)
     for name, rows in ((queries_csv, queries), (gallery_csv, gallery)):
-        if rows and all(r.product_id is None for r in rows):  # scoring needs the ground truth
+        if not rows:  # a score of 0 for nothing would read as a result
+            raise ProductLensError(f"{name}: no rows to evaluate")
+        if all(r.product_id is None for r in rows):  # scoring needs the ground truth
             raise ProductLensError(f"{name}: no product_id column (or no value in it): evaluation scores "
                                    "each query against the gallery's product ids")
     truth = {g.id: (-1 if g.product_id is None else int(g.product_id)) for g in gallery}
@@ -94,6 +96,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
         with catalog:
             if text:
                 catalog.set_text_weight(weight)
+            if rankings_out:  # before the ranking: the array cannot hold larger ids
+                check_submission_ids(catalog.store.ids())
             rankings, qerrors = rank_queries(catalog, queries, k, rerank=rerank,
                                              group_by_product=catalog_mode, progress=progress, verify=verify)
     if rankings_out:
@@ -106,6 +110,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     as_index = np.vectorize(lambda i: pos.get(int(i), -1), otypes=[np.int64])(rankings) if rankings.size else rankings
     query_labels = np.array([-1 if q.product_id is None else int(q.product_id) for q in queries])
     metrics = retrieval_metrics(as_index, gallery_labels, query_labels, k)
+    products = set(gallery_labels[gallery_labels != -1].tolist())
+    metrics["without_match"] = int(sum(q not in products for q in query_labels.tolist()))
     if plot:  # a sheet that cannot be written costs the picture, not the figures
         try:
             plot_rankings(queries, rankings, per_query_ap(as_index, gallery_labels, query_labels, k), truth,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, rerank: bool = True,
                  group_by_product: bool = False, progress: bool = True, detector: Detector | None = None,
                  batch: int = 256, verify: bool | None = None) -> tuple[np.ndarray, list]:
-    """Rank the catalog for every query; returns (N x k int32 ids padded with -1, errors).
+    """Rank the catalog for every query; returns (N x k int64 ids padded with -1, errors).
 
     ``detector``: queries without a box are searched with their best detected box.
     A catalog with a text weight fuses each query's OCR words (and its ``extra["text"]``).
@@ -40,7 +40,7 @@ def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, re
     catalog.check_not_empty()  # before the queries are embedded
     verify = resolve(verify)
     k_eff = min(k, len(catalog))
-    out = np.full((len(queries), k), -1, dtype=np.int32)
+    out = np.full((len(queries), k), -1, dtype=np.int64)
     boxes = [q.box for q in queries]
     if detector is not None:
         from productlens.pipeline.detect import best_boxes
@@ -74,8 +74,19 @@ def _query_image(source, box):
         return None
 
 
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def check_submission_ids(ids: np.ndarray) -> None:
+    """ProductLensError when an id does not fit the challenge's int32 array (it would wrap around)."""
+    if len(ids) and int(np.max(ids)) > INT32_MAX:
+        raise ProductLensError(f"seller_img_id {int(np.max(ids))} does not fit the AIcrowd rankings array "
+                               f"(int32, at most {INT32_MAX}); number the gallery's photos below that")
+
+
 def save_rankings(rankings: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write the rankings .npy atomically (temp file + rename)."""
+    """Write the rankings .npy (int32, the challenge's submission) atomically (temp file + rename)."""
+    check_submission_ids(rankings)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, rankings.astype(np.int32))
     return Path(path)
