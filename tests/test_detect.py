@@ -647,6 +647,8 @@ def test_composites_from_white_background_products(tmp_path):
     assert "composites:" not in res.output  # stderr is no terminal: no progress bar in the log
     data = read_coco(tmp_path / "syn" / "annotations.json")
     assert len(data.images) == 6 and data.n_boxes >= 6 and data.names == ["product"] and not data.problems
+    ids = [a["id"] for a in json.loads((tmp_path / "syn" / "annotations.json").read_text())["annotations"]]
+    assert len(set(ids)) == len(ids)  # every box of an image had the same id: pycocotools kept one
     for im in data.images:
         assert Image.open(im.path).size == (im.width, im.height)
         assert (im.boxes[:, 2] <= im.width).all() and (im.boxes[:, 3] <= im.height).all()
@@ -844,3 +846,43 @@ def test_best_boxes_takes_decoded_frames(tmp_path):
     red.save(tmp_path / "red.png")
     boxes = best_boxes(det, [red, str(tmp_path / "red.png"), b"not an image"], progress=False)
     assert boxes[0] is not None and boxes[0] == boxes[1] and boxes[2] is None
+
+
+def test_detect_output_names_are_unique_and_checks_before_training(tmp_path):
+    """Output names: a-1.jpg beside two a.jpg had its results overwritten by the second a.jpg's. A size
+    outside 32..8192 failed after the training (or took all memory), an empty category name made a
+    detector that did not load, and unreadable training images were not named."""
+    from productlens.data.coco import read_coco
+    from productlens.pipeline.detect import _names
+    from productlens.pipeline.detect_train import DetectTrainOptions, train_detector
+    from productlens.types import ProductLensError
+
+    names = _names(["n/a-1.jpg", "n/s1/a.jpg", "n/s2/a.jpg", "n/s3/a.jpg"])
+    assert len(set(names)) == 4 and names[0] == "a-1"
+    for size in (0, 16, 100_000):
+        with pytest.raises(ProductLensError, match="from 32 to 8192 pixels"):
+            DetectTrainOptions(size=size)
+    base = {"images": [{"id": 1, "file_name": "gone/a.jpg", "width": 64, "height": 64}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 20, 20]}]}
+    (tmp_path / "empty_name.json").write_text(json.dumps({**base, "categories": [{"id": 1, "name": " "}]}))
+    with pytest.raises(ProductLensError, match="category id 1 has an empty name"):
+        read_coco(tmp_path / "empty_name.json")
+    (tmp_path / "gone.json").write_text(json.dumps({**base, "categories": [{"id": 1, "name": "bag"}]}))
+    with pytest.raises(ProductLensError, match="no training image could be read.*1 skipped: .*gone/a.jpg"):
+        train_detector(read_coco(tmp_path / "gone.json"), tmp_path / "det",
+                       DetectTrainOptions(backbone="efficientnet-lite0", size=64, epochs=1))
+
+
+def test_detect_leaves_its_own_output_folder_out_of_the_inputs(tmp_path):
+    """`detect FOLDER --out FOLDER/det` run twice took the first run's drawings for inputs and stopped."""
+    from typer.testing import CliRunner
+
+    from productlens.cli.main import app
+
+    model = _write_user_detector(tmp_path / "mine.onnx", square=True)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(photos / "red.jpg")
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["detect", str(photos), "--model", f"onnx:{model}", "--out", str(photos / "det")])
+        assert res.exit_code == 0 and "wrote 1 drawn images" in res.output, res.output

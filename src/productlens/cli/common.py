@@ -85,19 +85,22 @@ def fail_if_none_done(done: int, failed: int) -> None:
         raise typer.Exit(1)
 
 
-def expand_folders(sources: list) -> list[str]:
+def expand_folders(sources: list, exclude=None) -> list[str]:
     """Command-line photos with each folder replaced by the image files under it (recursively, sorted;
-    hidden ones and names that are not UTF-8 left out). Paths and URLs pass as they are."""
+    hidden ones, names that are not UTF-8 and anything under the folder ``exclude`` (a command's own
+    output) left out). Paths and URLs pass as they are."""
     from pathlib import Path
 
     from productlens.data.readers import IMAGE_EXTENSIONS, utf8_path
 
+    skip = Path(exclude).resolve() if exclude is not None else None
     out: list[str] = []
     for src in sources:
         p = Path(src)
         if "://" not in str(src) and p.is_dir():
             out += sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()
-                          and not any(part.startswith(".") for part in q.relative_to(p).parts) and utf8_path(q))
+                          and not any(part.startswith(".") for part in q.relative_to(p).parts) and utf8_path(q)
+                          and not (skip is not None and q.resolve().is_relative_to(skip)))
         else:
             out.append(str(src))
     return out

@@ -47,7 +47,7 @@ def detect(
     from productlens.models.detectors import load_detector
     from productlens.pipeline.detect import detect_files
 
-    paths = [Path(p) for p in expand_folders(images)]
+    paths = [Path(p) for p in expand_folders(images, exclude=out)]  # not the drawings of an earlier run
     if not paths:
         raise FileNotFoundError("no images given (folders hold no image files)")
     if out is not None:

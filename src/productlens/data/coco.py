@@ -94,6 +94,8 @@ def _categories(cats: list, path: Path) -> list[dict]:
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ProductLensError(f"{path}: every category needs an integer 'id' and a 'name' "
                                    f"(not {json.dumps(c)[:60]})") from None
+        if not name.strip():  # a detector's tags must be named: its spec would not load
+            raise ProductLensError(f"{path}: category id {cid} has an empty name; every category needs one")
         if cid in by_id:
             raise ProductLensError(f"{path}: category id {cid} is used by both {by_id[cid]!r} and {name!r}; "
                                    "category ids must be unique (their boxes would get the wrong label)")

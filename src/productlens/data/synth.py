@@ -205,8 +205,8 @@ def _write_images(cuts: list[Image.Image], bgs: list[str | Path], out: Path, n_i
         name = f"images/{i:05d}.jpg"
         img.save(out / name, quality=90)
         images.append({"id": i + 1, "file_name": name, "width": img.size[0], "height": img.size[1]})
-        anns += [{"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "bbox": b, "area": b[2] * b[3],
-                  "iscrowd": 0} for b in boxes]
+        anns += [{"id": len(anns) + j + 1, "image_id": i + 1, "category_id": 1, "bbox": b, "area": b[2] * b[3],
+                  "iscrowd": 0} for j, b in enumerate(boxes)]  # each box its own id (pycocotools indexes by it)
     (out / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns,
                                                       "categories": [{"id": 1, "name": tag}]}))
     return len(images)

@@ -53,14 +53,18 @@ def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_sc
 
 
 def _names(paths: Sequence[str | Path]) -> list[str]:
-    """Output stems, made unique when two inputs share a file name."""
-    seen: dict[str, int] = {}
+    """Output stems, one per input and all different: a repeated file name gets ``-1``, ``-2``, ...,
+    the first such name that no other input has (``a-1.jpg`` beside two ``a.jpg`` keeps its own)."""
+    stems = [Path(str(p)).stem or "image" for p in paths]
+    taken, used = set(stems), set()
     out = []
-    for p in paths:
-        stem = Path(str(p)).stem or "image"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}-{n}")
+    for stem in stems:
+        name, n = stem, 0
+        while name in used or (n and name in taken):  # a made-up name never takes another input's own
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name)
+        out.append(name)
     return out
 
 

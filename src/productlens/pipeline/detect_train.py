@@ -65,6 +65,13 @@ class DetectTrainOptions:
     tune_from: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # what a detector spec accepts: 0 failed at the export after the training, 100000 ran out of memory
+        if not 32 <= int(self.size) <= 8192:
+            raise ProductLensError(f"the detector's input size must be from 32 to 8192 pixels, got {self.size}")
+        if int(self.epochs) < 1:
+            raise ProductLensError(f"epochs must be at least 1, got {self.epochs}")
+
 
 @dataclass
 class Views:
@@ -154,7 +161,9 @@ def extract_views(data: CocoSet, opts: DetectTrainOptions, *, progress: bool = T
             over = True
             log.warning("feature cache reached %.1f GiB: the remaining images keep one view each", opts.max_cache_gb)
     if not views.feats:
-        raise ProductLensError("no training image could be read: nothing to train on")
+        shown = "; ".join(msg for _, msg in views.skipped[:3]) + ("; ..." if len(views.skipped) > 3 else "")
+        raise ProductLensError(f"no training image could be read, nothing to train on ({len(views.skipped)} "
+                               f"skipped: {shown or 'the annotations list no image'})")
     if not views.boxes:
         why = (f"every image with boxes was skipped ({len(views.skipped)} skipped, e.g. {views.skipped[0][1]}); "
                if views.skipped else "")
