@@ -236,6 +236,16 @@ def test_classifier_attached_to_a_catalog(tmp_path) -> None:
     assert r.exit_code != 0 and "not a productlens classifier folder" in r.output
 
 
+def _classifier_and_catalog(tmp_path) -> None:
+    """A classifier of the generated set in tmp_path/m, and a catalog of its photos in tmp_path/cat."""
+    train = write_set(tmp_path)
+    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["index", "build", str(tmp_path / "img"), "--out", str(tmp_path / "cat"),
+                            "--model", "fake-tiny"])
+    assert r.exit_code == 0, r.output
+
+
 def test_catalog_classify_decodes_a_large_photo_reduced(tmp_path, monkeypatch) -> None:
     """A catalog's top categories for a large JPEG come from a draft decode (not the whole photo),
     and are those ``classify predict`` gives for the same file; a box is cropped in original pixels."""
@@ -245,12 +255,7 @@ def test_catalog_classify_decodes_a_large_photo_reduced(tmp_path, monkeypatch) -
     from productlens.models.classifiers import load_classifier
     from productlens.types import Box
 
-    train = write_set(tmp_path)
-    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["index", "build", str(tmp_path / "img"), "--out", str(tmp_path / "cat"),
-                            "--model", "fake-tiny"])
-    assert r.exit_code == 0, r.output
+    _classifier_and_catalog(tmp_path)
     big = tmp_path / "big.jpg"
     product_photo(2, 1, shop=False, size=64).resize((1600, 1600)).save(big, quality=95)
     decoded = []
@@ -280,12 +285,7 @@ def test_search_downloads_a_url_query_once(tmp_path) -> None:
     import http.server
     import threading
 
-    train = write_set(tmp_path)
-    r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["index", "build", str(tmp_path / "img"), "--out", str(tmp_path / "cat"),
-                            "--model", "fake-tiny"])
-    assert r.exit_code == 0, r.output
+    _classifier_and_catalog(tmp_path)
     r = runner.invoke(app, ["index", "attach-classifier", str(tmp_path / "cat"), str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     gets = []

@@ -24,6 +24,13 @@ from productlens.serve.engine import CatalogEmpty, Engine  # noqa: E402
 KEY = "s3cret-key"
 
 
+def _add_photo(client, product: int, **extra):
+    """POST /v1/products: a shop photo of ``product`` (form fields ``extra``, e.g. item_id), with the admin key."""
+    files = {"image": ("p.jpg", _jpeg(product_photo(product, 0, shop=True)), "image/jpeg")}
+    return client.post("/v1/products", files=files, data={"product_id": str(product), **extra},
+                       headers={"X-API-Key": KEY})
+
+
 def _jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG")
@@ -57,19 +64,11 @@ def test_matches_with_no_category_keep_a_category_from_being_called_certain(tmp_
     assert body["categories"][0]["probability"] < 0.5
 
 
-def test_history_names_an_untitled_match_by_its_item(tmp_path):
-    """A flat folder of photos has no titles: the history row names the best match as the page does."""
-    import shutil
-
-    from productlens.data.readers import read_catalog
+def _identify_once(items, tmp_path) -> tuple[dict, list]:
+    """A catalog of ``items`` served; one photo identified: (its answer, the history then)."""
     from productlens.pipeline.catalog_build import build_catalog
 
-    write_dataset(tmp_path / "ds", n_products=3, per_product=1)
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for p in range(3):
-        shutil.copy(tmp_path / "ds" / "img" / f"shop_{p}.jpg", flat / f"shop_{p}.jpg")
-    cat, _ = build_catalog(read_catalog(flat), tmp_path / "cat", progress=False)
+    cat, _ = build_catalog(items, tmp_path / "cat", progress=False)
     cat.close()
     app = create_app(ServeConfig(catalog=tmp_path / "cat", history_db=tmp_path / "h.sqlite"))
     with TestClient(app) as c:
@@ -77,6 +76,21 @@ def test_history_names_an_untitled_match_by_its_item(tmp_path):
                                                         "image/jpeg")}).json()
         hist = c.get("/v1/history").json()
     app.state.engine.close()
+    return body, hist
+
+
+def test_history_names_an_untitled_match_by_its_item(tmp_path):
+    """A flat folder of photos has no titles: the history row names the best match as the page does."""
+    import shutil
+
+    from productlens.data.readers import read_catalog
+
+    write_dataset(tmp_path / "ds", n_products=3, per_product=1)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in range(3):
+        shutil.copy(tmp_path / "ds" / "img" / f"shop_{p}.jpg", flat / f"shop_{p}.jpg")
+    body, hist = _identify_once(read_catalog(flat), tmp_path)
     assert body["matches"][0]["title"] == "" and body["categories"] == []
     assert hist[0]["top_product"] == f"item {body['matches'][0]['id']}"
 
@@ -84,19 +98,11 @@ def test_history_names_an_untitled_match_by_its_item(tmp_path):
 def test_history_names_an_untitled_match_by_its_product(tmp_path):
     """A gallery.csv with product ids and no titles: the history row says ``product P`` (types.result_name)."""
     from productlens.data.readers import read_catalog
-    from productlens.pipeline.catalog_build import build_catalog
 
     write_dataset(tmp_path / "ds", n_products=3, per_product=1)
     (tmp_path / "ds" / "untitled.csv").write_text("seller_img_id,img_path,product_id\n" + "".join(
         f"{p},img/shop_{p}.jpg,{p + 10}\n" for p in range(3)))
-    cat, _ = build_catalog(read_catalog(tmp_path / "ds" / "untitled.csv"), tmp_path / "cat", progress=False)
-    cat.close()
-    app = create_app(ServeConfig(catalog=tmp_path / "cat", history_db=tmp_path / "h.sqlite"))
-    with TestClient(app) as c:
-        body = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(1, 5, shop=False)),
-                                                        "image/jpeg")}).json()
-        hist = c.get("/v1/history").json()
-    app.state.engine.close()
+    body, hist = _identify_once(read_catalog(tmp_path / "ds" / "untitled.csv"), tmp_path)
     best = body["matches"][0]
     assert best["title"] == "" and best["product_id"] >= 10
     assert hist[0]["top_product"] == f"product {best['product_id']}"
@@ -322,24 +328,20 @@ def test_ids_are_never_reused_and_adding_never_replaces(tmp_path):
     app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
     admin = {"X-API-Key": KEY}
 
-    def add(product: int, **extra):
-        files = {"image": ("p.jpg", _jpeg(product_photo(product, 0, shop=True)), "image/jpeg")}
-        return c.post("/v1/products", files=files, data={"product_id": str(product), **extra}, headers=admin)
-
     with TestClient(app) as c:
         engine = app.state.engine
-        first = add(5).json()["id"]
+        first = _add_photo(c, 5).json()["id"]
         upload = engine.catalog.store.get([first])[0]["image"]
         assert os.path.dirname(upload) == str(engine.uploads) and os.path.exists(upload)
         assert c.delete("/v1/products/5", headers=admin).json()["removed"] == 1
         assert not os.path.exists(upload)  # the photo the service stored goes with its item
-        assert add(6).json()["id"] == first + 1  # not the freed id
-        r = add(7, item_id="0")
+        assert _add_photo(c, 6).json()["id"] == first + 1  # not the freed id
+        r = _add_photo(c, 7, item_id="0")
         assert r.status_code == 409 and "item 0 exists" in r.json()["detail"]
         assert c.get("/v1/products/0").status_code == 200  # product 0 keeps its photo
-        assert add(7, item_id="40").json()["id"] == 40
+        assert _add_photo(c, 7, item_id="40").json()["id"] == 40
         assert c.delete("/v1/products/7", headers=admin).status_code == 200
-        assert add(8).json()["id"] == 41
+        assert _add_photo(c, 8).json()["id"] == 41
         assert c.get(f"/v1/history/{2 ** 63}/thumbnail").status_code == 404
         real_get, calls = engine.catalog.store.get, []
 
@@ -606,17 +608,13 @@ def test_ids_of_a_built_catalog_are_not_reused_and_spent_ids_do_not_lock_adding_
     app = create_app(ServeConfig(catalog=cat_dir, api_key=KEY, history_db=tmp_path / "h.sqlite"))
     admin = {"X-API-Key": KEY}
 
-    def add(product: int, **extra):
-        files = {"image": ("p.jpg", _jpeg(product_photo(product, 0, shop=True)), "image/jpeg")}
-        return c.post("/v1/products", files=files, data={"product_id": str(product), **extra}, headers=admin)
-
     with TestClient(app) as c:
         for p in (2, 1, 0):
             assert c.delete(f"/v1/products/{p}", headers=admin).json()["removed"] == 1
-        assert add(5).json()["id"] == 3  # not 2, the removed item's, nor 0 in the emptied catalog
-        assert add(6, item_id=str(MAX_ID)).json()["id"] == MAX_ID
+        assert _add_photo(c, 5).json()["id"] == 3  # not 2, the removed item's, nor 0 in the emptied catalog
+        assert _add_photo(c, 6, item_id=str(MAX_ID)).json()["id"] == MAX_ID
         assert c.delete("/v1/products/6", headers=admin).status_code == 200
-        r = add(7)
+        r = _add_photo(c, 7)
         assert r.status_code == 201 and r.json()["id"] == 0  # the ids above are spent: the lowest free one
     app.state.engine.close()
 
