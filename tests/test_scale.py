@@ -233,6 +233,34 @@ def test_cli_build_into_qdrant_local(tmp_path, data, tiny, local):
     assert res.exit_code != 0 and "exists" in res.output  # another catalog may not take the collection
 
 
+@pytest.mark.qdrant
+def test_server_store_options_are_checked_before_embedding(tmp_path, data, tiny):
+    """A --qdrant-path inside --out was deleted by the build's folder swap; credentials in an address went
+    into store.json and every message; a folder named "2024-café" gave an invalid Milvus collection
+    name after the embedding; a catalog whose collection was dropped said "pass dim to create one"."""
+    base = ["index", "build", str(data["gallery"]), "--model", tiny]
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "c"), "--store", "qdrant",
+                                     "--qdrant-path", str(tmp_path / "c" / "q")])
+    assert res.exit_code == 1 and "is inside --out" in res.output
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "m"), "--store", "milvus",
+                                     "--milvus-uri", "http://root:secret@127.0.0.1:19530"])
+    assert res.exit_code == 1 and "$PRODUCTLENS_MILVUS_TOKEN" in res.output and "secret" not in res.output
+    res = runner.invoke(app, base + ["--out", str(tmp_path / "m"), "--store", "milvus", "--collection", "2x-y"])
+    assert res.exit_code == 1 and "a Milvus collection name takes letters" in res.output
+    out = tmp_path / "2024-café"
+    res = runner.invoke(app, base + ["--out", str(out), "--store", "qdrant", "--qdrant-path", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    spec = json.loads((out / "store.json").read_text())
+    assert spec["path"] == "c_2024_caf_"
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.delete_collection("c_2024_caf_")
+    client.close()
+    res = runner.invoke(app, ["index", "info", str(out)])
+    assert res.exit_code == 1 and "collection 'c_2024_caf_' is gone" in res.output and "pass dim" not in res.output
+
+
 @pytest.mark.ray
 @pytest.mark.qdrant
 def test_ray_build_into_qdrant_local(tmp_path, data, tiny, local, ray_local):

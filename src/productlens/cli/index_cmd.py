@@ -32,7 +32,9 @@ def build(
     companions: bool = typer.Option(False, "--companions", help="Join the other bundled backbones, run on "
                                     "the whole photo, to the embedding (about 12 ms more per photo; helps "
                                     "products never trained on, hurts galleries of trained products)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing catalog folder."),
+    overwrite: bool = typer.Option(False, help="Replace an existing catalog folder (in one step with the embedded "
+                                               "store; a Milvus or Qdrant collection is dropped before the new one "
+                                               "is written, so a failed rebuild leaves it empty: rebuild again)."),
     ocr: bool = typer.Option(False, "--ocr", help="Read the print on gallery and query photos and fuse it with "
                                                   "the image score (needs --train: the weight is chosen on "
                                                   "its photos, cross-fitted over products)."),
@@ -58,7 +60,7 @@ def build(
     qdrant_path: Optional[Path] = typer.Option(None, "--qdrant-path", help="--store qdrant: a folder for "
                                                "qdrant-client's local mode instead of a server."),
 ) -> None:
-    """Embed a catalog and write its index (atomically, or resumably with --engine ray)."""
+    """Embed a catalog and write its index (atomically with the embedded store; resumably with --engine ray)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
     from productlens.models.embedders.joined import companions_for
     from productlens.pipeline.catalog_build import build_catalog, check_catalog_target
@@ -110,6 +112,7 @@ def _store_spec(store: str, out: Path, collection: str | None, *, milvus_uri: st
                 qdrant_url: str | None, qdrant_path: Path | None, vector_dtype: str = "float32"):
     import os
     import re
+    import urllib.parse
 
     from productlens.pipeline.store_spec import StoreSpec
     from productlens.types import ProductLensError
@@ -122,12 +125,24 @@ def _store_spec(store: str, out: Path, collection: str | None, *, milvus_uri: st
         return StoreSpec(options={"vector_dtype": vector_dtype} if vector_dtype != "float32" else {})
     if vector_dtype != "float32":
         raise ProductLensError(f"--vector-dtype applies to the embedded store; the {store} store keeps its own")
-    name = collection or re.sub(r"\W", "_", out.resolve().name)
+    # the default collection is named after the folder, in the letters Milvus takes ("2024-café" -> "c_2024_caf_")
+    name = collection or re.sub(r"^(?=\d)", "c_", re.sub(r"[^A-Za-z0-9_]", "_", out.resolve().name))
+    if store == "milvus" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", name):
+        raise ProductLensError(f"--collection {name!r}: a Milvus collection name takes letters, digits and "
+                               "underscores, and starts with a letter or underscore")
+    for uri in (milvus_uri, qdrant_url):
+        if uri and "@" in (urllib.parse.urlsplit(uri).netloc or ""):  # it would be saved in store.json and shown
+            raise ProductLensError("give the server's credentials in $PRODUCTLENS_MILVUS_TOKEN or "
+                                   "$PRODUCTLENS_QDRANT_API_KEY, not in its address (the address is saved in "
+                                   "the catalog's store.json and shown in messages)")
     if store == "milvus":
         return StoreSpec("milvus", name, {"uri": milvus_uri or os.environ.get("PRODUCTLENS_MILVUS_URI")
                                           or "http://127.0.0.1:19530", "index": milvus_index})
     if store == "qdrant":
         if qdrant_path is not None:
+            if qdrant_path.resolve().is_relative_to(out.resolve()):  # the build swaps --out whole: it would go
+                raise ProductLensError(f"--qdrant-path {qdrant_path} is inside --out {out}, which a build replaces "
+                                       "whole; keep the Qdrant folder elsewhere")
             return StoreSpec("qdrant", name, {"location": str(qdrant_path.resolve())})
         return StoreSpec("qdrant", name, {"url": qdrant_url or os.environ.get("PRODUCTLENS_QDRANT_URL")
                                           or "http://127.0.0.1:6333"})

@@ -43,9 +43,10 @@ class RayOptions:
 def _is_finished(out: Path) -> bool:
     try:
         spec = StoreSpec.of(out)
-    except ProductLensError:
+        store = spec.open(out)
+    except ProductLensError:  # no catalog, or its collection is gone: nothing finished to keep
         return False
-    with spec.open(out) as store:
+    with store:
         return store.get_info("load_complete", True) is not False
 
 
@@ -76,7 +77,6 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
         import shutil
 
         shutil.rmtree(out)
-    fresh = not (out / WORK / "shards").is_dir()
     out.mkdir(parents=True, exist_ok=True)
     work = out / WORK
     write_manifest(items, work)
@@ -86,13 +86,17 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     if not report.complete:  # pragma: no cover - embed_shards raises on failures
         raise ProductLensError(f"only {report.shards_done_before + report.shards_written} of "
                                f"{report.shards_total} shards were embedded; rerun to resume")
+    if len(report.errors) >= len(items):  # as the single-process build: an empty catalog is no result
+        shown = "; ".join(str(e[-1]) for e in report.errors[:3])
+        raise ProductLensError(f"no gallery image could be read ({len(report.errors)} skipped: {shown})")
     dim = read_meta(work)["dim"]
     recorded = (out / SPEC_FILE).is_file() or (out / "store").is_dir()
     old = StoreSpec.of(out) if recorded else spec
     if (old.backend, old.path) != (spec.backend, spec.path):
         raise ProductLensError(f"{out} was started with the {old.backend} store {old.path or 'store/'}, not "
                                f"the {spec.backend} store {spec.path or 'store/'}")
-    st = spec.open(out, dim=dim) if recorded or not fresh else spec.create(out, dim, overwrite=overwrite)
+    # a store this build did not record may be another catalog's collection: create() refuses it
+    st = spec.open(out, dim=dim) if recorded else spec.create(out, dim, overwrite=overwrite)
     try:
         spec.save(out)
         for key, value in (("adapter", False), ("ocr", False), (MODEL_KEY, model_record(get_embedder(embedder))),

@@ -26,6 +26,10 @@ SPEC_FILE = "store.json"
 EMBEDDED_DIR = "store"
 
 
+class CollectionGone(ProductLensError):
+    """A catalog's server-side collection does not exist (any more)."""
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     """A store outside the catalog folder: backend name, its path (a Milvus or Qdrant collection) and options."""
@@ -47,16 +51,22 @@ class StoreSpec:
             opts.setdefault("token", os.environ["PRODUCTLENS_MILVUS_TOKEN"])
         if self.backend == "qdrant" and "url" in opts and os.environ.get("PRODUCTLENS_QDRANT_API_KEY"):
             opts.setdefault("api_key", os.environ["PRODUCTLENS_QDRANT_API_KEY"])
-        return open_store(self.path, dim=dim, backend=self.backend, **opts)
+        try:
+            return open_store(self.path, dim=dim, backend=self.backend, **opts)
+        except ProductLensError as e:
+            if dim is None and "pass dim to create" in str(e):  # the store's API hint means nothing to a user
+                raise CollectionGone(f"{folder}: its {self.backend} collection {self.path!r} is gone (dropped on "
+                                     "the server?); rebuild the catalog with `productlens index build ... "
+                                     "--overwrite`") from None
+            raise
 
     def create(self, folder: Path, dim: int, overwrite: bool = False) -> Store:
         """A new, empty store; an existing server-side one is dropped with ``overwrite``, refused without."""
         if not self.embedded:
             try:
                 old = self.open(folder)
-            except ProductLensError as e:
-                if "pass dim to create" not in str(e):
-                    raise
+            except CollectionGone:
+                pass
             else:
                 if not overwrite:
                     old.close()
