@@ -293,7 +293,8 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path, caplog) -> 
     for f in ("t_0_0.jpg", "t_1_0.jpg"):
         shutil.copy(img / f, flat / f)
     shutil.copy(img / "t_2_0.jpg", os.fsdecode(os.fsencode(str(flat)) + b"/caf\xe9.jpg"))
-    r = runner.invoke(app, ["index", "build", str(flat), "--out", str(tmp_path / "cat"), "--model", "efficientnet-lite0"])
+    r = runner.invoke(app, ["index", "build", str(flat), "--out", str(tmp_path / "cat"),
+                            "--model", "efficientnet-lite0"])
     assert r.exit_code == 0 and "indexed 2 items" in r.output, r.output
     assert "caf\\xe9.jpg: the name is not valid UTF-8" in caplog.text
 
@@ -332,7 +333,11 @@ def test_search_says_when_given_text_is_not_used(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     q = str(tmp_path / "ds" / "img" / "q_1_0.jpg")
     r = runner.invoke(app, ["search", str(cat), q, "--text", "red box", "--no-verify"])
-    assert r.exit_code == 0 and "note:" not in r.output  # no OCR: the given text counts
+    assert r.exit_code == 0 and "no item of this catalog has a title, category or other text" in r.output
+    with Catalog.open(cat) as c:
+        c.update_metadata(c.store.ids().tolist(), [{"title": "a red box"}] * len(c))
+    r = runner.invoke(app, ["search", str(cat), q, "--text", "red box", "--no-verify"])
+    assert r.exit_code == 0 and "note:" not in r.output  # titles, no OCR: the given text counts
     with Catalog.open(cat) as c:
         c.store.set_info("ocr", True)  # as `index build --ocr --train` records it
         c.set_text_weight(0.0)

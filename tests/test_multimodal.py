@@ -466,6 +466,12 @@ def test_text_commands_report_what_they_leave_out(text_catalog, tmp_path):
     assert res.exit_code == 0 and len(json.loads(res.output.strip().splitlines()[-1])) == 3, res.output
     res = runner.invoke(app, ["text", "ocr", str(tmp_path / "empty_dir_missing")])
     assert res.exit_code == 1
+    res = runner.invoke(app, ["text", "ocr", str(tmp_path / "bad.jpg"), "--json"])  # exited 0 with --json
+    assert res.exit_code == 1
+    res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), str(folder), "--names", '"red, dark",blue',
+                              "--json"])
+    cats = {n for n, _ in json.loads(res.output.strip().splitlines()[-1])[0]["categories"]}
+    assert res.exit_code == 0 and cats == {"red, dark", "blue"}  # csv quoting: two names, not three
 
 
 def test_a_bad_clip_gets_one_message_of_ours(tmp_path):

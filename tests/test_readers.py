@@ -262,8 +262,9 @@ def test_product_ids_must_be_integers_and_bad_bytes_are_named(tmp_path: Path) ->
 
 
 
-@pytest.mark.parametrize("rows, why", [("5,a.jpg\n-5,b.jpg\n", "line 3: seller_img_id must be 0 or more, got -5"),
-                                       ("5,a.jpg\n6,b.jpg\n5,c.jpg\n", "line 4: seller_img_id 5 is on line 2 too")])
+@pytest.mark.parametrize("rows, why", [
+    ("5,a.jpg\n-5,b.jpg\n", "line 3: seller_img_id must be from 0 to 2..63 - 1, got -5"),
+    ("5,a.jpg\n6,b.jpg\n5,c.jpg\n", "line 4: seller_img_id 5 is on line 2 too")])
 def test_gallery_ids_are_checked_where_they_are_read(tmp_path, rows, why) -> None:
     """A negative or repeated id was refused only after every photo had been embedded, without its line."""
     (tmp_path / "g.csv").write_text("seller_img_id,img_path\n" + rows)
@@ -277,3 +278,12 @@ def test_a_folder_given_for_a_csv_is_named_as_one(tmp_path) -> None:
         read_gallery(tmp_path / "train")
     with pytest.raises(ProductLensError, match="nowhere.csv: csv file not found"):
         read_gallery(tmp_path / "nowhere.csv")
+
+
+@pytest.mark.parametrize("pid", ["-1", str(2 ** 63)])
+def test_products_jsonl_ids_out_of_range_are_named_at_their_line(tmp_path, pid) -> None:
+    from productlens.data.readers import read_products_jsonl
+
+    (tmp_path / "p.jsonl").write_text('{"product_id": 1, "title": "a"}\n{"product_id": ' + pid + ', "title": "b"}\n')
+    with pytest.raises(ProductLensError, match="p.jsonl, line 2: product_id must be from 0 to 2\\*\\*63 - 1"):
+        read_products_jsonl(tmp_path / "p.jsonl")

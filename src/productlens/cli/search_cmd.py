@@ -46,6 +46,9 @@ def search(
         if text and cat.text_weight_for(True) == 0:
             typer.echo("note: --text is not used: this catalog's text weight is 0 (its training photos chose "
                        "the image alone when it was built with --ocr)", err=True)
+        elif text and not cat.matcher.has_text:
+            typer.echo("note: --text is not used: no item of this catalog has a title, category or other text "
+                       "to match it against", err=True)
         source = read_once(image)  # a URL: downloaded once for the detector, the search and the categories
         if detect and query_box is None:
             query_box = best_box(load_detector(detector), load_image(source))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -103,8 +104,8 @@ def zero_shot_cmd(
         except IsADirectoryError:
             raise ProductLensError(f"{names[1:]}: a folder; --names @FILE reads one name a line") from None
         name_list = [ln.strip() for ln in lines if ln.strip()]
-    else:
-        name_list = [n.strip() for n in names.split(",") if n.strip()]
+    else:  # comma-separated, csv-style: "Milk, 3%",Juice is two names
+        name_list = [n.strip() for n in next(csv.reader([names], skipinitialspace=True), []) if n.strip()]
     name_list = list(dict.fromkeys(name_list))  # a name given twice would split its own score
     images = expand_folders(images)
     if not images:
@@ -139,9 +140,8 @@ def ocr(
         typer.echo(json.dumps([{"image": img, "words": None if w is None else
                                 [{"text": x.text, "score": round(x.score, 4), "box": x.box} for x in w]}
                                for img, w in zip(images, words)]))
-        return
-    for img, w in zip(images, words):
-        if w is not None:
-            typer.echo(f"{img}: " + " ".join(x.text for x in w))
-    if errors and len(errors) == len(images):
-        raise typer.Exit(1)
+    else:
+        for img, w in zip(images, words):
+            if w is not None:
+                typer.echo(f"{img}: " + " ".join(x.text for x in w))
+    fail_if_none_done(len(images) - len(errors), len(errors))

@@ -41,8 +41,8 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
     first_line: dict[int, int] = {}  # item id -> the line that gave it
     for line, row in _rows(path, _GALLERY_COLUMNS):
         item_id = _int(row["seller_img_id"], "seller_img_id", path, line)
-        if item_id < 0:
-            raise ProductLensError(f"{path}, line {line}: seller_img_id must be 0 or more, got {item_id}")
+        if not 0 <= item_id < 2 ** 63:
+            raise ProductLensError(f"{path}, line {line}: seller_img_id must be from 0 to 2**63 - 1, got {item_id}")
         if item_id in first_line:
             raise ProductLensError(f"{path}, line {line}: seller_img_id {item_id} is on line {first_line[item_id]} "
                                    "too; each photo needs its own id")
@@ -212,6 +212,8 @@ def read_products_jsonl(path: str | os.PathLike[str]) -> dict[int, dict[str, Any
         if "product_id" not in record:
             raise ProductLensError(f"{file}, line {line}: no 'product_id' field")
         pid = _int(record["product_id"], "product_id", file, line)
+        if not 0 <= pid < 2 ** 63:  # an item id too: -1 would be padding, 2**63 does not fit
+            raise ProductLensError(f"{file}, line {line}: product_id must be from 0 to 2**63 - 1, got {pid}")
         if pid in products:
             raise ProductLensError(f"{file}, line {line}: duplicate product_id {pid}")
         if record.get("shop_image"):
