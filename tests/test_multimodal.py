@@ -355,6 +355,8 @@ def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
             identify_video(cat, tmp_path / "bad.mp4")
         with pytest.raises(ProductLensError, match="no such video"):
             identify_video(cat, tmp_path / "missing.mp4")
+        with pytest.raises(ProductLensError, match="text weight must be >= 0"):  # inf: NaN scores, Infinity in JSON
+            identify_video(cat, clip, text="box", text_weight=float("inf"))
     runner = CliRunner()
     res = runner.invoke(app, ["identify-video", str(clip), "--catalog", str(tmp_path / "cat"), "--json"])
     assert res.exit_code == 0, res.output

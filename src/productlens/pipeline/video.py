@@ -138,7 +138,7 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     if k < 1 or max_frames < 1:
         raise ProductLensError(f"k and max_frames must be at least 1, got {k} and {max_frames}")
     if text_weight is not None and not 0 <= text_weight < float("inf"):  # inf gave NaN scores
-        raise ProductLensError(f"the text weight must be >= 0, got {text_weight}")
+        raise ProductLensError(f"the text weight must be >= 0 and finite, got {text_weight}")
     catalog.check_not_empty()  # before the clip is decoded
     frames, duration = sample_frames(path, max_frames)
     sharp = np.array([sharpness(f.image) for f in frames])
