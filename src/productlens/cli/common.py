@@ -86,21 +86,17 @@ def fail_if_none_done(done: int, failed: int) -> None:
 
 
 def expand_folders(sources: list, exclude=None) -> list[str]:
-    """Command-line photos with each folder replaced by the image files under it (recursively, sorted;
-    hidden ones, names that are not UTF-8 and anything under the folder ``exclude`` (a command's own
-    output) left out). Paths and URLs pass as they are."""
+    """Command-line photos with each folder replaced by the image files under it
+    (:func:`~productlens.data.readers.image_files`; ``exclude``: a command's own output folder).
+    Paths and URLs pass as they are."""
     from pathlib import Path
 
-    from productlens.data.readers import IMAGE_EXTENSIONS, utf8_path
+    from productlens.data.readers import image_files
 
-    skip = Path(exclude).resolve() if exclude is not None else None
     out: list[str] = []
     for src in sources:
-        p = Path(src)
-        if "://" not in str(src) and p.is_dir():
-            out += sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()
-                          and not any(part.startswith(".") for part in q.relative_to(p).parts) and utf8_path(q)
-                          and not (skip is not None and q.resolve().is_relative_to(skip)))
+        if "://" not in str(src) and Path(src).is_dir():
+            out += [str(f) for f in image_files(src, exclude)]
         else:
             out.append(str(src))
     return out

@@ -42,13 +42,12 @@ def composites(
     did not write, is refused before any work. Each photo that cannot be used is reported."""
     from tqdm import tqdm
 
-    from productlens.data.readers import IMAGE_EXTENSIONS, read_catalog, utf8_path
+    from productlens.data.readers import image_files, read_catalog
     from productlens.data.synth import write_composites
     from productlens.fileio import check_replaceable
 
     def images_in(folder: Path) -> list[str]:
-        return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                      and utf8_path(p))
+        return [str(p) for p in image_files(folder)]
 
     def warn(msg: str) -> None:  # on a line of its own, above the progress bar
         tqdm.write(f"warning: {msg}", file=sys.stderr)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from productlens.data.readers import _header, _image, _is_image_name, _rows, read_folder, utf8_path
+from productlens.data.readers import _header, _image, _rows, image_files, read_folder
 from productlens.types import Item, ProductLensError
 
 SHOPEE_TEST = "test.csv"
@@ -145,8 +145,7 @@ def read_inputs(path: str | os.PathLike[str], image_column: str | None = None) -
             names.append(name)
         return Inputs(items, names, shopee=True)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and _is_image_name(f.name)
-                       and not any(part.startswith(".") for part in f.relative_to(p).parts) and utf8_path(f))
+        files = image_files(p)
         if not files:
             raise ProductLensError(f"{p}: no images found")
         return Inputs([Item(id=i, image=str(f.resolve())) for i, f in enumerate(files)],

@@ -394,6 +394,17 @@ def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def image_files(root: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The image files under the folder ``root`` (recursively, sorted), leaving out hidden files and
+    folders, names that are not UTF-8 (:func:`utf8_path`) and anything under ``exclude`` (a command's own
+    output folder)."""
+    root = Path(root)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    return sorted(f for f in root.rglob("*") if _is_image_name(f.name) and f.is_file()
+                  and not any(part.startswith(".") for part in f.relative_to(root).parts) and utf8_path(f)
+                  and not (skip is not None and f.resolve().is_relative_to(skip)))
+
+
 def utf8_path(path: str | os.PathLike[str]) -> bool:
     """Whether ``path``'s name can be stored and written out (UTF-8). A name in another encoding (Linux
     keeps its bytes) is reported with a warning, and the caller skips it: its photo, or its category
