@@ -414,8 +414,8 @@ class Catalog:
         first ``k`` of the same ranking.
         """
         self.check_not_empty()
-        want = min(k, len(self.store))
-        k = min(max(k, RANK_DEPTH), len(self.store))
+        n = len(self.store)  # a count a server store answers over the network: asked once
+        want, k = min(k, n), min(max(k, RANK_DEPTH), n)
         scores, ids = self.store.search(queries, k, where)
         if rerank and len(self.store) > QE_K:
             top = ids[:, :QE_K]

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
-from productlens.data.images import MIN_SIDE, big_enough, decoded_rgb, load_image
+from productlens.data.images import MIN_SIDE, load_image
 from productlens.models.embedders.base import Preprocess
 from productlens.progress import ITEM_REPORT, bar_disable
 from productlens.types import Box, Item, ProductLensError
@@ -74,13 +73,7 @@ def _load_into(preprocess: Preprocess, source: Any, box: Box | None, out: np.nda
     """Decode ``source`` and write ``preprocess(image)`` into ``out`` (one row of a batch)."""
     if isinstance(source, Item):
         source, box = source.image, box if box is not None else source.box
-    if isinstance(source, Image.Image):  # already decoded (a video frame, a generated image, Image.open's)
-        img = decoded_rgb(source)
-        if box is not None:
-            x, y, w, h = box.clip(*img.size).as_tuple()
-            img = img.crop((round(x), round(y), round(x + w), round(y + h)))
-        preprocess(big_enough(img, "<image>"), out=out)
-        return
+    # a PIL image (a video frame, Image.open's) is taken as decoded: load_image turns it upright and crops it
     preprocess(load_image(source, box=box, target=preprocess.size, min_side=MIN_SIDE), out=out)
 
 

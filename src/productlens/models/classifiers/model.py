@@ -178,17 +178,15 @@ class Classifier:
     def _probs_pil(self, images: list, level: str | None) -> np.ndarray:
         import io
 
-        from PIL import Image
-
         from productlens.data.augment import StackedViewEmbedder, View
-        from productlens.data.images import decoded_rgb, load_image
+        from productlens.data.images import load_image
 
         # the views as embed_views gives them in training: each photo reduced once (a decoded upload
         # may be 12 MP), then every view
         stacked = StackedViewEmbedder(self.embedder, [View.parse(v) for v in self.views])
-        decoded = [decoded_rgb(im) if isinstance(im, Image.Image) else load_image(
-            im.image if hasattr(im, "image") else (im if not isinstance(im, io.BytesIO) else im.getvalue()),
-            target=self.input_size) for im in images]
+        sources = [im.image if hasattr(im, "image") else im.getvalue() if isinstance(im, io.BytesIO) else im
+                   for im in images]
+        decoded = [load_image(src, target=self.input_size) for src in sources]  # a PIL image: upright, RGB
         vecs = stacked.embed(np.stack([stacked.preprocess(img) for img in decoded]))
         feats = vecs.reshape(len(decoded), len(self.views), -1).transpose(1, 0, 2)
         return self.probs_from_features(feats.astype(np.float16), level)
