@@ -69,6 +69,20 @@ def test_text_search_lexical_then_dense(encoder):
     assert [p.product_id for p, _ in partly.search("apple", 10)] == [0, 1]
 
 
+def test_text_search_puts_a_product_named_by_the_query_first(encoder):
+    juices = [ProductText(0, "Äpple Juice", "Juice", {"description": "Juice of apples."}),
+              ProductText(1, "Äpple Juice med Fruktkött", "Juice",
+                          {"description": "Äpple juice with pulp: juice, juice, juice.", "name": "Pulpy-Apple"})]
+    ts = TextSearch(juices, encoder)
+    lexical, _ = ts.rankers(["Äpple Juice"])
+    assert lexical[0, 1] > lexical[0, 0]  # BM25 alone prefers the longer title, which says "juice" more
+    # the exact title wins, case and accents aside; so does a product's name
+    assert [p.product_id for p, _ in ts.search("äpple  JUICE", 2)] == [0, 1]
+    assert ts.search("pulpy apple", 1)[0][0].product_id == 1
+    # a query that only shares words with a title is ranked by BM25 as before
+    assert ts.search("apple juice pulp", 1)[0][0].product_id == 1
+
+
 def test_text_search_cli_names_an_item_that_has_no_product(tmp_path):
     paths = write_dataset(tmp_path, n_products=3, per_product=1)
     rows = list(csv.DictReader(open(paths["gallery"])))
