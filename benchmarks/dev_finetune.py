@@ -2,7 +2,7 @@
 
     python benchmarks/dev_finetune.py [--data ../shared/data/grocery] [--split closed,open,session]
                                       [--seller-repeats 2,4,8] [--companions] [--query-views regions]
-                                      [--recipe 20:4:4,18:2:3]
+                                      [--recipe 20:4:4,18:2:3] [--gallery-views none,regions,shelf]
 
 No evaluation query (val photo) is read. Splits of `train.csv` against the 81
 shop photos (their labels are read only to score, and in catalog mode):
@@ -24,6 +24,8 @@ With ``--companions``, each fine-tuned backbone is also scored joined with the
 other bundled backbones on the whole photo (the catalog commands'
 ``--companions``, off by default). ``--query-views regions`` embeds the train photos (fitting photos
 and queries) as multi-region descriptors, as catalogs do; default whole photos.
+``--gallery-views`` embeds the shop photos under each given view set (default whole photos),
+one row each (``shelf``: the queries' regions of the photo and of a 2 x 2 mosaic of it).
 ``--recipe`` fine-tunes with each given ``first trained block:views:epochs`` instead of the
 library's (``FinetuneConfig.for_catalog``: search's ``RECIPES``, and with ``--seller-repeats``
 catalog mode's ``CLASSIFIER_RECIPES``), one row each.
@@ -99,6 +101,8 @@ def main() -> None:
     ap.add_argument("--companions", action="store_true", help="also score the fine-tuned backbones joined "
                     "with the other bundled backbones (whole photo)")
     ap.add_argument("--query-views", default="none", help="none (whole photos) or regions")
+    ap.add_argument("--gallery-views", default="none", help="comma-separated view sets of the shop photos, "
+                    "e.g. none,regions,shelf (one row each)")
     ap.add_argument("--recipe", default="", help="comma-separated block:views:epochs, e.g. 20:4:4,18:2:3 "
                     "(default: the backbone's recipe)")
     args = ap.parse_args()
@@ -110,7 +114,15 @@ def main() -> None:
     T0 = embed_items(frozen, train, desc="train photos").vectors  # whole photos: the dev-session split
     Tq = T0 if args.query_views == "none" else \
         embed_items(query_embedder(frozen, args.query_views), train, desc="train photos").vectors
-    S0 = embed_items(frozen, shop, desc="shop photos").vectors
+    gallery_views = args.gallery_views.split(",")
+
+    def shop_vectors(emb) -> dict[str, np.ndarray]:
+        return {v: embed_items(query_embedder(emb, v), shop, desc=f"shop photos, {v}").vectors for v in gallery_views}
+
+    def gallery_label(v: str) -> str:
+        return "" if gallery_views == ["none"] else f", gallery {v}"
+
+    S0 = shop_vectors(frozen)
     repeats = [int(r) for r in args.seller_repeats.split(",") if r]
     recipes = [dict(zip(("train_from", "views", "epochs"), map(int, r.split(":"))))
                for r in args.recipe.split(",") if r] or [{}]
@@ -118,8 +130,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for kind in args.split.split(","):
         fit = split(train, kind, T0)
-        r = scores(Tq, y, fit, S0, shop_y, args.model)
-        print(f"| dev-{kind} | frozen | {r['plain']:.3f} | {r['adapter']:.3f} | {r['catalog']:.3f} | |", flush=True)
+        for v, S in S0.items():
+            r = scores(Tq, y, fit, S, shop_y, args.model)
+            print(f"| dev-{kind} | frozen{gallery_label(v)} | {r['plain']:.3f} | {r['adapter']:.3f} | "
+                  f"{r['catalog']:.3f} | |", flush=True)
         items = [t for t, f in zip(train, fit) if f]
         known = {t.product_id for t in items}
         sellers = [g for g in shop if g.product_id in known]  # as build_catalog does
@@ -141,14 +155,14 @@ def main() -> None:
                     variants[" + companions"] = joined(tuned, companions_for(args.model))
                 for suffix, emb in variants.items():
                     T1 = embed_items(query_embedder(emb, args.query_views), train, desc="train photos").vectors
-                    S1 = embed_items(emb, shop, desc="shop photos").vectors
-                    r = scores(T1, y, fit, S1, shop_y, args.model)
-                    if rep:
-                        print(f"| dev-{kind} | {label} + shop photos x {rep}{suffix} | - | - | {r['catalog']:.3f} "
-                              f"| {secs:.0f} |", flush=True)
-                    else:
-                        print(f"| dev-{kind} | {label}{suffix} | {r['plain']:.3f} | {r['adapter']:.3f} "
-                              f"| {r['catalog']:.3f} | {secs:.0f} |", flush=True)
+                    for v, S1 in shop_vectors(emb).items():
+                        r = scores(T1, y, fit, S1, shop_y, args.model)
+                        name = f"{label}{' + shop photos x %d' % rep if rep else ''}{suffix}{gallery_label(v)}"
+                        if rep:
+                            print(f"| dev-{kind} | {name} | - | - | {r['catalog']:.3f} | {secs:.0f} |", flush=True)
+                        else:
+                            print(f"| dev-{kind} | {name} | {r['plain']:.3f} | {r['adapter']:.3f} "
+                                  f"| {r['catalog']:.3f} | {secs:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

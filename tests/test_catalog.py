@@ -150,11 +150,14 @@ def test_query_views_recorded_and_used(dataset, tmp_path) -> None:
         np.testing.assert_allclose(cat.search_vectors(vec, 2, rerank=True)[0][0], [h.score for h in hits], atol=1e-5)
     with Catalog.open(tmp_path / "a") as again:
         assert isinstance(again.query_embedder, PooledViewEmbedder)
-        # the gallery is embedded as the queries are, also what is added later
-        assert again.store.get_info("gallery_views") == "regions"
-        assert isinstance(again.gallery_embedder, PooledViewEmbedder)
-        pooled = again.to_index_space(again.query_embedder.embed_images([load_image(gallery[1].image)]), "gallery")
+        # the gallery is embedded with the queries' views and those of a 2 x 2 mosaic, also what is added later
+        assert again.store.get_info("gallery_views") == "shelf"
+        assert isinstance(again.gallery_embedder, PooledViewEmbedder) and len(again.gallery_embedder.views) == 14
+        assert again.gallery_embedder.groups == [7, 7]
+        pooled = again.to_index_space(again.gallery_embedder.embed_images([load_image(gallery[1].image)]), "gallery")
         np.testing.assert_allclose(again.store.vectors([1]), pooled, atol=2e-3)
+        as_query = again.to_index_space(again.query_embedder.embed_images([load_image(gallery[1].image)]), "gallery")
+        assert not np.allclose(again.store.vectors([1]), as_query, atol=2e-3)
         again.add([dataclasses.replace(gallery[1], id=50)], progress=False)
         np.testing.assert_allclose(again.store.vectors([50]), again.store.vectors([1]), atol=1e-5)
     cat, _ = build_catalog(gallery, tmp_path / "b", embedder=MODEL, train=train, progress=False, query_views="none")
@@ -167,6 +170,10 @@ def test_query_views_recorded_and_used(dataset, tmp_path) -> None:
     cat, _ = build_catalog(gallery, tmp_path / "e", embedder=MODEL, train=train, progress=False, gallery_views="none")
     with cat:
         assert isinstance(cat.query_embedder, PooledViewEmbedder) and cat.gallery_embedder is cat.embedder
+    cat, _ = build_catalog(gallery, tmp_path / "f", embedder=MODEL, train=train, progress=False,
+                           gallery_views="regions")
+    with cat:
+        assert cat.store.get_info("gallery_views") == "regions" and len(cat.gallery_embedder.views) == 7
     for views in ({"query_views": "lots"}, {"gallery_views": "lots"}):
         with pytest.raises(ProductLensError, match="unknown view set"):
             build_catalog(gallery, tmp_path / "d", embedder=MODEL, train=train, progress=False, **views)
@@ -178,7 +185,8 @@ def test_gallery_photos_that_are_training_photos_reuse_their_vectors(dataset, tm
     them again: the same vectors as embedding them would give, and bad photos still reported by index."""
     from productlens.data.augment import PooledViewEmbedder, view_set
     from productlens.models.embedders import get_embedder
-    from productlens.pipeline.catalog_build import embed_gallery
+    from productlens.pipeline.catalog import query_embedder
+    from productlens.pipeline.catalog_build import _further_groups, embed_gallery
     from productlens.pipeline.embed import embed_items
 
     train = read_labelled_csv(dataset["train"])
@@ -191,6 +199,19 @@ def test_gallery_photos_that_are_training_photos_reuse_their_vectors(dataset, tm
     assert got.ok.tolist() == fresh.ok.tolist() == [0, 1, 3, 4, 5, 6]
     np.testing.assert_allclose(got.vectors, fresh.vectors, atol=1e-6)
     assert [e[0] for e in got.errors] == [2] and "missing.jpg" in got.errors[0][2]
+    # a shelf gallery: a known photo takes its regions vector and is embedded under the mosaic's views only
+    shelf = query_embedder(get_embedder(MODEL), "shelf")
+    extra = _further_groups(get_embedder(MODEL), "regions", "shelf", ())
+    assert len(extra) == 1 and extra[0].views == shelf.views[7:]
+    got = embed_gallery(shelf, gallery, progress=False, known=known, known_items=train[:6], extra=extra)
+    fresh = embed_items(shelf, gallery, progress=False)
+    assert got.ok.tolist() == fresh.ok.tolist() == [0, 1, 3, 4, 5, 6]
+    np.testing.assert_allclose(got.vectors, fresh.vectors, atol=1e-5)
+    assert [e[0] for e in got.errors] == [2]
+    # no reuse where the first group differs, or with companions (they see the whole photo only)
+    assert _further_groups(get_embedder(MODEL), "none", "shelf", ()) is None
+    assert _further_groups(get_embedder(MODEL), "regions", "shelf", ("mobilenetv2",)) is None
+    assert _further_groups(get_embedder(MODEL), "regions", "regions", ()) == []
 
 
 def test_incremental_add_update_remove(dataset, tmp_path) -> None:

@@ -83,6 +83,39 @@ def test_pooled_views_sum_the_views_vectors() -> None:
     assert pooled.embed(np.zeros((0, *pooled.preprocess.shape), np.uint8)).shape == (0, emb.dim)
 
 
+def test_tiled_views_and_the_shelf_set() -> None:
+    """A tile view crops a mosaic of k x k shrunk copies of the image; ``shelf`` is regions then regions of a
+    2 x 2 mosaic, pooled as two groups of equal weight."""
+    from productlens.data.augment import tiled, view_groups
+
+    img = product_photo(2, 0, shop=True, size=40)
+    mosaic = tiled(img, 2)
+    assert mosaic.size == (40, 40) and tiled(img, 1) is img
+    quarter = np.asarray(img.resize((20, 20), Image.Resampling.BILINEAR))
+    for x, y in ((0, 0), (20, 0), (0, 20), (20, 20)):
+        assert np.array_equal(np.asarray(mosaic)[y:y + 20, x:x + 20], quarter)
+    odd = tiled(Image.new("RGB", (7, 3), (9, 9, 9)), 3)  # sides that do not divide: whole tiles of at least 1 px
+    assert odd.size == (6, 3) and np.asarray(odd).min() == 9
+    v = View(0.5, 0.0, 1.0, 0.5, flip=True, tile=2)
+    assert v.key == "0.500,0.000,1.000,0.500,flip,tile2" and View.parse(v.key) == v
+    assert View.parse(View(tile=3).key) == View(tile=3) and View().key == "0.000,0.000,1.000,1.000"
+    for bad in (0, 9, 1.5, True):
+        with pytest.raises(ProductLensError, match="tile"):
+            View(tile=bad)
+    emb = FakeEmbedder()
+    assert np.array_equal(ViewEmbedder(emb, View(0.5, 0.0, 1.0, 0.5, tile=2)).preprocess(img),
+                          emb.preprocess(mosaic.crop((20, 0, 40, 20))))
+    shelf, groups = view_set("shelf"), view_groups("shelf")
+    assert len(shelf) == 14 and [len(g) for g in groups] == [7, 7] and groups[0] == view_set("regions")
+    assert [v.tile for v in shelf] == [1] * 7 + [2] * 7 and view_groups("regions") == [view_set("regions")]
+    imgs = [product_photo(p, 0, shop=True, size=40) for p in range(3)]
+    got = PooledViewEmbedder(emb, shelf, [7, 7]).embed_images(imgs)
+    halves = [PooledViewEmbedder(emb, g).embed_images(imgs) for g in groups]
+    np.testing.assert_allclose(got, l2_normalize(halves[0] + halves[1]), atol=1e-6)
+    with pytest.raises(ProductLensError, match="do not split"):
+        PooledViewEmbedder(emb, shelf, [7, 6])
+
+
 def test_head_learns_clusters_and_predicts_with_numpy() -> None:
     x, y = clusters()
     test_x, test_y = clusters(per_class=10, noise_seed=5)  # new samples of the same clusters

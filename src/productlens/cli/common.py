@@ -73,6 +73,20 @@ def verify_option():
                         "matches that fit one geometry (default: on where OpenCV is installed).")
 
 
+def query_views_option():
+    """``--query-views`` of the commands that build a catalog (default None: ``build_catalog``'s)."""
+    return typer.Option(None, "--query-views", help="regions: pool each query with six crops of it (default "
+                        "with --train); none: the whole photo only.")
+
+
+def gallery_views_option():
+    """``--gallery-views`` of the commands that build a catalog (default None: ``build_catalog``'s)."""
+    return typer.Option(None, "--gallery-views", help="How gallery photos are embedded: shelf (default with "
+                        "regions queries: the photo and six crops, as queries are, and the same of a 2 x 2 "
+                        "mosaic of it, as a shelf shows a product), regions (as the queries, twice as fast "
+                        "to build), or none (whole photos, fourteen times faster).")
+
+
 def owner_label(product_id: int | None, item_id: int | None) -> str:
     """``product=P`` for a ranked product, ``id=N`` for an item that has no product (printed rankings)."""
     return f"product={product_id}" if product_id is not None else f"id={item_id}"

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, verify_option
+from productlens.cli.common import fail_cleanly, gallery_views_option, query_views_option, verify_option
 from productlens.config import DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Evaluate productlens on labelled data.", no_args_is_help=True)
@@ -25,11 +25,8 @@ def retrieval(
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
     verify: Optional[bool] = verify_option(),
-    query_views: Optional[str] = typer.Option(None, "--query-views", help="regions: pool each query with six "
-                                              "crops of it (default with --train); none: the whole photo only."),
-    gallery_views: Optional[str] = typer.Option(None, "--gallery-views", help="How gallery photos are "
-                                                "embedded: as the queries (the default) or none (whole photos, "
-                                                "seven times faster to build with regions)."),
+    query_views: Optional[str] = query_views_option(),
+    gallery_views: Optional[str] = gallery_views_option(),
     companions: bool = typer.Option(False, "--companions", help="Join the other bundled backbones, run on "
                                     "the whole photo, to the embedding (about 12 ms more per photo; helps "
                                     "products never trained on, hurts galleries of trained products)."),

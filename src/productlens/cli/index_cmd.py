@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from productlens.cli.common import fail_cleanly, fail_if_none_done, reports_skipped
+from productlens.cli.common import (fail_cleanly, fail_if_none_done, gallery_views_option, query_views_option,
+                                     reports_skipped)
 from productlens.config import DEFAULT_EMBEDDER
 
 app = typer.Typer(help="Build and maintain a catalog index.", no_args_is_help=True)
@@ -24,11 +25,8 @@ def build(
     catalog_labels: bool = typer.Option(False, "--catalog-labels",
                                         help="Let the fine-tuning and the adapter learn from the catalog's own product ids."),
     finetune: bool = typer.Option(True, help="With --train: fine-tune the backbone's last blocks first (minutes)."),
-    query_views: Optional[str] = typer.Option(None, "--query-views", help="regions: pool each query with six "
-                                              "crops of it (default with --train); none: the whole photo only."),
-    gallery_views: Optional[str] = typer.Option(None, "--gallery-views", help="How gallery photos are "
-                                                "embedded: as the queries (the default) or none (whole photos, "
-                                                "seven times faster to build with regions)."),
+    query_views: Optional[str] = query_views_option(),
+    gallery_views: Optional[str] = gallery_views_option(),
     companions: bool = typer.Option(False, "--companions", help="Join the other bundled backbones, run on "
                                     "the whole photo, to the embedding (about 12 ms more per photo; helps "
                                     "products never trained on, hurts galleries of trained products)."),

@@ -1,8 +1,10 @@
 """Views of an image for feature augmentation: crops and flips applied before the model.
 
 A :class:`View` is a crop (fractions of the decoded image, EXIF-oriented) plus an
-optional horizontal flip. Training embeds every photo under several views (the
-frozen-backbone form of data augmentation); prediction averages the class
+optional horizontal flip, of the image itself or of a mosaic of copies of it
+(``tile``: k x k copies, as a shelf or a bin shows one product many times).
+Training embeds every photo under several views (the frozen-backbone form of
+data augmentation); prediction averages the class
 probabilities over a few views (test-time augmentation).
 
 :class:`ViewEmbedder` wraps an embedder so that the robust batch pipeline
@@ -17,8 +19,10 @@ image (one vector per view); :class:`PooledViewEmbedder` pools them into one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,37 +33,46 @@ from productlens.types import ProductLensError
 
 @dataclass(frozen=True)
 class View:
-    """A crop ``(x0, y0, x1, y1)`` in fractions of the image, then an optional flip."""
+    """A crop ``(x0, y0, x1, y1)`` in fractions of the image, then an optional flip.
+
+    ``tile`` > 1: the crop is taken of a mosaic of ``tile`` x ``tile`` copies of the image,
+    each shrunk by ``tile`` (so the mosaic is the image's size)."""
 
     x0: float = 0.0
     y0: float = 0.0
     x1: float = 1.0
     y1: float = 1.0
     flip: bool = False
+    tile: int = 1
 
     def __post_init__(self) -> None:
         for name in ("x0", "y0", "x1", "y1"):  # keys round-trip: coordinates are kept to 3 decimals
             object.__setattr__(self, name, round(float(getattr(self, name)), 3))
         if not (0.0 <= self.x0 < self.x1 <= 1.0 and 0.0 <= self.y0 < self.y1 <= 1.0):
             raise ProductLensError(f"bad view crop {self.key}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or not 1 <= self.tile <= MAX_TILE:
+            raise ProductLensError(f"a view's tile must be an integer from 1 to {MAX_TILE}, got {self.tile!r}")
 
     @property
     def key(self) -> str:
         """A stable text key (used by the feature cache and in model configs)."""
         crop = f"{self.x0:.3f},{self.y0:.3f},{self.x1:.3f},{self.y1:.3f}"
-        return crop + (",flip" if self.flip else "")
+        return crop + (",flip" if self.flip else "") + (f",tile{self.tile}" if self.tile > 1 else "")
 
     @classmethod
     def parse(cls, key: str) -> "View":
         """The inverse of :attr:`key`."""
         parts = key.split(",")
+        tile = 1
+        if parts[-1].startswith("tile") and parts[-1][4:].isdigit():
+            tile = int(parts.pop()[4:])
         flip = parts[-1] == "flip"
         nums = parts[:-1] if flip else parts
         try:
             x0, y0, x1, y1 = (float(v) for v in nums)
         except ValueError:
-            raise ProductLensError(f"bad view key {key!r}; expected 'x0,y0,x1,y1[,flip]'") from None
-        return cls(x0, y0, x1, y1, flip)
+            raise ProductLensError(f"bad view key {key!r}; expected 'x0,y0,x1,y1[,flip][,tileK]'") from None
+        return cls(x0, y0, x1, y1, flip, tile)
 
     @property
     def is_identity(self) -> bool:
@@ -71,13 +84,32 @@ class View:
         return 1.0 / min(self.x1 - self.x0, self.y1 - self.y0)
 
     def crop(self, img: Image.Image) -> Image.Image:
-        """The crop of a decoded image (the flip is applied later, on the resized pixels)."""
+        """The crop of a decoded image, or of its mosaic (the flip is applied later, on the resized pixels)."""
+        img = tiled(img, self.tile)
         if (self.x0, self.y0, self.x1, self.y1) == (0.0, 0.0, 1.0, 1.0):
             return img
         w, h = img.size
         box = (round(self.x0 * w), round(self.y0 * h), round(self.x1 * w), round(self.y1 * h))
         box = (min(box[0], w - 1), min(box[1], h - 1), max(box[2], box[0] + 1), max(box[3], box[1] + 1))
         return img.crop(box)
+
+
+#: the most copies a side of a mosaic view holds
+MAX_TILE = 8
+
+
+def tiled(img: Image.Image, k: int) -> Image.Image:
+    """A mosaic of ``k`` x ``k`` copies of ``img``, each shrunk by ``k`` (``img`` itself for k = 1)."""
+    if k <= 1:
+        return img
+    w, h = img.size
+    tw, th = max(1, round(w / k)), max(1, round(h / k))
+    small = img.resize((tw, th), Image.Resampling.BILINEAR)
+    out = Image.new(img.mode, (tw * k, th * k))
+    for i in range(k):
+        for j in range(k):
+            out.paste(small, (i * tw, j * th))
+    return out
 
 
 def _crops(scale: float, flip: bool = False) -> list[View]:
@@ -88,7 +120,9 @@ def _crops(scale: float, flip: bool = False) -> list[View]:
 
 
 #: the names :func:`view_set` knows
-VIEW_SETS = ("none", "flip", "tta", "train", "regions")
+VIEW_SETS = ("none", "flip", "tta", "train", "regions", "shelf")
+#: copies a side of the ``shelf`` view set's mosaic holds
+SHELF_TILE = 2
 
 
 def view_set(name: str) -> list[View]:
@@ -99,8 +133,13 @@ def view_set(name: str) -> list[View]:
     corner crops of side 0.8 and mirrors of the corner crops (12 views).
     ``regions``: whole, centre crops 0.75 and 0.5 and the four corner crops 0.6
     (7 views; pooled by :class:`PooledViewEmbedder` into one multi-region descriptor).
+    ``shelf``: the ``regions`` views of the image, then the same views of a 2 x 2 mosaic of
+    it (14 views in two groups, :func:`view_groups`): a seller's photo of one item is also
+    described as the shelf or bin of them that a shopper photographs.
     """
     whole = View()
+    if name == "shelf":
+        return [v for group in view_groups(name) for v in group]
     if name == "none":
         return [whole]
     if name == "regions":
@@ -114,6 +153,15 @@ def view_set(name: str) -> list[View]:
     if name == "train":
         return [whole, View(flip=True), *_crops(0.8), *_crops(0.8, flip=True)]
     raise ProductLensError(f"unknown view set {name!r}; known: {', '.join(VIEW_SETS)}")
+
+
+def view_groups(name: str) -> list[list[View]]:
+    """The view set ``name`` in the groups that :class:`PooledViewEmbedder` pools apart: ``shelf`` is
+    ``regions`` and ``regions`` of the 2 x 2 mosaic; every other set is one group."""
+    if name == "shelf":
+        regions = view_set("regions")
+        return [regions, [dataclasses.replace(v, tile=SHELF_TILE) for v in regions]]
+    return [view_set(name)]
 
 
 class ViewPreprocess:
@@ -209,11 +257,18 @@ class PooledViewEmbedder:
     :data:`~productlens.models.embedders.base.MODEL_BATCH` images).
     Around a :class:`~productlens.models.embedders.joined.JoinedEmbedder`, only
     its main backbone sees every view; its companions see the whole image.
+
+    ``groups``: the sizes of consecutive groups of ``views`` (default: one group). Each
+    group is pooled into a unit vector and the vector is the L2-normalised sum of those,
+    so each group weighs the same however many views it has (:func:`view_groups`).
     """
 
-    def __init__(self, embedder, views: list[View]) -> None:
+    def __init__(self, embedder, views: list[View], groups: Sequence[int] | None = None) -> None:
         self.base = embedder
         self.views = list(views)
+        self.groups = [len(self.views)] if groups is None else [int(g) for g in groups]
+        if sum(self.groups) != len(self.views) or min(self.groups, default=0) < 1:
+            raise ProductLensError(f"view groups {self.groups} do not split {len(self.views)} views")
         self.name = embedder.name
         self.dim = embedder.dim
         self.preprocess = PooledViewPreprocess(embedder.preprocess, self.views)
@@ -227,7 +282,10 @@ class PooledViewEmbedder:
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
         main = getattr(self.base, "main", self.base)  # a joined embedder pools through its main backbone
-        vecs = l2_normalize(main.embed(batch.reshape(n * v, *batch.shape[2:])).reshape(n, v, -1).sum(axis=1))
+        per_view = main.embed(batch.reshape(n * v, *batch.shape[2:])).reshape(n, v, -1)
+        ends = np.cumsum(self.groups)
+        pooled = [l2_normalize(per_view[:, e - g:e].sum(axis=1)) for g, e in zip(self.groups, ends)]
+        vecs = pooled[0] if len(pooled) == 1 else l2_normalize(np.sum(pooled, axis=0))
         if main is self.base:
             return vecs
         return self.base.join(vecs, self.base.companion.embed(batch[:, 0]))  # companions: the whole image
@@ -241,4 +299,4 @@ class PooledViewEmbedder:
 
 
 __all__ = ["VIEW_SETS", "PooledViewEmbedder", "PooledViewPreprocess", "StackedViewEmbedder", "View", "ViewEmbedder",
-           "ViewPreprocess", "view_set"]
+           "ViewPreprocess", "tiled", "view_groups", "view_set"]

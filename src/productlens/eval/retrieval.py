@@ -38,7 +38,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     ``finetune``: fine-tune the backbone's last blocks on ``train_csv`` first.
     ``query_views``: how queries are embedded (``build_catalog``'s option; default
     ``"regions"`` with ``train_csv``, ``"none"`` without); ``gallery_views``: how gallery
-    photos are (default: as the queries). ``companions``: also
+    photos are (``build_catalog``'s; default ``"shelf"`` with ``regions`` queries). ``companions``: also
     ``build_catalog``'s (bundled backbones joined on the whole photo; default none).
     ``verify``: spatial verification of each query's top results (``rank_queries``'s;
     default: on where OpenCV is installed). ``plot``: also write a contact sheet of

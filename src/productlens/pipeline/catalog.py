@@ -548,6 +548,7 @@ def query_embedder(embedder: Embedder, views: str = "none"):
     """
     if views == "none":
         return embedder
-    from productlens.data.augment import PooledViewEmbedder, view_set
+    from productlens.data.augment import PooledViewEmbedder, view_groups
 
-    return PooledViewEmbedder(embedder, view_set(views))
+    groups = view_groups(views)
+    return PooledViewEmbedder(embedder, [v for g in groups for v in g], [len(g) for g in groups])

@@ -21,6 +21,7 @@ from productlens.config import DEFAULT_EMBEDDER
 from productlens.fileio import replace_dir, temporary_beside
 from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
+from productlens.models.embedders.base import l2_normalize
 from productlens.models.embedders.joined import joined
 from productlens.pipeline.catalog import (BACKBONE_DIR, CATALOG_FORMAT, MODEL_KEY, Catalog, item_metadata,
                                          query_embedder, vector_name)
@@ -88,10 +89,12 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     (:func:`query_embedder`; default when there are training photos, since the
     adapter then centres the two domains apart), ``"none"`` the whole photo
     only (default without training photos).
-    ``gallery_views``: how gallery photos are embedded; by default as the queries are
-    (``query_views``): a symmetric multi-region descriptor matched the train-only splits'
-    held-out photos better than whole seller photos did (docs/benchmarks.md). ``"none"``
-    embeds each gallery photo once, seven times faster to build with ``regions``.
+    ``gallery_views``: how gallery photos are embedded; by default (:func:`default_gallery_views`)
+    ``"shelf"`` with ``regions`` queries: the queries' views of the photo and of a 2 x 2 mosaic of
+    it (a seller's one item described as the shelf of them a shopper photographs too), which matched
+    the train-only splits' held-out photos better than the queries' views alone, and those better than
+    whole seller photos (docs/benchmarks.md); otherwise as the queries are. ``"regions"`` builds
+    twice as fast as ``"shelf"``, ``"none"`` (each photo once) fourteen times.
     ``companions``: bundled backbones joined to the embedder, run on the whole
     photo only (:mod:`productlens.models.embedders.joined`; ``companions_for(embedder)``
     gives the other bundled backbones). None by default: on the train-only
@@ -118,7 +121,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         raise ProductLensError("fine-tuning needs labelled training photos (--train)")
     if query_views is None:
         query_views = DEFAULT_QUERY_VIEWS if labelled else "none"
-    gallery_views = query_views if gallery_views is None else gallery_views
+    gallery_views = default_gallery_views(query_views) if gallery_views is None else gallery_views
     companions = list(companions)
     path.parent.mkdir(parents=True, exist_ok=True)
     with temporary_beside(path, folder=True, tag="building.") as tmp:
@@ -147,9 +150,9 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             emb = joined(emb, companions)
             tr = embed_items(query_embedder(emb, query_views), labelled, progress=progress, desc="training photos") \
                 if labelled else None
+            extra = _further_groups(emb, query_views, gallery_views, companions)
             gal = embed_gallery(query_embedder(emb, gallery_views), items, progress=progress,
-                                known=tr if tr is not None and gallery_views == query_views else None,
-                                known_items=labelled)
+                                known=tr if extra is not None else None, known_items=labelled, extra=extra or ())
             if not len(gal.ok):
                 raise ProductLensError("no gallery image could be read")
             ok_items = [items[i] for i in gal.ok]
@@ -203,12 +206,40 @@ def _writer_lock_of(path: Path):
     return contextlib.nullcontext()
 
 
+def default_gallery_views(query_views: str) -> str:
+    """How gallery photos are embedded when not told: ``shelf`` for ``regions`` queries (the
+    photo's regions and those of a 2 x 2 mosaic of it, chosen on the train-only splits,
+    docs/benchmarks.md), otherwise as the queries are."""
+    return "shelf" if query_views == "regions" else query_views
+
+
+def _further_groups(emb, query_views: str, gallery_views: str, companions: Sequence[str]) -> list | None:
+    """How a gallery photo that is also a training photo can reuse the training photo's vector:
+    ``[]`` when gallery and queries are embedded alike; the embedders of the gallery's further
+    view groups when its first group is the queries' views (``shelf`` after ``regions``); None
+    when it must be embedded afresh."""
+    from productlens.data.augment import PooledViewEmbedder, view_groups
+
+    if gallery_views == query_views:
+        return []
+    if query_views == "none" or gallery_views == "none" or companions:
+        return None
+    q, g = view_groups(query_views), view_groups(gallery_views)
+    if len(q) != 1 or len(g) < 2 or g[0] != q[0]:
+        return None
+    return [PooledViewEmbedder(emb, group) for group in g[1:]]
+
+
 def embed_gallery(embedder, items: Sequence[Item], *, progress: bool = True, known: EmbedResult | None = None,
-                  known_items: Sequence[Item] = ()) -> EmbedResult:
+                  known_items: Sequence[Item] = (), extra: Sequence = ()) -> EmbedResult:
     """Embed gallery photos (:func:`~productlens.pipeline.embed.embed_items`), reusing ``known``:
     the vectors the same embedder gave ``known_items``. A gallery photo with the same bytes and box
     as one of them (a catalog whose gallery holds its training photos) takes that vector instead of
-    being embedded again; the vectors are the ones embedding would give, and no label is read."""
+    being embedded again; the vectors are the ones embedding would give, and no label is read.
+
+    ``extra``: when ``known`` holds only the first of ``embedder``'s view groups, one embedder per
+    further group (:class:`~productlens.data.augment.PooledViewEmbedder`); a reused photo is embedded
+    by these only, and its vector is the L2-normalised sum of the groups', as ``embedder`` gives it."""
     if known is None or not len(known.ok):
         return embed_items(embedder, items, progress=progress, desc="gallery")
     have = {}
@@ -226,12 +257,23 @@ def embed_gallery(embedder, items: Sequence[Item], *, progress: bool = True, kno
     for i, j in enumerate(found):
         if j is not None:
             vectors[i], ok[i] = known.vectors[j], True
+    errors = [(todo[i], src, msg) for i, src, msg in res.errors]
+    reused = np.flatnonzero(ok)
+    for more in extra:  # the further view groups of the reused photos
+        part = embed_items(more, [items[i] for i in reused], progress=progress, desc="gallery, more views")
+        lost = np.setdiff1d(np.arange(len(reused)), part.ok)
+        ok[reused[lost]] = False
+        errors += [(int(reused[i]), src, msg) for i, src, msg in part.errors]
+        vectors[reused[part.ok]] += part.vectors
+        reused = reused[part.ok]
+    if len(extra):
+        vectors[reused] = l2_normalize(vectors[reused])
     done = np.asarray(todo, np.int64)[res.ok]
     vectors[done], ok[done] = res.vectors, True
     if len(todo) < len(items):
         log.info("gallery: %d of %d photos are training photos; their vectors were reused",
                  len(items) - len(todo), len(items))
-    return EmbedResult(vectors[ok], np.flatnonzero(ok), [(todo[i], src, msg) for i, src, msg in res.errors])
+    return EmbedResult(vectors[ok], np.flatnonzero(ok), sorted(errors, key=lambda e: e[0]))
 
 
 def _file_size(item: Item) -> int | None:
