@@ -154,6 +154,7 @@ def test_query_views_recorded_and_used(dataset, tmp_path) -> None:
         assert again.store.get_info("gallery_views") == "shelf"
         assert isinstance(again.gallery_embedder, PooledViewEmbedder) and len(again.gallery_embedder.views) == 14
         assert again.gallery_embedder.groups == [7, 7]
+        assert again.store.get_info("catalog_format") == 2  # a shelf: older versions say to upgrade
         pooled = again.to_index_space(again.gallery_embedder.embed_images([load_image(gallery[1].image)]), "gallery")
         np.testing.assert_allclose(again.store.vectors([1]), pooled, atol=2e-3)
         as_query = again.to_index_space(again.query_embedder.embed_images([load_image(gallery[1].image)]), "gallery")
@@ -174,6 +175,7 @@ def test_query_views_recorded_and_used(dataset, tmp_path) -> None:
                            gallery_views="regions")
     with cat:
         assert cat.store.get_info("gallery_views") == "regions" and len(cat.gallery_embedder.views) == 7
+        assert cat.store.get_info("catalog_format") == 1  # what every version reads
     for views in ({"query_views": "lots"}, {"gallery_views": "lots"}):
         with pytest.raises(ProductLensError, match="unknown view set"):
             build_catalog(gallery, tmp_path / "d", embedder=MODEL, train=train, progress=False, **views)

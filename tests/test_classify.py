@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -96,8 +98,14 @@ def test_tiled_views_and_the_shelf_set() -> None:
         assert np.array_equal(np.asarray(mosaic)[y:y + 20, x:x + 20], quarter)
     odd = tiled(Image.new("RGB", (7, 3), (9, 9, 9)), 3)  # sides that do not divide: whole tiles of at least 1 px
     assert odd.size == (6, 3) and np.asarray(odd).min() == 9
+    palette = Image.new("RGB", (9, 7), (255, 0, 0)).convert("P")
+    assert tiled(palette, 2).convert("RGB").getpixel((0, 0)) == (255, 0, 0)  # the palette is kept
     v = View(0.5, 0.0, 1.0, 0.5, flip=True, tile=2)
     assert v.key == "0.500,0.000,1.000,0.500,flip,tile2" and View.parse(v.key) == v
+    for bad in ("tile2", "tile0", "0,0,1,1,tile", "0,0,1,1,tilex", "0,0,1,1,tile\u00b2", "0,0,1,1,tile\u0663",
+                "0,0,1,1,tile2,flip", "0,0,1,1,mirror", "0,0,1", ""):
+        with pytest.raises(ProductLensError, match="bad view key|tile"):
+            View.parse(bad)
     assert View.parse(View(tile=3).key) == View(tile=3) and View().key == "0.000,0.000,1.000,1.000"
     for bad in (0, 9, 1.5, True):
         with pytest.raises(ProductLensError, match="tile"):
@@ -271,6 +279,11 @@ def test_classifier_folder_roundtrip(tmp_path) -> None:
     with pytest.raises(ProductLensError, match="not a productlens classifier"):
         load_classifier(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folders left
+    # the oldest format that describes the folder: 1 here; 3 with a mosaic view, which older versions refuse
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["format"] == 1
+    Classifier("fake-tiny", head, x.mean(0), h, views=[View().key, View(tile=2).key]).save(tmp_path / "t")
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["format"] == 3
+    assert load_classifier(tmp_path / "t").views == [View().key, View(tile=2).key]
 
 
 def test_classifier_checks_embedder_dimension(monkeypatch) -> None:

@@ -81,6 +81,9 @@ def test_text_search_puts_a_product_named_by_the_query_first(encoder):
     assert ts.search("pulpy apple", 1)[0][0].product_id == 1
     # a query that only shares words with a title is ranked by BM25 as before
     assert ts.search("apple juice pulp", 1)[0][0].product_id == 1
+    # a title beats another product's name of the same words, whatever the dense cosine says
+    named = TextSearch([ProductText(7, "", "", {"name": "Apple-Juice"}), *juices], encoder)
+    assert [p.product_id for p, _ in named.search("apple juice", 2)] == [0, 7]
 
 
 def test_text_search_cli_names_an_item_that_has_no_product(tmp_path):

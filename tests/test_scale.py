@@ -116,6 +116,9 @@ def test_cli_ray_build_equals_local(tmp_path, data, tiny, local, ray_local):
     assert res.exit_code != 0 and "--overwrite" in res.output
     res = runner.invoke(app, args[:-4] + ["--engine", "ray", "--ocr"])
     assert res.exit_code != 0 and "--engine local" in res.output
+    for option in (["--companions"], ["--query-views", "regions"], ["--gallery-views", "shelf"]):
+        res = runner.invoke(app, args[:-4] + ["--engine", "ray", "--overwrite", *option])  # refused, not ignored
+        assert res.exit_code != 0 and "--engine local" in res.output, option
 
 
 @pytest.mark.ray

@@ -73,9 +73,9 @@ def build(
         from productlens.pipeline.manifest import read_manifest
 
         items = read_manifest(catalog)  # also a csv/parquet manifest with id, image columns
-        if train or ocr or gallery_views not in (None, "none"):
+        if train or ocr or companions or gallery_views not in (None, "none") or query_views not in (None, "none"):
             raise ProductLensError("--engine ray builds a catalog of plain embeddings of whole photos; --train, "
-                                   "--ocr and --gallery-views need --engine local")
+                                   "--ocr, --companions, --query-views and --gallery-views need --engine local")
         from productlens.pipeline.bulk import RayOptions, build_catalog_sharded
 
         cat, errors = build_catalog_sharded(items, out, embedder=model, store=spec, overwrite=overwrite,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -36,7 +37,7 @@ class View:
     """A crop ``(x0, y0, x1, y1)`` in fractions of the image, then an optional flip.
 
     ``tile`` > 1: the crop is taken of a mosaic of ``tile`` x ``tile`` copies of the image,
-    each shrunk by ``tile`` (so the mosaic is the image's size)."""
+    each shrunk by ``tile`` (so the mosaic is about the image's size, :func:`tiled`)."""
 
     x0: float = 0.0
     y0: float = 0.0
@@ -62,17 +63,14 @@ class View:
     @classmethod
     def parse(cls, key: str) -> "View":
         """The inverse of :attr:`key`."""
-        parts = key.split(",")
-        tile = 1
-        if parts[-1].startswith("tile") and parts[-1][4:].isdigit():
-            tile = int(parts.pop()[4:])
-        flip = parts[-1] == "flip"
-        nums = parts[:-1] if flip else parts
+        m = re.fullmatch(r"([^,]+),([^,]+),([^,]+),([^,]+)(,flip)?(?:,tile([0-9]+))?", str(key), re.ASCII)
         try:
-            x0, y0, x1, y1 = (float(v) for v in nums)
+            if m is None:
+                raise ValueError(key)
+            x0, y0, x1, y1 = (float(v) for v in m.groups()[:4])
         except ValueError:
             raise ProductLensError(f"bad view key {key!r}; expected 'x0,y0,x1,y1[,flip][,tileK]'") from None
-        return cls(x0, y0, x1, y1, flip, tile)
+        return cls(x0, y0, x1, y1, m.group(5) is not None, int(m.group(6) or 1))
 
     @property
     def is_identity(self) -> bool:
@@ -99,9 +97,12 @@ MAX_TILE = 8
 
 
 def tiled(img: Image.Image, k: int) -> Image.Image:
-    """A mosaic of ``k`` x ``k`` copies of ``img``, each shrunk by ``k`` (``img`` itself for k = 1)."""
+    """A mosaic of ``k`` x ``k`` copies of ``img``, each shrunk by ``k`` to whole pixels (at least one), so
+    the mosaic is about the image's size (``img`` itself for k = 1). Palette images are made RGB first."""
     if k <= 1:
         return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     w, h = img.size
     tw, th = max(1, round(w / k)), max(1, round(h / k))
     small = img.resize((tw, th), Image.Resampling.BILINEAR)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from productlens.config import DEFAULT_EMBEDDER
-from productlens.pipeline.catalog import CATALOG_FORMAT, MODEL_KEY, Catalog
+from productlens.pipeline.catalog import MODEL_KEY, Catalog, catalog_format
 from productlens.pipeline.features_cache import model_record
 from productlens.pipeline.store_spec import SPEC_FILE, StoreSpec
 from productlens.types import Item, ProductLensError
@@ -100,7 +100,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     try:
         spec.save(out)
         for key, value in (("adapter", False), ("ocr", False), (MODEL_KEY, model_record(get_embedder(embedder))),
-                           ("catalog_format", CATALOG_FORMAT)):
+                           ("catalog_format", catalog_format("none"))):
             st.set_info(key, value)
         load_shards(work, st, progress=progress)
     finally:

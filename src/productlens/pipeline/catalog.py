@@ -64,8 +64,18 @@ NEXT_ID_KEY = "next_item_id"
 #: the store info key under which a catalog records its model file and preprocessing
 #: (:func:`~productlens.pipeline.features_cache.model_record`)
 MODEL_KEY = "model"
-#: the layout of the catalogs this version writes (store info ``catalog_format``); a newer one is refused on open
-CATALOG_FORMAT = 1
+#: the newest layout of the catalogs this version reads (store info ``catalog_format``); a newer one is refused
+#: on open. Format 2 records the ``shelf`` view set (:func:`catalog_format`); the rest is format 1.
+CATALOG_FORMAT = 2
+#: the view sets a format-1 catalog may record
+FORMAT1_VIEW_SETS = ("none", "flip", "tta", "train", "regions")
+
+
+def catalog_format(*view_sets: str) -> int:
+    """The format a catalog recording ``view_sets`` is written as: the oldest that describes it, so
+    that an older productlens opens what it can, and refuses the rest by name (upgrade) instead of
+    failing on a view set it does not know."""
+    return 1 if all(v in FORMAT1_VIEW_SETS for v in view_sets) else 2
 
 
 def item_metadata(item: Item) -> dict[str, Any]:

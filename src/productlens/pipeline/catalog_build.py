@@ -23,7 +23,7 @@ from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.embedders.base import l2_normalize
 from productlens.models.embedders.joined import joined
-from productlens.pipeline.catalog import (BACKBONE_DIR, CATALOG_FORMAT, MODEL_KEY, Catalog, item_metadata,
+from productlens.pipeline.catalog import (BACKBONE_DIR, MODEL_KEY, Catalog, catalog_format, item_metadata,
                                          query_embedder, vector_name)
 from productlens.pipeline.embed import EmbedResult, embed_items
 from productlens.pipeline.features_cache import model_record, source_key
@@ -170,7 +170,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             spec.save(tmp)
             store.set_info("embedder", name)
             store.set_info(MODEL_KEY, model_record(emb.main if companions else emb))
-            store.set_info("catalog_format", CATALOG_FORMAT)
+            store.set_info("catalog_format", catalog_format(query_views, gallery_views))
             store.set_info("companions", "+".join(companions))
             store.set_info("adapter", adapter is not None)
             store.set_info("query_views", query_views)

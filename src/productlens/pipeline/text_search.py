@@ -111,11 +111,13 @@ class TextSearch:
         self.encoder = encoder or get_text_encoder(DEFAULT_TEXT_ENCODER)
         self.vectors = self.encoder.encode(docs)
         self.bm25 = BM25(docs)
-        self._named: dict[tuple[str, ...], list[int]] = {}  # a title's or name's words -> its products
+        # a title's or a name's words -> (product, 2 for a title, 1 for a name only)
+        self._named: dict[tuple[str, ...], dict[int, int]] = {}
         for i, p in enumerate(self.products):
-            for name in {self.bm25.words(clean_text(t)) for t in (p.title, p.fields.get("name", "").replace("-", " "))}:
-                if name:
-                    self._named.setdefault(name, []).append(i)
+            for rank, text in ((1, p.fields.get("name", "").replace("-", " ")), (2, p.title)):
+                words = self.bm25.words(clean_text(text))
+                if words:
+                    self._named.setdefault(words, {})[i] = rank
 
     def rankers(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(BM25, MiniLM cosine), each n_queries x n_products."""
@@ -129,14 +131,17 @@ class TextSearch:
         """One score per query and product whose order is BM25's, ties broken by the dense cosine.
 
         ``BM25 rounded to 1e-4 + (cosine + 1) * 1e-6``: BM25 values closer than
-        1e-4 count as a tie. The products whose title or name is the query word for word
-        get the row's best BM25 + 1 instead of their own BM25, so they come first.
+        1e-4 count as a tie. The products whose title is the query word for word get the
+        row's best BM25 + 2 instead of their own BM25, and those whose name is (and not their
+        title) + 1, so they come first, titles before names.
         """
         lexical, dense = self.rankers(queries)
         for r, q in enumerate(queries):
-            named = self._named.get(self.bm25.words(clean_text(q)))
+            named = self._named.get(self.bm25.words(clean_text(q)), {})
             if named:
-                lexical[r, named] = lexical[r].max() + 1.0
+                best = lexical[r].max()
+                for i, rank in named.items():
+                    lexical[r, i] = best + rank
         return (np.round(lexical, 4) + (dense + 1.0) * 1e-6).astype(np.float64)
 
     def search(self, query: str, k: int = 10) -> list[tuple[ProductText, float]]:

@@ -31,9 +31,10 @@ from productlens.models.classifiers.hierarchy import Hierarchy
 from productlens.types import ImageError, ProductLensError
 
 #: Format 2: the folder joins companion backbones (``config.json``: ``"companions"``).
-#: Folders without companions are still written as format 1, which every version reads;
-#: versions before companions refuse format 2 by name instead of failing on a dimension.
-FORMAT_VERSION = 2
+#: Format 3: a view crops a mosaic of the image (a ``,tileK`` view key, e.g. the ``shelf`` set).
+#: Each folder is written as the oldest format that describes it (plain ones as format 1, which every
+#: version reads), so older versions refuse the rest by name instead of failing on a dimension or a key.
+FORMAT_VERSION = 3
 Prediction = list[tuple[str, float]]
 
 
@@ -199,7 +200,10 @@ class Classifier:
             with open(tmp / "head.npz", "wb") as f:
                 np.savez(f, mean=self.mean, temperature=np.float32(self.temperature), **self.head.arrays())
             (tmp / "labels.json").write_text(json.dumps(self.hierarchy.to_json(), indent=1))
-            config = {"format": FORMAT_VERSION if self.companions else 1, "kind": "productlens-classifier",
+            from productlens.data.augment import View
+
+            tiles = any(View.parse(v).tile > 1 for v in self.views)
+            config = {"format": 3 if tiles else 2 if self.companions else 1, "kind": "productlens-classifier",
                       "embedder": self.embedder_name,
                       "fingerprint": self.fingerprint, "dim": int(self.mean.shape[0]), "views": self.views,
                       "temperature": self.temperature, "companions": self.companions, **self.config}
