@@ -103,7 +103,11 @@ def test_reopen_refuses_a_catalog_of_a_newer_format(dataset, tmp_path) -> None:
     from productlens.pipeline.catalog import CATALOG_FORMAT
 
     cat, _ = build_catalog(read_gallery(dataset["gallery"]), tmp_path / "cat", embedder=MODEL, progress=False)
-    assert cat.store.get_info("catalog_format") == CATALOG_FORMAT
+    assert cat.store.get_info("catalog_format") == 1  # whole photos: the format every version reads
+    cat.store.set_info("catalog_format", CATALOG_FORMAT)
+    cat.close()
+    Catalog.open(tmp_path / "cat").close()  # this version's newest format opens
+    cat = Catalog.open(tmp_path / "cat")
     cat.store.set_info("catalog_format", CATALOG_FORMAT + 1)
     cat.close()
     with pytest.raises(ProductLensError, match="newer productlens"):
