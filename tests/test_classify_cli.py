@@ -442,3 +442,19 @@ def test_classify_input_checks_from_an_audit(tmp_path, monkeypatch) -> None:
     shutil.copytree(shopee / "train" / "9", nfd / "Cre\u0300me")
     shutil.copytree(shopee / "train" / "7", nfd / "other")
     assert "Cr\u00e8me" in read_labelled(nfd).labels
+
+
+def test_eval_classify_reports_and_skips_a_test_row_without_image(tmp_path) -> None:
+    """A test csv row that names no photo was fatal after the training; it is reported and skipped."""
+    train = write_set(tmp_path)
+    test = write_set(tmp_path, name="test.csv", offset=40)
+    rows = test.read_text().splitlines()
+    cells = rows[2].split(",")
+    rows[2] = ",".join([""] + cells[1:])  # line 3: its image cell emptied
+    test.write_text("\n".join(rows) + "\n")
+    r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(test), "--label", "sku",
+                            "--json", *FAST])
+    assert r.exit_code == 0, r.output
+    assert f"skipped: {test}, line 3: missing image path" in r.output
+    m = json.loads(r.output.strip().splitlines()[-1])
+    assert m["test"] == len(rows) - 2 and m["skipped"] == 1

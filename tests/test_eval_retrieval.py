@@ -104,3 +104,36 @@ def test_grocery_shop_challenge_adapted_beats_plain(shared_data) -> None:
     assert 0.40 <= out["plain"]["map@1000"] <= 0.60
     assert out["adapted"]["map@1000"] >= 0.62
     assert out["adapted"]["map@1000"] >= out["plain"]["map@1000"] + 0.12
+
+
+def test_rows_without_a_photo_are_reported_and_skipped(tmp_path, caplog) -> None:
+    """A gallery row that names no photo is left out with a warning; a query row keeps its place in the
+    ranking array (all -1) and is reported; the others are ranked. Both had aborted the run."""
+    import csv
+
+    import numpy as np
+
+    ds = write_dataset(tmp_path / "ds", n_products=3, per_product=1)
+    for which, column in (("gallery", "img_path"), ("queries", "img_path")):
+        rows = list(csv.DictReader(open(ds[which])))
+        rows.append({**rows[0], column: "", "seller_img_id" if which == "gallery" else "user_img_id": "9"})
+        with open(ds[which], "w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    with caplog.at_level("WARNING"):
+        res = CliRunner().invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries",
+                                       str(ds["queries"]), "--model", "efficientnet-lite0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "gallery.csv, line 5: missing image path" in caplog.text
+    assert "queries.csv, line 5: missing image path" in caplog.text
+    m = json.loads(res.output.strip().splitlines()[-1])
+    assert m["gallery"] == 3 and m["queries"] == 4
+    res = CliRunner().invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
+                                   "--model", "efficientnet-lite0"])
+    assert res.exit_code == 0 and "indexed 3 items" in res.output, res.output
+    res = CliRunner().invoke(app, ["rank", str(tmp_path / "cat"), str(ds["queries"]), "--out",
+                                   str(tmp_path / "ranks.npy"), "-k", "3"])
+    assert res.exit_code == 0 and "1 queries unreadable" in res.output, res.output
+    ranks = np.load(tmp_path / "ranks.npy")
+    assert ranks.shape == (4, 3) and (ranks[:3] >= 0).all() and (ranks[3] == -1).all()

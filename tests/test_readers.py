@@ -95,10 +95,39 @@ def test_missing_column_names_existing_columns(tmp_path: Path) -> None:
         read_labelled_csv(csv)
 
 
-def test_missing_image_path_names_csv_and_row(tmp_path: Path) -> None:
-    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\n0,a.jpg\n1,\n")
-    with pytest.raises(ProductLensError, match=r"g.csv, line 3: missing image path"):
-        read_gallery(csv)
+def test_a_row_without_image_is_skipped_and_named(tmp_path: Path, caplog) -> None:
+    """A catalog row that names no photo is left out with one warning naming its line (a batch reports
+    and goes on); a query keeps its row and is reported when embedded; training rows stay strict."""
+    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\n0,a.jpg\n1,\n2, \n3,d.jpg\n")
+    with caplog.at_level("WARNING"):
+        assert [i.id for i in read_gallery(csv)] == [0, 3]
+    assert "skipped 2 item(s)" in caplog.text and "g.csv, lines 3, 4: missing image path" in caplog.text
+    with pytest.raises(ProductLensError, match=r"empty.csv, line 2: missing image path; no item of the catalog"):
+        read_gallery(_write(tmp_path / "empty.csv", "seller_img_id,img_path\n0,\n"))
+
+    labelled = _write(tmp_path / "l.csv", "image,product_id\na.jpg,4\n,5\nc.jpg,6\n")
+    assert [(i.id, i.product_id) for i in read_catalog(labelled)] == [(0, 4), (2, 6)]  # ids stay the rows'
+    with pytest.raises(ProductLensError, match=r"l.csv, line 3: missing image path"):
+        read_labelled_csv(labelled)  # training photos
+
+    q = _write(tmp_path / "q.csv", "user_img_id,img_path,bbox_x,bbox_y,bbox_w,bbox_h\n0,a.jpg,,,,\n1,,,,,\n")
+    whole, blank = read_queries(q)
+    assert whole.box is None and blank.id == 1
+    from productlens.data.images import load_image
+    from productlens.types import ImageError
+    with pytest.raises(ImageError, match=r"q.csv, line 3: missing image path"):
+        load_image(blank.image, box=blank.box)
+    with pytest.raises(ImageError, match="empty path"):
+        load_image("")
+
+
+def test_products_without_shop_image_are_skipped(tmp_path: Path, caplog) -> None:
+    lines = [{"product_id": 7, "title": "Apple", "shop_image": "img/7.jpg"}, {"product_id": 8, "title": "Milk"}]
+    path = _write(tmp_path / "products.jsonl", "\n".join(json.dumps(r) for r in lines) + "\n")
+    with caplog.at_level("WARNING"):
+        assert [i.id for i in read_catalog(path)] == [7]
+    assert "products.jsonl, product 8: no 'shop_image'" in caplog.text
+    assert set(read_products_jsonl(path)) == {7, 8}  # its title still serves text search
 
 
 def test_bad_values(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from productlens.types import Box, BoxError, ImageError
+from productlens.types import Box, BoxError, ImageError, InvalidBox
 
 Source = Union[str, "os.PathLike[str]", bytes]
 
@@ -73,6 +73,8 @@ def load_image(
         if raw_box is not None:
             img = img.crop(_scaled_crop(raw_box, 1.0, img.size))
         return big_enough(img, "<image>", min_side)
+    if isinstance(box, InvalidBox) and isinstance(source, str) and not source:
+        raise ImageError(box.reason)  # a manifest row that names no photo (read_queries): its file and line
     name, fp = _open_source(source)
     try:
         with warnings.catch_warnings():
@@ -241,6 +243,8 @@ def _open_source(source: Source) -> tuple[str, "io.BytesIO | Path"]:
     if not isinstance(source, (str, os.PathLike)):
         raise ImageError(f"unsupported image source of type {type(source).__name__}")
     text = os.fspath(source)
+    if isinstance(text, str) and not text.strip():
+        raise ImageError("no image path given (an empty path)")
     scheme = urllib.parse.urlsplit(text).scheme.lower() if isinstance(text, str) else ""
     if scheme in ("http", "https"):
         return text, io.BytesIO(_fetch_url(text))

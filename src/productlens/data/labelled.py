@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from productlens.data.readers import _header, _image, _rows, image_files, read_folder
+from productlens.data.readers import MISSING_IMAGE, _header, _image, _rows, image_files, read_folder
 from productlens.types import Item, ProductLensError
 
 SHOPEE_TEST = "test.csv"
@@ -40,6 +40,7 @@ class LabelledSet:
     label: str
     parents: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""
+    skipped: list[str] = field(default_factory=list)  # csv rows left out (no image path), one message each
 
     def __len__(self) -> int:
         return len(self.items)
@@ -68,13 +69,15 @@ def is_shopee(root: Path) -> bool:
 
 
 def read_labelled(path: str | os.PathLike[str], label: str | None = None, parents: Sequence[str] = (),
-                  image_column: str = "image") -> LabelledSet:
+                  image_column: str = "image", *, skip_missing: bool = False) -> LabelledSet:
     """Read a labelled set from a folder per category, a Shopee root or a csv.
 
     For a csv, ``label`` names the label column (required) and ``parents`` the
     coarser columns. For folders the label is the folder name (column name
     ``label`` or ``"category"``). Raises :class:`LabelError` (a
-    :class:`ProductLensError`) for missing columns or empty labels.
+    :class:`ProductLensError`) for missing columns or empty labels. A csv row with no
+    image path is an error naming its line (training photos are read strictly), or with
+    ``skip_missing`` (photos to score) left out and reported in ``skipped``.
     """
     p = Path(path)
     parents = list(dict.fromkeys(parents))  # a column given twice is one level
@@ -92,13 +95,16 @@ def read_labelled(path: str | os.PathLike[str], label: str | None = None, parent
         raise ProductLensError(f"{p}: expected a folder per category, a Shopee root or a .csv")
     if not label:
         raise LabelError(f"{p}: name the label column (one of {', '.join(_header(p))})")
-    return _read_csv(p, label, list(parents), image_column)
+    return _read_csv(p, label, list(parents), image_column, skip_missing)
 
 
-def _read_csv(path: Path, label: str, parents: list[str], image_column: str) -> LabelledSet:
+def _read_csv(path: Path, label: str, parents: list[str], image_column: str, skip_missing: bool) -> LabelledSet:
     columns = (image_column, label, *parents)
-    items, labels, coarse = [], [], {c: [] for c in parents}
+    items, labels, coarse, skipped = [], [], {c: [] for c in parents}, []
     for line, row in _rows(path, columns):
+        if skip_missing and not row[image_column].strip():
+            skipped.append(f"{path}, line {line}: {MISSING_IMAGE}")
+            continue
         for col in (label, *parents):
             if not row[col].strip():
                 raise LabelError(f"{path}, line {line}: empty {col!r} label")
@@ -109,8 +115,8 @@ def _read_csv(path: Path, label: str, parents: list[str], image_column: str) -> 
         for c in parents:
             coarse[c].append(_nfc(row[c].strip()))
     if not items:
-        raise LabelError(f"{path}: no rows")
-    return LabelledSet(items, labels, label, coarse, str(path))
+        raise LabelError(f"{path}: no rows" + (f" with an image path ({len(skipped)} without)" if skipped else ""))
+    return LabelledSet(items, labels, label, coarse, str(path), skipped)
 
 
 @dataclass
@@ -167,7 +173,7 @@ def _csv_inputs(path: Path, column: str) -> Inputs:
     items, names, skipped = [], [], []
     for line, row in _rows(path, (column,)):
         if not row[column].strip():
-            skipped.append(f"{path}, line {line}: missing image path")
+            skipped.append(f"{path}, line {line}: {MISSING_IMAGE}")
             continue
         items.append(Item(id=len(items), image=_image(row[column], path, line)))
         names.append(row[column].strip())

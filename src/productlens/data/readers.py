@@ -31,7 +31,8 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
 
     ``product_id`` is optional (-1 marks a distractor); ``title`` (or
     ``product_name``) and ``category_name`` (or ``category``) columns fill the
-    item's title and category; other columns go to ``extra``.
+    item's title and category; other columns go to ``extra``. A row with no image
+    path is left out with a warning that names its line (:func:`_without_missing`).
     """
     path = Path(csv_path)
     header = set(_header(path))
@@ -39,7 +40,11 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
     category_col = next((c for c in ("category_name", "category") if c in header), None)
     items = []
     first_line: dict[int, int] = {}  # item id -> the line that gave it
+    missing: list[int] = []
     for line, row in _rows(path, _GALLERY_COLUMNS):
+        if not row["img_path"].strip():
+            missing.append(line)
+            continue
         item_id = _int(row["seller_img_id"], "seller_img_id", path, line)
         if not 0 <= item_id < 2 ** 63:
             raise ProductLensError(f"{path}, line {line}: seller_img_id must be from 0 to 2**63 - 1, got {item_id}")
@@ -57,15 +62,16 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
                 extra=_extra(row, {*_GALLERY_COLUMNS, "product_id", title_col, category_col} - {None}),
             )
         )
-    return items
+    return _without_missing(items, missing, path)
 
 
 def read_queries(csv_path: str | os.PathLike[str]) -> list[Item]:
     """Read an AIcrowd queries csv: ``user_img_id, img_path, bbox_x, bbox_y, bbox_w, bbox_h[, product_id]``.
 
     Empty box cells mean the whole image (``box=None``). A row whose box cannot be
-    read keeps its place with an :class:`~productlens.types.InvalidBox`: that query
-    is reported and skipped when it is embedded, and the others go on.
+    read, or that names no image, keeps its place with an
+    :class:`~productlens.types.InvalidBox`: that query is reported and skipped when it
+    is embedded, and the others go on.
     """
     path = Path(csv_path)
     items = []
@@ -74,10 +80,12 @@ def read_queries(csv_path: str | os.PathLike[str]) -> list[Item]:
             box = Box.parse([row[c] for c in _BOX_COLUMNS])
         except BoxError as exc:
             box = InvalidBox.because(f"{path}, line {line}: bad box: {exc}")
+        if not row["img_path"].strip():  # kept in its row too: reported and skipped when embedded
+            box = InvalidBox.because(f"{path}, line {line}: {MISSING_IMAGE}")
         items.append(
             Item(
                 id=_int(row["user_img_id"], "user_img_id", path, line),
-                image=_image(row["img_path"], path, line),
+                image=_image(row["img_path"], path, line) if row["img_path"].strip() else "",
                 product_id=_opt_int(row.get("product_id"), "product_id", path, line),
                 box=box,
                 extra=_extra(row, {*_QUERY_COLUMNS, "product_id"}),
@@ -90,6 +98,8 @@ def read_labelled_csv(
     csv_path: str | os.PathLike[str],
     label: str | None = "product_id",
     image_column: str = "image",
+    *,
+    skip_missing: bool = False,
 ) -> list[Item]:
     """Read a generic csv with an image column and a label column.
 
@@ -100,11 +110,15 @@ def read_labelled_csv(
     galleries, products.jsonl), so one value that is not is an error naming its
     line, not a reason to number every product anew. ``label=None`` reads
     unlabelled images. ``title`` comes from ``title``/``product_name`` and
-    ``category`` from ``category_name`` (or ``category``) when present.
+    ``category`` from ``category_name`` (or ``category``) when present. A row with no
+    image path is an error naming its line, or with ``skip_missing`` (a catalog, not
+    training photos) left out with a warning (:func:`_without_missing`); the others keep
+    their ids.
     """
     path = Path(csv_path)
     required = (image_column,) if label is None else (image_column, label)
     rows = list(_rows(path, required))
+    missing = [line for line, row in rows if not row[image_column].strip()] if skip_missing else []
     header = set(_header(path))
     title_col = next((c for c in ("title", "product_name") if c in header), None)
     category_col = next((c for c in ("category_name", "category") if c in header), None)
@@ -120,6 +134,8 @@ def read_labelled_csv(
 
     items = []
     for i, (line, row) in enumerate(rows):
+        if skip_missing and not row[image_column].strip():
+            continue
         product_id: int | None = None
         title = row[title_col].strip() if title_col else ""
         extra = _extra(row, used)
@@ -141,7 +157,7 @@ def read_labelled_csv(
                 extra=extra,
             )
         )
-    return items
+    return _without_missing(items, missing, path)
 
 
 def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[Item]:
@@ -246,7 +262,7 @@ def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
         if "seller_img_id" in header:
             return read_gallery(p)
         if "image" in header:
-            return read_labelled_csv(p, label="product_id" if "product_id" in header else None)
+            return read_labelled_csv(p, label="product_id" if "product_id" in header else None, skip_missing=True)
         hint = " (this looks like a queries csv: use read_queries)" if "user_img_id" in header else ""
         raise ProductLensError(
             f"{p}: unknown csv layout{hint}; expected a 'seller_img_id' or an 'image' "
@@ -274,9 +290,11 @@ def catalog_ids_given(path: str | os.PathLike[str]) -> bool:
 def _products_catalog(path: Path) -> list[Item]:
     """One item per product of a products.jsonl, from its shop image."""
     items = []
+    missing: list[int] = []
     for pid, record in read_products_jsonl(path).items():
         if not record.get("shop_image"):
-            raise ProductLensError(f"{path}: product {pid} has no 'shop_image'")
+            missing.append(pid)
+            continue
         extra = {k: v for k, v in record.items()
                  if k not in ("product_id", "shop_image", "title", "category_name")}
         items.append(
@@ -289,7 +307,7 @@ def _products_catalog(path: Path) -> list[Item]:
                 extra=extra,
             )
         )
-    return items
+    return _without_missing(items, missing, path, "product", "no 'shop_image'")
 
 
 #: the field separators a csv may use: commas, or as spreadsheets in many locales write them, semicolons or tabs
@@ -378,11 +396,29 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line, record
 
 
+MISSING_IMAGE = "missing image path"
+
+
+def _without_missing(items: list[Item], missing: list[int], path: Path, what: str = "line",
+                     why: str = MISSING_IMAGE) -> list[Item]:
+    """``items`` of a catalog after leaving out the rows in ``missing`` (their lines, or product ids),
+    which name no photo: one warning names them (the first ten), as a batch reports the photos it
+    cannot decode and goes on. A catalog left with no item at all is an error."""
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        plural = "s" if len(missing) > 1 else ""
+        message = f"{path}, {what}{plural} {shown}: {why}"
+        if not items:
+            raise ProductLensError(f"{message}; no item of the catalog is left")
+        log.warning("skipped %d item(s): %s", len(missing), message)
+    return items
+
+
 def _image(value: str, manifest: Path, line: int) -> str:
     """Resolve an image path against the manifest's folder; URLs are kept."""
     value = (value or "").strip()
     if not value:
-        raise ProductLensError(f"{manifest}, line {line}: missing image path")
+        raise ProductLensError(f"{manifest}, line {line}: {MISSING_IMAGE}")
     if "\x00" in value:
         raise ProductLensError(f"{manifest}, line {line}: the image path holds a NUL byte")
     if value.lower().startswith(_URL_PREFIXES):

@@ -117,7 +117,7 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
         if is_shopee(Path(test)):  # read_labelled would read its train/ folder: training photos scored
             raise ProductLensError(f"{test}: a Shopee root's test.csv carries no true categories; give --test a "
                                    "labelled csv or a folder per category")
-        test = read_labelled(test, label=label)
+        test = read_labelled(test, label=label, skip_missing=True)  # a row with no photo: reported, not fatal
     level = label if fine else None
     known = train.parents.get(label) if fine else train.labels
     if known is not None:
@@ -138,8 +138,9 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
         except (ProductLensError, MemoryError, ValueError, OSError) as exc:  # matplotlib's own, too
             m["plot_error"] = str(exc) or type(exc).__name__
     m.update(classes=len(labels), train=len(train) - len(res.errors), test=int(len(y)),
-             skipped=len(res.errors) + len(pred.errors), seconds=round(time.perf_counter() - start, 1),
-             temperature=clf.temperature, errors=[msg for _, _, msg in res.errors + pred.errors])
+             skipped=len(res.errors) + len(test.skipped) + len(pred.errors),
+             seconds=round(time.perf_counter() - start, 1), temperature=clf.temperature,
+             errors=[msg for _, _, msg in res.errors] + test.skipped + [msg for _, _, msg in pred.errors])
     return m
 
 
