@@ -131,7 +131,7 @@ def test_rows_without_a_photo_are_reported_and_skipped(tmp_path, caplog) -> None
     assert m["gallery"] == 3 and m["queries"] == 4
     res = CliRunner().invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
                                    "--model", "efficientnet-lite0"])
-    assert res.exit_code == 0 and "indexed 3 items" in res.output, res.output
+    assert res.exit_code == 0 and "indexed 3 items" in res.output and "skipped 1" in res.output, res.output
     res = CliRunner().invoke(app, ["rank", str(tmp_path / "cat"), str(ds["queries"]), "--out",
                                    str(tmp_path / "ranks.npy"), "-k", "3"])
     assert res.exit_code == 0 and "1 queries unreadable" in res.output, res.output

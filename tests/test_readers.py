@@ -106,7 +106,9 @@ def test_a_row_without_image_is_skipped_and_named(tmp_path: Path, caplog) -> Non
         read_gallery(_write(tmp_path / "empty.csv", "seller_img_id,img_path\n0,\n"))
 
     labelled = _write(tmp_path / "l.csv", "image,product_id\na.jpg,4\n,5\nc.jpg,6\n")
-    assert [(i.id, i.product_id) for i in read_catalog(labelled)] == [(0, 4), (2, 6)]  # ids stay the rows'
+    skipped: list[str] = []
+    assert [(i.id, i.product_id) for i in read_catalog(labelled, skipped=skipped)] == [(0, 4), (2, 6)]  # row ids
+    assert skipped == [f"{labelled}, line 3: missing image path"]
     with pytest.raises(ProductLensError, match=r"l.csv, line 3: missing image path"):
         read_labelled_csv(labelled)  # training photos
 

@@ -28,10 +28,11 @@ def _options(model: Optional[str], views: Optional[str], tta: Optional[str], epo
 
 _MODEL = typer.Option(None, "--model", help=f"Embedder name, or onnx:PATH (default: {CLASSIFIER_EMBEDDER}, "
                                              f"or {DEFAULT_EMBEDDER} with --finetune).")
-_VIEWS = typer.Option(None, help="Training views: none, flip, tta, train (12 crops 0.8 and flips) or regions "
-                                  "(whole, centre crops 0.75 and 0.5, four corners 0.6; the default).")
-_TTA = typer.Option(None, help="Prediction views averaged (test-time augmentation): none, flip, tta, train "
-                               "or regions (the default).")
+_VIEWS = typer.Option(None, help="Training views: none, flip, tta, train (12 crops 0.8 and flips), regions "
+                                  "(whole, centre crops 0.75 and 0.5, four corners 0.6; the default) or shelf "
+                                  "(regions, and regions of a 2 x 2 mosaic of the photo).")
+_TTA = typer.Option(None, help="Prediction views averaged (test-time augmentation): none, flip, tta, train, "
+                               "regions (the default) or shelf.")
 _EPOCHS = typer.Option(None, min=1, help="Head training epochs (default: 15, or 25 when the noise filter finds "
                                           "the labels clean); a value sets both.")
 _NOISE = typer.Option(True, "--noise-filter/--no-noise-filter", help="Small-loss selection against noisy labels.")

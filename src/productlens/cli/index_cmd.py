@@ -84,7 +84,8 @@ def build(
         with cat:
             typer.echo(f"indexed {len(cat)} items into {out} ({model}, Ray, {store} store); skipped {len(errors)}")
         return
-    items = read_catalog(catalog)
+    unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
+    items = read_catalog(catalog, skipped=unlisted)
     train_items = read_labelled_csv(train, label="product_id") if train else None
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
@@ -103,7 +104,7 @@ def build(
             typer.echo(f"text fusion weight {weight:g} (training-photo mAP by weight: "
                        + ", ".join(f"{w:g}: {m:.3f}" for w, m in table.items()) + ")")
         typer.echo(f"indexed {len(cat)} items into {out} ({cat.embedder.name if cat.adapter else model}{', adapted' if cat.adapter else ''}); "
-                   f"skipped {len(errors)}")
+                   f"skipped {len(errors) + len(unlisted)}")
 
 
 def _store_spec(store: str, out: Path, collection: str | None, *, milvus_uri: str | None, milvus_index: str,
@@ -163,7 +164,8 @@ def add(
     from productlens.pipeline.catalog import Catalog
     from productlens.types import ProductLensError
 
-    new = read_catalog(items)
+    unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
+    new = read_catalog(items, skipped=unlisted)
     if not new:
         raise ProductLensError(f"{items}: no items to add")
     with Catalog.open(catalog_dir) as cat, cat.writing():
@@ -182,8 +184,8 @@ def add(
             typer.echo(f"added {len(added)} item(s) under {'their own' if given else 'new'} ids {id_ranges(added)}")
         if replaced:
             typer.echo(f"replaced {len(replaced)} item(s) with new photos or data: ids {id_ranges(replaced)}")
-        typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors)}")
-    fail_if_none_done(len(done), len(errors))
+        typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors) + len(unlisted)}")
+    fail_if_none_done(len(done), len(errors) + len(unlisted))
 
 
 def id_ranges(ids: List[int], limit: int = 8) -> str:

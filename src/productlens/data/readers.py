@@ -26,13 +26,14 @@ _URL_PREFIXES = ("http://", "https://", "file://")
 log = logging.getLogger(__name__)
 
 
-def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
+def read_gallery(csv_path: str | os.PathLike[str], *, skipped: list[str] | None = None) -> list[Item]:
     """Read an AIcrowd gallery csv: ``seller_img_id, img_path[, product_id]``.
 
     ``product_id`` is optional (-1 marks a distractor); ``title`` (or
     ``product_name``) and ``category_name`` (or ``category``) columns fill the
     item's title and category; other columns go to ``extra``. A row with no image
-    path is left out with a warning that names its line (:func:`_without_missing`).
+    path is left out with a warning that names its line (:func:`_without_missing`), and
+    one message for it is added to ``skipped`` when a list is given.
     """
     path = Path(csv_path)
     header = set(_header(path))
@@ -62,7 +63,7 @@ def read_gallery(csv_path: str | os.PathLike[str]) -> list[Item]:
                 extra=_extra(row, {*_GALLERY_COLUMNS, "product_id", title_col, category_col} - {None}),
             )
         )
-    return _without_missing(items, missing, path)
+    return _without_missing(items, missing, path, skipped)
 
 
 def read_queries(csv_path: str | os.PathLike[str]) -> list[Item]:
@@ -100,6 +101,7 @@ def read_labelled_csv(
     image_column: str = "image",
     *,
     skip_missing: bool = False,
+    skipped: list[str] | None = None,
 ) -> list[Item]:
     """Read a generic csv with an image column and a label column.
 
@@ -112,8 +114,8 @@ def read_labelled_csv(
     unlabelled images. ``title`` comes from ``title``/``product_name`` and
     ``category`` from ``category_name`` (or ``category``) when present. A row with no
     image path is an error naming its line, or with ``skip_missing`` (a catalog, not
-    training photos) left out with a warning (:func:`_without_missing`); the others keep
-    their ids.
+    training photos) left out with a warning (:func:`_without_missing`) and named in
+    ``skipped`` when a list is given; the others keep their ids.
     """
     path = Path(csv_path)
     required = (image_column,) if label is None else (image_column, label)
@@ -157,7 +159,7 @@ def read_labelled_csv(
                 extra=extra,
             )
         )
-    return _without_missing(items, missing, path)
+    return _without_missing(items, missing, path, skipped)
 
 
 def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[Item]:
@@ -239,20 +241,22 @@ def read_products_jsonl(path: str | os.PathLike[str]) -> dict[int, dict[str, Any
     return products
 
 
-def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
+def read_catalog(path: str | os.PathLike[str], *, skipped: list[str] | None = None) -> list[Item]:
     """Read a catalog, detecting its layout.
 
     A directory (holding ``gallery.csv``, else ``products.jsonl``, else photos: a
     folder per product, photos of their own at its top, or both), a gallery csv
     (``seller_img_id``), a labelled csv (``image``, labelled by ``product_id`` when
-    present) or a ``products.jsonl`` (one item per product's shop image).
+    present) or a ``products.jsonl`` (one item per product's shop image). Rows that name
+    no photo are left out with a warning, and one message each is added to ``skipped``
+    when a list is given (a command counts them with the photos it could not read).
     """
     p = Path(path)
     if p.is_dir():
         if (p / "gallery.csv").is_file():
-            return read_gallery(p / "gallery.csv")
+            return read_gallery(p / "gallery.csv", skipped=skipped)
         if (p / "products.jsonl").is_file():
-            return _products_catalog(p / "products.jsonl")
+            return _products_catalog(p / "products.jsonl", skipped)
         return read_folder(p, loose=True)
     if not p.is_file():
         raise ProductLensError(f"{p}: no such catalog file or directory")
@@ -260,16 +264,17 @@ def read_catalog(path: str | os.PathLike[str]) -> list[Item]:
     if suffix == ".csv":
         header = _header(p)
         if "seller_img_id" in header:
-            return read_gallery(p)
+            return read_gallery(p, skipped=skipped)
         if "image" in header:
-            return read_labelled_csv(p, label="product_id" if "product_id" in header else None, skip_missing=True)
+            return read_labelled_csv(p, label="product_id" if "product_id" in header else None, skip_missing=True,
+                                     skipped=skipped)
         hint = " (this looks like a queries csv: use read_queries)" if "user_img_id" in header else ""
         raise ProductLensError(
             f"{p}: unknown csv layout{hint}; expected a 'seller_img_id' or an 'image' "
             f"column, found {', '.join(header) or 'no columns'}"
         )
     if suffix == ".jsonl":
-        return _products_catalog(p)
+        return _products_catalog(p, skipped)
     raise ProductLensError(
         f"{p}: unknown catalog format; expected a directory, a .csv or a products.jsonl"
     )
@@ -287,7 +292,7 @@ def catalog_ids_given(path: str | os.PathLike[str]) -> bool:
     return suffix == ".jsonl" or (suffix == ".csv" and p.is_file() and "seller_img_id" in _header(p))
 
 
-def _products_catalog(path: Path) -> list[Item]:
+def _products_catalog(path: Path, skipped: list[str] | None = None) -> list[Item]:
     """One item per product of a products.jsonl, from its shop image."""
     items = []
     missing: list[int] = []
@@ -307,7 +312,7 @@ def _products_catalog(path: Path) -> list[Item]:
                 extra=extra,
             )
         )
-    return _without_missing(items, missing, path, "product", "no 'shop_image'")
+    return _without_missing(items, missing, path, skipped, "product", "no 'shop_image'")
 
 
 #: the field separators a csv may use: commas, or as spreadsheets in many locales write them, semicolons or tabs
@@ -399,11 +404,14 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 MISSING_IMAGE = "missing image path"
 
 
-def _without_missing(items: list[Item], missing: list[int], path: Path, what: str = "line",
-                     why: str = MISSING_IMAGE) -> list[Item]:
+def _without_missing(items: list[Item], missing: list[int], path: Path, skipped: list[str] | None = None,
+                     what: str = "line", why: str = MISSING_IMAGE) -> list[Item]:
     """``items`` of a catalog after leaving out the rows in ``missing`` (their lines, or product ids),
     which name no photo: one warning names them (the first ten), as a batch reports the photos it
-    cannot decode and goes on. A catalog left with no item at all is an error."""
+    cannot decode and goes on, and ``skipped`` (when given) gets a message for each. A catalog
+    left with no item at all is an error."""
+    if skipped is not None:
+        skipped.extend(f"{path}, {what} {m}: {why}" for m in missing)
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
         plural = "s" if len(missing) > 1 else ""
