@@ -105,15 +105,28 @@ def test_embed_views_decodes_each_image_once_and_keeps_cached_views(tmp_path, mo
         one = ViewEmbedder(emb, view)
         assert np.allclose(feats.vectors[v], one.embed(np.stack([one.preprocess(im) for im in photos])), atol=2e-3)
 
-    first = embed_views(emb, items, views[:1], progress=False)  # the whole photo cached alone
+    first = embed_views(emb, items[:4], views[:1], progress=False)  # the whole photo cached alone
     decoded.clear()
     calls = emb.calls
     both = embed_views(emb, items, views[:2], progress=False)
-    assert len(decoded) == len(items) and emb.calls == calls + 2 * len(items)
-    assert np.array_equal(both.vectors[0], first.vectors[0])  # the cached view is kept as cached
+    # only what is missing runs: the second view of the four cached photos, both views of the two others
+    assert sorted(decoded) == sorted(it.image for it in items) and emb.calls == calls + 4 + 2 * 2
+    assert np.array_equal(both.vectors[0, :4], first.vectors[0])  # the cached view is kept as cached
     decoded.clear()
     again = embed_views(emb, items, views[:2], progress=False)
     assert decoded == [] and np.array_equal(again.vectors, both.vectors)
+
+
+def test_embed_views_groups_images_by_the_views_they_miss() -> None:
+    from productlens.pipeline.features_cache import MAX_VIEW_GROUPS, _missing_groups
+
+    have = np.array([[1, 1, 0, 1, 0], [0, 1, 0, 0, 1], [0, 1, 0, 0, 1]], bool)  # 3 views x 5 images
+    assert [(v, m.tolist()) for v, m in _missing_groups(have)] == [([1, 2], [0, 3]), ([0, 1, 2], [2]), ([0], [4])]
+    assert _missing_groups(np.ones((2, 3), bool)) == []
+    n = MAX_VIEW_GROUPS + 1  # more patterns than that: every view of every image that misses one
+    have = ~np.eye(n, dtype=bool)
+    (views, todo), = _missing_groups(have)
+    assert views == list(range(n)) and todo.tolist() == list(range(n))
 
 
 def test_feature_cache_misses_when_an_onnx_models_preprocessing_changes(tmp_path) -> None:

@@ -285,16 +285,38 @@ class ViewFeatures:
     views: list = field(default_factory=list)
 
 
+#: the most groups of images (by the views they miss) that :func:`embed_views` embeds apart; past it,
+#: every image that misses a view is embedded under all of them, in one pass
+MAX_VIEW_GROUPS = 4
+
+
+def _missing_groups(have: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
+    """``(views, images)`` to embed, from ``have`` (views x images: cached or not): the images that miss
+    views grouped by which, largest group first; one group under every view when there are more than
+    :data:`MAX_VIEW_GROUPS`."""
+    todo = np.flatnonzero(~have.all(axis=0))
+    if not len(todo):
+        return []
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in todo:
+        groups.setdefault(tuple(np.flatnonzero(~have[:, i]).tolist()), []).append(int(i))
+    if len(groups) > MAX_VIEW_GROUPS:
+        return [(list(range(have.shape[0])), todo)]
+    return [(list(v), np.array(m, np.int64)) for v, m in sorted(groups.items(), key=lambda g: -len(g[1]))]
+
+
 def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | FeatureCache = True,
                 progress: bool = True, chunk: int = 1024, batch_size: int = 32,
                 workers: int | None = None) -> ViewFeatures:
     """Embed every source (path, :class:`Item`, URL or bytes) under every view.
 
     Local files are looked up in (and added to) the feature cache, chunk by chunk,
-    so an interrupted run resumes where it stopped. An image missing under any view
-    is decoded once and embedded under all of them (the cached views keep their
-    cached vectors). An image that cannot be read is reported once and skipped in
-    all views. A batch holds ``batch_size // len(views)`` images (at least one): the
+    so an interrupted run resumes where it stopped. An image missing under some views
+    is decoded once and embedded under those views only: images are grouped by the
+    views they miss (a photo cached under ``regions`` and asked for ``shelf`` runs
+    the mosaic views alone), or, past :data:`MAX_VIEW_GROUPS` such groups, embedded
+    under every view (the cached views keep their cached vectors). An image that
+    cannot be read is reported once and skipped in all views. A batch holds ``batch_size // len(views)`` images (at least one): the
     model sees about ``batch_size`` inputs a call. ``workers``: decode threads, as for
     :func:`~productlens.pipeline.embed.embed_items`.
     """
@@ -310,24 +332,24 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
         for v, view in enumerate(views):
             have[v], vecs = store.get(view.key, keys)
             out[v, have[v]] = vecs
-    todo = np.flatnonzero(~have.all(axis=0))
-    stacked = StackedViewEmbedder(embedder, list(views))
     failed: dict[int, tuple] = {}
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        res = embed_items(stacked, [sources[i] for i in part], batch_size=batch_size, workers=workers,
-                          progress=progress, desc=f"{nv} view{'s' if nv > 1 else ''}")
-        for j, _, msg in res.errors:
-            failed.setdefault(int(part[j]), (int(part[j]), sources[part[j]], msg))
-        rows = part[res.ok]
-        vecs = res.vectors.reshape(len(rows), nv, dim)
-        for v, view in enumerate(views):
-            new = ~have[v, rows]
-            out[v, rows[new]] = vecs[new, v]
-            if store is not None:
-                keep = [int(r) for r in rows[new] if keys[r] is not None]
-                if keep:
-                    store.put(view.key, [keys[r] for r in keep], out[v, keep])
+    for missing, todo in _missing_groups(have):
+        stacked = StackedViewEmbedder(embedder, [views[v] for v in missing])
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            res = embed_items(stacked, [sources[i] for i in part], batch_size=batch_size, workers=workers,
+                              progress=progress, desc=f"{len(missing)} view{'s' if len(missing) > 1 else ''}")
+            for j, _, msg in res.errors:
+                failed.setdefault(int(part[j]), (int(part[j]), sources[part[j]], msg))
+            rows = part[res.ok]
+            vecs = res.vectors.reshape(len(rows), len(missing), dim)
+            for j, v in enumerate(missing):
+                new = ~have[v, rows]
+                out[v, rows[new]] = vecs[new, j]
+                if store is not None:
+                    keep = [int(r) for r in rows[new] if keys[r] is not None]
+                    if keep:
+                        store.put(views[v].key, [keys[r] for r in keep], out[v, keep])
     ok = np.array([i for i in range(n) if i not in failed], np.int64)
     errors = [failed[i] for i in sorted(failed)]
     return ViewFeatures(np.ascontiguousarray(out[:, ok]), ok, errors, list(views))
