@@ -129,6 +129,7 @@ def test_rows_without_a_photo_are_reported_and_skipped(tmp_path, caplog) -> None
     assert "queries.csv, line 5: missing image path" in caplog.text
     m = json.loads(res.output.strip().splitlines()[-1])
     assert m["gallery"] == 3 and m["queries"] == 4
+    assert "queries: 4  gallery: 3  skipped: 2" in res.output  # the gallery row and the query
     res = CliRunner().invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
                                    "--model", "efficientnet-lite0"])
     assert res.exit_code == 0 and "indexed 3 items" in res.output and "skipped 1" in res.output, res.output

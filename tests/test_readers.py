@@ -109,6 +109,14 @@ def test_a_row_without_image_is_skipped_and_named(tmp_path: Path, caplog) -> Non
     skipped: list[str] = []
     assert [(i.id, i.product_id) for i in read_catalog(labelled, skipped=skipped)] == [(0, 4), (2, 6)]  # row ids
     assert skipped == [f"{labelled}, line 3: missing image path"]
+    odd = _write(tmp_path / "odd.csv", "image,product_id\na.jpg,4\n,abc\n")  # a row left out is not read further
+    assert [i.id for i in read_catalog(odd)] == [0]
+
+    from productlens.pipeline.manifest import read_manifest
+    manifest = _write(tmp_path / "m.csv", "id,image,product_id\n10,a.jpg,1\n11,,2\n")
+    skipped = []
+    assert [i.id for i in read_manifest(manifest, skipped=skipped)] == [10]  # as the local engine reads it
+    assert skipped == [f"{manifest}, line 3: missing image path"]
     with pytest.raises(ProductLensError, match=r"l.csv, line 3: missing image path"):
         read_labelled_csv(labelled)  # training photos
 

@@ -72,7 +72,8 @@ def build(
     if engine == "ray":
         from productlens.pipeline.manifest import read_manifest
 
-        items = read_manifest(catalog)  # also a csv/parquet manifest with id, image columns
+        unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
+        items = read_manifest(catalog, skipped=unlisted)  # also a csv/parquet manifest with id, image columns
         if train or ocr or companions or gallery_views not in (None, "none") or query_views not in (None, "none"):
             raise ProductLensError("--engine ray builds a catalog of plain embeddings of whole photos; --train, "
                                    "--ocr, --companions, --query-views and --gallery-views need --engine local")
@@ -82,7 +83,8 @@ def build(
                                             ray=RayOptions(address=ray_address, workers=workers,
                                                            shard_size=shard_size))
         with cat:
-            typer.echo(f"indexed {len(cat)} items into {out} ({model}, Ray, {store} store); skipped {len(errors)}")
+            typer.echo(f"indexed {len(cat)} items into {out} ({model}, Ray, {store} store); "
+                       f"skipped {len(errors) + len(unlisted)}")
         return
     unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
     items = read_catalog(catalog, skipped=unlisted)

@@ -202,14 +202,15 @@ def demo(
         raise ProductLensError(f"no catalog at {src} (from {given}): give a folder of photos, a csv or a "
                                "products.jsonl")
     src = Path(src)
-    items = read_catalog(src)
+    unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
+    items = read_catalog(src, skipped=unlisted)
     base = src if src.is_dir() else src.parent
     train = read_labelled_csv(base / "train.csv") if (base / "train.csv").is_file() else None
     typer.echo(f"indexing {len(items)} catalog items from {src}" + (f", adapting on {len(train)} labelled photos" if train else ""))
     labelled = any(it.product_id is not None for it in items)  # a catalog knows its products
     cat, errors = build_catalog(items, out, embedder=model, train=train, use_gallery_labels=labelled,
                                 overwrite=True)
-    typer.echo(f"catalog written to {out} ({len(cat)} items, skipped {len(errors)})")
+    typer.echo(f"catalog written to {out} ({len(cat)} items, skipped {len(errors) + len(unlisted)})")
     if classifier and train and any(t.category for t in train):
         import tempfile
 

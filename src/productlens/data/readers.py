@@ -119,30 +119,31 @@ def read_labelled_csv(
     """
     path = Path(csv_path)
     required = (image_column,) if label is None else (image_column, label)
-    rows = list(_rows(path, required))
-    missing = [line for line, row in rows if not row[image_column].strip()] if skip_missing else []
+    rows = [(i, line, row) for i, (line, row) in enumerate(_rows(path, required))]  # i: the item's id
+    missing: list[int] = []
     header = set(_header(path))
     title_col = next((c for c in ("title", "product_name") if c in header), None)
     category_col = next((c for c in ("category_name", "category") if c in header), None)
     used = {image_column, label, title_col, category_col} - {None}
 
-    raw_labels = [row[label].strip() for _, row in rows] if label else []
+    if skip_missing:  # left out before their other cells are read
+        missing = [line for _, line, row in rows if not row[image_column].strip()]
+        rows = [r for r in rows if r[2][image_column].strip()]
+    raw_labels = [row[label].strip() for _, _, row in rows] if label else []
     numbering: dict[str, int] | None = None
     if label == "product_id":
-        for (line, _), value in zip(rows, raw_labels):
+        for (_, line, _), value in zip(rows, raw_labels):
             _opt_int(value, label, path, line)  # ProductLensError at the first value that is not an integer
     elif label and not all(_is_int(v) for v in raw_labels if v):
         numbering = {v: i for i, v in enumerate(sorted({v for v in raw_labels if v}))}
 
     items = []
-    for i, (line, row) in enumerate(rows):
-        if skip_missing and not row[image_column].strip():
-            continue
+    for k, (i, line, row) in enumerate(rows):
         product_id: int | None = None
         title = row[title_col].strip() if title_col else ""
         extra = _extra(row, used)
         if label:
-            value = raw_labels[i]
+            value = raw_labels[k]
             if numbering is not None:
                 product_id = numbering.get(value)
                 extra[label] = value

@@ -59,7 +59,8 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
         from productlens.eval.sheets import sheet_path
 
         sheet_path(plot)
-    gallery = read_gallery(gallery_csv)
+    unlisted: list[str] = []  # gallery rows that name no photo: left out with a warning, counted as skipped
+    gallery = read_gallery(gallery_csv, skipped=unlisted)
     queries = read_queries(queries_csv)
     for name, rows in ((queries_csv, queries), (gallery_csv, gallery)):
         if not rows:  # a score of 0 for nothing would read as a result
@@ -120,7 +121,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
                                 f"{metrics[f'map@{k}']:.3f}")
         except ProductLensError as exc:
             metrics["plot_error"] = str(exc)
-    metrics.update(queries=len(queries), gallery=len(gallery), skipped=len(gerrors) + len(qerrors),
+    metrics.update(queries=len(queries), gallery=len(gallery), skipped=len(unlisted) + len(gerrors) + len(qerrors),
                    seconds=round(time.perf_counter() - t0, 1))
     if text:
         metrics.update(text_weight=weight, weights=weights)

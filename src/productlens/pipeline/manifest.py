@@ -117,7 +117,22 @@ def _row_item(row: dict[str, Any], path: Path, line: int) -> Item:
                 extra={k: v for k, v in row.items() if k not in used and v is not None})
 
 
-def read_manifest(path: str | os.PathLike) -> list[Item]:
+def _user_items(rows, path: Path, skipped: list[str] | None) -> list[Item]:
+    """The items of a user's manifest rows ``(line, row)``; a row with no image is left out with a
+    warning, as :func:`~productlens.data.readers.read_catalog` leaves out such rows."""
+    from productlens.data.readers import _without_missing
+
+    items, missing = [], []
+    for line, row in rows:
+        image = next((v for k, v in row.items() if k is not None and k.strip() == "image"), None)
+        if not str(_cell(image) or "").strip():
+            missing.append(line)
+            continue
+        items.append(_row_item(row, path, line))
+    return _without_missing(items, missing, path, skipped)
+
+
+def read_manifest(path: str | os.PathLike, *, skipped: list[str] | None = None) -> list[Item]:
     """Read a manifest back as items: this module's ``manifest.parquet``, or a user's own.
 
     A user's csv or parquet manifest needs ``id`` and ``image`` columns (relative
@@ -126,7 +141,8 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
     (``box`` as "x,y,w,h", or ``bbox_x, bbox_y, bbox_w, bbox_h``) are optional;
     every other non-empty column goes to the item's metadata. Anything else
     (a folder, a gallery csv, products.jsonl) is read with
-    :func:`productlens.data.readers.read_catalog`.
+    :func:`productlens.data.readers.read_catalog`. Rows that name no image are left out
+    with a warning, and one message each is added to ``skipped`` when a list is given.
     """
     from productlens.data.readers import _header, _rows, read_catalog
 
@@ -140,7 +156,7 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
             raise ProductLensError(f"{p}: missing column(s) {', '.join(missing)}; "
                                    f"it has {', '.join(table.column_names)}")
         if "metadata" not in table.column_names:  # a user's parquet: one column per field
-            return [_row_item(row, p, i + 1) for i, row in enumerate(table.to_pylist())]
+            return _user_items(((i + 1, row) for i, row in enumerate(table.to_pylist())), p, skipped)
         items = []
         columns = (table.column(c).to_pylist() for c in ("id", "image", "box", "metadata"))
         for item_id, image, box, text in zip(*columns):
@@ -151,8 +167,8 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
                               extra={k: v for k, v in md.items() if k != "image"}))
         return items
     if suffix == ".csv" and p.is_file() and "id" in _header(p):
-        return [_row_item(row, p, line) for line, row in _rows(p, ("id", "image"))]
-    return read_catalog(p)
+        return _user_items(_rows(p, ("id", "image")), p, skipped)
+    return read_catalog(p, skipped=skipped)
 
 
 __all__ = ["MANIFEST", "read_manifest", "write_manifest"]
