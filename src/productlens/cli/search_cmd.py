@@ -32,11 +32,11 @@ def search(
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of the query and its results here."),
 ) -> None:
     """Rank the catalog for one query photo."""
-    from productlens.data.images import load_image, read_once
+    from productlens.data.images import read_once
     from productlens.eval.sheets import sheet_path
     from productlens.models.detectors import load_detector
     from productlens.pipeline.catalog import Catalog
-    from productlens.pipeline.detect import best_box
+    from productlens.pipeline.detect import best_box_of
     from productlens.types import Box
 
     if plot:
@@ -51,7 +51,7 @@ def search(
                        "to match it against", err=True)
         source = read_once(image)  # a URL: downloaded once for the detector, the search and the categories
         if detect and query_box is None:
-            query_box = best_box(load_detector(detector), load_image(source))
+            query_box = best_box_of(load_detector(detector), source)
             shown = ",".join(f"{v:.0f}" for v in query_box.as_tuple()) if query_box else "none (whole photo)"
             typer.echo(f"detected box: {shown}", err=True)
         hits = cat.search(source, box=query_box, k=k, rerank=rerank, text=text, verify=verify)

@@ -515,10 +515,10 @@ class Catalog:
         OpenCV is installed; see :func:`productlens.pipeline.verify.resolve`).
         """
         if box is None and detector is not None:
-            from productlens.pipeline.detect import best_box
+            from productlens.pipeline.detect import best_box_of
 
             source = read_once(source)  # a URL: fetched once for the detector and the search
-            box = best_box(detector, load_image(source))
+            box = best_box_of(detector, source)
         img = load_image(source, box=box, target=self.query_embedder.preprocess.size,  # ImageError / BoxError
                          min_side=MIN_SIDE)
         query = self.to_index_space(self.query_embedder.embed_images([img]), "query")

@@ -141,6 +141,25 @@ def best_box(detector: Detector, img: Image.Image, *, min_score: float = 0.05) -
     return dets[0].box if dets and dets[0].score >= min_score else None
 
 
+def best_box_of(detector: Detector, source: Any, *, min_score: float = 0.05) -> Box | None:
+    """:func:`best_box` of a photo given as a path, URL, bytes or decoded PIL image, in the photo's own
+    (upright) pixels. A file is decoded at the detector's input size (a large JPEG shrinks while it is
+    decoded, Pillow's ``draft``: a 12 MP photo decoded in full costs more than the detector) and the
+    box scaled back. ``ImageError`` when it cannot be read."""
+    if isinstance(source, Image.Image):
+        return best_box(detector, source, min_score=min_score)
+    from productlens.data.images import image_size, read_once
+
+    source = read_once(source)  # a URL: fetched once for the header and the pixels
+    img = load_image(source, target=detector.spec.size)
+    box = best_box(detector, img, min_score=min_score)
+    width, height = image_size(source)
+    if box is None or img.size == (width, height):
+        return box
+    sx, sy = width / img.size[0], height / img.size[1]
+    return Box(box.x * sx, box.y * sy, box.w * sx, box.h * sy)
+
+
 def best_boxes(detector: Detector, sources: Sequence[Any], boxes: Sequence[Box | None] | None = None, *,
                progress: bool = True) -> list[Box | None]:
     """For each source (path, URL, bytes or decoded PIL image, such as a video frame) without a box
@@ -155,7 +174,7 @@ def best_boxes(detector: Detector, sources: Sequence[Any], boxes: Sequence[Box |
             out.append(given)
             continue
         try:
-            out.append(best_box(detector, src if isinstance(src, Image.Image) else load_image(src)))
+            out.append(best_box_of(detector, src))
         except ImageError:
             out.append(None)
     return out
