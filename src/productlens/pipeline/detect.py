@@ -154,8 +154,8 @@ def best_box_of(detector: Detector, source: Any, *, min_score: float = 0.05) -> 
     img = load_image(source, target=detector.spec.size)
     box = best_box(detector, img, min_score=min_score)
     width, height = image_size(source)
-    if box is None or img.size == (width, height):
-        return box
+    if box is None or img.size in ((width, height), (height, width)):  # not shrunk (a PNG's EXIF may sit
+        return box                                                      # after its pixels, unseen by the header)
     sx, sy = width / img.size[0], height / img.size[1]
     return Box(box.x * sx, box.y * sy, box.w * sx, box.h * sy)
 
