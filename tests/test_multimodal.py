@@ -365,7 +365,7 @@ def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
     with cat:
         res = identify_video(cat, clip, k=3)
         assert res.products[0].product_id == 2 and res.products[0].times
-        assert res.frames_used + res.dropped_blurred + res.dropped_duplicates == res.frames_sampled
+        assert res.frames_used + res.dropped_blank + res.dropped_blurred + res.dropped_duplicates == res.frames_sampled
         assert len(res.products) == 3
         (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
         with pytest.raises(ProductLensError, match="bad.mp4"):
@@ -374,6 +374,24 @@ def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
             identify_video(cat, tmp_path / "missing.mp4")
         with pytest.raises(ProductLensError, match="text weight must be >= 0"):  # inf: NaN scores, Infinity in JSON
             identify_video(cat, clip, text="box", text_weight=float("inf"))
+        import cv2
+
+        def write(path, frames):
+            out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 6, (224, 224))
+            for f in frames:
+                out.write(f)
+            out.release()
+            return path
+
+        black = np.zeros((224, 224, 3), np.uint8)
+        # a black screen was ranked like a photo ("Aubergine 0.45"): now it is no usable frame
+        with pytest.raises(ProductLensError, match="all 12 sampled frames are blank"):
+            identify_video(cat, write(tmp_path / "black.mp4", [black] * 12))
+        shown = [cv2.cvtColor(np.asarray(f.image), cv2.COLOR_RGB2BGR) for f in frames]
+        faded = identify_video(cat, write(tmp_path / "fade.mp4", [black] * 6 + shown + [black + 255] * 6), k=3)
+        assert faded.dropped_blank == 12 and faded.products[0].product_id == 2
+        assert faded.frames_used + faded.dropped_blank + faded.dropped_blurred + faded.dropped_duplicates == \
+            faded.frames_sampled
     runner = CliRunner()
     res = runner.invoke(app, ["identify-video", str(clip), "--catalog", str(tmp_path / "cat"), "--json"])
     assert res.exit_code == 0, res.output

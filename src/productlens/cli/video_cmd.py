@@ -52,7 +52,8 @@ def identify_video(
         typer.echo(json.dumps(asdict(res)))
         return
     typer.echo(f"{clip}: {res.duration:.1f} s, {res.frames_sampled} frames sampled, {res.frames_used} used "
-               f"({res.dropped_blurred} blurred, {res.dropped_duplicates} near-duplicates dropped)")
+               f"({res.dropped_blank} blank, {res.dropped_blurred} blurred, {res.dropped_duplicates} "
+               "near-duplicates dropped)")
     for r, m in enumerate(res.products, 1):
         times = ", ".join(f"{t:.1f}s" for t in m.times[:8]) + (" ..." if len(m.times) > 8 else "")
         typer.echo(f"{r:3d}  {m.score:.4f}  {owner_label(m.product_id, m.id)}  {m.title}  frames: {times or '-'}")

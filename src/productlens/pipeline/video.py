@@ -4,9 +4,11 @@ Steps, each bounded so that an hours-long file costs no more than a short one:
 
 1. :func:`sample_frames` reads at most ``max_frames`` frames spread evenly
    over the clip (OpenCV's decoder; seeking, so the length does not matter).
-2. Blurred frames are dropped: a frame whose sharpness (variance of the
-   Laplacian) is under ``BLUR_RATIO`` of the clip's median is motion-blurred
-   relative to the rest. Near-duplicate frames (cosine of their vectors above
+2. Blank frames (one flat colour: a black screen, a white flash; the grey
+   level's standard deviation under ``BLANK_STD``) are dropped, and a clip of
+   nothing else is an error rather than a ranking of nothing. Blurred frames are
+   dropped: a frame whose sharpness (variance of the Laplacian) is under
+   ``BLUR_RATIO`` of the clip's median is motion-blurred relative to the rest. Near-duplicate frames (cosine of their vectors above
    ``DUPLICATE_COS`` with the last kept frame) are dropped too.
 3. Each kept frame is searched in the catalog: the best detected product box
    when a detector is given, else the whole frame. With a catalog that reads
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAMES = 48
 BLUR_RATIO = 0.35
+BLANK_STD = 2.0  # grey levels (0-255): a frame this flat shows nothing (compression noise on black is under 1)
 DUPLICATE_COS = 0.985
 OCR_FRAMES = 4
 FRAME_K = 20  # products retrieved per frame
@@ -67,6 +70,7 @@ class VideoResult:
     dropped_duplicates: int
     duration: float
     frame_top: list[tuple[float, int | None, int | None]]  # (time, best product, its item if none) a frame
+    dropped_blank: int = 0
 
 
 def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple[list[Frame], float]:
@@ -115,6 +119,14 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
     return frames, count / fps
 
 
+def is_blank(img: Image.Image) -> bool:
+    """Whether a frame is one flat colour (the grey level's standard deviation under ``BLANK_STD``)."""
+    g = img.convert("L")
+    if g.width > 256:
+        g = g.resize((256, max(1, round(g.height * 256 / g.width))))
+    return float(np.asarray(g, np.float32).std()) < BLANK_STD
+
+
 def sharpness(img: Image.Image) -> float:
     """Variance of the Laplacian of the grey image (low for blurred frames), at most 256 px wide."""
     import cv2
@@ -141,6 +153,10 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
         raise ProductLensError(f"the text weight must be >= 0 and finite, got {text_weight}")
     catalog.check_not_empty()  # before the clip is decoded
     frames, duration = sample_frames(path, max_frames)
+    sampled = len(frames)
+    frames = [f for f in frames if not is_blank(f.image)]
+    if not frames:
+        raise ProductLensError(f"{path}: no usable frame: all {sampled} sampled frames are blank (one flat colour)")
     sharp = np.array([sharpness(f.image) for f in frames])
     keep = sharp >= BLUR_RATIO * np.median(sharp)
     blurred = int((~keep).sum())
@@ -177,8 +193,8 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
         pid, item = key_owner(products[j])
         matches.append(ProductMatch(pid, titles.get(products[j], ""), float(clip[j]),
                                     [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]], id=item))
-    return VideoResult(matches, len(sharp), len(frames), blurred, duplicates, round(duration, 2),
-                       [(round(f.time, 2), *key_owner(t)) for f, t in zip(frames, top)])
+    return VideoResult(matches, sampled, len(frames), blurred, duplicates, round(duration, 2),
+                       [(round(f.time, 2), *key_owner(t)) for f, t in zip(frames, top)], sampled - len(sharp))
 
 
 def _frame_texts(catalog: Catalog, frames: list[Frame], boxes: list, text: str | None) -> list[str] | None:
