@@ -527,3 +527,25 @@ def test_a_bad_clip_gets_one_message_of_ours(tmp_path):
             "except Exception as e:\n    print(e)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "bad.mp4: cannot open the video" in run.stdout and "moov" not in run.stderr, run.stderr
+
+
+def test_frame_times_are_the_frames_own_timestamps():
+    """A clip of variable frame rate (here 30 fps, then 2 fps; OpenCV's mean 4.3 fps) had its frames
+    timed as index / mean fps: frame 10 at 2.3 s instead of 0.33 s. The decoder's timestamp is used,
+    and index / fps where it gives none (0 past the first frame)."""
+    import cv2
+
+    from productlens.pipeline.video import _frame_time
+
+    class Cap:
+        def __init__(self, ms):
+            self.ms = ms
+
+        def get(self, prop):
+            assert prop == cv2.CAP_PROP_POS_MSEC
+            return self.ms
+
+    assert _frame_time(Cap(330.0), 10, 4.32) == pytest.approx(0.33)
+    assert _frame_time(Cap(0.0), 0, 4.32) == 0.0
+    assert _frame_time(Cap(0.0), 10, 5.0) == 2.0  # no timestamp from this decoder
+    assert _frame_time(Cap(float("nan")), 10, 5.0) == 2.0

@@ -101,7 +101,7 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
                 cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
                 ok, bgr = cap.read()
                 if ok and bgr is not None:
-                    frames.append(Frame(idx, idx / fps, Image.fromarray(bgr[:, :, ::-1].copy())))
+                    frames.append(Frame(idx, _frame_time(cap, idx, fps), Image.fromarray(bgr[:, :, ::-1].copy())))
         else:  # a stream without a frame count: read the first max_frames frames, 1 in 5
             idx = 0
             while len(frames) < max_frames and idx < max_frames * 5:
@@ -109,14 +109,26 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
                 if not ok:
                     break
                 if idx % 5 == 0:
-                    frames.append(Frame(idx, idx / fps, Image.fromarray(bgr[:, :, ::-1].copy())))
+                    frames.append(Frame(idx, _frame_time(cap, idx, fps), Image.fromarray(bgr[:, :, ::-1].copy())))
                 idx += 1
             count = idx
     finally:
         cap.release()
     if not frames:
         raise ProductLensError(f"{path}: the video has no readable frame")
-    return frames, count / fps
+    return frames, max(count / fps, frames[-1].time)
+
+
+def _frame_time(cap, idx: int, fps: float) -> float:
+    """Seconds from the start of the frame ``cap`` has just read: its own timestamp, which a clip of
+    variable frame rate (a phone's screen recording) needs, where frame / mean fps drifts by seconds;
+    ``idx / fps`` where the decoder gives none."""
+    import cv2
+
+    ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+    if ms is not None and np.isfinite(ms) and (ms > 0 or idx == 0):
+        return float(ms) / 1000.0
+    return idx / fps
 
 
 def is_blank(img: Image.Image) -> bool:
