@@ -316,8 +316,9 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
     views they miss (a photo cached under ``regions`` and asked for ``shelf`` runs
     the mosaic views alone), or, past :data:`MAX_VIEW_GROUPS` such groups, embedded
     under every view (the cached views keep their cached vectors). An image that
-    cannot be read is reported once and skipped in all views. A batch holds ``batch_size // len(views)`` images (at least one): the
-    model sees about ``batch_size`` inputs a call. ``workers``: decode threads, as for
+    cannot be read is reported once and skipped in all views. A batch holds
+    ``batch_size // len(views)`` images (at least one): the model sees about
+    ``batch_size`` inputs a call. ``workers``: decode threads, as for
     :func:`~productlens.pipeline.embed.embed_items`.
     """
     from productlens.data.augment import StackedViewEmbedder

@@ -8,8 +8,9 @@ Steps, each bounded so that an hours-long file costs no more than a short one:
    level's standard deviation under ``BLANK_STD``) are dropped, and a clip of
    nothing else is an error rather than a ranking of nothing. Blurred frames are
    dropped: a frame whose sharpness (variance of the Laplacian) is under
-   ``BLUR_RATIO`` of the clip's median is motion-blurred relative to the rest. Near-duplicate frames (cosine of their vectors above
-   ``DUPLICATE_COS`` with the last kept frame) are dropped too.
+   ``BLUR_RATIO`` of the clip's median is motion-blurred relative to the rest.
+   Near-duplicate frames (cosine of their vectors above ``DUPLICATE_COS`` with
+   the last kept frame) are dropped too. Frames are timed by their own timestamps.
 3. Each kept frame is searched in the catalog: the best detected product box
    when a detector is given, else the whole frame. With a catalog that reads
    print (built with ``--ocr``), the sharpest frames are OCR'd; their words and
