@@ -911,3 +911,5 @@ def test_best_box_of_a_large_jpeg_decodes_it_small_and_gives_the_photos_pixels(t
     turned = best_box_of(det, (tmp_path / "turned.jpg").read_bytes())
     assert turned.as_tuple() == pytest.approx(best_box(det, photo.transpose(Image.Transpose.ROTATE_270)).as_tuple(),
                                               abs=1.0)
+    with Image.open(tmp_path / "turned.jpg") as opened:  # a PIL image from Image.open is turned upright too
+        assert best_box_of(det, opened).as_tuple() == pytest.approx(turned.as_tuple(), abs=1.0)

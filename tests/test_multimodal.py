@@ -392,6 +392,8 @@ def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
         assert faded.dropped_blank == 12 and faded.products[0].product_id == 2
         assert faded.frames_used + faded.dropped_blank + faded.dropped_blurred + faded.dropped_duplicates == \
             faded.frames_sampled
+        one = identify_video(cat, tmp_path / "fade.mp4", k=1, max_frames=1)  # the middle frame, not the black first
+        assert one.frames_used == 1 and one.dropped_blank == 0
     runner = CliRunner()
     res = runner.invoke(app, ["identify-video", str(clip), "--catalog", str(tmp_path / "cat"), "--json"])
     assert res.exit_code == 0, res.output
@@ -527,6 +529,17 @@ def test_a_bad_clip_gets_one_message_of_ours(tmp_path):
             "except Exception as e:\n    print(e)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "bad.mp4: cannot open the video" in run.stdout and "moov" not in run.stderr, run.stderr
+
+
+def test_a_frame_of_two_colours_of_one_brightness_is_not_blank():
+    from PIL import Image
+
+    from productlens.pipeline.video import is_blank
+
+    img = Image.new("RGB", (320, 240), (0, 130, 0))  # grey level 76, as the red square's
+    img.paste((255, 0, 0), (100, 80, 220, 160))
+    assert img.convert("L").getextrema() == (76, 76) and not is_blank(img)
+    assert is_blank(Image.new("RGB", (320, 240), (3, 3, 3)))
 
 
 def test_frame_times_are_the_frames_own_timestamps():

@@ -146,8 +146,8 @@ def best_box_of(detector: Detector, source: Any, *, min_score: float = 0.05) -> 
     (upright) pixels. A file is decoded at the detector's input size (a large JPEG shrinks while it is
     decoded, Pillow's ``draft``: a 12 MP photo decoded in full costs more than the detector) and the
     box scaled back. ``ImageError`` when it cannot be read."""
-    if isinstance(source, Image.Image):
-        return best_box(detector, source, min_score=min_score)
+    if isinstance(source, Image.Image):  # made upright (EXIF) and 8-bit RGB, as the search then crops it
+        return best_box(detector, load_image(source), min_score=min_score)
     from productlens.data.images import image_size, read_once
 
     source = read_once(source)  # a URL: fetched once for the header and the pixels

@@ -3,7 +3,8 @@
 Steps, each bounded so that an hours-long file costs no more than a short one:
 
 1. :func:`sample_frames` reads at most ``max_frames`` frames spread evenly
-   over the clip (OpenCV's decoder; seeking, so the length does not matter).
+   over the clip, the middle frame of each of ``max_frames`` equal spans
+   (OpenCV's decoder; seeking, so the length does not matter).
 2. Blank frames (one flat colour: a black screen, a white flash; the grey
    level's standard deviation under ``BLANK_STD``) are dropped, and a clip of
    nothing else is an error rather than a ranking of nothing. Blurred frames are
@@ -97,7 +98,10 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         frames: list[Frame] = []
         if count > 0:
-            wanted = np.unique(np.linspace(0, count - 1, min(max_frames, count)).round().astype(int))
+            # the middle of each of max_frames equal spans (every frame of a shorter clip): a clip's first
+            # and last frames, often a fade from or to black, are read only when every frame is
+            n = min(max_frames, count)
+            wanted = np.unique(((np.arange(n) + 0.5) * count / n).astype(int).clip(0, count - 1))
             for idx in wanted.tolist():
                 cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
                 ok, bgr = cap.read()
@@ -133,11 +137,12 @@ def _frame_time(cap, idx: int, fps: float) -> float:
 
 
 def is_blank(img: Image.Image) -> bool:
-    """Whether a frame is one flat colour (the grey level's standard deviation under ``BLANK_STD``)."""
-    g = img.convert("L")
+    """Whether a frame is one flat colour: each of its red, green and blue levels has a standard
+    deviation under ``BLANK_STD`` (a red product on a green ground of the same brightness is not)."""
+    g = img.convert("RGB")
     if g.width > 256:
         g = g.resize((256, max(1, round(g.height * 256 / g.width))))
-    return float(np.asarray(g, np.float32).std()) < BLANK_STD
+    return float(np.asarray(g, np.float32).reshape(-1, 3).std(axis=0).max()) < BLANK_STD
 
 
 def sharpness(img: Image.Image) -> float:
