@@ -562,3 +562,19 @@ def test_frame_times_are_the_frames_own_timestamps():
     assert _frame_time(Cap(0.0), 0, 4.32) == 0.0
     assert _frame_time(Cap(0.0), 10, 5.0) == 2.0  # no timestamp from this decoder
     assert _frame_time(Cap(float("nan")), 10, 5.0) == 2.0
+
+    from productlens.pipeline.video import Frame, _end_time
+
+    class Seeking(Cap):  # the last frame, read by seeking, carries its own timestamp
+        def set(self, prop, value):
+            assert prop == cv2.CAP_PROP_POS_FRAMES and value == 39
+
+        def read(self):
+            return True, None
+
+        def get(self, prop):
+            return self.ms
+
+    sampled = [Frame(36, 8.66, None)]
+    assert _end_time(Seeking(10160.0), 40, 4.32, sampled) == pytest.approx(10.16 + 1 / 4.32)  # not 40 / 4.32
+    assert _end_time(Seeking(0.0), 40, 5.0, sampled) == pytest.approx(8.0)  # no timestamps: count / fps

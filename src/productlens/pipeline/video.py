@@ -107,6 +107,7 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
                 ok, bgr = cap.read()
                 if ok and bgr is not None:
                     frames.append(Frame(idx, _frame_time(cap, idx, fps), Image.fromarray(bgr[:, :, ::-1].copy())))
+            end = _end_time(cap, count, fps, frames)
         else:  # a stream without a frame count: read the first max_frames frames, 1 in 5
             idx = 0
             while len(frames) < max_frames and idx < max_frames * 5:
@@ -117,11 +118,27 @@ def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tupl
                     frames.append(Frame(idx, _frame_time(cap, idx, fps), Image.fromarray(bgr[:, :, ::-1].copy())))
                 idx += 1
             count = idx
+            end = count / fps
     finally:
         cap.release()
     if not frames:
         raise ProductLensError(f"{path}: the video has no readable frame")
-    return frames, max(count / fps, frames[-1].time)
+    return frames, max(end, frames[-1].time)
+
+
+def _end_time(cap, count: int, fps: float, frames: list[Frame]) -> float:
+    """The clip's duration: its last frame's timestamp plus one mean frame interval (``count / fps`` for a
+    constant rate; a variable one, whose mean rate OpenCV reports, needs the timestamp), read by seeking
+    to that frame unless it was sampled; ``count / fps`` where the decoder gives no timestamp."""
+    import cv2
+
+    if frames and frames[-1].index == count - 1:
+        last = frames[-1].time
+    else:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
+        ok, _ = cap.read()
+        last = _frame_time(cap, count - 1, fps) if ok else (count - 1) / fps
+    return last + 1 / fps if last > 0 else count / fps
 
 
 def _frame_time(cap, idx: int, fps: float) -> float:
