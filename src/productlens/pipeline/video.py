@@ -5,8 +5,8 @@ Steps, each bounded so that an hours-long file costs no more than a short one:
 1. :func:`sample_frames` reads at most ``max_frames`` frames spread evenly
    over the clip, the middle frame of each of ``max_frames`` equal spans
    (OpenCV's decoder; seeking, so the length does not matter).
-2. Blank frames (one flat colour: a black screen, a white flash; the grey
-   level's standard deviation under ``BLANK_STD``) are dropped, and a clip of
+2. Blank frames (one flat colour: a black screen, a white flash; each colour
+   channel's standard deviation under ``BLANK_STD``) are dropped, and a clip of
    nothing else is an error rather than a ranking of nothing. Blurred frames are
    dropped: a frame whose sharpness (variance of the Laplacian) is under
    ``BLUR_RATIO`` of the clip's median is motion-blurred relative to the rest.
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAMES = 48
 BLUR_RATIO = 0.35
-BLANK_STD = 2.0  # grey levels (0-255): a frame this flat shows nothing (compression noise on black is under 1)
+BLANK_STD = 2.0  # levels of 255 in every colour channel: a frame this flat shows nothing (noise on black is under 1)
 DUPLICATE_COS = 0.985
 OCR_FRAMES = 4
 FRAME_K = 20  # products retrieved per frame
