@@ -116,6 +116,17 @@ def test_health_page_and_openapi(client):
     assert "/v1/identify" in client.get("/openapi.json").json()["paths"]
 
 
+def test_api_docs_need_no_cdn(client):
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200 and "cdn.jsdelivr.net" not in html.text
+        scripts = [s.split('"')[0] for s in html.text.split('src="')[1:]]
+        assert scripts and all(s.startswith("/") for s in scripts), scripts
+        for src in scripts:
+            js = client.get(src)
+            assert js.status_code == 200 and len(js.content) > 100_000, src
+
+
 def test_identify_returns_categories_matches_and_history(client):
     photo = _jpeg(product_photo(2, 5, shop=False))
     r = client.post("/v1/identify", files={"image": ("q.jpg", photo, "image/jpeg")})

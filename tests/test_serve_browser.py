@@ -133,3 +133,27 @@ def test_detected_boxes_list_their_other_likely_tags(server, tmp_path):
     assert "blouse 0.60" in rows[0] and "or shirt 0.45, jacket 0.31" in rows[0]
     assert "bag 0.40" in rows[1] and " or " not in rows[1]
 
+
+
+def test_api_docs_render_without_internet(server):
+    """/docs draws the Swagger UI from files the service holds: every request off 127.0.0.1 is refused."""
+    url, _ = server
+    outside: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.route("**/*", only_local)
+        page.goto(url + "/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        browser.close()
+    assert "/v1/identify" in paths
+    assert outside == []

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from fastapi_offline import FastAPIOffline
 
 from productlens.fileio import Locked
 from productlens.serve.admission import Admission, Busy
@@ -47,8 +48,9 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         yield
         await batcher.aclose()
 
-    app = FastAPI(title="productlens", version="0.1.0", lifespan=lifespan,
-                  description="Identify products in photos: categories, boxes and matching catalog products.")
+    # /docs and /redoc from files inside fastapi-offline, not a CDN: they work on a network without internet
+    app = FastAPIOffline(title="productlens", version="0.1.0", lifespan=lifespan,
+                         description="Identify products in photos: categories, boxes and matching catalog products.")
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
