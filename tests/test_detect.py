@@ -182,9 +182,11 @@ def _write_user_detector(path: Path, *, square: bool) -> Path:
 
 @pytest.mark.parametrize("square", [True, False])
 @pytest.mark.parametrize("zoom", [1, 9])  # 9: a large photo, reduced before it is resized to the input
-def test_user_onnx_detector_contract(tmp_path, square, zoom):
+def test_user_onnx_detector_contract(tmp_path, square, zoom, monkeypatch):
     model = _write_user_detector(tmp_path / "mine.onnx", square=square)
     det = load_detector(f"onnx:{model}")
+    monkeypatch.setenv("PRODUCTLENS_DETECTOR", f"onnx:{model}")  # the default detector, as --model names it
+    assert load_detector().labels == det.labels
     assert det.labels == ("red", "other")
     img = Image.new("RGB", (128 * zoom, 256 * zoom), (255, 0, 0))
     dets = det.detect(img)
@@ -214,6 +216,9 @@ def test_load_detector_errors(tmp_path, monkeypatch):
         load_detector(f"onnx:{tmp_path / 'x.onnx'}")
     monkeypatch.setenv("PRODUCTLENS_DETECTOR", str(tmp_path / "nothing"))
     with pytest.raises(ProductLensError, match="productlens detector train"):
+        load_detector()
+    monkeypatch.setenv("PRODUCTLENS_DETECTOR", f"onnx:{tmp_path / 'none.onnx'}")  # as --model takes it
+    with pytest.raises(ProductLensError, match="none.onnx does not exist"):
         load_detector()
 
 
@@ -366,6 +371,10 @@ def test_detect_cli_writes_drawings_and_json(trained, tmp_path):
     (mine / "b.json").write_text("{}")  # a user's file where b.json would go
     res = CliRunner().invoke(app, ["detect", str(mine / "b.png"), *model, "--out", str(mine)])
     assert res.exit_code == 1 and "b.json, which detect did not write" in res.output
+    res = CliRunner().invoke(app, ["detect", str(mine), *model, "--out", str(mine)])  # photos inside --out
+    assert res.exit_code == 1 and "is inside --out" in res.output
+    res = CliRunner().invoke(app, ["detect", str(tmp_path / "a.jpg"), *model, "--min-score", "1.5"])
+    assert res.exit_code == 2 and "min-score" in res.output
     res = CliRunner().invoke(app, ["detect", str(tmp_path / "broken.jpg"), *model])  # nothing could be read
     assert res.exit_code == 1 and "skipped: " in res.output and "broken.jpg" in res.output
     by_file = load_detector(f"onnx:{root / 'detector' / 'model.onnx'}")  # its folder's detector.json is the spec
@@ -391,7 +400,8 @@ def test_eval_detect_cli_json(tmp_path):
                                    "--plot", str(tmp_path / "ap.png")])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output.strip().splitlines()[-1])
-    assert set(m) == {"map50", "map", "classes", "train", "test", "seconds"}
+    assert set(m) == {"map50", "map", "classes", "train", "test", "seconds", "per_class"}
+    assert len(m["per_class"]) == m["classes"] and all(0 <= ap <= 1 for ap in m["per_class"].values())
     assert m["train"] == 16 and m["test"] == 5 and 0 <= m["map50"] <= 1
     assert "bad.jpg" in res.output and "annotation file says 200x120" in res.output and (tmp_path / "det" / "model.onnx").is_file()
     assert (tmp_path / "ap.png").is_file() and (tmp_path / "ap_examples.png").is_file()

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from productlens.cli.common import expand_folders, fail_cleanly, fail_if_none_done
+from productlens.types import ProductLensError
 
 app = typer.Typer(help="Train object detectors on COCO boxes.", no_args_is_help=True)
 
@@ -37,7 +38,7 @@ def detect(
     images: List[Path] = typer.Argument(..., help="Image files (or folders of images)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write <name>.jpg (boxes drawn) and <name>.json here."),
     model: Optional[str] = _MODEL,
-    min_score: float = typer.Option(0.3, help="Report and draw detections scoring at least this."),
+    min_score: float = typer.Option(0.3, min=0.0, max=1.0, help="Report and draw detections scoring at least this."),
     all_tags: bool = typer.Option(False, "--all-tags", help="A box per tag, as the COCO scorer sees them (default: "
                                                           "one box per object, other tags listed in the JSON)."),
     as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list on the last line."),
@@ -47,6 +48,10 @@ def detect(
     from productlens.models.detectors import load_detector
     from productlens.pipeline.detect import detect_files
 
+    for src in images if out is not None else []:
+        if src.is_dir() and src.resolve().is_relative_to(out.resolve()):
+            raise ProductLensError(f"the folder {src} is inside --out {out}, whose drawings and JSON files a "
+                                   "later run would take for photos: write them to another folder")
     paths = [Path(p) for p in expand_folders(images, exclude=out)]  # not the drawings of an earlier run
     if not paths:
         raise FileNotFoundError("no images given (folders hold no image files)")
@@ -116,4 +121,5 @@ def eval_detect(
     for path in m["plots"]:
         typer.echo(f"wrote {path}")
     if as_json:
-        typer.echo(json.dumps({k: m[k] for k in ("map50", "map", "classes", "train", "test", "seconds")}))
+        keys = ("map50", "map", "classes", "train", "test", "seconds", "per_class")  # per_class: tag -> AP@0.5
+        typer.echo(json.dumps({k: m[k] for k in keys}))

@@ -22,7 +22,9 @@ ENV_DEFAULT = "PRODUCTLENS_DETECTOR"
 
 
 def default_detector_path() -> Path:
-    """``$PRODUCTLENS_DETECTOR`` if set, else ``<cache>/detectors/default``."""
+    """The detector folder used when none is named: ``$PRODUCTLENS_DETECTOR`` if set, else
+    ``<cache>/detectors/default``. (The variable may also name ``onnx:PATH``, which
+    :func:`load_detector` loads as such.)"""
     env = os.environ.get(ENV_DEFAULT)
     if env:
         return Path(env)
@@ -36,6 +38,9 @@ def load_detector(name: str | os.PathLike[str] | None = None, *, threads: int | 
     ``onnx:PATH`` (the user's ONNX file with ``PATH`` minus ``.onnx`` plus ``.json`` beside it),
     or None for :func:`default_detector_path`. Raises ProductLensError with what is missing."""
     if name is None:
+        env = os.environ.get(ENV_DEFAULT, "")
+        if env.startswith("onnx:"):  # the variable takes what --model takes: a folder or the user's ONNX
+            return load_detector(env, threads=threads)
         path = default_detector_path()
         if not (path / "detector.json").is_file():
             raise ProductLensError(
