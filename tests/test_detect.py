@@ -105,6 +105,7 @@ def test_read_coco_reports_bad_annotations(tmp_path):
         {"id": 903, "image_id": 77, "category_id": 7, "bbox": [1, 1, 10, 10]},        # unknown image
         {"id": 904, "image_id": 1, "category_id": 7},                                 # no bbox
         {"id": 905, "image_id": 2, "category_id": 9, "bbox": [150, 100, 40, 40]},     # clipped to 160 x 120
+        {"id": 906, "image_id": 1, "category_id": 7, "bbox": [100, 100, -40, 30]},    # negative width
     ], "images": [{"id": 50, "file_name": "photos/none.jpg", "width": 10, "height": 10}]})
     data = read_coco(path)
     assert data.names == ["square", "disc"]
@@ -113,6 +114,7 @@ def test_read_coco_reports_bad_annotations(tmp_path):
         assert reason in text
     assert all(p.startswith(f"{path}: ") for p in data.problems)  # each names the file
     assert "zero-size box (annotation 900)" in text and "(annotation 904)" in text
+    assert "negative box width or height (bbox is x, y, width, height) (annotation 906)" in text
     assert "1 image(s) with no boxes, kept as background: none.jpg" in text
     im2 = next(im for im in data.images if im.id == 2)
     assert im2.boxes.max(0)[2] <= 160 and im2.boxes.max(0)[3] <= 120
@@ -125,6 +127,7 @@ def test_read_coco_reports_bad_annotations(tmp_path):
     (None, "does not exist"), ("{not json", "cannot read"), ("[]", "json object"),
     ('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}', "no 'images'"),
     ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": []}', "no 'categories'"),
+    ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [], "categories": []}', "'categories' list is empty"),
 ])
 def test_read_coco_refuses_unusable_files(tmp_path, content, message):
     path = tmp_path / "a.json"
@@ -267,6 +270,7 @@ _SPEC = {"labels": ["red", "other"], "size": 64, "resize": "square", "input": "f
     ({**_SPEC, "resize": "crop"}, "float", None, "'resize' must be \"long\" or \"square\""),
     ({**_SPEC, "input": "int8"}, "float", None, "'input' must be \"uint8\" or \"float\""),
     ({**_SPEC, "labels": [1, 2]}, "float", None, "'labels' must be a non-empty list of tag names"),
+    ({**_SPEC, "labels": ["bag", "hat", "bag"]}, "float", None, "'labels' names 'bag' more than once"),
     ({**_SPEC, "labels": ["one"]}, "float", None, "output 'scores' has 2 classes but its spec lists 1 labels"),
     (5, "float", None, "a detector spec is a JSON object"),
     (b"\xff\xfe{}", "float", None, "not UTF-8"),

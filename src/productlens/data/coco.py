@@ -144,8 +144,10 @@ def read_coco(path: str | Path, *, categories: list[dict] | None = None) -> Coco
     if not isinstance(data, dict):
         raise ProductLensError(f"{path}: a COCO file is a json object with 'images', 'annotations', 'categories'")
     if categories is None:
-        if data.get("categories") is None or data.get("categories") == []:
+        if data.get("categories") is None:
             raise ProductLensError(f"{path}: no 'categories' list")
+        if data.get("categories") == []:
+            raise ProductLensError(f"{path}: the 'categories' list is empty: name the tags the boxes carry")
         categories = _list(data, "categories", path)
     elif not categories:
         raise ProductLensError(f"{path}: no 'categories' list")
@@ -240,6 +242,9 @@ def read_coco(path: str | Path, *, categories: list[dict] | None = None) -> Coco
             continue
         if cid not in label_of:
             skip(f"category id {cid} not in the category list", ann, n)
+            continue
+        if w < 0 or h < 0:
+            skip("negative box width or height (bbox is x, y, width, height)", ann, n)
             continue
         if not (w > 0 and h > 0):
             skip("zero-size box", ann, n)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -90,6 +91,10 @@ class DetectorSpec:
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
             raise ProductLensError(f"{where}: 'labels' must be a non-empty list of tag names (strings), "
                                    f"got {labels!r:.60}")
+        twice = sorted(x for x, n in Counter(labels).items() if n > 1)
+        if twice:
+            raise ProductLensError(f"{where}: 'labels' names {', '.join(map(repr, twice[:5]))} more than once; "
+                                   "each class needs a name of its own")
 
         def field(key: str, kind: type, ok: Any, what: str) -> Any:
             v = data[key] if key in data else getattr(cls, key)
