@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from helpers import add_columns, package_photo, write_dataset
@@ -320,12 +321,16 @@ def test_ocr_cli_reports_bad_files(tmp_path):
     package_photo("OATLY", 0, shop=True).save(good)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff truncated")
-    res = CliRunner().invoke(app, ["text", "ocr", str(good), str(bad), "--json"])
+    pixel = tmp_path / "pixel.png"
+    Image.new("RGB", (1, 1)).save(pixel)  # a placeholder: refused as elsewhere, not read as no words
+    res = CliRunner().invoke(app, ["text", "ocr", str(good), str(bad), str(pixel), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.strip().splitlines()[-1])
     assert "OATLY" in " ".join(w["text"].upper() for w in out[0]["words"]) and out[1]["words"] is None
+    assert out[2]["words"] is None
     skipped = [line for line in res.output.splitlines() if line.startswith("skipped")]
-    assert len(skipped) == 1 and skipped[0].startswith(f"skipped: {bad}: ") and skipped[0].count(str(bad)) == 1
+    assert len(skipped) == 2 and skipped[0].startswith(f"skipped: {bad}: ") and skipped[0].count(str(bad)) == 1
+    assert skipped[1] == f"skipped: {pixel}: 1x1 pixels is too small to show a product (under 8 on a side)"
 
 
 def test_eval_retrieval_text_needs_train(tmp_path):
@@ -440,6 +445,16 @@ def test_identify_video_fuses_a_given_title_with_a_products_catalog(tmp_path):
     plain, titled = scores(), scores("--text", "Blueberry yoghurt")
     assert titled[1] - plain[1] > 0.1 and abs(titled[0] - plain[0]) < 0.05  # only the named product gains
     assert scores("--text", "Blueberry yoghurt", "--text-weight", "0") == plain
+    res = CliRunner().invoke(app, ["identify-video", str(clip), "--products", str(tmp_path / "products.jsonl"),
+                                   "--json", "--text", "Blueberry yoghurt", "--text-weight", "5"])
+    out = json.loads(res.output.strip().splitlines()[-1])
+    times = {m["product_id"]: m["times"] for m in out["products"]}
+    # the named product ranks the clip first, but the frames show product 2: their times stay with it
+    assert out["products"][0]["product_id"] == 1 and times[1] == [] and times[2]
+    assert 1 not in {t[1] for t in out["frame_top"]}
+    res = CliRunner().invoke(app, ["identify-video", str(clip), "--products", str(tmp_path / "products.jsonl"),
+                                   "--text", "Blueberry yoghurt", "--text-weight", "0"])
+    assert res.exit_code == 0 and "note: --text is not used: --text-weight is 0" in res.output
     from productlens.data.readers import read_catalog
     from productlens.pipeline.catalog_build import build_catalog
 

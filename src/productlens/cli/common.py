@@ -114,3 +114,19 @@ def expand_folders(sources: list, exclude=None) -> list[str]:
         else:
             out.append(str(src))
     return out
+
+
+def unused_text_note(catalog, text: str | None, text_weight: float | None = None) -> str | None:
+    """Why a query's ``--text`` would change nothing in ``catalog`` (a note for stderr), or None when it is used:
+    the catalog's own text weight is 0 (and ``text_weight`` does not override it), or no item has text."""
+    if not text:
+        return None
+    weight = catalog.text_weight_for(True) if text_weight is None else text_weight
+    if weight == 0:
+        why = ("this catalog's text weight is 0 (its training photos chose the image alone when it was built with "
+               "--ocr)" if text_weight is None else "--text-weight is 0")
+        return f"note: --text is not used: {why}"
+    if not catalog.matcher.has_text:
+        return ("note: --text is not used: no item of this catalog has a title, category or other text to match "
+                "it against")
+    return None

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from productlens.cli.common import verify_option
+from productlens.cli.common import unused_text_note, verify_option
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.eval.metrics import same_product
 
@@ -43,12 +43,9 @@ def search(
         sheet_path(plot)
     query_box = Box.parse(box)
     with Catalog.open(catalog_dir) as cat:
-        if text and cat.text_weight_for(True) == 0:
-            typer.echo("note: --text is not used: this catalog's text weight is 0 (its training photos chose "
-                       "the image alone when it was built with --ocr)", err=True)
-        elif text and not cat.matcher.has_text:
-            typer.echo("note: --text is not used: no item of this catalog has a title, category or other text "
-                       "to match it against", err=True)
+        note = unused_text_note(cat, text)
+        if note:
+            typer.echo(note, err=True)
         source = read_once(image)  # a URL: downloaded once for the detector, the search and the categories
         if detect and query_box is None:
             query_box = best_box_of(load_detector(detector), source)

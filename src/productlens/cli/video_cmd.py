@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from productlens.cli.common import owner_label
+from productlens.cli.common import owner_label, unused_text_note
 from productlens.config import GIVEN_TEXT_WEIGHT
 
 
@@ -47,6 +47,9 @@ def identify_video(
         else:
             cat = Catalog.open(catalog)
         with cat:
+            note = unused_text_note(cat, text, text_weight)
+            if note:
+                typer.echo(note, err=True)
             res = run(cat, clip, detector=det, text=text, k=k, max_frames=max_frames, text_weight=text_weight)
     if as_json:
         typer.echo(json.dumps(asdict(res)))

@@ -111,11 +111,12 @@ def load_image(
         raise ImageError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
 
 
-def big_enough(img: Image.Image, name: str, min_side: int = MIN_SIDE) -> Image.Image:
-    """``img`` itself, or :class:`ImageError` naming ``name`` if a side is under ``min_side`` pixels."""
+def big_enough(img: Image.Image, name: str | None, min_side: int = MIN_SIDE) -> Image.Image:
+    """``img`` itself, or :class:`ImageError` naming ``name`` (when given) if a side is under ``min_side`` pixels."""
     if min(img.size) < min_side:
         w, h = img.size
-        raise ImageError(f"{name}: {w}x{h} pixels is too small to show a product (under {min_side} on a side)")
+        why = f"{w}x{h} pixels is too small to show a product (under {min_side} on a side)"
+        raise ImageError(f"{name}: {why}" if name else why)
     return img
 
 

@@ -20,7 +20,9 @@ Steps, each bounded so that an hours-long file costs no more than a short one:
 4. Aggregation over time: a product's clip score is the mean over frames of
    its score in each frame (its best item's cosine; a frame that did not
    retrieve it counts its lowest retrieved score). Each product lists the
-   timestamps of the frames whose best product it was.
+   timestamps of the frames whose best product it was by the picture alone
+   (text, the same for every frame, ranks the clip's products but does not
+   say where each is seen).
 """
 
 from __future__ import annotations
@@ -222,6 +224,9 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     table = np.array([[d.get(p, min(d.values())) for p in products] for d in per_frame])
     clip = table.mean(0)
     order = np.argsort(-clip, kind="stable")[:k]
+    if texts is not None:  # where a product is seen is the picture's say: one text for every frame would put
+        # the product it names on frames that show another
+        per_frame = _product_scores(catalog, *catalog.search_vectors(vecs, min(n_items, FRAME_K * 5)))[0]
     top = [max(d, key=d.get) for d in per_frame]
     matches = []
     for j in order:

@@ -71,7 +71,7 @@ def sniff_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError("the upload is not an image (JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
     if fmt not in IMAGE_FORMATS:
         raise ImageError(f"unsupported image format {fmt}")
-    return load_image(data, max_pixels=max_pixels)
+    return big_enough(load_image(data, max_pixels=max_pixels), None)  # the route names the upload
 
 
 def thumbnail_jpeg(img: Image.Image, size: int = THUMB) -> bytes:

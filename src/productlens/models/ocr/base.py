@@ -55,13 +55,13 @@ class OCR:
         """
         from tqdm import tqdm
 
-        from productlens.data.images import load_image
+        from productlens.data.images import MIN_SIDE, load_image
 
         out: list[list[Word] | None] = []
         errors: list[tuple[int, Any, str]] = []
         for i, src in enumerate(tqdm(sources, desc=desc, unit="image", disable=bar_disable(progress))):
             try:
-                img = src if isinstance(src, Image.Image) else load_image(src)
+                img = src if isinstance(src, Image.Image) else load_image(src, min_side=MIN_SIDE)  # 1x1: named
                 out.append(self.read(img))
             except ProductLensError as e:
                 log.warning("skipped #%d %s", i, e, extra={ITEM_REPORT: True})  # the message names the file
