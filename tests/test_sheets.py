@@ -208,3 +208,45 @@ def test_search_plot_names_untitled_results_by_product_or_item(tmp_path, monkeyp
     hits = [Hit(3, 0.9, None, "", g), Hit(4, 0.8, 0, "", g), Hit(5, 0.7, 2, "Oat milk", g), Hit(6, 0.6, -1, "", g)]
     search_cmd._plot_hits([(g, None, None, hits)], tmp_path / "h.png", title="t")
     assert [t.caption.split("\n")[1] for t in seen["rows"][0][1:]] == ["item 3", "product 0", "Oat milk", "item 6"]
+
+
+def _font_with(path, chars: str, name: str):
+    """A TrueType font whose character map holds ``chars`` (empty glyphs: enough for a font search)."""
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    glyphs = [".notdef"] + [f"g{ord(c):x}" for c in chars]
+    fb = FontBuilder(1000, isTTF=True)
+    fb.setupGlyphOrder(glyphs)
+    fb.setupCharacterMap({ord(c): f"g{ord(c):x}" for c in chars})
+    empty = TTGlyphPen(None).glyph()
+    fb.setupGlyf({g: empty for g in glyphs})
+    fb.setupHorizontalMetrics({g: (500, 0) for g in glyphs})
+    fb.setupHorizontalHeader(ascent=800, descent=-200)
+    fb.setupNameTable({"familyName": name, "styleName": "Regular"})
+    fb.setupOS2()
+    fb.setupPost()
+    fb.save(str(path))
+    return str(path)
+
+
+def test_text_in_a_script_the_default_font_lacks_finds_a_font_that_has_it(tmp_path, monkeypatch, caplog) -> None:
+    pytest.importorskip("fontTools")
+    from productlens import fonts
+
+    latin = _font_with(tmp_path / "latin.ttf", "abcdefghijklmnopqrstuvwxyz0123456789.", "Latinish")
+    thai = _font_with(tmp_path / "thai.ttf", "abcdefghijklmnopqrstuvwxyz0123456789.ชุดเรส", "Thaiish")
+    monkeypatch.setattr(fonts, "_font_file", lambda: latin)
+    monkeypatch.setattr(fonts, "_other_files", lambda: (latin, thai))
+    fonts._file_for.cache_clear()
+    monkeypatch.setattr(fonts, "_WARNED", set())
+    try:
+        assert fonts.font(14, "dress 0.93").getname()[0] == "Latinish"
+        assert fonts.font(14, "ชุดเดรส dress 0.93").getname()[0] == "Thaiish"  # the tag's own script
+        with caplog.at_level("WARNING", logger="productlens.fonts"):
+            assert fonts.font(14, "连衣裙 dress").getname()[0] == "Latinish"  # no font has it: drawn, and said
+            fonts.font(16, "连衣裙 dress")
+        warned = [r.getMessage() for r in caplog.records]
+        assert len(warned) == 1 and "连衣裙 dress" in warned[0] and "fonts-noto-cjk" in warned[0]
+    finally:
+        fonts._file_for.cache_clear()

@@ -1,23 +1,36 @@
 """The font for text drawn on images (tags on detections, captions on contact sheets).
 
 Pillow's built-in font covers Latin only, so tags and titles in other scripts
-would come out as empty boxes. ``font(size)`` takes the first of: Noto Sans CJK
+would come out as empty boxes. ``font(size, text)`` takes the first of: Noto Sans CJK
 (Chinese, Japanese, Korean and Latin; where the system has it), DejaVu Sans
 (Latin, Greek, Cyrillic, Arabic; shipped with matplotlib and most Linux systems),
-Pillow's default.
+Pillow's default. When ``text`` has characters that font lacks (Thai, say), the
+system's other fonts are searched for one that has them all (their character maps
+read with fontTools); where none has, the text is drawn anyway, as boxes, and a
+warning says which characters and how to get a font for them. The results keep
+the text itself: only the picture lacks it.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
+import os
 from pathlib import Path
 
 from PIL import ImageFont
+
+log = logging.getLogger(__name__)
 
 _SYSTEM = ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
            "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
            "/usr/share/fonts/TTF/DejaVuSans.ttf")
+_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts",
+              "/Library/Fonts", "/System/Library/Fonts", "~/Library/Fonts",
+              os.path.join(os.environ.get("WINDIR", "C:/Windows"), "Fonts"))
+_FONT_SUFFIXES = {".ttf", ".otf", ".ttc"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,10 +46,59 @@ def _font_file() -> str | None:
     return next((c for c in candidates if Path(c).is_file()), None)
 
 
-@functools.lru_cache(maxsize=32)
-def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """A font of ``size`` pixels for ``ImageDraw.text`` (see the module docstring for which)."""
-    path = _font_file()
+@functools.lru_cache(maxsize=1)
+def _other_files() -> tuple[str, ...]:
+    """The system's font files, regular sans faces first (searched only for characters the default lacks)."""
+    found = set()
+    for d in _FONT_DIRS:
+        root = Path(d).expanduser()
+        if root.is_dir():
+            found.update(str(f) for f in root.rglob("*") if f.suffix.lower() in _FONT_SUFFIXES and f.is_file())
+
+    def rank(path: str) -> tuple:
+        name = Path(path).stem.lower()
+        styled = any(s in name for s in ("bold", "italic", "oblique", "light", "thin", "black", "mono", "condensed"))
+        return styled, "sans" not in name, "noto" not in name, path
+
+    return tuple(sorted(found, key=rank))
+
+
+@functools.lru_cache(maxsize=None)
+def _characters(path: str) -> frozenset[int]:
+    """The code points ``path``'s font has glyphs for (its first face); empty if fontTools cannot read it."""
+    try:
+        from fontTools.ttLib import TTFont
+
+        with TTFont(path, fontNumber=0, lazy=True) as f:
+            return frozenset((f.getBestCmap() or {}).keys())
+    except Exception:  # noqa: BLE001 - a broken or unusual font file is just not a candidate
+        return frozenset()
+
+
+def _needed(text: str) -> frozenset[int]:
+    return frozenset(ord(c) for c in text if not c.isspace() and ord(c) >= 0x20)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_for(needed: frozenset[int]) -> tuple[str | None, bool]:
+    """(The default font file if it has every character of ``needed``, else the first system font that has
+    them all, else the default; whether that font has them all)."""
+    default = _font_file()
+    if importlib.util.find_spec("fontTools") is None:  # a dependency; without it the default draws everything
+        return default, True
+    if not needed or (default is not None and needed <= _characters(default)):
+        return default, True
+    for path in _other_files():
+        if needed <= _characters(path):
+            return path, True
+    return default, False
+
+
+_WARNED: set[frozenset[int]] = set()
+
+
+@functools.lru_cache(maxsize=64)
+def _truetype(path: str | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     if path is not None:
         try:
             return ImageFont.truetype(path, size)
@@ -46,3 +108,16 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
+
+
+def font(size: int, text: str = "") -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """A font of ``size`` pixels for ``ImageDraw.text`` that can draw ``text`` (all the text that will be drawn
+    with it; see the module docstring for which font)."""
+    needed = _needed(text)
+    path, complete = _file_for(needed)
+    if not complete and needed not in _WARNED:
+        _WARNED.add(needed)
+        log.warning("no installed font has every character of %r: those it lacks are drawn as boxes (the results' "
+                    "text keeps them). Install a font for that script, e.g. Noto (Debian: fonts-noto-core, "
+                    "fonts-noto-cjk)", text[:40])
+    return _truetype(path, size)

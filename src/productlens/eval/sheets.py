@@ -75,8 +75,8 @@ def _wrap(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width
 def _unreadable(tile: Tile, exc: Exception, size: int) -> Image.Image:
     canvas = Image.new("RGB", (size, size), _GREY)
     draw = ImageDraw.Draw(canvas)
-    font = fonts.font(max(9, size // 14))
     name = Path(str(tile.source)).name if isinstance(tile.source, (str, Path)) else "image"
+    font = fonts.font(max(9, size // 14), f"unreadable: {name} {exc}")
     lines = ["unreadable:"] + _wrap(name, draw, font, size - 8) + _wrap(str(exc), draw, font, size - 8)
     draw.multiline_text((4, 4), "\n".join(lines[:10]), fill=(60, 60, 60), font=font)
     return canvas
@@ -157,7 +157,7 @@ def contact_sheet(rows: Sequence[Sequence[Tile]], path: str | Path, *, title: st
     if not rows or not any(rows):
         raise ProductLensError("nothing to draw: the sheet has no tiles")
     pad, border = 8, max(3, size // 40)
-    font = fonts.font(max(10, size // 13))
+    font = fonts.font(max(10, size // 13), title + "".join(t.caption for row in rows for t in row))
     line_h = font.getbbox("Ag")[3] + 3
     cell_w, cell_h = size + 2 * border + pad, size + 2 * border + _CAPTION_LINES * line_h + pad
     width = pad + cell_w * max(len(r) for r in rows)

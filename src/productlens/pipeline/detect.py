@@ -35,7 +35,7 @@ def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_sc
     with ``scores``, score; ground truth is drawn without)."""
     out = img.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
-    font = fonts.font(max(11, round(max(out.size) / 40)))
+    font = fonts.font(max(11, round(max(out.size) / 40)), " ".join(d.tag for d in detections))
     width = max(2, round(max(out.size) / 250))
     for d in sorted(detections, key=lambda d: d.score):
         if d.score < min_score:
