@@ -81,6 +81,8 @@ def test_audit_finds_swapped_labels_and_copies(tmp_path) -> None:
     assert out["images"] == 41 and len(out["suspects"]) >= 2 and out["duplicates"]
     assert "probably mislabelled" in r.output and "near-duplicate pairs across classes" in r.output
     assert (tmp_path / "flags.csv").read_text().startswith("rank,image,given,suggested")
+    flagged_rows = list(csv.DictReader(open(tmp_path / "flags.csv")))  # named as the training csv names them
+    assert flagged_rows and {f["image"] for f in flagged_rows} <= {row["image"] for row in rows}
     assert Image.open(tmp_path / "flags.png").format == "PNG"
 
 

@@ -67,6 +67,21 @@ def test_shopee_train_predict_submission(tmp_path, caplog) -> None:
     assert out[0]["image"] == "t1.jpg" and len(out[0]["predictions"]) == 4
     header = (tmp_path / "one.csv").read_text().splitlines()[0]
     assert header == "image,label_1,prob_1,label_2,prob_2,label_3,prob_3,label_4,prob_4"
+    # outputs that would destroy an input, the model or each other are refused before any work
+    model, test_csv = tmp_path / "m", tmp_path / "shopee" / "test.csv"
+    before = {f: f.read_bytes() for f in (test_csv, model / "labels.json")}
+    for args, message in ((["--out", str(test_csv)], "--out " + str(test_csv) + " is this command's input"),
+                          (["--submission", str(test_csv)], "is this command's input"),
+                          (["--out", str(model / "labels.json")], "is inside " + str(model)),
+                          (["--out", str(sub), "--submission", str(sub)], "--out and --submission both name")):
+        r = runner.invoke(app, ["classify", "predict", str(model), str(tmp_path / "shopee"), *args])
+        assert r.exit_code == 1 and message in r.output, r.output
+    r = runner.invoke(app, ["audit", "labels", str(tmp_path / "shopee"), "--out", str(tmp_path / "shopee" / "train.csv")])
+    assert r.exit_code == 1 and "is this command's input" in r.output
+    assert {f: f.read_bytes() for f in before} == before
+    (tmp_path / "header.csv").write_text("image,sku\n")  # a csv of no rows is no input, not "predicted 0 images"
+    r = runner.invoke(app, ["classify", "predict", str(model), str(tmp_path / "header.csv")])
+    assert r.exit_code == 1 and "header.csv: no rows" in r.output
 
 
 def test_eval_classify_json_plot_and_hierarchy(tmp_path) -> None:

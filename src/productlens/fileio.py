@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping
 
 from productlens.types import ProductLensError
 
@@ -102,6 +102,33 @@ def check_output_file(path: str | os.PathLike, *, folder: bool = False) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ProductLensError(f"cannot write {path}: no permission to write in {parent}")
     return path
+
+
+def check_outputs_apart(outputs: Mapping[str, str | os.PathLike | None], *, reads: Iterable = (),
+                        folders: Iterable = ()) -> None:
+    """Refuse, before any work, output files that would destroy what the command reads or another of its
+    outputs: one that is a file ``reads`` names (its input csv), lies inside one of ``folders`` (the model
+    folder it loads), or is another output's path. ``outputs``: option name -> path (None: not asked for).
+    Raises ProductLensError naming the option and the path."""
+    def real(p: str | os.PathLike) -> Path:
+        return Path(os.path.realpath(p))
+
+    taken: dict[Path, str] = {}
+    for opt, path in outputs.items():
+        if path is None:
+            continue
+        where = real(path)
+        if where in taken:
+            raise ProductLensError(f"{taken[where]} and {opt} both name {path}: one would replace the other; "
+                                   "give them different files")
+        taken[where] = opt
+        if any(r is not None and real(r) == where for r in reads):
+            raise ProductLensError(f"{opt} {path} is this command's input: writing there would replace it; "
+                                   "name another file")
+        inside = next((d for d in folders if d is not None and where.is_relative_to(real(d))), None)
+        if inside is not None:
+            raise ProductLensError(f"{opt} {path} is inside {inside}, which this command reads: name a file "
+                                   "outside it")
 
 
 def _lock(path: str | os.PathLike, wait: bool = True) -> int | None:

@@ -23,10 +23,10 @@ def labels(
     label: Optional[str] = typer.Option(None, help="Label column of a csv."),
     model: Optional[str] = typer.Option(None, "--model", help="Embedder name, or onnx:PATH (default: the "
                                                                f"classifier's, {CLASSIFIER_EMBEDDER})."),
-    views: Optional[str] = typer.Option(None, help="Training views: none, flip, tta, train or regions "
-                                              "(default: the classifier's, regions)."),
-    tta: Optional[str] = typer.Option(None, help="Views whose probabilities are averaged: none, flip, tta, train "
-                                                 "or regions (the default)."),
+    views: Optional[str] = typer.Option(None, help="Training views: none, flip, tta, train, regions or shelf "
+                                              "(default: the classifier's, regions; as `classify train --views`)."),
+    tta: Optional[str] = typer.Option(None, help="Views whose probabilities are averaged: none, flip, tta, train, "
+                                                 "regions (the default) or shelf."),
     folds: int = typer.Option(5, min=2, help="Cross-validation folds for the out-of-fold probabilities (at least 2; "
                                              "at most the images of the smallest class are used)."),
     threshold: float = typer.Option(0.95, help="Cosine similarity from which two images count as near-duplicates."),
@@ -40,7 +40,7 @@ def labels(
     from productlens.data.labelled import read_labelled
     from productlens.eval.audit import audit_labels, plot_audit
     from productlens.eval.sheets import sheet_path
-    from productlens.fileio import atomic_path, check_output_file
+    from productlens.fileio import atomic_path, check_output_file, check_outputs_apart
     from productlens.pipeline.classify import TrainOptions
     from productlens.types import ProductLensError
 
@@ -48,6 +48,7 @@ def labels(
         sheet_path(plot)  # before the long work
     if out is not None:
         check_output_file(out)
+    check_outputs_apart({"--out": out, "--plot": plot}, reads=[data, data / "train.csv"])  # a csv or a Shopee root
     ds = read_labelled(data, label=label)
     options = TrainOptions(embedder=model, views=views, tta=tta)
     report = audit_labels(ds, options, folds=folds, threshold=threshold, progress=not as_json)
@@ -58,19 +59,21 @@ def labels(
                f"{report.seconds:.1f} s")
     if report.suspects:
         typer.echo("rank  margin  given -> suggested  (p given / p suggested)  image")
+    base = data if data.is_dir() else data.parent  # photos named as the csv names them, or from the folder
     for r, s in enumerate(report.suspects[:top], start=1):
         typer.echo(f"{r:4d}  {s.margin:6.3f}  {s.given} -> {s.suggested}  "
-                   f"({s.given_prob:.2f} / {s.suggested_prob:.2f})  {s.image}")
+                   f"({s.given_prob:.2f} / {s.suggested_prob:.2f})  {_shown(s.image, base)}")
     typer.echo(f"{len(report.duplicates)} near-duplicate pairs across classes (cosine >= {threshold})")
     for d in report.duplicates[:top]:
-        typer.echo(f"  {d.cosine:.3f}  {d.first_label} {d.first_image}  <->  {d.second_label} {d.second_image}")
+        typer.echo(f"  {d.cosine:.3f}  {d.first_label} {_shown(d.first_image, base)}  <->  "
+                   f"{d.second_label} {_shown(d.second_image, base)}")
     if out is not None:
         with atomic_path(out) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["rank", "image", "given", "suggested", "given_prob", "suggested_prob", "margin", "flagged_by"])
                 for r, s in enumerate(report.suspects, start=1):
-                    w.writerow([r, s.image, s.given, s.suggested, f"{s.given_prob:.4f}",
+                    w.writerow([r, _shown(s.image, base), s.given, s.suggested, f"{s.given_prob:.4f}",
                                 f"{s.suggested_prob:.4f}", f"{s.margin:.4f}", s.by])
         typer.echo(f"wrote {out}")
     if plot:
@@ -80,6 +83,13 @@ def labels(
             typer.echo(f"warning: {exc}", err=True)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
+
+
+def _shown(image: str, base: Path) -> str:
+    """``image`` relative to ``base`` (the training csv's folder, or the training folder) when it lies inside
+    it, as a csv row names it, so that flagged rows can be matched back; else as it is."""
+    path, root = Path(image), base.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else image
 
 
 def _folds_text(used: int, asked: int) -> str:

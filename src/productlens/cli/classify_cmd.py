@@ -69,7 +69,9 @@ def train(
     m = res.classifier.metrics
     for _, _, msg in res.errors:
         typer.echo(f"skipped: {msg}", err=True)
-    typer.echo(f"trained {m['classes']} classes on {m['train_images']} images ({options.backbone}) in "
+    backbone = options.backbone + (" fine-tuned" if options.finetune else "") + "".join(
+        f" + {c}" for c in res.classifier.companions)  # the frozen backbones joined to the fine-tuned one
+    typer.echo(f"trained {m['classes']} classes on {m['train_images']} images ({backbone}) in "
                f"{res.seconds:.1f} s; skipped {len(res.errors)}; temperature {res.classifier.temperature:.2f}"
                + (f"; held-out top-1 {m['holdout_top1']:.3f}" if "holdout_top1" in m else ""))
     typer.echo(f"model written to {out}")
@@ -110,7 +112,7 @@ def predict(
     import dataclasses
 
     from productlens.data.labelled import read_inputs
-    from productlens.fileio import atomic_path, check_output_file
+    from productlens.fileio import atomic_path, check_output_file, check_outputs_apart
     from productlens.models.classifiers.model import load_classifier
 
     if k < 1:
@@ -118,6 +120,8 @@ def predict(
     for path in (out, submission):
         if path is not None:
             check_output_file(path)  # before the predictions, not after them
+    check_outputs_apart({"--out": out, "--submission": submission}, reads=[inputs, inputs / "test.csv"],
+                        folders=[model_dir])  # the input csv (or a Shopee root's), the model's own files
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise typer.BadParameter(f"{out}: predictions are written as .csv or .json", param_hint="--out")
     if submission is not None and submission.suffix.lower() != ".csv":
@@ -158,7 +162,9 @@ def predict(
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
                 w.writerow(["filename", "category"])
-                for i, name in enumerate(data.names):  # every input row, in order; unreadable ones left empty
+                # every row that names a photo, in order (an unreadable photo's category left empty); a csv row
+                # with no file name has none to write and is only reported above
+                for i, name in enumerate(data.names):
                     w.writerow([name, _label_text(best[i]) if i in best else ""])
     if not as_json:
         for r in records[:20]:

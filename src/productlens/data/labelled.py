@@ -149,6 +149,8 @@ def read_inputs(path: str | os.PathLike[str], image_column: str | None = None) -
                 raise ProductLensError(f"{csv_path}, line {line}: empty filename")
             items.append(Item(id=len(items), image=str((p / "test" / name).resolve())))
             names.append(name)
+        if not items:
+            raise ProductLensError(f"{csv_path}: no rows")
         return Inputs(items, names, shopee=True)
     if p.is_dir():
         files = image_files(p)
@@ -177,6 +179,8 @@ def _csv_inputs(path: Path, column: str) -> Inputs:
             continue
         items.append(Item(id=len(items), image=_image(row[column], path, line)))
         names.append(row[column].strip())
+    if not items and not skipped:
+        raise ProductLensError(f"{path}: no rows")
     return Inputs(items, names, skipped=skipped)
 
 

@@ -190,7 +190,7 @@ def audit_labels(data: LabelledSet, options=None, *, folds: int = 5, threshold: 
     dups = [Duplicate(int(feats.ok[a]), int(feats.ok[b]), data.items[feats.ok[a]].image,
                       data.items[feats.ok[b]].image, ok_labels[a], ok_labels[b], s)
             for a, b, s in near_duplicates(feats.x[0].astype(np.float32), ok_labels, threshold)]
-    return AuditReport(suspects, dups, feats.errors, len(data), time.perf_counter() - start,
+    return AuditReport(suspects, dups, feats.errors, len(feats.ok), time.perf_counter() - start,
                        usable_folds(feats.y, folds))
 
 
