@@ -76,7 +76,8 @@ def test_shopee_train_predict_submission(tmp_path, caplog) -> None:
                           (["--out", str(sub), "--submission", str(sub)], "--out and --submission both name")):
         r = runner.invoke(app, ["classify", "predict", str(model), str(tmp_path / "shopee"), *args])
         assert r.exit_code == 1 and message in r.output, r.output
-    r = runner.invoke(app, ["audit", "labels", str(tmp_path / "shopee"), "--out", str(tmp_path / "shopee" / "train.csv")])
+    shopee = tmp_path / "shopee"
+    r = runner.invoke(app, ["audit", "labels", str(shopee), "--out", str(shopee / "train.csv")])
     assert r.exit_code == 1 and "is this command's input" in r.output
     assert {f: f.read_bytes() for f in before} == before
     (tmp_path / "header.csv").write_text("image,sku\n")  # a csv of no rows is no input, not "predicted 0 images"
