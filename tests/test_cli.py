@@ -309,6 +309,12 @@ def test_an_emptied_catalog_says_so_and_batches_that_read_nothing_exit_1(tmp_pat
     q = str(tmp_path / "ds" / "img" / "q_1_0.jpg")
     r = runner.invoke(app, ["rank", str(cat), str(ds["queries"]), "--out", str(tmp_path / "r.npy"), "-k", "-1"])
     assert r.exit_code == 2 and "-k" in r.output and "Traceback" not in r.output
+    queries = ds["queries"].read_bytes()
+    r = runner.invoke(app, ["rank", str(cat), str(ds["queries"]), "--out", str(ds["queries"])])
+    assert r.exit_code == 1 and "is this command's input" in r.output and ds["queries"].read_bytes() == queries
+    r = runner.invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries", str(ds["queries"]),
+                            "--rankings", str(ds["gallery"])])
+    assert r.exit_code == 1 and "--rankings" in r.output and "is this command's input" in r.output
     bad = tmp_path / "bad.csv"
     (tmp_path / "junk.jpg").write_bytes(b"junk")
     bad.write_text(f"seller_img_id,img_path\n7,{tmp_path / 'junk.jpg'}\n")

@@ -46,6 +46,9 @@ def retrieval(
     from productlens.models.detectors import load_detector
     from productlens.models.embedders.joined import companions_for
 
+    from productlens.fileio import check_outputs_apart
+
+    check_outputs_apart({"--rankings": rankings, "--plot": plot}, reads=[gallery, queries, train, products])
     m = evaluate_retrieval(gallery, queries, train_csv=train, catalog_mode=catalog, embedder=model,
                            rerank=rerank, finetune=finetune, rankings_out=rankings,
                            progress=not as_json, detector=load_detector(detector) if detect else None,
