@@ -43,10 +43,9 @@ def retrieval(
 ) -> None:
     """Rank the gallery for every query and print mAP@1000, top-1, top-5, recall@10."""
     from productlens.eval.retrieval import evaluate_retrieval
+    from productlens.fileio import check_outputs_apart
     from productlens.models.detectors import load_detector
     from productlens.models.embedders.joined import companions_for
-
-    from productlens.fileio import check_outputs_apart
 
     check_outputs_apart({"--rankings": rankings, "--plot": plot}, reads=[gallery, queries, train, products])
     m = evaluate_retrieval(gallery, queries, train_csv=train, catalog_mode=catalog, embedder=model,
