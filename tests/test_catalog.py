@@ -274,6 +274,18 @@ def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path, mon
     with pytest.raises(ProductLensError, match="holds files but no productlens catalog: it is never replaced"):
         build_catalog(gallery, mine, embedder=MODEL, overwrite=True, progress=False)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    note = tmp_path / "note.txt"  # a user's file where the catalog would go: replaced by a folder before
+    note.write_text("precious")
+    with pytest.raises(ProductLensError, match="is a file, not a catalog folder: it is never replaced"):
+        build_catalog(gallery, note, embedder=MODEL, overwrite=True, progress=False)
+    assert note.read_text() == "precious"
+    from productlens.fileio import replace_dir
+
+    (tmp_path / "new").mkdir()
+    with pytest.raises(ProductLensError, match="is not a folder: it is not replaced"):
+        replace_dir(tmp_path / "new", note)
+    (tmp_path / "new").rmdir()
+    note.unlink()
     killed = tmp_path / "cat.building.k1ll3d.pltmp"  # what a build killed with -9 leaves: unlocked, old
     (killed / "embedded").mkdir(parents=True)
     os.utime(killed, (0, 0))

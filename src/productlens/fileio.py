@@ -313,6 +313,8 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     if not os.path.lexists(target):
         os.replace(new, target)
         return
+    if not target.is_dir():  # a folder replaces a folder, never a user's file
+        raise ProductLensError(f"{target} exists and is not a folder: it is not replaced")
     if _exchange(new, target):
         shutil.rmtree(new, ignore_errors=True)  # it now holds the old folder
         return

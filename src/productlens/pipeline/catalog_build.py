@@ -49,6 +49,9 @@ def check_catalog_target(path: str | os.PathLike, overwrite: bool) -> None:
     from productlens.pipeline.store_spec import StoreSpec
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ProductLensError(f"{path} is a file, not a catalog folder: it is never replaced, even with "
+                               "--overwrite; write the catalog to a new or empty folder")
     if path.exists() and not overwrite:
         raise ProductLensError(f"{path} exists; replace it with --overwrite (overwrite=True), or write elsewhere")
     if path.is_dir() and any(path.iterdir()):  # only a catalog is replaced, never a folder of the user's
