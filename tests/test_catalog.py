@@ -364,3 +364,24 @@ def test_a_writer_of_a_rebuilt_catalog_is_refused_not_lost(dataset, tmp_path) ->
             pass
     cat.close()
     done["cat"].close()
+
+
+def test_two_builds_to_one_new_folder_do_not_replace_each_other(dataset, tmp_path, monkeypatch) -> None:
+    """Both had checked that the folder did not exist, and the second build swapped the first one's catalog out."""
+    from productlens.pipeline import catalog_build
+
+    gallery = read_gallery(dataset["gallery"])
+    real = catalog_build.temporary_beside
+
+    def other_build_meanwhile(path, **kw):  # the other process finishes while this one embeds
+        monkeypatch.setattr(catalog_build, "temporary_beside", real)
+        build_catalog(gallery[:2], path, embedder=MODEL, progress=False)[0].close()
+        return real(path, **kw)
+
+    monkeypatch.setattr(catalog_build, "temporary_beside", other_build_meanwhile)
+    with pytest.raises(ProductLensError, match="exists \\(written while this one was built\\)"):
+        build_catalog(gallery, tmp_path / "cat", embedder=MODEL, progress=False)
+    monkeypatch.undo()
+    with Catalog.open(tmp_path / "cat") as cat:
+        assert len(cat.store) == 2  # the other build's catalog, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]

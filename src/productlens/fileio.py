@@ -325,18 +325,56 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def place_new_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the folder ``new`` to ``target``, which must not exist: ProductLensError if it does
+    (another process wrote it since it was checked). Linux's ``renameat2`` with ``RENAME_NOREPLACE``
+    checks and renames in one step; elsewhere a rename onto a folder with files in it fails too."""
+    import errno
+
+    new, target = Path(new), Path(target)
+    taken = ProductLensError(f"{target} exists (written while this one was built); replace it with --overwrite "
+                             "(overwrite=True), or write elsewhere")
+    done = _renameat2(new, target, 1)  # RENAME_NOREPLACE
+    if done is None:  # no renameat2 here
+        if os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir())):
+            raise taken
+        try:
+            os.rename(new, target)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise taken from None
+            raise
+    elif not done:
+        err = _ctypes_errno()
+        if err == errno.EEXIST:
+            raise taken
+        raise OSError(err, os.strerror(err), str(target))
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    return bool(_renameat2(a, b, 2))
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> bool | None:
+    """Linux ``renameat2(a, b, flags)``: True when done, False when it failed (:func:`_ctypes_errno` says
+    why), None where the C library has no such call."""
     import ctypes
 
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
-        return False
+        return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     fn.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    at_fdcwd = -100
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flags) == 0
+
+
+def _ctypes_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 def file_hash(path: str | os.PathLike, algorithm: str = "sha1", chunk: int = 1 << 20) -> str:

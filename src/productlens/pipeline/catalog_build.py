@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER
-from productlens.fileio import replace_dir, temporary_beside
+from productlens.fileio import place_new_dir, replace_dir, temporary_beside
 from productlens.heads.adapter import fit_adapter
 from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.embedders.base import l2_normalize
@@ -192,7 +192,10 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
                 adapter.save(tmp / "adapter", metrics={"train_photos": int(len(tr.ok)), "finetuned": finetune,
                                                       "gallery_labels_used": bool(use_gallery_labels)})
             with _writer_lock_of(path):  # a writer of the old catalog finishes first (and later ones see the swap)
-                replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
+                if overwrite:
+                    replace_dir(tmp, path)  # the old catalog or the new one, whenever a kill comes
+                else:  # a build that went to the same new folder meanwhile is not replaced
+                    place_new_dir(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
