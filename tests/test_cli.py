@@ -311,7 +311,12 @@ def test_an_emptied_catalog_says_so_and_batches_that_read_nothing_exit_1(tmp_pat
     assert r.exit_code == 2 and "-k" in r.output and "Traceback" not in r.output
     queries = ds["queries"].read_bytes()
     r = runner.invoke(app, ["rank", str(cat), str(ds["queries"]), "--out", str(ds["queries"])])
-    assert r.exit_code == 1 and "is this command's input" in r.output and ds["queries"].read_bytes() == queries
+    assert r.exit_code == 1 and "written as .npy" in r.output and ds["queries"].read_bytes() == queries
+    photo = (tmp_path / "ds" / "img" / "q_1_0.jpg").read_bytes()
+    for args in (["search", str(cat), q, "--plot", q], ["rank", str(cat), str(ds["queries"]), "--out", q]):
+        r = runner.invoke(app, args)  # a sheet or an array over the query photo itself
+        assert r.exit_code == 1 and ("not a picture productlens drew" in r.output or ".npy" in r.output), r.output
+    assert (tmp_path / "ds" / "img" / "q_1_0.jpg").read_bytes() == photo
     r = runner.invoke(app, ["eval", "retrieval", "--gallery", str(ds["gallery"]), "--queries", str(ds["queries"]),
                             "--rankings", str(ds["gallery"])])
     assert r.exit_code == 1 and "--rankings" in r.output and "is this command's input" in r.output

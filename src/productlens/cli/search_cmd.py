@@ -98,11 +98,11 @@ def rank(
 ) -> None:
     """Write the AIcrowd Visual Product Recognition submission array (seller_img_id, best first)."""
     from productlens.data.readers import read_queries
-    from productlens.fileio import check_output_file, check_outputs_apart
+    from productlens.fileio import check_outputs_apart
     from productlens.pipeline.catalog import Catalog
-    from productlens.pipeline.rank import check_submission_ids, rank_queries, save_rankings
+    from productlens.pipeline.rank import check_submission_ids, rank_queries, rankings_path, save_rankings
 
-    check_output_file(out)  # before the ranking, not after it
+    rankings_path(out)  # before the ranking, not after it
     check_outputs_apart({"--out": out}, reads=[queries], folders=[catalog_dir])
     with Catalog.open(catalog_dir) as cat:
         check_submission_ids(cat.store.ids())

@@ -230,9 +230,9 @@ def evaluate_detection(train_json: str | Path, test_json: str | Path, opts: Dete
 
     t0 = time.perf_counter()
     if plot:
-        from productlens.eval.sheets import chart_path
+        from productlens.eval.sheets import chart_path, sheet_path
 
-        chart_path(plot)
+        sheet_path(examples_path(chart_path(plot)))  # both pictures, before the training
     from productlens.types import ProductLensError
 
     train = read_coco(train_json)

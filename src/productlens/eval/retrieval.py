@@ -59,6 +59,10 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
         from productlens.eval.sheets import sheet_path
 
         sheet_path(plot)
+    if rankings_out:
+        from productlens.pipeline.rank import rankings_path
+
+        rankings_path(rankings_out)
     unlisted: list[str] = []  # gallery rows that name no photo: left out with a warning, counted as skipped
     gallery = read_gallery(gallery_csv, skipped=unlisted)
     queries = read_queries(queries_csv)

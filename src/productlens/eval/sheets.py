@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from productlens import fonts
 from productlens.fileio import atomic_path, check_output_file
@@ -115,12 +115,30 @@ def placeholder(text: str) -> list[list[Tile]]:
     return [[Tile(Image.new("RGB", (8, 8), (255, 255, 255)), text)]]
 
 
+#: What the pictures productlens draws say they are (PNG text / EXIF "Software"): a file that does not say so
+#: is never replaced by one (it may be a photo the command reads).
+SOFTWARE = "productlens"
+
+
+def drawn_here(path: str | Path) -> bool:
+    """Whether ``path`` is a picture productlens drew (a sheet or chart, by its "Software" mark)."""
+    try:
+        with Image.open(path) as im:
+            mark = im.info.get("Software") or im.getexif().get(0x0131) or ""
+    except Exception:  # noqa: BLE001 - not an image we can read: not ours
+        return False
+    return str(mark).startswith(SOFTWARE)
+
+
 def sheet_path(path: str | Path) -> Path:
-    """``path`` as a Path if a sheet can be written there (.png or .jpg, not a folder); checked
-    before long work starts, so a typo does not cost the run."""
+    """``path`` as a Path if a sheet can be written there (.png or .jpg, not a folder, and not a file
+    productlens did not draw: a photo, say); checked before long work starts, so a typo does not cost the run."""
     path = Path(path)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ProductLensError(f"{path}: a sheet is written as .png or .jpg")
+    if path.is_file() and not drawn_here(path):
+        raise ProductLensError(f"{path} exists and is not a picture productlens drew (a photo?): it is never "
+                               "replaced; name a new file, or remove it first")
     return check_output_file(path)
 
 
@@ -139,7 +157,7 @@ def save_chart(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi)
+            fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": SOFTWARE})
     except OSError as exc:
         raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
@@ -181,7 +199,14 @@ def contact_sheet(rows: Sequence[Sequence[Tile]], path: str | Path, *, title: st
                           fill=(0, 0, 0), font=font)
     try:
         with atomic_path(path) as tmp:
-            sheet.save(tmp, format="PNG" if path.suffix.lower() == ".png" else "JPEG", quality=90)
+            if path.suffix.lower() == ".png":
+                info = PngImagePlugin.PngInfo()
+                info.add_text("Software", SOFTWARE)
+                sheet.save(tmp, format="PNG", pnginfo=info)
+            else:
+                exif = Image.Exif()
+                exif[0x0131] = SOFTWARE
+                sheet.save(tmp, format="JPEG", quality=90, exif=exif)
     except OSError as exc:
         raise ProductLensError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from productlens.fileio import atomic_path
+from productlens.fileio import atomic_path, check_output_file
 from productlens.models.detectors.runtime import Detector
 from productlens.pipeline.catalog import Catalog
 from productlens.types import Item, ProductLensError
@@ -84,8 +84,19 @@ def check_submission_ids(ids: np.ndarray) -> None:
                                f"(int32, at most {INT32_MAX}); number the gallery's photos below that")
 
 
+def rankings_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if the rankings array can be written there: a ``.npy`` name (never a photo or csv
+    the command reads), a file and not a folder. Checked before the ranking."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise ProductLensError(f"{path}: the rankings array is written as .npy (numpy's format, as the challenge "
+                               "takes it)")
+    return check_output_file(path)
+
+
 def save_rankings(rankings: np.ndarray, path: str | os.PathLike) -> Path:
     """Write the rankings .npy (int32, the challenge's submission) atomically (temp file + rename)."""
+    rankings_path(path)
     check_submission_ids(rankings)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, rankings.astype(np.int32))
