@@ -217,6 +217,23 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
     assert Image.open(tmp_path / "demo.png").size[1] > 2 * 160  # a row per example query
 
 
+def test_demo_goes_on_past_an_unreadable_example_photo(tmp_path) -> None:
+    """Without val.csv the examples are catalog photos, and one the build skipped had stopped the demo."""
+    ds = write_dataset(tmp_path / "ds", n_products=2, per_product=1)
+    (tmp_path / "ds" / "img" / "bad.jpg").write_bytes(b"\xff\xd8\xff cut short")
+    with open(ds["gallery"], "a") as f:
+        f.write("99,img/bad.jpg,0\n")
+    (tmp_path / "ds" / "train.csv").unlink()
+    r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"), "--model",
+                            "efficientnet-lite0", "--queries", "3", "--no-classifier", "--no-detector"])
+    assert r.exit_code == 0, r.output
+    assert "skipped example: " in r.output and "bad.jpg" in r.output and r.output.count("\nquery ") == 2
+    r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat2"),
+                            "--backgrounds", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and "--backgrounds" in r.output and "no such folder" in r.output
+    assert not (tmp_path / "cat2").exists()  # said before the indexing
+
+
 def test_demo_detector_trains_once_skips_without_backgrounds(tmp_path, capsys) -> None:
     import numpy as np
     from PIL import Image

@@ -141,10 +141,10 @@ def default_backgrounds(catalog: Path) -> Path | None:
 
 def demo_detector(items, out: Path, backgrounds: Path | None, composites: int = DEMO_COMPOSITES) -> None:
     """Train (or reuse) the demo's class-agnostic product detector at ``out``, or say why not."""
-    import glob
     import tempfile
 
     from productlens.data.coco import read_coco
+    from productlens.data.readers import image_files
     from productlens.data.synth import synthesize_coco
     from productlens.pipeline.detect_train import DetectTrainOptions, train_detector
     from productlens.types import ProductLensError
@@ -152,7 +152,7 @@ def demo_detector(items, out: Path, backgrounds: Path | None, composites: int = 
     if (out / "detector.json").is_file():
         typer.echo(f"product detector: reusing {out} (delete it to retrain)")
         return
-    photos = sorted(glob.glob(str(backgrounds / "*.jpg"))) if backgrounds and backgrounds.is_dir() else []
+    photos = [str(f) for f in image_files(backgrounds)] if backgrounds and backgrounds.is_dir() else []
     if not photos:
         typer.echo("product detector: skipped, no background photos (give --backgrounds DIR); "
                    "the page then shows no boxes")
@@ -172,9 +172,10 @@ def demo_detector(items, out: Path, backgrounds: Path | None, composites: int = 
 
 def demo(
     catalog: Optional[Path] = typer.Option(None, help="Catalog folder/csv/jsonl; default $CATALOG or ../shared/data/grocery."),
-    out: Path = typer.Option(Path("runs/catalog"), help="Where the catalog index is written."),
+    out: Path = typer.Option(Path("runs/catalog"), help="Where the catalog index is written (replaced if it is "
+                                                        "one); demo.png and detector/ go beside it, in its parent."),
     model: str = typer.Option(DEFAULT_EMBEDDER, help="Embedder name."),
-    queries: int = typer.Option(5, help="How many example queries to answer."),
+    queries: int = typer.Option(5, min=0, help="How many example queries to answer."),
     seed: int = typer.Option(0, help="Seed for picking the example queries."),
     classifier: bool = typer.Option(True, help="With a train.csv that has a category_name column: train a "
                                                "category classifier (frozen backbone, flips; minutes) and "
@@ -200,6 +201,8 @@ def demo(
         raise ProductLensError(f"no catalog at {src} (from {given}): give a folder of photos, a csv or a "
                                "products.jsonl")
     src = Path(src)
+    if detector and backgrounds is not None and not backgrounds.is_dir():  # before the minutes of indexing
+        raise ProductLensError(f"--backgrounds {backgrounds}: no such folder")
     unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
     items = read_catalog(src, skipped=unlisted)
     base = src if src.is_dir() else src.parent
@@ -232,7 +235,11 @@ def demo(
     shown = []
     with cat:
         for q in rng.sample(list(pool), min(queries, len(pool))):
-            hits = cat.search(q.image, k=3)
+            try:
+                hits = cat.search(q.image, k=3)
+            except ProductLensError as e:  # a photo the build skipped too: said, and the next example
+                typer.echo(f"\nskipped example: {e}", err=True)
+                continue
             shown.append((q.image, q.box, q.product_id, hits))
             truth = f" (true product {q.product_id}{': ' + q.title if q.title else ''})" \
                 if q.product_id is not None else ""
