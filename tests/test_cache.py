@@ -105,6 +105,8 @@ def test_clear_unused_days_removes_only_folders_nobody_used_since(tmp_path, monk
     os.utime(old.dir / USED_FILE, (ten_days_ago, ten_days_ago))
     r = CliRunner().invoke(app, ["cache", "info"])
     assert r.output.index(new.dir.name) < r.output.index(old.dir.name)  # most recently used first
+    r = CliRunner().invoke(app, ["cache", "clear", "models", "--unused-days", "7"])  # had removed every model
+    assert r.exit_code == 1 and "--unused-days applies to the features only; clear models" in r.output
     r = CliRunner().invoke(app, ["cache", "clear", "--unused-days", "7"])
     assert r.exit_code == 0 and "features: removed 3 files" in r.output and "models" not in r.output, r.output
     assert not old.dir.exists() and new.dir.is_dir()

@@ -668,6 +668,18 @@ def test_composites_from_white_background_products(tmp_path):
         assert (im.boxes[:, 2] <= im.width).all() and (im.boxes[:, 3] <= im.height).all()
 
 
+def test_composites_do_not_read_their_own_output(tmp_path):
+    shop, bg = _shop_and_backgrounds(tmp_path)
+    assert _composites(shop, bg, "--out", shop / "syn", "-n", "5").exit_code == 0
+    (shop / "syn" / "images" / "00000.jpg").write_bytes(b"cut short")  # a composite read as a product would say
+    res = _composites(shop, bg, "--out", shop / "syn", "-n", "5")  # --out inside the products folder
+    assert res.exit_code == 0, res.output
+    assert len(read_coco(shop / "syn" / "annotations.json").images) == 5
+    assert "00000.jpg" not in res.output and "skipped 2 input photo(s)" in res.output  # broken.jpg, blank.jpg
+    res = _composites(shop, bg, "--out", tmp_path / "none", "-n", "0")
+    assert res.exit_code == 2 and not (tmp_path / "none").exists()
+
+
 def test_composites_report_each_skipped_photo_and_the_count(tmp_path):
     shop, bg = _shop_and_backgrounds(tmp_path)
     (bg / "b9.jpg").write_bytes(b"not a photo")  # drawn at some point among 4 backgrounds and 20 composites

@@ -14,7 +14,8 @@ The cache (:func:`productlens.config.cache_dir`, ``$PRODUCTLENS_CACHE``) holds:
 ``downloads``
     files fetched by ``productlens data fetch``; fetching again needs the network.
 ``detectors``
-    the default product detector that ``make run`` trains; training it again takes minutes.
+    the default product detector, ``detectors/default`` (``productlens detector train ... --out`` that
+    folder puts one there; ``make run`` keeps its own in ``runs/detector``); training it again takes minutes.
 
 Clearing removes only what productlens itself names that way (shards and view
 files, ``*.onnx``, ``*.npy``, url-hash folders, a detector folder), never other
@@ -69,7 +70,8 @@ def cache_parts() -> list[CachePart]:
         CachePart("text", root / "text", "text embeddings of class names (zero-shot)", "recomputed on first use", True),
         CachePart("downloads", root / "downloads", "files fetched by `productlens data fetch`",
                   "fetched again (needs the network)", False),
-        CachePart("detectors", root / "detectors", "the default product detector (`make run` trains it)",
+        CachePart("detectors", root / "detectors", "the default product detector, detectors/default (one "
+                  "you train there)",
                   "trained again (minutes)", False),
     ]
 

@@ -9,7 +9,8 @@ import typer
 
 from productlens.cli.common import fail_cleanly
 
-app = typer.Typer(help="Show and clear the cache: features, exported models, downloads.", no_args_is_help=True)
+app = typer.Typer(help="Show and clear the cache: features, exported models, text embeddings, downloads, "
+                       "detectors.", no_args_is_help=True)
 
 
 @app.command("info")
@@ -54,8 +55,12 @@ def clear(
 ) -> None:
     """Remove cached files that productlens wrote (nothing else in those folders is touched)."""
     from productlens.cache import cache_parts, clear_cache, human
+    from productlens.types import ProductLensError
 
     names = [p.name for p in cache_parts()] if all_parts else list(parts or [])
+    if unused_days is not None and set(names) - {"features"}:  # the others have no per-folder use dates
+        other = ", ".join(sorted(set(names) - {"features"}))
+        raise ProductLensError(f"--unused-days applies to the features only; clear {other} in a command of its own")
     removed = clear_cache(names, unused_days)
     for u in removed:
         typer.echo(f"{u.part.name}: removed {u.files} files, {human(u.bytes)} ({u.part.path})")

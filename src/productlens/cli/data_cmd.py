@@ -10,7 +10,8 @@ import typer
 
 from productlens.cli.common import fail_cleanly
 
-app = typer.Typer(help="Download datasets (cached; checksummed; safe extraction).", no_args_is_help=True)
+app = typer.Typer(help="Datasets: download (cached; checksummed; safe extraction) and make copy-paste "
+                       "detection data.", no_args_is_help=True)
 
 
 @app.command("fetch")
@@ -32,7 +33,7 @@ def composites(
     products: Path = typer.Argument(..., help="White-background product photos: a folder, or a gallery/catalog csv."),
     backgrounds: Path = typer.Argument(..., help="A folder of background photos (with none of the products in them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the composites and annotations.json."),
-    n: int = typer.Option(600, "-n", help="Number of composite photos."),
+    n: int = typer.Option(600, "-n", min=1, help="Number of composite photos."),
     tag: str = typer.Option("product", help="The single category name of the boxes."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
@@ -46,8 +47,8 @@ def composites(
     from productlens.data.synth import write_composites
     from productlens.fileio import check_replaceable
 
-    def images_in(folder: Path) -> list[str]:
-        return [str(p) for p in image_files(folder)]
+    def images_in(folder: Path) -> list[str]:  # not an earlier run's composites when --out lies inside
+        return [str(p) for p in image_files(folder, exclude=out)]
 
     def warn(msg: str) -> None:  # on a line of its own, above the progress bar
         tqdm.write(f"warning: {msg}", file=sys.stderr)
