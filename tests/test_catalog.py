@@ -54,6 +54,12 @@ def test_a_smaller_k_gives_the_first_k_of_the_same_ranking(dataset, tmp_path) ->
         s, i = cat.search_vectors(vecs, k)
         assert i.shape == (len(vecs), k) and (i == full_i[:, :k]).all()
         np.testing.assert_allclose(s, full_s[:, :k], rtol=1e-6)
+    photo = read_queries(dataset["queries"])[0].image
+    for k in (0, -1, 2.5, True):  # -1 had returned all but the last hit
+        with pytest.raises(ProductLensError, match="k must be a whole number of at least 1"):
+            cat.search(photo, k=k)
+    with pytest.raises(ProductLensError, match=r"box must be a productlens.types.Box"):  # had blamed the photo
+        cat.search(photo, box=(10, 10, 50, 50))
     cat.close()
 
 

@@ -285,6 +285,12 @@ def test_preprocess_float_matches_formula() -> None:
     assert Preprocess.from_json(raw.to_json()) == raw
 
 
+def test_preprocess_says_which_keys_it_ignores(caplog) -> None:
+    with caplog.at_level("WARNING"):
+        pp = Preprocess.from_json({"size": 32, "sise": 5, "mean": [0.5, 0.5, 0.5]})
+    assert pp.size == 32 and "'sise' unknown, ignored" in caplog.text and "max_stretch" in caplog.text
+
+
 @pytest.mark.parametrize("size", [(260, 260), (300, 200), (150, 90)])
 def test_resize_is_bilinear_with_or_without_opencv(size, monkeypatch) -> None:
     """OpenCV (optional, used to enlarge) and Pillow agree within one grey level."""

@@ -151,6 +151,21 @@ def test_bad_values(tmp_path: Path) -> None:
     csv = _write(tmp_path / "g.csv", "seller_img_id,img_path\nfoo,a.jpg\n")
     with pytest.raises(ProductLensError, match="seller_img_id must be an integer"):
         read_gallery(csv)
+    for value in ("1e3", "1_000", "\u0663", "1.5"):  # Python's int() or float() took the first three
+        csv = _write(tmp_path / "g.csv", f"seller_img_id,img_path,product_id\n1,a.jpg,{value}\n")
+        with pytest.raises(ProductLensError, match=f"line 2: product_id must be an integer, got '{value}'"):
+            read_gallery(csv)
+    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path,product_id\n1,a.jpg,3.0\n2,b.jpg, 4 \n")
+    assert [g.product_id for g in read_gallery(csv)] == [3, 4]  # as pandas and hand edits write them
+    csv = _write(tmp_path / "g.csv", "seller_img_id,img_path,product_id\n1,a.jpg,3\n2,b,c.jpg,4\n3,d.jpg,5,\n")
+    with pytest.raises(ProductLensError, match="g.csv, line 3: more values than the header's 3 columns"):
+        read_gallery(csv)  # an unquoted comma: the values of line 3 are not under their columns
+
+
+def test_products_jsonl_shop_image_is_one_path(tmp_path: Path) -> None:
+    path = _write(tmp_path / "p.jsonl", '{"product_id": 1, "shop_image": ["a.jpg", "b.jpg"]}\n')
+    with pytest.raises(ProductLensError, match="line 1: shop_image must be one path \\(a string\\), got list"):
+        read_products_jsonl(path)
 
 
 def test_read_labelled_csv(tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ def verify_option():
 def query_views_option():
     """``--query-views`` of the commands that build a catalog (default None: ``build_catalog``'s)."""
     return typer.Option(None, "--query-views", help="regions: pool each query with six crops of it (default "
-                        "with --train); none: the whole photo only.")
+                        "with --train); none: the whole photo only; also flip, tta, train or shelf (the view "
+                        "sets of `classify train --views`).")
 
 
 def gallery_views_option():
@@ -84,7 +85,8 @@ def gallery_views_option():
     return typer.Option(None, "--gallery-views", help="How gallery photos are embedded: shelf (default with "
                         "regions queries: the photo and six crops, as queries are, and the same of a 2 x 2 "
                         "mosaic of it, as a shelf shows a product), regions (as the queries, twice as fast "
-                        "to build), or none (whole photos, fourteen times faster).")
+                        "to build), or none (whole photos, fourteen times faster); flip, tta and train are "
+                        "taken too.")
 
 
 def owner_label(product_id: int | None, item_id: int | None) -> str:

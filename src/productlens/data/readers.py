@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -236,7 +237,10 @@ def read_products_jsonl(path: str | os.PathLike[str]) -> dict[int, dict[str, Any
         if pid in products:
             raise ProductLensError(f"{file}, line {line}: duplicate product_id {pid}")
         if record.get("shop_image"):
-            record["shop_image"] = _image(str(record["shop_image"]), file, line)
+            if not isinstance(record["shop_image"], str):
+                raise ProductLensError(f"{file}, line {line}: shop_image must be one path (a string), got "
+                                       f"{type(record['shop_image']).__name__} {record['shop_image']!r:.60}")
+            record["shop_image"] = _image(record["shop_image"], file, line)
         record["product_id"] = pid
         products[pid] = record
     return products
@@ -383,6 +387,9 @@ def _checked_rows(path: Path, reader: csv.DictReader, required: tuple[str, ...]
     for row in reader:
         if not any((v or "").strip() for k, v in row.items() if k is not None):
             continue  # blank line
+        if any((v or "").strip() for v in row.get(None) or ()):  # its values are not where the header says
+            raise ProductLensError(f"{path}, line {reader.line_num}: more values than the header's {len(columns)} "
+                                   "columns (a value holding the separator needs double quotes)")
         yield reader.line_num, {k: (v or "") for k, v in row.items() if k is not None}
 
 
@@ -471,20 +478,20 @@ def _is_int(value: str) -> bool:
     return True
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+(?:\.0*)?")
+
+
 def _parse_int(value: Any) -> int:
-    """Parse ``3``, ``"3"`` or ``"3.0"`` (as pandas writes integers with gaps)."""
+    """Parse ``3``, ``"3"`` or ``"3.0"`` (as pandas writes integers with gaps); ValueError for anything
+    else that Python's ``int``/``float`` would take too (``1e3``, ``1_000``, digits of other scripts)."""
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int):
         return value
     text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        number = float(text)
-        if not number.is_integer():
-            raise
-        return int(number)
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(value)
+    return int(text.split(".")[0])
 
 
 def _int(value: Any, column: str, path: Path, line: int) -> int:

@@ -46,7 +46,7 @@ from productlens.models.embedders.joined import joined
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.features_cache import model_change
 from productlens.pipeline.rerank import alpha_qe
-from productlens.types import Box, Hit, Item, ProductLensError, product_key
+from productlens.types import Box, BoxError, Hit, Item, ProductLensError, product_key
 
 log = logging.getLogger(__name__)
 
@@ -514,6 +514,10 @@ class Catalog:
         ``verify``: spatial verification of the top results (default: on where
         OpenCV is installed; see :func:`productlens.pipeline.verify.resolve`).
         """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:  # -1 had sliced off the last hit
+            raise ProductLensError(f"k must be a whole number of at least 1, got {k!r}")
+        if box is not None and not isinstance(box, Box):
+            raise BoxError(f"box must be a productlens.types.Box (Box(x, y, w, h) in pixels), got {box!r:.40}")
         if box is None and detector is not None:
             from productlens.pipeline.detect import best_box_of
 

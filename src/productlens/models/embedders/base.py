@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -163,6 +164,11 @@ class Preprocess:
         Anything else of the wrong type or range: ProductLensError saying which key."""
         if not isinstance(data, dict):
             raise ProductLensError(f"preprocessing must be a JSON object, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:  # a misspelt key would silently take its default
+            logging.getLogger(__name__).warning("preprocessing key(s) %s unknown, ignored (the keys are %s)",
+                                                ", ".join(map(repr, unknown)), ", ".join(known))
         size = data.get("size")
         if isinstance(size, float) and size.is_integer():
             size = int(size)
