@@ -180,6 +180,8 @@ def test_cli_clear_errors(tmp_path) -> None:
     assert r.exit_code == 1 and "no such catalog" in r.output
     r = runner.invoke(app, ["search", str(tmp_path), "x.jpg"])
     assert r.exit_code == 1 and "not a productlens catalog" in r.output
+    r = runner.invoke(app, ["serve", str(tmp_path / "nocat")])
+    assert r.exit_code == 1 and f"no catalog at {tmp_path / 'nocat'}: no such folder" in r.output
     r = runner.invoke(app, ["demo", "--catalog", str(tmp_path / "missing")])
     assert r.exit_code == 1 and f"no catalog at {tmp_path / 'missing'} (from --catalog)" in r.output
     assert "CATALOG is not set" not in r.output  # it was given: the message named the default instead
@@ -215,6 +217,24 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
     assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()
     assert "classifier attached: 2 categories" in r.output and (tmp_path / "cat" / "classifier").is_dir()
     assert Image.open(tmp_path / "demo.png").size[1] > 2 * 160  # a row per example query
+
+
+def test_serve_says_when_its_port_is_taken_before_saying_it_serves(tmp_path, monkeypatch) -> None:
+    import socket
+
+    import uvicorn
+
+    ds = write_dataset(tmp_path / "ds", n_products=2, per_product=1)
+    cat = tmp_path / "cat"
+    assert runner.invoke(app, ["index", "build", str(ds["gallery"]), "--out", str(cat), "--model",
+                               "efficientnet-lite0"]).exit_code == 0
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server was started"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = runner.invoke(app, ["serve", str(cat), "--port", str(port)])
+    assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in r.output and "is serving" not in r.output
 
 
 def test_demo_goes_on_past_an_unreadable_example_photo(tmp_path) -> None:

@@ -35,6 +35,27 @@ def serve(
     config = ServeConfig(catalog=catalog_dir, detector=detector, search_detected=search_detected,
                          workers=workers, queue=queue, max_batch=max_batch, max_upload_mb=max_upload_mb)
     Catalog.open(catalog_dir).close()  # a clear error before the server starts
+    _check_free(host, port)  # before saying it serves there
     app = create_app(config)
     typer.echo(f"productlens is serving {catalog_dir} at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_free(host: str, port: int) -> None:
+    """ProductLensError unless a server could listen on ``host:port`` now (another server holds it, say)."""
+    import socket
+
+    from productlens.types import ProductLensError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ProductLensError(f"cannot listen on {host}:{port}: {e}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ProductLensError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server there? "
+                                   "choose another --port)") from None

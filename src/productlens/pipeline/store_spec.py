@@ -94,6 +94,8 @@ class StoreSpec:
                 return cls(str(d["backend"]), str(d["path"]), dict(d.get("options") or {}))
             except (ValueError, KeyError, TypeError) as e:
                 raise ProductLensError(f"{spec} is damaged: {e}") from None
+        if not folder.exists():
+            raise ProductLensError(f"no catalog at {folder}: no such folder (build one with `productlens index build`)")
         if not (folder / EMBEDDED_DIR).is_dir():
             raise ProductLensError(f"{folder} is not a productlens catalog (no {EMBEDDED_DIR}/ or {SPEC_FILE} "
                                    "inside); build one with `productlens index build`")
