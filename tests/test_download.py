@@ -70,8 +70,12 @@ def test_sha256_mismatch_caches_nothing(cache: Path, src: Path) -> None:
     with pytest.raises(ProductLensError, match="sha256 mismatch"):
         fetch(source.as_uri(), sha256="0" * 64)
     assert [p for p in (cache / "downloads").rglob("*") if p.is_file()] == []
+    assert list((cache / "downloads").iterdir()) == []  # nor an empty folder per failed fetch
     good = hashlib.sha256(b"payload").hexdigest()
-    assert fetch(source.as_uri(), sha256=good).read_bytes() == b"payload"
+    path = fetch(source.as_uri(), sha256=good)
+    assert path.read_bytes() == b"payload"
+    path.write_bytes(b"tampered")  # changed in the cache since: its recorded hash no longer stands for it
+    assert fetch(source.as_uri(), sha256=good).read_bytes() == b"payload"  # fetched again
 
 
 def test_cached_file_with_other_hash_is_downloaded_again(tmp_path: Path, src: Path, monkeypatch) -> None:
@@ -94,6 +98,7 @@ def test_cached_file_with_other_hash_is_downloaded_again(tmp_path: Path, src: Pa
 def test_missing_source(cache: Path, src: Path) -> None:
     with pytest.raises(ProductLensError, match="download failed"):
         fetch((src / "nope.zip").as_uri())
+    assert list((cache / "downloads").iterdir()) == []
     with pytest.raises(ProductLensError, match="only http"):
         fetch("ftp://example.com/x.zip")
 

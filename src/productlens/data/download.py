@@ -8,6 +8,7 @@ half-written file; a second call returns the cached path without any network.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import lzma
@@ -62,7 +63,12 @@ def fetch(
     target = folder / hashlib.sha256(url.encode()).hexdigest()[:16] / _file_name(url)
     if not (target.is_file() and _cached_hash_ok(target, expected)):
         target.parent.mkdir(parents=True, exist_ok=True)
-        _download(url, target, expected)
+        try:
+            _download(url, target, expected)
+        except BaseException:
+            with contextlib.suppress(OSError):  # a failed first fetch leaves no empty folder behind
+                target.parent.rmdir()
+            raise
     return _extract(target) if extract else target
 
 
@@ -81,12 +87,22 @@ def _hash_file(target: Path) -> Path:
 
 
 def _cached_hash_ok(target: Path, expected: str | None) -> bool:
-    """True when a cached file may be used (always, unless its hash differs)."""
+    """True when a cached file may be used (always, unless its hash differs). The hash recorded at download
+    is trusted only while the file keeps the size and modification time recorded with it; a file changed
+    since is hashed again."""
     if expected is None:
         return True
     record = _hash_file(target)
-    actual = record.read_text().strip() if record.is_file() else sha256_of(target)
-    return actual == expected
+    fields = record.read_text().split() if record.is_file() else []
+    st = target.stat()
+    if len(fields) == 3 and fields[1:] == [str(st.st_size), str(st.st_mtime_ns)]:
+        return fields[0] == expected
+    return sha256_of(target) == expected
+
+
+def _record_hash(target: Path, digest: str) -> None:
+    st = target.stat()
+    _write_atomic(_hash_file(target), f"{digest} {st.st_size} {st.st_mtime_ns}\n")
 
 
 def _download(url: str, target: Path, expected: str | None) -> None:
@@ -118,7 +134,7 @@ def _stream(url: str, tmp: Path, target: Path, expected: str | None) -> None:
                 f"{url}: sha256 mismatch: expected {expected}, got {actual}; nothing cached"
             )
         os.replace(tmp, target)
-        _write_atomic(_hash_file(target), actual + "\n")
+        _record_hash(target, actual)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         raise ProductLensError(f"{url}: download failed ({exc})") from exc
