@@ -391,3 +391,37 @@ def test_search_says_when_given_text_is_not_used(tmp_path) -> None:
         c.set_text_weight(0.0)
     r = runner.invoke(app, ["search", str(cat), q, "--text", "red box", "--no-verify"])
     assert r.exit_code == 0 and "note: --text is not used: this catalog's text weight is 0" in r.output
+
+
+def test_sigterm_stops_a_command_through_its_clean_up(tmp_path) -> None:
+    """`timeout` or `kill` (SIGTERM) had ended a command at once, leaving its temporary folder behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "bg").mkdir()
+    for i in range(2):
+        img = Image.new("RGB", (120, 100), (255, 255, 255))
+        img.paste((200, 30 + 100 * i, 30), (30, 20, 90, 80))
+        img.save(tmp_path / "shop" / f"p{i}.jpg")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (90, 140, 3), dtype=np.uint8)).save(
+            tmp_path / "bg" / f"b{i}.jpg")
+    out = tmp_path / "syn"
+    proc = subprocess.Popen([sys.executable, "-c", "from productlens.cli.main import main; main()", "data",
+                             "composites", str(tmp_path / "shop"), str(tmp_path / "bg"), "--out", str(out),
+                             "-n", "1000000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*.pltmp")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert list(tmp_path.glob("*.pltmp")), "the command never started writing"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
+    assert not list(tmp_path.glob("*.pltmp")) and not out.exists()

@@ -45,5 +45,29 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-if __name__ == "__main__":  # pragma: no cover
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a container stopping) end a command as Ctrl-C does, through its
+    clean-up: temporary files and folders are removed on the way out, where Python's default dies at once
+    and leaves them. Exit status 143 (128 + SIGTERM), as a shell reports it. A server installs its own.
+    Installed by :func:`main` (the ``productlens`` command), not when ``app`` runs inside another program."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def main() -> None:
+    """The ``productlens`` command."""
+    _stop_on_sigterm()
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
