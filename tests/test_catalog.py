@@ -391,3 +391,31 @@ def test_two_builds_to_one_new_folder_do_not_replace_each_other(dataset, tmp_pat
     with Catalog.open(tmp_path / "cat") as cat:
         assert len(cat.store) == 2  # the other build's catalog, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]
+
+
+def test_a_catalog_swapped_by_a_rebuild_while_it_opens_is_read_whole(dataset, tmp_path, monkeypatch) -> None:
+    """A search while `index build --overwrite` replaced the folder had read the old build's database and the
+    new build's vectors ("segment 0 has float32 (5, 1280), expected (8, 1280)")."""
+    import shutil
+
+    from productlens.fileio import replace_dir
+    from productlens.pipeline.store_spec import StoreSpec
+
+    gallery = read_gallery(dataset["gallery"])
+    build_catalog(gallery[:2], tmp_path / "cat", embedder=MODEL, progress=False)[0].close()
+    build_catalog(gallery, tmp_path / "other", embedder=MODEL, progress=False)[0].close()
+    real, swaps = StoreSpec.open, []
+
+    def open_then_swap(self, folder):
+        store = real(self, folder)
+        if not swaps:  # the rebuild lands between the database and the vectors
+            swaps.append(1)
+            shutil.copytree(tmp_path / "other", tmp_path / "new")
+            replace_dir(tmp_path / "new", tmp_path / "cat")
+        return store
+
+    monkeypatch.setattr(StoreSpec, "open", open_then_swap)
+    with Catalog.open(tmp_path / "cat") as cat:
+        assert swaps and len(cat) == len(gallery)
+        hits = cat.search(read_queries(dataset["queries"])[0].image, k=len(gallery))
+        assert len(hits) == len(gallery)

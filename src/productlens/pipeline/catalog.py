@@ -67,6 +67,7 @@ MODEL_KEY = "model"
 #: the newest layout of the catalogs this version reads (store info ``catalog_format``); a newer one is refused
 #: on open. Format 2 records the ``shelf`` view set (:func:`catalog_format`); the rest is format 1.
 CATALOG_FORMAT = 2
+OPEN_ATTEMPTS = 3  # a catalog swapped by a rebuild while it is opened is opened again, this many times in all
 #: the view sets a format-1 catalog may record
 FORMAT1_VIEW_SETS = ("none", "flip", "tta", "train", "regions")
 
@@ -247,13 +248,28 @@ class Catalog:
         A catalog whose model file or preprocessing changed since it was built is refused, as its
         queries would be embedded unlike its gallery; ``check=False`` opens it anyway (to describe
         it) and says why in :attr:`model_changed`."""
+        path = Path(path)
+        for attempt in range(OPEN_ATTEMPTS):
+            folder = folder_key(path)  # before the store: a folder swapped in between is taken for a rebuild
+            try:
+                cat = cls._open(path, check, folder)
+            except ProductLensError:
+                if attempt + 1 < OPEN_ATTEMPTS and folder_key(path) != folder:
+                    continue  # `index build --overwrite` swapped the folder while its files were read: again
+                raise
+            if folder_key(path) == folder or attempt + 1 == OPEN_ATTEMPTS:
+                return cat
+            cat.close()  # its database and vectors may come from two builds: read the new one whole
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open(cls, path: Path, check: bool, folder: tuple[int, int] | None) -> "Catalog":
         from productlens.pipeline.store_spec import StoreSpec, check_complete
 
-        path = Path(path)
-        folder = folder_key(path)  # before the store: a folder swapped in between is taken for a rebuild
         store = StoreSpec.of(path).open(path)
         try:
             check_complete(store, path)
+            len(store)  # its vectors read now, from the folder whose database it opened
         except BaseException:
             store.close()
             raise
