@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import time
 
@@ -209,3 +210,21 @@ def test_a_folder_is_swept_now_and_then_not_on_every_write(tmp_path, monkeypatch
         tmp.write_text("{}")
     assert swept == [tmp_path, tmp_path]
 
+
+
+def test_place_new_dir_never_replaces_and_falls_back_without_renameat2(tmp_path, monkeypatch) -> None:
+    from productlens import fileio
+
+    for renameat2 in (fileio._renameat2, lambda a, b, flags: None):  # Linux, and a system without the call
+        monkeypatch.setattr(fileio, "_renameat2", renameat2)
+        new, target = tmp_path / "new", tmp_path / "target"
+        new.mkdir()
+        (new / "a").write_text("new")
+        fileio.place_new_dir(new, target)
+        assert (target / "a").read_text() == "new" and not new.exists()
+        new.mkdir()
+        with pytest.raises(ProductLensError, match="exists \\(written while this one was built\\)"):
+            fileio.place_new_dir(new, target)
+        assert (target / "a").read_text() == "new" and new.is_dir()
+        shutil.rmtree(target)
+        new.rmdir()

@@ -335,20 +335,21 @@ def place_new_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     taken = ProductLensError(f"{target} exists (written while this one was built); replace it with --overwrite "
                              "(overwrite=True), or write elsewhere")
     done = _renameat2(new, target, 1)  # RENAME_NOREPLACE
-    if done is None:  # no renameat2 here
-        if os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir())):
-            raise taken
-        try:
-            os.rename(new, target)
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                raise taken from None
-            raise
-    elif not done:
-        err = _ctypes_errno()
-        if err == errno.EEXIST:
-            raise taken
+    if done:
+        return
+    err = _ctypes_errno() if done is False else errno.ENOSYS
+    if err == errno.EEXIST:
+        raise taken
+    if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # EINVAL: a file system without the flag
         raise OSError(err, os.strerror(err), str(target))
+    if os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir())):
+        raise taken
+    try:
+        os.rename(new, target)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise taken from None
+        raise
 
 
 def _exchange(a: Path, b: Path) -> bool:
