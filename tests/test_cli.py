@@ -217,6 +217,11 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
     assert (tmp_path / "cat" / "store").is_dir() and (tmp_path / "cat" / "adapter").is_dir()
     assert "classifier attached: 2 categories" in r.output and (tmp_path / "cat" / "classifier").is_dir()
     assert Image.open(tmp_path / "demo.png").size[1] > 2 * 160  # a row per example query
+    Image.new("RGB", (20, 20)).save(tmp_path / "demo.png")  # one an earlier version drew, with no mark
+    r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
+                            "--model", "efficientnet-lite0", "--queries", "2", "--no-detector", "--no-classifier"])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    assert Image.open(tmp_path / "demo.png").size[1] > 2 * 160  # replaced, not kept
 
 
 def test_serve_says_when_its_port_is_taken_before_saying_it_serves(tmp_path, monkeypatch) -> None:

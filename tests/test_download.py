@@ -76,6 +76,10 @@ def test_sha256_mismatch_caches_nothing(cache: Path, src: Path) -> None:
     assert path.read_bytes() == b"payload"
     path.write_bytes(b"tampered")  # changed in the cache since: its recorded hash no longer stands for it
     assert fetch(source.as_uri(), sha256=good).read_bytes() == b"payload"  # fetched again
+    record = path.with_name(path.name + ".sha256")
+    record.write_text(good + "\n")  # an older version's record (the hash alone): hashed once, then recorded
+    assert fetch(source.as_uri(), sha256=good) == path and record.read_text().split()[0] == good
+    assert len(record.read_text().split()) == 3
 
 
 def test_cached_file_with_other_hash_is_downloaded_again(tmp_path: Path, src: Path, monkeypatch) -> None:

@@ -215,8 +215,14 @@ def test_a_folder_is_swept_now_and_then_not_on_every_write(tmp_path, monkeypatch
 def test_place_new_dir_never_replaces_and_falls_back_without_renameat2(tmp_path, monkeypatch) -> None:
     from productlens import fileio
 
-    for renameat2 in (fileio._renameat2, lambda a, b, flags: None):  # Linux, and a system without the call
+    import errno
+
+    refused = lambda a, b, flags: False  # noqa: E731 - the call is there but refuses (errno below)
+    for renameat2, err in ((fileio._renameat2, None), (lambda a, b, flags: None, None),  # Linux, no such call,
+                           (refused, errno.EINVAL), (refused, errno.EPERM)):  # a file system, a sandbox
         monkeypatch.setattr(fileio, "_renameat2", renameat2)
+        if err is not None:
+            monkeypatch.setattr(fileio, "_ctypes_errno", lambda: err)
         new, target = tmp_path / "new", tmp_path / "target"
         new.mkdir()
         (new / "a").write_text("new")

@@ -246,7 +246,8 @@ def test_text_in_a_script_the_default_font_lacks_finds_a_font_that_has_it(tmp_pa
         with caplog.at_level("WARNING", logger="productlens.fonts"):
             assert fonts.font(14, "连衣裙 dress").getname()[0] == "Latinish"  # no font has it: drawn, and said
             fonts.font(16, "连衣裙 dress")
+            assert fonts.font(14, "dress \U0001F457\ufe0f").getname()[0] == "Latinish"  # emoji: no search
         warned = [r.getMessage() for r in caplog.records]
-        assert len(warned) == 1 and "连衣裙 dress" in warned[0] and "fonts-noto-cjk" in warned[0]
+        assert len(warned) == 1 and "characters '连衣裙'" in warned[0] and "fonts-noto-cjk" in warned[0]
     finally:
         fonts._file_for.cache_clear()

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -337,11 +338,10 @@ def place_new_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     done = _renameat2(new, target, 1)  # RENAME_NOREPLACE
     if done:
         return
-    err = _ctypes_errno() if done is False else errno.ENOSYS
-    if err == errno.EEXIST:
+    if done is False and _ctypes_errno() == errno.EEXIST:
         raise taken
-    if err not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # EINVAL: a file system without the flag
-        raise OSError(err, os.strerror(err), str(target))
+    # no renameat2, or a file system (EINVAL) or sandbox (EPERM) that refuses it: a plain rename, which fails
+    # onto a folder with files in it; any other fault it meets it reports itself
     if os.path.lexists(target) and not (target.is_dir() and not any(target.iterdir())):
         raise taken
     try:
@@ -362,9 +362,11 @@ def _renameat2(a: Path, b: Path, flags: int) -> bool | None:
     why), None where the C library has no such call."""
     import ctypes
 
+    if not sys.platform.startswith("linux"):  # elsewhere CDLL(None) is no C library (a TypeError on Windows)
+        return None
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     fn.restype = ctypes.c_int

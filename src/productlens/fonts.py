@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from PIL import ImageFont
@@ -63,7 +64,7 @@ def _other_files() -> tuple[str, ...]:
     return tuple(sorted(found, key=rank))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=8)  # the default's and the fallbacks' in use; a search does not keep every map
 def _characters(path: str) -> frozenset[int]:
     """The code points ``path``'s font has glyphs for (its first face); empty if fontTools cannot read it."""
     try:
@@ -75,8 +76,14 @@ def _characters(path: str) -> frozenset[int]:
         return frozenset()
 
 
+#: Characters no font search is made for: pictographs and emoji (Pillow draws no colour emoji; a title with one
+#: would otherwise read the character map of every font on the system), format and private-use characters.
+_UNSEARCHED = {"So", "Cf", "Co", "Cs", "Cn", "Cc"}
+
+
 def _needed(text: str) -> frozenset[int]:
-    return frozenset(ord(c) for c in text if not c.isspace() and ord(c) >= 0x20)
+    return frozenset(ord(c) for c in text if not c.isspace() and unicodedata.category(c) not in _UNSEARCHED
+                     and not 0xFE00 <= ord(c) <= 0xFE0F)  # variation selectors (emoji presentation)
 
 
 @functools.lru_cache(maxsize=256)
@@ -88,10 +95,15 @@ def _file_for(needed: frozenset[int]) -> tuple[str | None, bool]:
         return default, True
     if not needed or (default is not None and needed <= _characters(default)):
         return default, True
-    for path in _other_files():
+    for path in _other_files()[:MAX_SCANNED]:
         if needed <= _characters(path):
             return path, True
     return default, False
+
+
+#: Fonts whose character maps are read, at most, for one text (regular sans faces first): a system with the
+#: whole Noto set holds over a thousand files.
+MAX_SCANNED = 300
 
 
 _WARNED: set[frozenset[int]] = set()
@@ -117,7 +129,9 @@ def font(size: int, text: str = "") -> ImageFont.FreeTypeFont | ImageFont.ImageF
     path, complete = _file_for(needed)
     if not complete and needed not in _WARNED:
         _WARNED.add(needed)
-        log.warning("no installed font has every character of %r: those it lacks are drawn as boxes (the results' "
-                    "text keeps them). Install a font for that script, e.g. Noto (Debian: fonts-noto-core, "
-                    "fonts-noto-cjk)", text[:40])
+        lacking = needed - (_characters(path) if path else frozenset())
+        shown = "".join(dict.fromkeys(c for c in text if ord(c) in lacking))
+        log.warning("no installed font has the characters %r: they are drawn as boxes (the results' text keeps "
+                    "them). Install a font for that script, e.g. Noto (Debian: fonts-noto-core, fonts-noto-cjk)",
+                    shown[:20])
     return _truetype(path, size)

@@ -248,5 +248,10 @@ def demo(
                 mark = " ✓" if same_product(h.product_id, q.product_id) else ""
                 typer.echo(f"  {r}. {h.score:.3f}  {h.title or h.image}{mark}")
     if shown:
-        _plot_hits(shown, out.parent / "demo.png", title="example queries and their top 3 (green: the right product)")
+        from productlens.eval.sheets import drawn_here
+
+        picture = out.parent / "demo.png"  # demo's own output (make run's runs/demo.png)
+        if picture.is_file() and not drawn_here(picture):
+            picture.unlink()  # one drawn before pictures carried productlens's mark: demo replaces it
+        _plot_hits(shown, picture, title="example queries and their top 3 (green: the right product)")
     typer.echo(f"\nsearch it: productlens search {out} PHOTO.jpg")

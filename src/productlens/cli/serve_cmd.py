@@ -51,11 +51,11 @@ def _check_free(host: str, port: int) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise ProductLensError(f"cannot listen on {host}:{port}: {e}") from None
-    family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            s.bind(address)
-        except OSError as e:
-            raise ProductLensError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server there? "
-                                   "choose another --port)") from None
+    for family, _, _, _, address in infos:  # the server binds every address the name resolves to
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                s.bind(address)
+            except OSError as e:
+                raise ProductLensError(f"cannot listen on {host}:{port} ({address[0]}): {e.strerror or e} "
+                                       "(another server there? choose another --port)") from None

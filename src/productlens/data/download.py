@@ -97,7 +97,9 @@ def _cached_hash_ok(target: Path, expected: str | None) -> bool:
     st = target.stat()
     if len(fields) == 3 and fields[1:] == [str(st.st_size), str(st.st_mtime_ns)]:
         return fields[0] == expected
-    return sha256_of(target) == expected
+    actual = sha256_of(target)
+    _record_hash(target, actual)  # an older record, or a copied file: hashed once, not on every fetch
+    return actual == expected
 
 
 def _record_hash(target: Path, digest: str) -> None:

@@ -266,10 +266,12 @@ class Catalog:
     def _open(cls, path: Path, check: bool, folder: tuple[int, int] | None) -> "Catalog":
         from productlens.pipeline.store_spec import StoreSpec, check_complete
 
-        store = StoreSpec.of(path).open(path)
+        spec = StoreSpec.of(path)
+        store = spec.open(path)
         try:
             check_complete(store, path)
-            len(store)  # its vectors read now, from the folder whose database it opened
+            if spec.embedded:  # its vectors read now, from the folder whose database it opened (a server's are
+                len(store)     # not in the folder: no rebuild swaps them, and counting them costs a round trip)
         except BaseException:
             store.close()
             raise

@@ -35,15 +35,14 @@ def draw_detections(img: Image.Image, detections: Sequence[Detection], *, min_sc
     with ``scores``, score; ground truth is drawn without)."""
     out = img.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
-    font = fonts.font(max(11, round(max(out.size) / 40)), " ".join(d.tag for d in detections))
+    shown = [d for d in sorted(detections, key=lambda d: d.score) if d.score >= min_score]
+    labels = [f"{d.tag} {d.score:.2f}" if scores else d.tag for d in shown]
+    font = fonts.font(max(11, round(max(out.size) / 40)), " ".join(labels))  # one that draws every label
     width = max(2, round(max(out.size) / 250))
-    for d in sorted(detections, key=lambda d: d.score):
-        if d.score < min_score:
-            continue
+    for d, text in zip(shown, labels):
         c = _colour(d.label)
         x0, y0, x1, y1 = d.box.x, d.box.y, d.box.x + d.box.w, d.box.y + d.box.h
         draw.rectangle((x0, y0, x1, y1), outline=c, width=width)
-        text = f"{d.tag} {d.score:.2f}" if scores else d.tag
         tb = draw.textbbox((x0, y0), text, font=font)
         ty = y0 - (tb[3] - tb[1]) - 4 if y0 - (tb[3] - tb[1]) - 4 >= 0 else y0
         tb = draw.textbbox((x0 + 2, ty + 1), text, font=font)
