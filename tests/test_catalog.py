@@ -419,3 +419,24 @@ def test_a_catalog_swapped_by_a_rebuild_while_it_opens_is_read_whole(dataset, tm
         assert swaps and len(cat) == len(gallery)
         hits = cat.search(read_queries(dataset["queries"])[0].image, k=len(gallery))
         assert len(hits) == len(gallery)
+
+
+def test_write_arguments_are_checked_and_a_replaced_folder_refuses_writes(dataset, tmp_path) -> None:
+    gallery = read_gallery(dataset["gallery"])
+    cat, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL, progress=False)
+    n = len(cat)
+    for bad, message in (("12", "ids must be a list"), (3, "ids must be a list"), ([1.9], "whole numbers"),
+                         ([True], "whole numbers")):
+        with pytest.raises(ProductLensError, match=message):  # "12" had removed items 1 and 2
+            cat.remove(bad)
+    with pytest.raises(ProductLensError, match="items must be a list"):
+        cat.add(gallery[0].image)
+    with pytest.raises(ProductLensError, match="items must be productlens.types.Item"):
+        cat.add([gallery[0].image])
+    assert len(cat) == n
+    build_catalog(gallery[:2], tmp_path / "cat", embedder=MODEL, overwrite=True, progress=False)[0].close()
+    with pytest.raises(ProductLensError, match="was rebuilt .* since it was opened here"):
+        cat.add([dataclasses.replace(gallery[0], id=50)])  # had answered [] and written nowhere
+    with pytest.raises(ProductLensError, match="was rebuilt"):
+        cat.remove([gallery[0].id])
+    cat.close()

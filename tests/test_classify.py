@@ -295,6 +295,9 @@ def test_classifier_checks_embedder_dimension(monkeypatch) -> None:
     monkeypatch.setitem(embedders._CACHE, "fake-tiny", FakeEmbedder())
     with pytest.raises(ProductLensError, match="gives 48-d features; this classifier expects 8"):
         clf.predict(Image.new("RGB", (20, 20)))
+    for k in (0, -3, 2.5):  # 0 and -3 had given the top 1
+        with pytest.raises(ProductLensError, match="k must be a whole number of at least 1"):
+            clf.predict(Image.new("RGB", (20, 20)), k=k)
 
 
 def test_large_decoded_photos_are_reduced_before_their_views() -> None:

@@ -37,6 +37,8 @@ def test_text_encoder_unit_rows_zero_for_empty_any_script(encoder):
     assert not v[1:4].any()  # empty text carries no evidence
     np.testing.assert_allclose(v[0], v[7], atol=1e-6)
     assert v[0] @ encoder.encode(["orange juice"])[0] > v[0] @ encoder.encode(["winter tyres"])[0]
+    with pytest.raises(ProductLensError, match="texts must be a list"):  # had given a row per character
+        encoder.encode("apple juice")
 
 
 # ------------------------------------------------------------------ text search
@@ -314,6 +316,17 @@ def test_zero_shot_and_photos_need_an_alignment(tmp_path):
     assert res.exit_code == 1 and "no image-text alignment" in res.output
     res = runner.invoke(app, ["text", "search", str(tmp_path / "c"), "anything"])
     assert res.exit_code == 1 and "no product has any text" in res.output
+    from productlens.pipeline.catalog import Catalog
+    from productlens.pipeline.multimodal import photos_for_text, zero_shot
+
+    with Catalog.open(tmp_path / "c") as cat:  # checked before the alignment is looked for
+        with pytest.raises(ProductLensError, match="sources must be a list"):  # had read a path per character
+            zero_shot(cat, "x.jpg", ["a", "b"])
+        with pytest.raises(ProductLensError, match="names must be a list"):
+            zero_shot(cat, ["x.jpg"], "Apple,Banana")
+        for call in (lambda: zero_shot(cat, ["x.jpg"], ["a"], k=0), lambda: photos_for_text(cat, "a", k=-1)):
+            with pytest.raises(ProductLensError, match="k must be a whole number"):
+                call()
 
 
 def test_ocr_cli_reports_bad_files(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,3 +143,21 @@ def key_owner(key: int) -> tuple[int | None, int | None]:
     """The inverse of :func:`product_key`, for output: ``(product_id, None)`` for a product,
     ``(None, item_id)`` for an item that counts as a product of its own."""
     return (key, None) if key >= 0 else (None, -1 - key)
+
+
+def check_k(k: Any, name: str = "k") -> int:
+    """``k`` as an int if it is a whole number of at least 1 (not a bool or a float), else ProductLensError:
+    every ``k`` of the public API is checked alike (a negative one would slice off the last results)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ProductLensError(f"{name} must be a whole number of at least 1, got {k!r}")
+    return int(k)
+
+
+def check_list(values: Any, what: str) -> list:
+    """``values`` as a list if it is a sequence of several things; ProductLensError for one path or text
+    passed where a list is expected (a str would be taken apart character by character)."""
+    if isinstance(values, (str, bytes, os.PathLike)) or not hasattr(values, "__iter__") or \
+            type(values).__module__.startswith("PIL."):
+        raise ProductLensError(f"{what} must be a list, got one {type(values).__name__} {values!r:.40}: "
+                               "put it in a list")
+    return list(values)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import numbers
 import os
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Sequence
@@ -46,7 +47,7 @@ from productlens.models.embedders.joined import joined
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.features_cache import model_change
 from productlens.pipeline.rerank import alpha_qe
-from productlens.types import Box, BoxError, Hit, Item, ProductLensError, product_key
+from productlens.types import Box, BoxError, Hit, Item, ProductLensError, check_k, check_list, product_key
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,13 @@ class Catalog:
     def close(self) -> None:
         self.store.close()
 
+    def _check_same_folder(self) -> None:
+        """ProductLensError when the folder was rebuilt since this catalog opened it: writes through this
+        handle would go to the replaced folder, and be lost."""
+        if folder_key(self.path) != self._folder:
+            raise ProductLensError(f"{self.path} was rebuilt (index build --overwrite) since it was opened "
+                                   "here; open it again to change it")
+
     def __enter__(self) -> "Catalog":
         return self
 
@@ -328,6 +336,11 @@ class Catalog:
     # ------------------------------------------------------------ writes
     def add(self, items: Sequence[Item], progress: bool = True) -> list[tuple[int, Any, str]]:
         """Embed and upsert items (same id replaces); returns the skipped items' errors."""
+        items = check_list(items, "items")
+        if not all(isinstance(it, Item) for it in items):
+            raise ProductLensError("items must be productlens.types.Item (Item(id, image, product_id, ...)), got "
+                                   f"{next(type(it).__name__ for it in items if not isinstance(it, Item))}")
+        self._check_same_folder()
         res = embed_items(self.gallery_embedder, items, progress=progress, desc="gallery")
         if len(res.ok):
             ok = [items[i] for i in res.ok]
@@ -352,9 +365,7 @@ class Catalog:
         ``guard``: the caller's own lock between its threads (a server's), taken once the file lock is
         held, so that readers in the process go on while a writer waits for another process."""
         with file_lock(self.path / WRITER_LOCK, timeout), (guard or contextlib.nullcontext()):
-            if folder_key(self.path) != self._folder:  # its writes would go to the replaced folder, and be lost
-                raise ProductLensError(f"{self.path} was rebuilt (index build --overwrite) since it was opened "
-                                       "here; open it again to change it")
+            self._check_same_folder()
             self._changed()
             yield
 
@@ -412,6 +423,11 @@ class Catalog:
 
     def remove(self, ids: Sequence[int]) -> int:
         """Remove the items; returns how many there were. Their ids are not handed out again (:meth:`free_id`)."""
+        ids = check_list(ids, "ids")  # "12" had removed items 1 and 2
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+        if bad:
+            raise ProductLensError(f"item ids are whole numbers, got {bad[0]!r}")
+        self._check_same_folder()
         self._changed()
         ids = [int(i) for i in ids]
         present = [i for i, md in zip(ids, self.store.get(ids)) if md is not None]
@@ -421,6 +437,7 @@ class Catalog:
 
     def update_metadata(self, ids: Sequence[int], metadata: Sequence[dict]) -> None:
         """Merge fields (title, category, ...) into items' metadata, atomically; searches see them at once."""
+        self._check_same_folder()
         self.store.update_metadata(ids, metadata)
         self._changed()
 
@@ -517,6 +534,7 @@ class Catalog:
         if clf is None:
             raise ProductLensError(f"{self.path} has no classifier; attach one with "
                                    "`productlens index attach-classifier`")
+        k = check_k(k)
         img = load_image(source, box=box, target=clf.input_size)  # a large JPEG: decoded at a fraction of its size
         return clf.predict(img, k=k, level=level)[0]
 
@@ -532,8 +550,7 @@ class Catalog:
         ``verify``: spatial verification of the top results (default: on where
         OpenCV is installed; see :func:`productlens.pipeline.verify.resolve`).
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:  # -1 had sliced off the last hit
-            raise ProductLensError(f"k must be a whole number of at least 1, got {k!r}")
+        k = check_k(k)  # -1 had sliced off the last hit
         if box is not None and not isinstance(box, Box):
             raise BoxError(f"box must be a productlens.types.Box (Box(x, y, w, h) in pixels), got {box!r:.40}")
         if box is None and detector is not None:

@@ -25,7 +25,7 @@ from productlens.heads.align import Alignment, fit_alignment, product_text
 from productlens.models.text import DEFAULT_TEXT_ENCODER, get_text_encoder
 from productlens.pipeline.catalog import Catalog
 from productlens.pipeline.text_search import TextSearch, products_from_metadata
-from productlens.types import Hit, Item, ProductLensError, product_key
+from productlens.types import Hit, Item, ProductLensError, check_k, check_list, product_key
 
 ALIGN_DIR = "align"
 
@@ -104,6 +104,7 @@ def load_catalog_alignment(catalog: Catalog) -> Alignment:
 
 def photos_for_text(catalog: Catalog, query: str, k: int = 10) -> list[Hit]:
     """Gallery photos ranked for a text query through the alignment (photos need no text of their own)."""
+    k = check_k(k)
     align = load_catalog_alignment(catalog)
     q = get_text_encoder(align.text_encoder).encode([query])
     if not q.any():
@@ -129,14 +130,15 @@ def zero_shot(catalog: Catalog, sources: Sequence[Any], names: Sequence[str], k:
     photo shows. A photo that cannot be read gives None (reported as a warning
     by the embedding step).
     """
-    names = [n for n in names if str(n).strip()]
+    k, sources = check_k(k), check_list(sources, "sources")  # one path: a list of its characters
+    names = [n for n in check_list(names, "names") if str(n).strip()]
     if not names:
         raise ProductLensError("zero-shot classification needs at least one category name")
     if imagenet_weight < 0:
         raise ProductLensError("imagenet_weight must be 0 or more")
     align = load_catalog_alignment(catalog)
     t = get_text_encoder(align.text_encoder).encode([str(n).replace("-", " ") for n in names])
-    res = catalog.embed_queries(list(sources), progress=progress)
+    res = catalog.embed_queries(sources, progress=progress)
     sims = align.similarity(res.vectors, t)
     ok = res.ok
     if imagenet_weight > 0 and len(names) > 1 and len(ok):

@@ -28,7 +28,7 @@ from productlens.fileio import atomic_dir, read_npz
 from productlens.models.classifiers.calibration import view_probs
 from productlens.models.classifiers.head import HeadWeights
 from productlens.models.classifiers.hierarchy import Hierarchy
-from productlens.types import ImageError, ProductLensError
+from productlens.types import ImageError, ProductLensError, check_k
 
 #: Format 2: the folder joins companion backbones (``config.json``: ``"companions"``).
 #: Format 3: a view crops a mosaic of the image (a ``,tileK`` view key, e.g. the ``shelf`` set).
@@ -162,8 +162,8 @@ class Classifier:
         ``images``: one or a list of paths, URLs, bytes, :class:`Item` or PIL images.
         Raises :class:`ImageError` naming the file when an image cannot be read.
         """
-        single = not isinstance(images, (list, tuple))
-        batch = [images] if single else list(images)
+        k = check_k(k)  # 0 and -3 had given the top 1
+        batch = list(images) if isinstance(images, (list, tuple)) else [images]
         from PIL import Image
 
         if any(isinstance(im, Image.Image) for im in batch):

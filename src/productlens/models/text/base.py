@@ -6,6 +6,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from productlens.types import check_list
+
 
 def clean_text(text: object) -> str:
     """One line of text: None -> "", whitespace collapsed, control characters dropped."""
@@ -32,7 +34,7 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[object]) -> np.ndarray:
         """Encode texts (None and empty allowed) into an N x dim float32 array of unit (or zero) rows."""
-        cleaned = [clean_text(t) for t in texts]
+        cleaned = [clean_text(t) for t in check_list(texts, "texts")]  # one str: a row per character
         out = np.zeros((len(cleaned), self.dim), np.float32)
         todo = [i for i, t in enumerate(cleaned) if t]
         for s in range(0, len(todo), self.batch_size):
