@@ -11,6 +11,7 @@ from PIL import Image
 
 from helpers import DET_CLASSES, detection_photo, write_coco
 from productlens.data.coco import read_coco
+from productlens.data.images import load_image
 from productlens.models.detectors import load_detector
 from productlens.models.detectors.fcos import IGNORE, HeadConfig, assign, locations
 from productlens.models.detectors.nms import batched_nms, iou_matrix, nms
@@ -280,6 +281,22 @@ def test_user_onnx_detector_is_checked_when_loaded(tmp_path, spec, dtype, shape,
     with pytest.raises(ProductLensError, match=message) as err:
         load_detector(f"onnx:{model}")
     assert str(tmp_path / "mine.") in str(err.value)  # names the model or its spec
+
+
+def test_detect_takes_an_opened_photo_upright_as_search_does(tmp_path):
+    """Image.open's photo with EXIF orientation 6 had been detected sideways: its box, given to search (which
+    turns the photo upright), cropped the wrong region."""
+    det = load_detector(f"onnx:{_onnx_detector(tmp_path / 'sq.onnx', _SPEC, shape=[1, 3, 64, 64])}")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 256 x 128, shown 128 x 256
+    Image.new("RGB", (256, 128)).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    (d,) = det.detect(Image.open(tmp_path / "turned.jpg"))
+    (upright,) = det.detect(load_image(tmp_path / "turned.jpg"))
+    assert d.box == upright.box and d.box.x + d.box.w <= 128 and d.box.y + d.box.h <= 256
+    with pytest.raises(ProductLensError, match="detect takes a PIL image, got str"):
+        det.detect(str(tmp_path / "turned.jpg"))
+    with pytest.raises(ProductLensError, match="max_detections must be a whole number"):
+        det.detect(load_image(tmp_path / "turned.jpg"), max_detections=-1)
 
 
 def test_user_onnx_detector_with_a_fixed_input_size(tmp_path):

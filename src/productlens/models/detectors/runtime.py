@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import reduce_for
+from productlens.data.images import reduce_for, upright
 from productlens.models.detectors.nms import batched_nms, iou_matrix
 from productlens.types import Box, ProductLensError
 
@@ -266,9 +267,15 @@ class Detector:
         object, for people to read: a box overlapping a better one of another tag
         (IoU above ``nms_iou``) is folded into it as one of its ``alternatives``.
         """
+        if not isinstance(img, Image.Image):
+            raise ProductLensError(f"detect takes a PIL image, got {type(img).__name__}; for a file use "
+                                   "productlens.data.images.load_image(path) (EXIF-upright) or best_box_of")
+        img = upright(img)  # Image.open's photo as shown, the frame search and load_image give boxes in
         s = self.spec
         thr = s.score_threshold if score_threshold is None else score_threshold
         top = s.max_detections if max_detections is None else max_detections
+        if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+            raise ProductLensError(f"max_detections must be a whole number of at least 1, got {top!r}")
         boxes, scores, (fx, fy) = self.raw(img)
         loc, cls = np.nonzero(scores > thr)
         if not len(loc):
