@@ -332,3 +332,13 @@ def test_confusion_plot_of_many_classes_shows_those_with_most_errors(tmp_path) -
     out = plot_confusion(y, pred, [f"c{i}" for i in range(1000)], tmp_path / "cm.png")
     w, h = Image.open(out).size
     assert max(w, h) <= (0.18 * MAX_PLOT_CLASSES + 2) * 120 + 10
+
+
+def test_coarse_levels_that_do_not_nest_are_said(caplog) -> None:
+    with caplog.at_level("WARNING", logger="productlens.models.classifiers.hierarchy"):
+        build_hierarchy("product", ["a", "b", "c", "d"], {"dept": ["d0", "d0", "d1", "d1"],
+                                                          "root": ["food", "food", "toys", "toys"]})
+        assert caplog.text == ""  # dept nests in root
+        build_hierarchy("product", ["a", "b", "c", "d"], {"dept": ["d0", "d0", "d1", "d1"],
+                                                          "root": ["food", "toys", "toys", "toys"]})
+    assert "levels dept and root do not nest: dept 'd0' falls under root 'food' and 'toys'" in caplog.text

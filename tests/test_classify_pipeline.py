@@ -209,6 +209,17 @@ def test_training_refuses_single_example_classes_after_bad_images(tmp_path) -> N
                          progress=False)
 
 
+def test_a_temperature_fitted_on_few_classes_is_said(tmp_path, caplog) -> None:
+    """Classes under 4 photos give no held-out photo: with none, the probabilities had stayed uncalibrated
+    (temperature 1.0) without a word."""
+    write_set(tmp_path, 4, 3)
+    options = TrainOptions("fake-tiny", views="none", tta="none", head=FAST)
+    with caplog.at_level("WARNING", logger="productlens.pipeline.classify"):
+        res = train_classifier(read_labelled(tmp_path / "train.csv", label="sku"), options=options, progress=False)
+    assert res.classifier.temperature == 1.0
+    assert "held-out photos of 0 of 4 classes" in caplog.text and "stays 1.0, uncalibrated" in caplog.text
+
+
 def test_onnx_backbone_is_recorded_and_recreated(tmp_path) -> None:
     from test_embedders import _tiny_onnx
 

@@ -215,6 +215,11 @@ def fit_on_features(feats: Features, hierarchy: Hierarchy, options: TrainOptions
     if held is None:
         held = block_holdout([images[i] for i in feats.ok], feats.y, holdout_share(options, len(feats.y)))
     metrics: dict[str, Any] = {"train_images": int(len(feats.y)), "holdout_images": int(held.sum())}
+    covered = len(np.unique(feats.y[held]))
+    if options.holdout > 0 and covered < max(1, n_classes // 2):  # said: the probabilities rest on few classes
+        log.warning("the temperature is fitted on held-out photos of %d of %d classes (only classes with 4 photos "
+                    "or more give some)%s: the probabilities are calibrated on those alone", covered, n_classes,
+                    "; with none it stays 1.0, uncalibrated" if not covered else "")
     temperature = 1.0
     xtrain = feats.x[:n_train_views(options)]  # the union starts with the training views
     if held.any():

@@ -7,6 +7,7 @@ probabilities of every level sum to one and come from the same fine ones.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -97,7 +98,29 @@ def build_hierarchy(name: str, fine: Sequence[str], parents: dict[str, Sequence[
                     f"each {name} must belong to exactly one {col}")
             parent[i] = cidx[c]
         levels.append(Level(col, coarse, parent))
+    _warn_unnested(levels)
     return Hierarchy(name, labels, levels)
+
+
+def _warn_unnested(levels: Sequence["Level"]) -> None:
+    """Log a warning for two coarse levels neither of which nests in the other (a department under two
+    roots, say): each level's probabilities still sum its fine classes', but the levels can disagree."""
+    for a, lower in enumerate(levels):
+        for upper in levels[a + 1:]:
+            pairs = set(zip(lower.parent.tolist(), upper.parent.tolist()))
+            ups: dict[int, set[int]] = {}
+            downs: dict[int, set[int]] = {}
+            for lo, hi in pairs:
+                ups.setdefault(lo, set()).add(hi)
+                downs.setdefault(hi, set()).add(lo)
+            if all(len(v) == 1 for v in ups.values()) or all(len(v) == 1 for v in downs.values()):
+                continue  # one nests in the other
+            split = min((lo for lo, his in ups.items() if len(his) > 1), key=lambda lo: _natural(lower.labels[lo]))
+            others = sorted((upper.labels[hi] for hi in ups[split]), key=_natural)
+            logging.getLogger(__name__).warning(
+                "levels %s and %s do not nest: %s %r falls under %s %s; each level is predicted from the fine "
+                "classes, so a %s and its %s can disagree", lower.name, upper.name, lower.name,
+                lower.labels[split], upper.name, " and ".join(map(repr, others[:3])), lower.name, upper.name)
 
 
 def _natural(v: str):
