@@ -106,14 +106,17 @@ def backbone_ms(name: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--classes", type=int, default=5000)
-    ap.add_argument("--items", type=int, default=200_000)
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--classes", type=int, default=5000,
+                    help="Fine classes of the largest row (rows of 50, 500 and this many).")
+    ap.add_argument("--items", type=int, default=200_000, help="Training items of the largest row.")
+    ap.add_argument("--dim", type=int, default=256, help="Feature size (1280: EfficientNet-Lite2's; the "
+                                                          "classifier's default ensemble gives 3,840).")
+    ap.add_argument("--epochs", type=int, default=3, help="Head training epochs.")
+    ap.add_argument("--threads", type=int, default=2, help="Torch threads for the head.")
     ap.add_argument("--lr-max", type=int, default=20_000, help="Largest item count for the sklearn baseline.")
-    ap.add_argument("--backbone", default="efficientnet-lite2")
+    ap.add_argument("--backbone", default="efficientnet-lite2", help="Backbone timed for the per-image share.")
     args = ap.parse_args()
 
     print(f"machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; "
