@@ -105,6 +105,16 @@ def check_output_file(path: str | os.PathLike, *, folder: bool = False) -> Path:
     return path
 
 
+def folder_key(path: str | os.PathLike) -> tuple[int, int] | None:
+    """The identity of the file or folder at ``path`` (device, inode), or None where there is none: a folder
+    swapped in by a rebuild has another."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def check_outputs_apart(outputs: Mapping[str, str | os.PathLike | None], *, reads: Iterable = (),
                         folders: Iterable = ()) -> None:
     """Refuse, before any work, output files that would destroy what the command reads or another of its

@@ -38,7 +38,7 @@ import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.data.images import MIN_SIDE, load_image, read_once
-from productlens.fileio import file_lock
+from productlens.fileio import file_lock, folder_key
 from productlens.heads.adapter import Adapter
 from productlens.index.base import Store
 from productlens.models.detectors.runtime import Detector
@@ -567,15 +567,6 @@ class Catalog:
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,
                                                        text_weight=self.text_weight_for(bool(text)),
                                                        verify=[img] if resolve(verify) else None))[0]
-
-
-def folder_key(path: Path) -> tuple[int, int] | None:
-    """The identity of the folder at ``path`` (device, inode), or None where there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def stored_companions(store: Store) -> list[str]:
