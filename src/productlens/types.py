@@ -156,8 +156,7 @@ def check_k(k: Any, name: str = "k") -> int:
 def check_list(values: Any, what: str) -> list:
     """``values`` as a list if it is a sequence of several things; ProductLensError for one path or text
     passed where a list is expected (a str would be taken apart character by character)."""
-    if isinstance(values, (str, bytes, os.PathLike)) or not hasattr(values, "__iter__") or \
-            type(values).__module__.startswith("PIL."):
+    if isinstance(values, (str, bytes, os.PathLike)) or not hasattr(values, "__iter__"):  # a PIL image: no __iter__
         raise ProductLensError(f"{what} must be a list, got one {type(values).__name__} {values!r:.40}: "
                                "put it in a list")
     return list(values)

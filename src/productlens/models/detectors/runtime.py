@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from PIL import Image
 
 from productlens.data.images import reduce_for, upright
 from productlens.models.detectors.nms import batched_nms, iou_matrix
-from productlens.types import Box, ProductLensError
+from productlens.types import Box, ProductLensError, check_k
 
 SPEC_KEYS = ("labels", "size")
 
@@ -273,9 +272,7 @@ class Detector:
         img = upright(img)  # Image.open's photo as shown, the frame search and load_image give boxes in
         s = self.spec
         thr = s.score_threshold if score_threshold is None else score_threshold
-        top = s.max_detections if max_detections is None else max_detections
-        if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
-            raise ProductLensError(f"max_detections must be a whole number of at least 1, got {top!r}")
+        top = check_k(s.max_detections if max_detections is None else max_detections, "max_detections")
         boxes, scores, (fx, fy) = self.raw(img)
         loc, cls = np.nonzero(scores > thr)
         if not len(loc):
