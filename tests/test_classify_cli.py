@@ -474,3 +474,12 @@ def test_eval_classify_reports_and_skips_a_test_row_without_image(tmp_path) -> N
     assert f"skipped: {test}, line 3: missing image path" in r.output
     m = json.loads(r.output.strip().splitlines()[-1])
     assert m["test"] == len(rows) - 2 and m["skipped"] == 1
+
+
+def test_test_photos_that_were_trained_on_are_said(tmp_path, caplog) -> None:
+    train = write_set(tmp_path)
+    with caplog.at_level("WARNING"):
+        r = runner.invoke(app, ["eval", "classify", "--train", str(train), "--test", str(train), "--label", "sku",
+                                "--json", *FAST])
+    assert r.exit_code == 0, r.output
+    assert "36 test photo(s) are training photos too" in caplog.text and "not a held-out measure" in caplog.text

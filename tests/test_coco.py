@@ -155,3 +155,11 @@ def test_classes_tested_but_never_trained_are_named(tmp_path):
                                        "the same: disc"]
     assert _untrained(test, test) == []
 
+
+
+def test_a_json_with_a_bom_and_windows_paths_is_read(tmp_path):
+    """Saved by a Windows tool: a UTF-8 byte-order mark, and file names with backslashes."""
+    path = _variant(tmp_path, lambda d: d["images"][0].update(file_name=d["images"][0]["file_name"].replace("/", "\\")))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    data = read_coco(path)
+    assert len(data.images) == 4 and not data.problems and all(im.path.is_file() for im in data.images)

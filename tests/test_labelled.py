@@ -119,3 +119,16 @@ def test_names_that_are_not_utf8_are_skipped_with_a_warning(tmp_path, caplog) ->
     assert "caf\\xe9: the name is not valid UTF-8" in caplog.text and "\\xff.jpg" in caplog.text
     inputs = read_inputs(tmp_path / "set")
     assert len(inputs.items) == 2 and all("\\udc" not in n for n in inputs.names)
+
+
+def test_repeated_rows_are_said_and_a_mac_zip_folder_keeps_the_shopee_layout(tmp_path, caplog) -> None:
+    _photo(tmp_path / "a.jpg")
+    _photo(tmp_path / "b.jpg", 1)
+    (tmp_path / "t.csv").write_text("image,category\na.jpg,x\nb.jpg,y\n./a.jpg,x\n")
+    with caplog.at_level("WARNING"):
+        ds = read_labelled(tmp_path / "t.csv", label="category")
+    assert len(ds.items) == 3 and "1 row(s) name a photo" in caplog.text and "line 4 repeats line 2" in caplog.text
+    for cat in ("00", "01"):
+        _photo(tmp_path / "shopee" / "train" / cat / "p.jpg", int(cat))
+    (tmp_path / "shopee" / "__MACOSX" / "train").mkdir(parents=True)
+    assert read_labelled(tmp_path / "shopee").labels == ["00", "01"]

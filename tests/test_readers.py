@@ -341,3 +341,43 @@ def test_products_jsonl_ids_out_of_range_are_named_at_their_line(tmp_path, pid) 
     (tmp_path / "p.jsonl").write_text('{"product_id": 1, "title": "a"}\n{"product_id": ' + pid + ', "title": "b"}\n')
     with pytest.raises(ProductLensError, match="p.jsonl, line 2: product_id must be from 0 to 2\\*\\*63 - 1"):
         read_products_jsonl(tmp_path / "p.jsonl")
+
+
+def test_read_folder_names_what_it_leaves_out(tmp_path: Path, caplog) -> None:
+    """.jfif/.jpe are JPEGs (browser downloads); a folder with no photo and files that are not photos are
+    said, not dropped unsaid (a whole category had vanished from training)."""
+    for rel in ["a/1.jfif", "a/2.JPE", "b/1.jpg", "b/notes.txt", "c/readme.md"]:
+        _write(tmp_path / "root" / rel, "")
+    (tmp_path / "root" / "empty").mkdir()
+    (tmp_path / "root" / "__MACOSX" / "a").mkdir(parents=True)  # a Mac zip's resource forks: not a category
+    with caplog.at_level("WARNING"):
+        items = read_folder(tmp_path / "root")
+    assert [(Path(i.image).name, i.category) for i in items] == [("1.jfif", "a"), ("2.JPE", "a"), ("1.jpg", "b")]
+    assert "2 file(s) in the category folders" in caplog.text and "first b/notes.txt" in caplog.text
+    assert "2 category folder(s)" in caplog.text and "first c" in caplog.text and "__MACOSX" not in caplog.text
+
+
+def test_image_files_follows_linked_folders_once(tmp_path: Path) -> None:
+    from productlens.data.readers import image_files
+
+    _write(tmp_path / "real" / "x.jpg", "")
+    _write(tmp_path / "photos" / "a.jpg", "")
+    (tmp_path / "photos" / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "photos" / "loop").symlink_to(tmp_path / "photos", target_is_directory=True)
+    got = [f.relative_to(tmp_path / "photos").as_posix() for f in image_files(tmp_path / "photos")]
+    assert got == ["a.jpg", "linked/x.jpg"]
+
+
+def test_training_rows_need_their_label_and_paths_from_windows_or_a_mac_are_found(tmp_path: Path) -> None:
+    import unicodedata
+
+    _write(tmp_path / "img" / "sub" / "a.jpg", "")
+    _write(tmp_path / "img" / unicodedata.normalize("NFD", "crème.jpg"), "")
+    csv = _write(tmp_path / "train.csv", "image,product_id\nimg\\sub\\a.jpg,1\nimg/crème.jpg,2\n")
+    items = read_labelled_csv(csv, need_label=True)
+    assert [Path(i.image).name for i in items] == ["a.jpg", unicodedata.normalize("NFD", "crème.jpg")]
+    assert all(Path(i.image).is_file() for i in items)
+    _write(csv, "image,product_id\nimg/sub/a.jpg,1\nimg/sub/a.jpg,\n")
+    assert [i.product_id for i in read_labelled_csv(csv)] == [1, None]  # a catalog's unlabelled row
+    with pytest.raises(ProductLensError, match="line 3: the product_id cell is empty"):
+        read_labelled_csv(csv, need_label=True)

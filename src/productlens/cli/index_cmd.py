@@ -88,7 +88,7 @@ def build(
         return
     unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
     items = read_catalog(catalog, skipped=unlisted)
-    train_items = read_labelled_csv(train, label="product_id") if train else None
+    train_items = read_labelled_csv(train, label="product_id", need_label=True) if train else None
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
     options = {"query_views": query_views, "gallery_views": gallery_views,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from productlens.data.readers import _parse_int as _int  # 3, "3", 3.0; ValueError for bools, NaN, 1.5
+from productlens.data.readers import local_file
 from productlens.types import ProductLensError
 
 
@@ -136,7 +137,7 @@ def read_coco(path: str | Path, *, categories: list[dict] | None = None) -> Coco
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ProductLensError(f"annotation file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -207,7 +208,7 @@ def read_coco(path: str | Path, *, categories: list[dict] | None = None) -> Coco
                        f"{iid} {name}")
             skipped.add(iid)
             continue
-        images[iid] = DetImage(iid, path.parent / name, w, h, _no_boxes(), _no_labels())
+        images[iid] = DetImage(iid, local_file(path.parent, name), w, h, _no_boxes(), _no_labels())
     for reason, k in sorted(bad_images.items()):
         named_ = ", ".join(bad_which[reason]) + (", ..." if k > len(bad_which[reason]) else "")
         problems.append(f"{path}: {k} image record(s) skipped: {reason} (image {named_})")

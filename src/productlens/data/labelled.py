@@ -15,14 +15,17 @@ Labels are kept as the text written in the csv or folder name (``"07"`` stays
 
 from __future__ import annotations
 
+import logging
 import os
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from productlens.data.readers import MISSING_IMAGE, _header, _image, _rows, image_files, read_folder
+from productlens.data.readers import IGNORED_FOLDERS, MISSING_IMAGE, _header, _image, _rows, image_files, read_folder
 from productlens.types import Item, ProductLensError
+
+log = logging.getLogger(__name__)
 
 SHOPEE_TEST = "test.csv"
 
@@ -65,7 +68,8 @@ def is_shopee(root: Path) -> bool:
     A folder per category of which one is named "train" is not one."""
     if not (root.is_dir() and (root / "train").is_dir()) or (root / "train" / "train").exists():
         return False
-    return all(d.name in ("train", "test") for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return all(d.name in ("train", "test") for d in root.iterdir()
+               if d.is_dir() and not d.name.startswith(".") and d.name not in IGNORED_FOLDERS)
 
 
 def read_labelled(path: str | os.PathLike[str], label: str | None = None, parents: Sequence[str] = (),
@@ -101,6 +105,8 @@ def read_labelled(path: str | os.PathLike[str], label: str | None = None, parent
 def _read_csv(path: Path, label: str, parents: list[str], image_column: str, skip_missing: bool) -> LabelledSet:
     columns = (image_column, label, *parents)
     items, labels, coarse, skipped = [], [], {c: [] for c in parents}, []
+    first_line: dict[str, int] = {}  # photo -> the first row that names it
+    repeats: list[tuple[int, int]] = []  # (line, the earlier line naming the same photo)
     for line, row in _rows(path, columns):
         if skip_missing and not row[image_column].strip():
             skipped.append(f"{path}, line {line}: {MISSING_IMAGE}")
@@ -109,13 +115,19 @@ def _read_csv(path: Path, label: str, parents: list[str], image_column: str, ski
             if not row[col].strip():
                 raise LabelError(f"{path}, line {line}: empty {col!r} label")
         value = _nfc(row[label].strip())
-        items.append(Item(id=len(items), image=_image(row[image_column], path, line), category=value,
+        image = _image(row[image_column], path, line)
+        if first_line.setdefault(image, line) != line:
+            repeats.append((line, first_line[image]))
+        items.append(Item(id=len(items), image=image, category=value,
                           extra={k: v for k, v in row.items() if k not in columns}))
         labels.append(value)
         for c in parents:
             coarse[c].append(_nfc(row[c].strip()))
     if not items:
         raise LabelError(f"{path}: no rows" + (f" with an image path ({len(skipped)} without)" if skipped else ""))
+    if repeats:  # kept (a row is the user's), but a copy weighs its photo twice and can land in a hold-out
+        log.warning("%s: %d row(s) name a photo that an earlier row names too (line %d repeats line %d)",
+                    path, len(repeats), *repeats[0])
     return LabelledSet(items, labels, label, coarse, str(path), skipped)
 
 

@@ -12,17 +12,21 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from productlens.types import Box, BoxError, InvalidBox, Item, ProductLensError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# .jfif and .jpe: JPEGs as some browsers and Windows save them
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 _GALLERY_COLUMNS = ("seller_img_id", "img_path")
 _QUERY_COLUMNS = ("user_img_id", "img_path", "bbox_x", "bbox_y", "bbox_w", "bbox_h")
 _BOX_COLUMNS = _QUERY_COLUMNS[2:]
 _URL_PREFIXES = ("http://", "https://", "file://")
+# folders that tools add beside the photos: __MACOSX holds a Mac zip's resource forks ("._name.jpg")
+IGNORED_FOLDERS = frozenset({"__MACOSX"})
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,7 @@ def read_labelled_csv(
     *,
     skip_missing: bool = False,
     skipped: list[str] | None = None,
+    need_label: bool = False,
 ) -> list[Item]:
     """Read a generic csv with an image column and a label column.
 
@@ -116,7 +121,8 @@ def read_labelled_csv(
     ``category`` from ``category_name`` (or ``category``) when present. A row with no
     image path is an error naming its line, or with ``skip_missing`` (a catalog, not
     training photos) left out with a warning (:func:`_without_missing`) and named in
-    ``skipped`` when a list is given; the others keep their ids.
+    ``skipped`` when a list is given; the others keep their ids. With ``need_label`` (training
+    photos) an empty label cell is an error naming its line, not an unlabelled photo left out.
     """
     path = Path(csv_path)
     required = (image_column,) if label is None else (image_column, label)
@@ -132,6 +138,11 @@ def read_labelled_csv(
         rows = [r for r in rows if r[2][image_column].strip()]
     raw_labels = [row[label].strip() for _, _, row in rows] if label else []
     numbering: dict[str, int] | None = None
+    if need_label and label:
+        for (_, line, _), value in zip(rows, raw_labels):
+            if not value:
+                raise ProductLensError(f"{path}, line {line}: the {label} cell is empty; every training photo "
+                                       "needs its label")
     if label == "product_id":
         for (_, line, _), value in zip(rows, raw_labels):
             _opt_int(value, label, path, line)  # ProductLensError at the first value that is not an integer
@@ -181,20 +192,26 @@ def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[It
     root_path = Path(root)
     if not root_path.is_dir():
         raise ProductLensError(f"{root_path}: not a directory")
-    entries = sorted(p for p in root_path.iterdir() if not p.name.startswith(".") and utf8_path(p))
+    entries = sorted(p for p in root_path.iterdir()
+                     if not p.name.startswith(".") and p.name not in IGNORED_FOLDERS and utf8_path(p))
     folders = [p for p in entries if p.is_dir()]
     top = [p for p in entries if p.is_file() and _is_image_name(p.name)]
     items: list[Item] = []
     if loose:
         items += [Item(id=i, image=str(file.resolve())) for i, file in enumerate(top)]
     deeper: list[Path] = []  # folders inside category folders: the layout is one level deep
+    others: list[Path] = []  # files that are not photos by their extension
+    empty: list[Path] = []  # category folders without a photo: no class, said so
     for class_index, folder in enumerate(folders):
+        before = len(items)
         for file in sorted(folder.iterdir()):
             if file.name.startswith(".") or not utf8_path(file):
                 continue
             if file.is_dir():
                 deeper.append(file)
-            elif file.is_file() and _is_image_name(file.name):
+            elif file.is_file() and not _is_image_name(file.name):
+                others.append(file)
+            elif file.is_file():
                 items.append(
                     Item(
                         id=len(items),
@@ -203,6 +220,15 @@ def read_folder(root: str | os.PathLike[str], *, loose: bool = False) -> list[It
                         category=folder.name,
                     )
                 )
+        if len(items) == before:
+            empty.append(folder)
+    if others:
+        log.warning("%d file(s) in the category folders of %s are not photos by their extension and were "
+                    "skipped (first %s; photo extensions: %s)", len(others), root_path,
+                    others[0].relative_to(root_path), ", ".join(sorted(IMAGE_EXTENSIONS)))
+    if empty and items:
+        log.warning("%d category folder(s) of %s hold no photo and give no category (first %s)", len(empty),
+                    root_path, empty[0].name)
     if deeper:
         nested = (f"{len(deeper)} folder(s) inside the category folders of {root_path} (first "
                   f"{deeper[0].relative_to(root_path)}) are not read: one folder level per category")
@@ -439,7 +465,21 @@ def _image(value: str, manifest: Path, line: int) -> str:
         raise ProductLensError(f"{manifest}, line {line}: the image path holds a NUL byte")
     if value.lower().startswith(_URL_PREFIXES):
         return value
-    return str((manifest.absolute().parent / Path(value).expanduser()).resolve())
+    return str(local_file(manifest.absolute().parent, value).resolve())
+
+
+def local_file(folder: Path, name: str) -> Path:
+    """``folder / name`` (``~`` expanded), or where that names no file, the first spelling of it that
+    does: with ``/`` for Windows' ``\\`` (a manifest written on Windows), or in Unicode's other normal
+    form (a name typed in composed form for a file that a Mac stored decomposed, or the reverse)."""
+    path = folder / Path(name).expanduser()
+    if os.path.lexists(path):
+        return path
+    for other in dict.fromkeys((name.replace("\\", "/"), *(unicodedata.normalize(form, name.replace("\\", "/"))
+                                                       for form in ("NFC", "NFD")))):
+        if other != name and os.path.lexists(folder / Path(other).expanduser()):
+            return folder / Path(other).expanduser()
+    return path
 
 
 def _is_image_name(name: str) -> bool:
@@ -452,9 +492,22 @@ def image_files(root: str | os.PathLike[str], exclude: str | os.PathLike[str] | 
     output folder)."""
     root = Path(root)
     skip = Path(exclude).resolve() if exclude is not None else None
-    return sorted(f for f in root.rglob("*") if _is_image_name(f.name) and f.is_file()
+    return sorted(f for f in _walk(root) if _is_image_name(f.name) and f.is_file()
                   and not any(part.startswith(".") for part in f.relative_to(root).parts) and utf8_path(f)
                   and not (skip is not None and f.resolve().is_relative_to(skip)))
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file under ``root``, following linked folders (``rglob`` does not follow them on Python
+    3.11, so a linked folder of photos was left out unsaid) but entering each real folder once."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(folder) / name for name in files)
 
 
 def utf8_path(path: str | os.PathLike[str]) -> bool:

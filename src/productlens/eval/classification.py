@@ -6,6 +6,7 @@ tests, benchmarks and the command line.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,6 +15,8 @@ import numpy as np
 
 from productlens.data.labelled import LabelledSet, check_known, is_shopee, nothing_read, read_labelled
 from productlens.types import ProductLensError
+
+log = logging.getLogger(__name__)
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
@@ -118,6 +121,10 @@ def evaluate_classification(train: str | Path | LabelledSet, test: str | Path | 
             raise ProductLensError(f"{test}: a Shopee root's test.csv carries no true categories; give --test a "
                                    "labelled csv or a folder per category")
         test = read_labelled(test, label=label, skip_missing=True)  # a row with no photo: reported, not fatal
+    shared = {str(it.image) for it in train.items} & {str(it.image) for it in test.items}
+    if shared:  # a test photo that was trained on scores as if it were new
+        log.warning("%d test photo(s) are training photos too (first %s): their scores are not a held-out measure",
+                    len(shared), min(shared))
     level = label if fine else None
     known = train.parents.get(label) if fine else train.labels
     if known is not None:

@@ -76,7 +76,7 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     photos = {g.id: g.image for g in gallery}
     if not catalog_mode:  # the system never sees the gallery's labels
         gallery = [dataclasses.replace(g, product_id=None) for g in gallery]
-    train = read_labelled_csv(train_csv, label="product_id") if train_csv else None
+    train = read_labelled_csv(train_csv, label="product_id", need_label=True) if train_csv else None
     options = {"query_views": query_views, "gallery_views": gallery_views, "companions": companions}
     weight, weights = 0.0, None
     if products and not (text and catalog_mode):

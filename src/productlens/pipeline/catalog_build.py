@@ -120,8 +120,12 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
         # the user's model, named from where they are: a relative name in a catalog means inside its folder
         embedder = "onnx:" + str(Path(embedder[5:]).expanduser().absolute())
     labelled = [t for t in train or () if t.product_id is not None]
+    if train and len(labelled) < len(train):
+        log.warning("%d of %d training photos have no product_id and are not trained on",
+                    len(train) - len(labelled), len(train))
     if finetune and not labelled:
-        raise ProductLensError("fine-tuning needs labelled training photos (--train)")
+        raise ProductLensError("fine-tuning needs training photos with a product_id (--train)"
+                               if train else "fine-tuning needs labelled training photos (--train)")
     if query_views is None:
         query_views = DEFAULT_QUERY_VIEWS if labelled else "none"
     gallery_views = default_gallery_views(query_views) if gallery_views is None else gallery_views

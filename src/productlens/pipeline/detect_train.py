@@ -109,6 +109,9 @@ def _image(rec: DetImage) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarr
     b, ok = _clipped(rec.boxes, img.size)
     if len(b) and not ok.any():
         raise ImageError(f"{rec.path}: none of its {len(b)} boxes lies inside the {W}x{H} photo")
+    if not ok.all():  # the json gave no size to check them against when it was read
+        log.warning("%s: %d of its %d boxes lie outside the %dx%d photo and are left out", rec.path,
+                    int((~ok).sum()), len(b), W, H)
     crowd, inside = _clipped(rec.crowd, img.size)
     return img, b[ok], rec.labels[ok], crowd[inside]
 
