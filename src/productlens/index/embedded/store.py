@@ -481,11 +481,20 @@ class EmbeddedStore(Store):
                     return exact_subset(snap, q, k, allowed)
                 return exact_segments(snap, q, k, allowed)
             self._ann.ensure(snap, db)
-            if allowed is None:
-                return self._ann.search(snap, q, k)
-            if allowed.size <= self.subset_exact_max:
+            if allowed is not None and allowed.size <= max(self.subset_exact_max, snap.n_live // 2):
+                # as fast as the lists a share of half or less needs probed (search_filtered), and exact
                 return exact_subset(snap, q, k, allowed)
-            return self._ann.search_filtered(snap, q, k, allowed)
+            if allowed is None:
+                s, i = self._ann.search(snap, q, k)
+            else:
+                s, i = self._ann.search_filtered(snap, q, k, allowed)
+            # a k near the store's size outgrows the probed lists: those queries are searched exactly, so a
+            # result is short only when fewer than k items match, on both paths
+            short = np.flatnonzero((i >= 0).sum(axis=1) < min(k, snap.n_live if allowed is None else allowed.size))
+            if short.size:
+                s[short], i[short] = (exact_segments(snap, q[short], k) if allowed is None
+                                      else exact_subset(snap, q[short], k, allowed))
+            return s, i
 
     def build_index(self, force: bool = False, queries: np.ndarray | None = None) -> None:
         """Build (or bring up to date) the approximate index now rather than at the first search.
