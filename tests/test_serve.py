@@ -158,6 +158,9 @@ def test_bad_uploads_get_clear_errors(client):
     assert r.status_code == 400 and "not an image" in r.json()["detail"]
     r = client.post("/v1/identify", files={"image": ("empty.jpg", b"", "image/jpeg")})
     assert r.status_code == 400
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64  # an iPhone photo's first box
+    r = client.post("/v1/identify", files={"image": ("IMG_0001.HEIC", heic, "image/heic")})
+    assert r.status_code == 400 and "HEIC/HEIF photos" in r.json()["detail"] and "JPEG" in r.json()["detail"]
     truncated = _jpeg(product_photo(0, 0, shop=True))[:300]
     r = client.post("/v1/identify", files={"image": ("cut.jpg", truncated, "image/jpeg")})
     assert r.status_code == 400 and "cut.jpg" in r.json()["detail"]

@@ -134,6 +134,37 @@ def test_detected_boxes_list_their_other_likely_tags(server, tmp_path):
     assert "bag 0.40" in rows[1] and " or " not in rows[1]
 
 
+def test_keyboard_retries_busy_state_and_a_phone_screen(server, tmp_path):
+    """Enter on the drop zone opens the file chooser; the same file picked again is sent again (after a
+    failure, say); a slow answer shows that work is going on and holds the random button; nothing
+    scrolls sideways at 375 px."""
+    url, _ = server
+    photo = tmp_path / "again.jpg"
+    product_photo(2, 0, shop=True).save(photo)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 375, "height": 700})
+        page.goto(url + "/")
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/v1/identify") else None)
+        page.focus("#drop")
+        with page.expect_file_chooser(timeout=10_000) as chooser:
+            page.keyboard.press("Enter")
+        chooser.value.set_files(str(photo))
+        page.wait_for_function("$('status').textContent.startsWith('Identified again.jpg')", timeout=30_000)
+        assert "category 2" in page.inner_text("#status") and not page.is_disabled("#random")
+        page.set_input_files("#file", str(photo))  # the same file once more: a change, so a request
+        page.wait_for_function("document.querySelectorAll('#history tbody tr').length >= 2", timeout=30_000)
+        assert len(sent) == 2
+        page.wait_for_timeout(300)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        slow = []
+        page.route("**/v1/identify", lambda route: slow.append(route))  # held: an answer that has not come
+        page.set_input_files("#file", str(photo))
+        page.wait_for_function("$('status').classList.contains('busy')", timeout=10_000)
+        assert "Identifying again.jpg" in page.inner_text("#status") and page.is_disabled("#random")
+        browser.close()
+
 
 def test_api_docs_render_without_internet(server):
     """/docs draws the Swagger UI from files the service holds: every request off 127.0.0.1 is refused."""

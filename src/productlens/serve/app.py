@@ -24,7 +24,7 @@ from productlens.serve.batcher import Batcher
 from productlens.serve.config import ServeConfig
 from productlens.serve.engine import (CatalogEmpty, Engine, IdentifyRequest, ItemExists, sniff_image,
                                       thumbnail_jpeg)
-from productlens.serve.history import History
+from productlens.serve.history import MAX_ROWS_PER_SESSION, History
 from productlens.serve.limits import BodyLimit
 from productlens.types import Box, BoxError, ImageError, ProductLensError, result_name
 
@@ -216,7 +216,9 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(request: Request) -> HTMLResponse:
         return templates.TemplateResponse(request, "index.html", {"items": len(engine.catalog),
-                                                                  "max_mb": config.max_upload_mb})
+                                                                  "max_mb": config.max_upload_mb,
+                                                                  "max_mp": config.max_pixels / 1e6,
+                                                                  "history_rows": MAX_ROWS_PER_SESSION})
 
     app.state.engine = engine
     app.state.history = history

@@ -58,6 +58,10 @@ class IdentifyRequest:
     matches: int = 8
 
 
+#: ISO media brands of HEIF photos (HEIC from phones, and still images in other HEIF codecs)
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"})
+
+
 def sniff_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode uploaded bytes whatever their name says; ImageError for non-images, bombs and corrupt files."""
     if not data:
@@ -68,6 +72,9 @@ def sniff_image(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageError(f"the image has more than {max_pixels} pixels") from None
     except Exception:
+        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # an image, in a format Pillow does not read
+            raise ImageError("HEIC/HEIF photos (the iPhone camera's default) cannot be read here; send a JPEG "
+                             "or PNG") from None
         raise ImageError("the upload is not an image (JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
     if fmt not in IMAGE_FORMATS:
         raise ImageError(f"unsupported image format {fmt}")
