@@ -430,3 +430,10 @@ def test_sigterm_stops_a_command_through_its_clean_up(tmp_path) -> None:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
     assert not list(tmp_path.glob("*.pltmp")) and not out.exists()
+
+
+def test_flags_are_not_shown_as_taking_a_value() -> None:
+    """typer 0.29 listed `--json <bool>`; `--json true` then failed with "unexpected extra argument"."""
+    r = runner.invoke(app, ["search", "--help"])
+    assert r.exit_code == 0 and "--json" in r.output and "--no-rerank" in r.output
+    assert "<bool>" not in r.output

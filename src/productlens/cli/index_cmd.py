@@ -205,7 +205,8 @@ def id_ranges(ids: List[int], limit: int = 8) -> str:
 
 @app.command("remove")
 @fail_cleanly
-def remove(catalog_dir: Path = typer.Argument(...), ids: List[int] = typer.Argument(..., help="Item ids.")) -> None:
+def remove(catalog_dir: Path = typer.Argument(..., help="A catalog folder."),
+           ids: List[int] = typer.Argument(..., help="Item ids.")) -> None:
     """Remove items by id (under the catalog's writer lock, as `index add` and the service write)."""
     from productlens.pipeline.catalog import Catalog
 
@@ -220,7 +221,7 @@ def remove(catalog_dir: Path = typer.Argument(...), ids: List[int] = typer.Argum
 
 @app.command("info")
 @fail_cleanly
-def info(catalog_dir: Path = typer.Argument(...)) -> None:
+def info(catalog_dir: Path = typer.Argument(..., help="A catalog folder.")) -> None:
     """Describe a catalog."""
     from productlens.pipeline.catalog import Catalog
 

@@ -45,6 +45,27 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
                         format="%(levelname)s %(name)s: %(message)s")
 
 
+def _flags_show_no_value() -> None:
+    """typer 0.29 shows every on/off flag with a value type, ``--json <bool>``, ``--rerank --no-rerank
+    <bool>``; typing a value (``--json true``) then fails with "unexpected extra argument". A flag's
+    type column is left empty instead (typer's own ``--help`` included). Where typer has no such method
+    (other versions) nothing changes."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_productlens", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return "" if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    display_type_rich._productlens = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_value()
+
+
 def _stop_on_sigterm() -> None:
     """Make SIGTERM (``kill``, ``timeout``, a container stopping) end a command as Ctrl-C does, through its
     clean-up: temporary files and folders are removed on the way out, where Python's default dies at once

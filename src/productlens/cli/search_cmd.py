@@ -92,7 +92,7 @@ def rank(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder built from gallery.csv."),
     queries: Path = typer.Argument(..., help="AIcrowd queries.csv (user_img_id, img_path, bbox_x..bbox_h)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the N x k int32 .npy."),
-    k: int = typer.Option(1000, "-k", min=1),
+    k: int = typer.Option(1000, "-k", min=1, help="Ranked gallery ids per query: the columns of the .npy."),
     rerank: bool = typer.Option(True, help="alpha-QE re-ranking."),
     verify: Optional[bool] = verify_option(),
 ) -> None:

@@ -81,7 +81,7 @@ def zero_shot_cmd(
     catalog_dir: Path = typer.Argument(..., help="A catalog folder with an alignment."),
     images: List[str] = typer.Argument(..., help="Photos (or folders of photos) to name."),
     names: str = typer.Option(..., help="Category names, comma-separated, or @FILE with one name a line."),
-    k: int = typer.Option(4, "-k", min=1),
+    k: int = typer.Option(4, "-k", min=1, help="Names per photo, most likely first."),
     imagenet_weight: float = typer.Option(
         ZERO_SHOT_IMAGENET_WEIGHT, "--imagenet-weight", min=0.0,
         help="Weight of the backbone's ImageNet concepts beside the catalog's alignment (0: alignment only)."),

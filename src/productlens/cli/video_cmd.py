@@ -25,7 +25,8 @@ def identify_video(
                                                            "image score (default: the catalog's, chosen on its "
                                                            f"training photos; else {GIVEN_TEXT_WEIGHT})."),
     detect: bool = typer.Option(False, "--detect", help="Search the best detected product in each frame."),
-    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect."),
+    detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
+                                                      "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
     k: int = typer.Option(5, "-k", min=1, help="Number of products."),
     max_frames: int = typer.Option(48, help="Frames sampled evenly over the clip, whatever its length."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
