@@ -1040,3 +1040,12 @@ def test_segment_access_policy(tmp_path, monkeypatch):
             assert ids[:, 0].tolist() == [0, 1]
             flags = _segment_vm_flags(path)
             assert flags and all((" rr" in f) == flagged for f in flags), (mode, flags)
+
+
+def test_a_k_too_large_to_hold_is_refused_by_name(tmp_path):
+    s = open_store(tmp_path / "s", dim=4)
+    s.upsert([1], np.ones((1, 4)))
+    with pytest.raises(ProductLensError, match="GiB of results; the store holds 1 items"):
+        s.search(np.ones(4), 10 ** 12)  # had been numpy's MemoryError ("Unable to allocate 11 TiB")
+    assert s.search(np.ones(4), 3)[1].tolist() == [[1, -1, -1]]
+    s.close()

@@ -56,6 +56,9 @@ from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
+#: the most scores a search returns (queries x k): 2**28 is 3 GiB of scores and ids
+MAX_RESULTS = 2 ** 28
+
 
 HALF_MAX = float(np.finfo(np.float16).max)
 
@@ -471,6 +474,9 @@ class EmbeddedStore(Store):
         k = check_k(k)
         conds = parse_where(where)
         nq = q.shape[0]
+        if nq * k > MAX_RESULTS:  # 12 bytes a result (score and id): refused before numpy's MemoryError
+            raise ProductLensError(f"k={k} for {nq} queries would make {nq * k * 12 / 2 ** 30:.0f} GiB of results; "
+                                   f"the store holds {len(self)} items")
         with self._read_txn() as db:
             snap = self._snap
             allowed = self._allowed_ids(conds) if conds else None
