@@ -408,6 +408,8 @@ def test_one_dimensional_query_and_validation(store_factory):
         s.upsert([2 ** 63], np.ones((1, 4)))  # had wrapped round to a negative id in the message
     with pytest.raises(ProductLensError):
         s.upsert([3], np.full((1, 4), np.nan))
+    with pytest.raises(ProductLensError, match="overflow"):
+        s.upsert([3], np.full((1, 4), 3e19))  # its score with itself is inf: it had been dropped as padding
     with pytest.raises(ProductLensError):
         s.upsert([3], np.ones((1, 4)), [{"x": object()}])
     with pytest.raises(ProductLensError):
