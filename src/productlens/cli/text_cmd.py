@@ -68,7 +68,8 @@ def align(
     from productlens.pipeline.multimodal import fit_catalog_alignment
 
     with Catalog.open(catalog_dir) as cat:
-        m = fit_catalog_alignment(cat, read_labelled_csv(train, label="product_id", need_label=True) if train else (), progress=True)
+        photos = read_labelled_csv(train, label="product_id", need_label=True) if train else ()
+        m = fit_catalog_alignment(cat, photos, progress=True)
     for msg in m["skipped"]:
         typer.echo(f"skipped: {msg}", err=True)
     typer.echo(f"alignment saved in {catalog_dir}/align: {m['gallery_photos']} gallery + {m['train_photos']} "

@@ -507,6 +507,7 @@ def _walk(root: Path) -> Iterator[Path]:
             dirs[:] = []
             continue
         seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # hidden folders are left out anyway: not entered
         yield from (Path(folder) / name for name in files)
 
 
