@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 #: per backbone: (first trained block, random views per photo, epochs); the head convolution
 #: trains too. Each trains its last block. Its last 3 blocks (18:2:3 for efficientnet-lite2) scored
-#: better on the train-only dev splits but lost 5 points on the open val set (docs/benchmarks.md,
-#: "Deeper fine-tuning").
+#: better on the train-only dev splits but lost 5 points on the open val set, and so were not adopted:
+#: a choice val informed (docs/benchmarks.md, "Deeper fine-tuning" and "Where val informed a choice").
 RECIPES = {"efficientnet-lite2": (20, 4, 4), "efficientnet-lite0": (15, 4, 4)}
 #: the same for a classifier's backbone, where it differs from RECIPES. A classifier's classes are the
 #: products it trains on, so the deeper training that hurt search for products never trained on costs
@@ -48,7 +48,8 @@ MODEL_FILE = "model.onnx"
 
 @dataclass
 class FinetuneConfig:
-    """Settings of :func:`finetune_backbone` (chosen on train-only dev splits)."""
+    """Settings of :func:`finetune_backbone` (chosen on train-only dev splits, but for the search recipe's
+    depth: see ``RECIPES``)."""
 
     backbone: str = "efficientnet-lite2"
     views: int | None = None       # random views per photo, through the frozen trunk once each
