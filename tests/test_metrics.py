@@ -26,3 +26,29 @@ def test_ap_divides_by_min_positives_and_k() -> None:
 def test_padding_and_unknown_queries_score_zero() -> None:
     m = retrieval_metrics(np.array([[0, -1], [-1, -1]]), np.array([3]), np.array([3, 7]))
     assert m["map@1000"] == 0.5 and m["top1"] == 0.5
+
+
+def test_a_gallery_item_ranked_twice_is_refused() -> None:
+    from productlens.types import ProductLensError
+
+    with pytest.raises(ProductLensError, match="row 1 lists gallery index 0 more than once"):
+        retrieval_metrics(np.array([[0, 1, -1, -1], [0, 0, 0, 1]]), np.array([5, 6]), np.array([5, 5]))  # AP 3
+
+
+def test_top5_never_below_top1_with_ties_and_nan_scores_refused() -> None:
+    from productlens.eval.classification import classification_metrics
+    from productlens.types import ProductLensError
+
+    labels = [f"c{i}" for i in range(8)]
+    probs = np.zeros((2, 8))  # all tied: argmax gives class 0, so the lowest classes are the top 5
+    m = classification_metrics(probs, np.array([0, 4]), labels)
+    assert m["top1"] == 0.5 and m["top5"] == 1.0
+    assert classification_metrics(probs, np.array([5, 7]), labels)["top5"] == 0.0
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        p = rng.integers(0, 3, size=(5, 9)).astype(float)  # many ties
+        y = rng.integers(0, 9, size=5)
+        m = classification_metrics(p, y, [str(i) for i in range(9)])
+        assert m["top5"] >= m["top1"]
+    with pytest.raises(ProductLensError, match="1 of 2 rows of scores hold NaN"):
+        classification_metrics(np.array([[np.nan, 0.9], [0.1, 0.9]]), np.array([0, 1]), ["a", "b"])

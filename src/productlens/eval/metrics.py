@@ -1,12 +1,15 @@
 """Retrieval metrics, one implementation shared by tests, benchmarks and the CLI.
 
-``rankings`` are N x K arrays of gallery indices (or ids), best first; ``relevant``
-tells, per query, which of them show the query's product.
+``rankings`` are N x K arrays of gallery indices (positions in the gallery's label array, not
+ids), best first, -1 for padding; ``relevant`` tells, per query, which of them show the query's
+product.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from productlens.types import ProductLensError
 
 
 def relevance(rankings: np.ndarray, gallery_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
@@ -17,10 +20,25 @@ def relevance(rankings: np.ndarray, gallery_labels: np.ndarray, query_labels: np
     """
     rankings = np.asarray(rankings)
     labels = np.asarray(gallery_labels)
+    _check_no_repeats(rankings)
     valid = rankings >= 0
     ranked = np.where(valid, labels[np.clip(rankings, 0, None)], -1)
     q = np.asarray(query_labels)[:, None]
     return valid & (ranked == q) & (q != -1)
+
+
+def _check_no_repeats(rankings: np.ndarray) -> None:
+    """A gallery item ranked twice for one query would count as two hits (AP above 1); the AIcrowd
+    scorer refuses such rows too ("Repeated images in retrieval results")."""
+    if rankings.ndim != 2 or not rankings.size:
+        return
+    s = np.sort(rankings, axis=1)
+    repeat = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+    if repeat.any():
+        row = int(np.flatnonzero(repeat.any(axis=1))[0])
+        item = int(s[row, 1:][repeat[row]][0])
+        raise ProductLensError(f"ranking row {row} lists gallery index {item} more than once; each gallery "
+                               "photo is ranked once")
 
 
 def same_product(found: object, truth: object) -> bool:
@@ -62,7 +80,8 @@ def retrieval_metrics(rankings: np.ndarray, gallery_labels: np.ndarray, query_la
     """mAP@k (AIcrowd definition), top-1, top-5 and recall@10 of ``rankings``.
 
     top-n: the share of queries with a correct item among the first n.
-    recall@10: the share of each query's positives found in the first 10, averaged.
+    recall@10: the positives found in the first 10 over the query's positives capped at 10 (so a
+    top 10 of positives is 1.0), averaged. A row that ranks one gallery item twice is refused.
     """
     rel, n_pos = _relevance_and_positives(rankings, gallery_labels, query_labels)
     ap = average_precision_at_k(rel, n_pos, k)

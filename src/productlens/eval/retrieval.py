@@ -51,8 +51,9 @@ def evaluate_retrieval(gallery_csv: str | Path, queries_csv: str | Path, *, trai
     without fine-tuning). ``products`` (a products.jsonl): in catalog mode, each
     gallery photo's product text (title, name, category) joins its OCR words.
     Keys: ``map@1000``, ``top1``, ``top5``, ``recall@10``, ``queries``, ``gallery``,
-    ``seconds`` (wall time including training and embedding), ``skipped``; with
-    ``text`` also ``text_weight`` and ``weights`` ({weight: held-out training mAP}).
+    ``seconds`` (wall time including training and embedding), ``skipped``, ``without_match`` (queries
+    whose product has no gallery photo: scored 0, kept in the mean); with ``text`` also
+    ``text_weight`` and ``weights`` ({weight: held-out training mAP}); ``plot_error`` as above.
     """
     t0 = time.perf_counter()
     if plot:
