@@ -7,7 +7,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CATALOG ?=
 
-.PHONY: install run test bench clean
+.PHONY: help install run test bench clean
+
+help:
+	@echo "make run     install into .venv, index the catalog (../shared/data/grocery, or CATALOG=folder-or.csv),"
+	@echo "             answer example queries and serve the page at http://127.0.0.1:8000 (first run: 15-25 min"
+	@echo "             on 2 cores; later runs reuse the catalog and detector built from the same photos)"
+	@echo "make test    install into .venv and run the whole test suite"
+	@echo "make bench   every benchmark (hours); results belong in docs/benchmarks.md"
+	@echo "make clean   remove .venv and runs/"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

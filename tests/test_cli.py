@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -222,6 +223,17 @@ def test_cli_demo_on_a_small_catalog(tmp_path) -> None:
                             "--model", "efficientnet-lite0", "--queries", "2", "--no-detector", "--no-classifier"])
     assert r.exit_code == 0 and "warning" not in r.output, r.output
     assert Image.open(tmp_path / "demo.png").size[1] > 2 * 160  # replaced, not kept
+    assert "indexing" in r.output  # --no-classifier: not the catalog built before
+    # the same photos and options again: the catalog is reused, not built anew (minutes on real data)
+    r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
+                            "--model", "efficientnet-lite0", "--queries", "2", "--no-detector", "--no-classifier"])
+    assert r.exit_code == 0 and "catalog: reusing" in r.output and "indexing" not in r.output, r.output
+    assert r.output.count("\nquery ") == 2
+    for photo in (tmp_path / "ds").rglob("*.jpg"):  # the photos changed: built anew
+        os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 1))
+    r = runner.invoke(app, ["demo", "--catalog", str(ds["gallery"]), "--out", str(tmp_path / "cat"),
+                            "--model", "efficientnet-lite0", "--queries", "2", "--no-detector", "--no-classifier"])
+    assert r.exit_code == 0 and "indexing" in r.output and "reusing" not in r.output, r.output
 
 
 def test_serve_says_when_its_port_is_taken_before_saying_it_serves(tmp_path, monkeypatch) -> None:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from productlens.cli import demo_state
 from productlens.cli.common import unused_text_note, verify_option
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.eval.metrics import same_product
@@ -170,6 +171,48 @@ def demo_detector(items, out: Path, backgrounds: Path | None, composites: int = 
     typer.echo(f"product detector written to {out} ({m.get('seconds', 0):.0f} s)")
 
 
+def command_name() -> str:
+    """How to type this command from here: ``productlens`` where the shell finds this one, else its path
+    (`make run` runs .venv/bin/productlens, which a shell without the venv activated does not find)."""
+    import shutil
+    import sys
+
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("productlens")
+    if here is None or here.name != "productlens" or (found and Path(found).resolve() == here):
+        return "productlens"
+    try:
+        return os.path.relpath(here)
+    except ValueError:
+        return str(here)
+
+
+def _demo_catalog(items, src: Path, out: Path, model: str, train, unlisted: list[str], classifier_base: Path | None):
+    """Build the demo's catalog at ``out`` (and attach a category classifier trained on
+    ``classifier_base``/train.csv when given); returns it open."""
+    import tempfile
+
+    from productlens.data.labelled import read_labelled
+    from productlens.pipeline.catalog_build import build_catalog
+    from productlens.pipeline.classify import TrainOptions, train_classifier
+
+    demo_state.forget(out)
+    typer.echo(f"indexing {len(items)} catalog items from {src}"
+               + (f", adapting on {len(train)} labelled photos" if train else ""))
+    labelled = any(it.product_id is not None for it in items)  # a catalog knows its products
+    cat, errors = build_catalog(items, out, embedder=model, train=train, use_gallery_labels=labelled,
+                                overwrite=True)
+    typer.echo(f"catalog written to {out} ({len(cat)} items, skipped {len(errors) + len(unlisted)})")
+    if classifier_base is not None:
+        typer.echo("training a category classifier on train.csv (category_name) ...")
+        with tempfile.TemporaryDirectory(prefix="productlens-demo-") as tmp:
+            res = train_classifier(read_labelled(classifier_base / "train.csv", label="category_name"),
+                                   Path(tmp) / "clf", TrainOptions(embedder=model, views="flip", tta="tta"))
+            cat.attach_classifier(Path(tmp) / "clf")
+        typer.echo(f"classifier attached: {res.classifier.metrics['classes']} categories, {res.seconds:.0f} s")
+    return cat
+
+
 def demo(
     catalog: Optional[Path] = typer.Option(None, help="Catalog folder/csv/jsonl; default $CATALOG or ../shared/data/grocery."),
     out: Path = typer.Option(Path("runs/catalog"), help="Where the catalog index is written (replaced if it is "
@@ -189,7 +232,7 @@ def demo(
 ) -> None:
     """Index a catalog and answer example queries (the main job of `make run`)."""
     from productlens.data.readers import read_catalog, read_labelled_csv
-    from productlens.pipeline.catalog_build import build_catalog
+    from productlens.pipeline.catalog import Catalog
     from productlens.types import ProductLensError
 
     src = catalog or default_catalog()
@@ -207,24 +250,20 @@ def demo(
     items = read_catalog(src, skipped=unlisted)
     base = src if src.is_dir() else src.parent
     train = read_labelled_csv(base / "train.csv") if (base / "train.csv").is_file() else None
-    typer.echo(f"indexing {len(items)} catalog items from {src}" + (f", adapting on {len(train)} labelled photos" if train else ""))
-    labelled = any(it.product_id is not None for it in items)  # a catalog knows its products
-    cat, errors = build_catalog(items, out, embedder=model, train=train, use_gallery_labels=labelled,
-                                overwrite=True)
-    typer.echo(f"catalog written to {out} ({len(cat)} items, skipped {len(errors) + len(unlisted)})")
-    if classifier and train and any(t.category for t in train):
-        import tempfile
-
-        from productlens.data.labelled import read_labelled
-        from productlens.pipeline.classify import TrainOptions, train_classifier
-
-        typer.echo("training a category classifier on train.csv (category_name) ...")
-        with tempfile.TemporaryDirectory(prefix="productlens-demo-") as tmp:
-            res = train_classifier(read_labelled(base / "train.csv", label="category_name"), Path(tmp) / "clf",
-                                   TrainOptions(embedder=model, views="flip", tta="tta"))
-            cat.attach_classifier(Path(tmp) / "clf")
-        typer.echo(f"classifier attached: {res.classifier.metrics['classes']} categories, "
-                   f"{res.seconds:.0f} s")
+    with_classifier = bool(classifier and train and any(t.category for t in train))
+    key = demo_state.build_key([str(src), *([str(base / "train.csv")] if train else []),
+                                *(str(it.image) for it in (*items, *(train or ())))],
+                               {"model": model, "classifier": with_classifier})
+    cat = None
+    if demo_state.reusable(out, key):
+        try:
+            cat = Catalog.open(out)
+            typer.echo(f"catalog: reusing {out}, built from these same photos (delete it to rebuild)")
+        except ProductLensError as e:  # damaged since: built anew
+            typer.echo(f"catalog: rebuilding {out} ({e})")
+    if cat is None:
+        cat = _demo_catalog(items, src, out, model, train, unlisted, base if with_classifier else None)
+        demo_state.remember(out, key)
     if detector:
         demo_detector(items, out.parent / "detector", backgrounds or default_backgrounds(src))
     held_out = (base / "val.csv").is_file()
@@ -254,4 +293,4 @@ def demo(
         if picture.is_file() and not drawn_here(picture):
             picture.unlink()  # one drawn before pictures carried productlens's mark: demo replaces it
         _plot_hits(shown, picture, title="example queries and their top 3 (green: the right product)")
-    typer.echo(f"\nsearch it: productlens search {out} PHOTO.jpg")
+    typer.echo(f"\nsearch it: {command_name()} search {out} PHOTO.jpg")

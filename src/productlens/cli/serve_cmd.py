@@ -37,7 +37,8 @@ def serve(
     Catalog.open(catalog_dir).close()  # a clear error before the server starts
     _check_free(host, port)  # before saying it serves there
     app = create_app(config)
-    typer.echo(f"productlens is serving {catalog_dir} at http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    typer.echo(f"productlens is serving {catalog_dir} at http://{host}:{port}  (API docs: http://{host}:{port}/docs; "
+               "Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
