@@ -30,7 +30,7 @@ install: $(STAMP)
 # The page shows boxes from the demo's product detector when it was trained; the search itself
 # uses the whole photo (cropping grocery phone photos to the detected box cost 0.11 mAP@1000).
 run: install
-	$(BIN)/productlens demo $(if $(CATALOG),--catalog "$(CATALOG)",) --out runs/catalog
+	CATALOG="$(CATALOG)" $(BIN)/productlens demo --out runs/catalog
 	$(BIN)/productlens serve runs/catalog $$(test -f runs/detector/detector.json && echo --detector runs/detector --search-whole)
 
 test: install
