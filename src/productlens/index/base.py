@@ -172,7 +172,7 @@ def check_vectors(vectors: np.ndarray, dim: int, n: int | None = None, what: str
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.size and not np.all(np.isfinite(arr)):
         raise ProductLensError(f"{what} contain NaN or inf")
-    if arr.size and np.abs(arr).max() > MAX_VALUE:  # an inner product of two would overflow float32 to inf
+    if arr.size and max(arr.max(), -arr.min()) > MAX_VALUE:  # an inner product would overflow float32 to inf
         raise ProductLensError(f"{what} hold values above {MAX_VALUE:g} in magnitude, whose scores overflow; "
                                "normalise them (embeddings are unit length)")
     return arr
