@@ -408,8 +408,6 @@ def test_one_dimensional_query_and_validation(store_factory):
         s.upsert([2 ** 63], np.ones((1, 4)))  # had wrapped round to a negative id in the message
     with pytest.raises(ProductLensError):
         s.upsert([3], np.full((1, 4), np.nan))
-    with pytest.raises(ProductLensError, match="overflow"):
-        s.upsert([3], np.full((1, 4), 3e19))  # its score with itself is inf: it had been dropped as padding
     with pytest.raises(ProductLensError):
         s.upsert([3], np.ones((1, 4)), [{"x": object()}])
     with pytest.raises(ProductLensError):
@@ -721,6 +719,10 @@ def test_an_overflowing_score_stays_the_best_hit(store_factory):
     with np.errstate(over="ignore"):
         scores, ids = s.search(np.array([[1e20, 0]], np.float32), 3)
     assert ids[0].tolist() == [0, 1, 2] and scores[0, 0] == np.inf
+    s.upsert([3], np.array([[-1e20, 0]], np.float32))  # its score overflows the other way: still a hit, the last
+    with np.errstate(over="ignore"):
+        scores, ids = s.search(np.array([[1e20, 0]], np.float32), 4)
+    assert ids[0].tolist() == [0, 1, 2, 3] and np.isfinite(scores[0, 3])
 
 
 class _FailingCommit:

@@ -154,10 +154,6 @@ def check_ids(ids: Sequence[int] | np.ndarray, *, unique: bool = False, what: st
     return arr
 
 
-#: the largest vector component stored or searched: 1e15 keeps any inner product of 1e6-d vectors finite
-MAX_VALUE = 1e15
-
-
 def check_vectors(vectors: np.ndarray, dim: int, n: int | None = None, what: str = "vectors") -> np.ndarray:
     """Return ``vectors`` as a C-contiguous float32 ``(n, dim)`` array, refusing bad shapes/values."""
     arr = np.asarray(vectors)
@@ -172,9 +168,6 @@ def check_vectors(vectors: np.ndarray, dim: int, n: int | None = None, what: str
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.size and not np.all(np.isfinite(arr)):
         raise ProductLensError(f"{what} contain NaN or inf")
-    if arr.size and max(arr.max(), -arr.min()) > MAX_VALUE:  # an inner product would overflow float32 to inf
-        raise ProductLensError(f"{what} hold values above {MAX_VALUE:g} in magnitude, whose scores overflow; "
-                               "normalise them (embeddings are unit length)")
     return arr
 
 

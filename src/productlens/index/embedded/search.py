@@ -37,6 +37,12 @@ def topk_merge(
     return s, i
 
 
+def floored(s: np.ndarray) -> np.ndarray:
+    """``s`` with -inf (an inner product that overflowed below float32's range) raised to the lowest finite
+    score, in place: -inf marks padding and masked rows (:func:`finish`), and such an item was dropped."""
+    return np.maximum(s, np.finfo(np.float32).min, out=s)
+
+
 def finish(s: np.ndarray | None, i: np.ndarray | None, nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Sort (best first, ties by id), mark -inf as id -1 and pad to k columns."""
     out_s, out_i = pad_results(nq, k)
@@ -77,9 +83,9 @@ def exact_segments(
                 x = read_rows(seg.vecs, b0, b0 + rid.size)
                 if nvalid < rid.size // 2:  # mostly masked: score only the valid rows
                     idx = np.flatnonzero(valid)
-                    s, ids_b = qc @ f32(x[idx]).T, rid[idx]
+                    s, ids_b = floored(qc @ f32(x[idx]).T), rid[idx]
                 else:
-                    s, ids_b = qc @ f32(x).T, rid
+                    s, ids_b = floored(qc @ f32(x).T), rid
                     if nvalid < rid.size:
                         s[:, ~valid] = -np.inf
                 best_s, best_i = topk_merge(best_s, best_i, s, np.broadcast_to(ids_b, s.shape), k)
@@ -96,7 +102,7 @@ def exact_subset(snap: Snapshot, q: np.ndarray, k: int, ids: np.ndarray) -> tupl
         chunk = ids[a : a + BLOCK_ROWS]
         x = snap.gather(chunk)
         for j, q0 in enumerate(range(0, nq, qstep)):
-            s = q[q0 : q0 + qstep] @ x.T
+            s = floored(q[q0 : q0 + qstep] @ x.T)
             best[j] = topk_merge(*best[j], s, np.broadcast_to(chunk, s.shape), k)
     out_s, out_i = pad_results(nq, k)
     for j, q0 in enumerate(range(0, nq, qstep)):
@@ -120,7 +126,7 @@ def rescore(snap: Snapshot, q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np
         x = snap.gather(uniq[1:] if has_pad else uniq)
         if has_pad:
             x = np.concatenate([np.zeros((1, dim), np.float32), x])
-        s_all = q[a : a + step] @ x.T
+        s_all = floored(q[a : a + step] @ x.T)
         s = np.take_along_axis(s_all, inv, axis=1)
         s[~valid] = -np.inf
         best_s, best_i = topk_merge(None, None, s, c, k)
