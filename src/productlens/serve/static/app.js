@@ -46,8 +46,8 @@ async function identify(blob, name) {
   }
   if (await render(blob, body, mine)) {
     const top = body.categories[0], best = body.matches[0];
-    status(`Identified ${name || "the photo"}` + (top ? `: ${top.category} (${(100 * top.probability).toFixed(0)}%)` : "")
-           + (best ? `, best match ${resultName(best)}.` : "."));
+    const found = top ? `: ${top.category} (${(100 * top.probability).toFixed(0)}%)` : "";
+    status(`Identified ${name || "the photo"}${found}` + (best ? `, best match ${resultName(best)}.` : "."));
     await loadHistory();
   }
 }
@@ -134,7 +134,9 @@ function pick(files) {
   const photos = all.filter((f) => !f.type || f.type.startsWith("image/"));
   if (!photos.length) { startOver(`${all[0].name} is not an image.`); return; }
   identify(photos[0], photos[0].name);
-  if (all.length > 1) status(`Identifying ${photos[0].name}, the first photo of the ${all.length} files dropped…`, true);
+  if (all.length > 1) {
+    status(`Identifying ${photos[0].name}, the first photo of the ${all.length} files dropped…`, true);
+  }
 }
 
 $("file").addEventListener("change", (e) => { pick(e.target.files); e.target.value = ""; });  // the same file again
