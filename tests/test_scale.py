@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,29 @@ def test_ray_build_resumes_after_the_store_fails(tmp_path, data, tiny, local, ra
     assert {p: p.stat().st_mtime_ns for p in shards} == shards  # nothing embedded twice
 
 
+@pytest.mark.ray
+def test_ray_build_retries_the_images_a_failed_run_could_not_read(tmp_path, data, tiny, local, ray_local):
+    """A build whose photos were all unreadable (a share not mounted) failed rightly, but its shards counted
+    as done: the rerun, photos back, said "indexed 0 items; skipped 0" and marked the empty catalog built."""
+    import shutil
+
+    items = read_catalog(data["gallery"])
+    folder = Path(items[0].image).parent
+    shutil.move(folder, tmp_path / "away")
+    out = tmp_path / "cat"
+    try:
+        with pytest.raises(ProductLensError, match=f"no gallery image could be read \\({len(items)} skipped"):
+            build_catalog_sharded(items, out, embedder=tiny, ray=RayOptions(shard_size=5), progress=False)
+        with pytest.raises(ProductLensError, match="no gallery image could be read"):  # every shard's errors
+            build_catalog_sharded(items, out, embedder=tiny, ray=RayOptions(shard_size=5), progress=False)
+    finally:
+        shutil.move(tmp_path / "away", folder)
+    cat, errors = build_catalog_sharded(items, out, embedder=tiny, ray=RayOptions(shard_size=5), progress=False)
+    with cat:
+        assert not errors
+        assert_same_catalog(cat, local, data)
+
+
 # ===================================================================== Milvus
 @pytest.mark.milvus
 def test_cli_build_into_milvus(tmp_path, data, tiny, local, collection):
@@ -167,6 +191,31 @@ def test_cli_build_into_milvus(tmp_path, data, tiny, local, collection):
         assert hits[0].product_id == 0
     res = runner.invoke(app, args[:2] + [str(data["gallery"]), "--out", str(tmp_path / "other")] + args[5:])
     assert res.exit_code != 0 and "exists" in res.output  # another catalog may not take the collection
+
+
+@pytest.mark.qdrant
+def test_a_server_store_is_checked_before_the_embedding(tmp_path, data, tiny, monkeypatch):
+    """A bad collection name, an unreachable server or a taken collection failed only after every photo
+    was embedded (and the adapter trained), and the work was thrown away."""
+    import productlens.pipeline.catalog_build as catalog_build
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before the store was checked")
+
+    monkeypatch.setattr(catalog_build, "embed_items", embedded)
+    items = read_catalog(data["gallery"])
+    for spec, message in ((StoreSpec("qdrant", "my products", {"location": str(tmp_path / "q")}), "letters, digits"),
+                          (StoreSpec("qdrant", "taken", {"location": str(tmp_path / "q")}), "exists")):
+        if message == "exists":
+            spec.create(tmp_path / "elsewhere", 8).close()
+        with pytest.raises(ProductLensError, match=message):
+            build_catalog(items, tmp_path / "cat", embedder=tiny, store=spec, progress=False)
+        with pytest.raises(ProductLensError, match=message):
+            build_catalog_sharded(items, tmp_path / "cat2", embedder=tiny, store=spec, progress=False)
+        assert not (tmp_path / "cat").exists() and not (tmp_path / "cat2").exists()
+    res = runner.invoke(app, ["index", "build", str(data["gallery"]), "--out", str(tmp_path / "c"), "--model", tiny,
+                              "--store", "milvus", "--collection", "c" * 201])
+    assert res.exit_code == 1 and "at most 200 characters" in res.output
 
 
 @pytest.mark.ray
@@ -234,6 +283,31 @@ def test_cli_build_into_qdrant_local(tmp_path, data, tiny, local):
         assert hits[0].product_id == 0
     res = runner.invoke(app, args[:2] + [str(data["gallery"]), "--out", str(tmp_path / "other")] + args[5:])
     assert res.exit_code != 0 and "exists" in res.output  # another catalog may not take the collection
+
+
+@pytest.mark.qdrant
+def test_a_server_store_is_checked_before_the_embedding(tmp_path, data, tiny, monkeypatch):
+    """A bad collection name, an unreachable server or a taken collection failed only after every photo
+    was embedded (and the adapter trained), and the work was thrown away."""
+    import productlens.pipeline.catalog_build as catalog_build
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before the store was checked")
+
+    monkeypatch.setattr(catalog_build, "embed_items", embedded)
+    items = read_catalog(data["gallery"])
+    for spec, message in ((StoreSpec("qdrant", "my products", {"location": str(tmp_path / "q")}), "letters, digits"),
+                          (StoreSpec("qdrant", "taken", {"location": str(tmp_path / "q")}), "exists")):
+        if message == "exists":
+            spec.create(tmp_path / "elsewhere", 8).close()
+        with pytest.raises(ProductLensError, match=message):
+            build_catalog(items, tmp_path / "cat", embedder=tiny, store=spec, progress=False)
+        with pytest.raises(ProductLensError, match=message):
+            build_catalog_sharded(items, tmp_path / "cat2", embedder=tiny, store=spec, progress=False)
+        assert not (tmp_path / "cat").exists() and not (tmp_path / "cat2").exists()
+    res = runner.invoke(app, ["index", "build", str(data["gallery"]), "--out", str(tmp_path / "c"), "--model", tiny,
+                              "--store", "milvus", "--collection", "c" * 201])
+    assert res.exit_code == 1 and "at most 200 characters" in res.output
 
 
 @pytest.mark.qdrant

@@ -108,8 +108,11 @@ def _eq(a, b) -> bool:
 
 def _match(value, cond) -> bool:
     """Python semantics of a where condition (what every backend must agree with)."""
-    if isinstance(cond, dict):
-        if value is None or isinstance(value, str) != isinstance(next(iter(cond.values())), str):
+    if isinstance(cond, dict):  # a string ranges with strings, a number with numbers; a bool with nothing
+        bound = next(iter(cond.values()))
+        kinds = [str if isinstance(v, str) else int if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 else None for v in (value, bound)]
+        if kinds[0] is None or kinds[0] != kinds[1]:
             return False
         ops = {"gt": value.__gt__, "gte": value.__ge__, "lt": value.__lt__, "lte": value.__le__}
         return all(ops[op](b) for op, b in cond.items())
@@ -230,6 +233,8 @@ def catalog_metadata(ids, rng) -> list[dict]:
               "brand": ["acme", "globex", "initech"][int(rng.integers(3))]}
         if rng.random() < 0.2:
             del md["brand"]
+        if i % 13:  # values of every kind in one field (absent in every 13th item)
+            md["size"] = ["M", "XL", 3, 1, True, False, 2 ** 60, 2 ** 60 + 1, 2.5, 1.0][i % 10]
         out.append(md)
     return out
 
@@ -246,6 +251,18 @@ WHERES = [
     {"product_id": [1, 2, 3, 40, 41]},
     {"id": {"gt": 100}},
     {"category": "nope"},
+    # a bool equals only a bool, a string never a number, ints above 2**53 exactly, "one of nothing" is nothing
+    {"size": True},
+    {"size": 1},
+    {"size": "M"},
+    {"size": {"gt": 2}},
+    {"size": 2 ** 60 + 1},
+    {"size": [False, "XL", 3]},
+    {"size": None},
+    {"size": []},
+    {"product_id": []},
+    {"id": "1"},
+    {"id": 4.0},
 ]
 
 

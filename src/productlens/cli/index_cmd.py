@@ -89,6 +89,8 @@ def build(
     unlisted: list[str] = []  # rows that name no photo (warned about as they are read)
     items = read_catalog(catalog, skipped=unlisted)
     train_items = read_labelled_csv(train, label="product_id", need_label=True) if train else None
+    if train and not train_items:
+        raise ProductLensError(f"--train {train}: no labelled photo in it (only a header?)")
     if ocr and not train_items:
         raise ProductLensError("--ocr needs --train: the fusion weight is chosen on training photos")
     options = {"query_views": query_views, "gallery_views": gallery_views,
@@ -128,9 +130,9 @@ def _store_spec(store: str, out: Path, collection: str | None, *, milvus_uri: st
         raise ProductLensError(f"--vector-dtype applies to the embedded store; the {store} store keeps its own")
     # the default collection is named after the folder, in the letters Milvus takes ("2024-café" -> "c_2024_caf_")
     name = collection or re.sub(r"^(?=\d)", "c_", re.sub(r"[^A-Za-z0-9_]", "_", out.resolve().name))
-    if store == "milvus" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", name):
+    if store == "milvus" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,199}", name):
         raise ProductLensError(f"--collection {name!r}: a Milvus collection name takes letters, digits and "
-                               "underscores, and starts with a letter or underscore")
+                               "underscores, starts with a letter or underscore, and has at most 200 characters")
     for uri in (milvus_uri, qdrant_url):
         if uri and "@" in (urllib.parse.urlsplit(uri).netloc or ""):  # it would be saved in store.json and shown
             raise ProductLensError("give the server's credentials in $PRODUCTLENS_MILVUS_TOKEN or "

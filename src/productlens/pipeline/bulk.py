@@ -63,7 +63,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
     from productlens.models.embedders import get_embedder
     from productlens.pipeline.manifest import write_manifest
     from productlens.pipeline.ray_embed import embed_shards
-    from productlens.pipeline.shards import load_shards, read_meta
+    from productlens.pipeline.shards import all_errors, load_shards, read_meta
 
     out = Path(out)
     spec = store or StoreSpec()
@@ -77,20 +77,24 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
         import shutil
 
         shutil.rmtree(out)
+    recorded = (out / SPEC_FILE).is_file() or (out / "store").is_dir()
+    spec.probe(out, overwrite, resume=recorded)  # a server that cannot be reached fails before the embedding
     out.mkdir(parents=True, exist_ok=True)
     work = out / WORK
     write_manifest(items, work)
+    # before any shard is loaded, a rerun tries the images an earlier run skipped again (a share that was
+    # not mounted): their shards had counted as done, and the rerun reported an empty catalog as built
     report = embed_shards(work, embedder=embedder, shard_size=ray.shard_size, workers=ray.workers,
                           address=ray.address, batch_size=ray.batch_size, progress=progress,
-                          cpus_per_worker=ray.cpus_per_worker)
+                          cpus_per_worker=ray.cpus_per_worker, retry_errors=not recorded)
     if not report.complete:  # pragma: no cover - embed_shards raises on failures
         raise ProductLensError(f"only {report.shards_done_before + report.shards_written} of "
                                f"{report.shards_total} shards were embedded; rerun to resume")
-    if len(report.errors) >= len(items):  # as the single-process build: an empty catalog is no result
-        shown = "; ".join(str(e[-1]) for e in report.errors[:3])
-        raise ProductLensError(f"no gallery image could be read ({len(report.errors)} skipped: {shown})")
+    errors = all_errors(work)  # every shard's, not only this run's
+    if len(errors) >= len(items):  # as the single-process build: an empty catalog is no result
+        shown = "; ".join(str(e[-1]) for e in errors[:3])
+        raise ProductLensError(f"no gallery image could be read ({len(errors)} skipped: {shown})")
     dim = read_meta(work)["dim"]
-    recorded = (out / SPEC_FILE).is_file() or (out / "store").is_dir()
     old = StoreSpec.of(out) if recorded else spec
     if (old.backend, old.path) != (spec.backend, spec.path):
         raise ProductLensError(f"{out} was started with the {old.backend} store {old.path or 'store/'}, not "
@@ -105,7 +109,7 @@ def build_catalog_sharded(items: Sequence[Item], out: str | os.PathLike, *, embe
         load_shards(work, st, progress=progress)
     finally:
         st.close()
-    return Catalog.open(out), report.errors
+    return Catalog.open(out), errors
 
 
 __all__ = ["RayOptions", "build_catalog_sharded"]

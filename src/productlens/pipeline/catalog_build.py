@@ -111,6 +111,8 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     check_catalog_target(path, overwrite)
     if not items:
         raise ProductLensError("the catalog has no items")
+    if store is not None:  # a server that cannot be reached fails now, not after the embedding
+        store.probe(path, overwrite)
     if len({it.id for it in items}) != len(items):
         seen: set[int] = set()
         repeated = sorted({it.id for it in items if it.id in seen or seen.add(it.id)})

@@ -26,8 +26,10 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ import numpy as np
 
 from productlens.fileio import atomic_path
 from productlens.pipeline.manifest import MANIFEST, _dumps, _pa, read_manifest, write_manifest
-from productlens.pipeline.shards import META, SHARDS, read_meta, iter_shards, load_shards, shard_path
+from productlens.pipeline.shards import META, SHARDS, iter_shards, load_shards, read_meta, shard_errors, shard_path
 from productlens.progress import bar_disable
 from productlens.types import Box, Item, ProductLensError
 
@@ -158,6 +160,9 @@ def _ray_session(address: str | None, num_cpus: int) -> Iterator[float]:
         yield 0.0
         return
     t0, tmp = time.perf_counter(), None
+    # ray.init puts its own SIGTERM handler (sys.exit(15), with a stack dump) in place of the command's,
+    # which ends a command through its clean-ups with status 143: put the command's back
+    term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if address:
         _check_reachable(address)
         try:
@@ -172,6 +177,8 @@ def _ray_session(address: str | None, num_cpus: int) -> Iterator[float]:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    if term is not None:
+        signal.signal(signal.SIGTERM, term)
     try:
         yield time.perf_counter() - t0
     finally:
@@ -203,7 +210,7 @@ def _quiet_ray_data() -> Iterator[None]:
 def embed_shards(work_dir: str | os.PathLike, *, embedder: str, shard_size: int = 1024, workers: int = 2,
                  address: str | None = None, batch_size: int = 32, progress: bool = True,
                  manifest: str | os.PathLike | Sequence[Item] | None = None,
-                 cpus_per_worker: int = 1) -> ShardReport:
+                 cpus_per_worker: int = 1, retry_errors: bool = False) -> ShardReport:
     """Embed the work dir's manifest into parquet shards on Ray; shards already written are skipped.
 
     ``manifest`` (optional): items or a manifest file (see :func:`read_manifest`)
@@ -214,6 +221,9 @@ def embed_shards(work_dir: str | os.PathLike, *, embedder: str, shard_size: int 
     local Ray with ``workers * cpus_per_worker`` CPUs; only a Ray started here
     is shut down. A work dir started with another embedder or shard size is
     refused. Bad images are reported in the report and each shard's errors file.
+    ``retry_errors``: shards written with skipped images are embedded again too (the
+    images may be readable now: a share mounted, a file replaced); only before any
+    shard is loaded into a store, which records the shards it holds.
     """
     work_dir = Path(work_dir)
     t0 = time.perf_counter()
@@ -237,7 +247,8 @@ def embed_shards(work_dir: str | os.PathLike, *, embedder: str, shard_size: int 
                                    f"{want[wrong[0]]!r}: resume it with the same settings, or use a new work dir")
         meta = None  # no shard written yet: start afresh with these settings
     n_shards = math.ceil(rows / shard_size)
-    pending = [s for s in range(n_shards) if not shard_path(work_dir, s).is_file()]
+    pending = [s for s in range(n_shards) if not shard_path(work_dir, s).is_file()
+               or (retry_errors and shard_errors(work_dir, s))]
     report = ShardReport(n_shards, n_shards - len(pending), 0, 0, 0)
     if not pending:
         report.seconds = time.perf_counter() - t0

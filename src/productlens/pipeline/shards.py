@@ -44,6 +44,23 @@ def read_meta(work_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def shard_errors(work_dir: str | os.PathLike, shard: int) -> list[tuple[int, str, str]]:
+    """The images shard ``shard`` skipped, ``(manifest row, image, message)``; [] for a shard not written."""
+    path = shard_path(work_dir, shard).with_suffix(".errors.json")
+    if not path.is_file() or not shard_path(work_dir, shard).is_file():
+        return []
+    return [(e["index"], e["image"], e["message"]) for e in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def all_errors(work_dir: str | os.PathLike) -> list[tuple[int, str, str]]:
+    """The images every written shard skipped (this run's and earlier runs'), in manifest order."""
+    meta = read_meta(Path(work_dir))
+    if meta is None:
+        return []
+    n = math.ceil(meta["rows"] / meta["shard_size"])
+    return sorted(e for s in range(n) for e in shard_errors(work_dir, s))
+
+
 def _read_shard(path: Path, dim: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     _, pq = _pa()
     table = pq.read_table(path)
@@ -122,4 +139,4 @@ def load_shards(work_dir: str | os.PathLike, store, *, progress: bool = True) ->
     return count
 
 
-__all__ = ["iter_shards", "load_shards", "read_meta", "shard_path"]
+__all__ = ["all_errors", "iter_shards", "load_shards", "read_meta", "shard_errors", "shard_path"]

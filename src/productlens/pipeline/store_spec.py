@@ -75,6 +75,22 @@ class StoreSpec:
                 old.drop()  # type: ignore[attr-defined]
         return self.open(folder, dim=dim)
 
+    def probe(self, folder: Path, overwrite: bool = False, resume: bool = False) -> None:
+        """Before long work that ends in :meth:`create`: raise ProductLensError now for a bad collection
+        name, a server that cannot be reached, or (unless ``overwrite``, or ``resume`` of a build that
+        recorded this collection) an existing collection, which :meth:`create` would refuse. The embedded
+        store needs no check."""
+        if self.embedded:
+            return
+        try:
+            old = self.open(folder)
+        except CollectionGone:
+            return
+        old.close()
+        if not (overwrite or resume):
+            raise ProductLensError(f"{self.backend} collection {self.path} exists; pass --overwrite to replace it "
+                                   "(or name another collection)")
+
     def save(self, folder: Path) -> None:
         """Record a server store in ``folder/store.json`` (the embedded store needs no record)."""
         if self.embedded:

@@ -179,32 +179,66 @@ def row_to_dict(row: Sequence[Any]) -> dict:
 
 
 def where_sql(conds: list[Condition]) -> tuple[str, list[Any]]:
-    """SQL boolean expression (over table ``items``) for parsed where conditions."""
+    """SQL boolean expression (over table ``items``) for parsed where conditions.
+
+    Values compare only with values of their own kind, as in every backend: a string never equals or
+    ranges with a number (SQLite's column affinity had matched ``{"id": "1"}`` with id 1, and it orders
+    any text above any number, so ``{"size": {"gt": 2}}`` had matched "M"), and a bool equals only a bool
+    (JSON's ``true`` is SQLite's 1, so ``{"flag": True}`` had matched ``flag == 1``).
+    """
     if not conds:
         return "1", []
     clauses, params = [], []
     for c in conds:
         if c.field == "id" or c.field in CORE_FIELDS:
-            col = c.field
+            col, kind = c.field, f"typeof({c.field})"
         else:
-            col = f"json_extract(extra, '$.\"{c.field}\"')"
+            path = f"'$.\"{c.field}\"'"
+            col, kind = f"json_extract(extra, {path})", f"json_type(extra, {path})"
         if c.op == "eq":
             if c.value is None:
                 clauses.append(f"{col} IS NULL")
             else:
-                clauses.append(f"{col} = ?")
-                params.append(c.value)
+                clause, ps = _typed_in(col, kind, [c.value])
+                clauses.append(clause)
+                params += ps
         elif c.op == "in":
             values = [v for v in c.value if v is not None]
             parts = []
             if values:
-                parts.append(f"{col} IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(values))
+                clause, ps = _typed_in(col, kind, values)
+                parts.append(clause)
+                params += ps
             if len(values) < len(c.value):
                 parts.append(f"{col} IS NULL")
             clauses.append("(" + " OR ".join(parts) + ")" if parts else "0")
         else:
             sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
-            clauses.append(f"{col} {sym} ?")
+            if isinstance(c.value, bool):  # a bool has no order with anything
+                clauses.append("0")
+                continue
+            clauses.append(f"({_kind_is(kind, c.value)} AND {col} {sym} ?)")
             params.append(c.value)
     return " AND ".join(clauses), params
+
+
+_NUMBER_KINDS = "('integer', 'real')"
+
+
+def _kind_is(kind: str, value: Any) -> str:
+    """SQL: the stored value (whose ``typeof``/``json_type`` is ``kind``) is of ``value``'s kind."""
+    return f"{kind} = 'text'" if isinstance(value, str) else f"{kind} IN {_NUMBER_KINDS}"
+
+
+def _typed_in(col: str, kind: str, values: list[Any]) -> tuple[str, list[Any]]:
+    """SQL: ``col`` equals one of ``values`` (no None), each compared only with stored values of its kind."""
+    parts, params = [], []
+    for is_kind in (lambda v: isinstance(v, str), lambda v: not isinstance(v, (str, bool))):
+        group = [v for v in values if is_kind(v)]
+        if group:
+            parts.append(f"({_kind_is(kind, group[0])} AND {col} IN (SELECT value FROM json_each(?)))")
+            params.append(json.dumps(group))
+    for flag in sorted({v for v in values if isinstance(v, bool)}):
+        # only metadata beyond the columns holds bools (the columns are ints and strings)
+        parts.append(f"{kind} = '{'true' if flag else 'false'}'" if kind.startswith("json_type") else "0")
+    return "(" + " OR ".join(parts) + ")", params

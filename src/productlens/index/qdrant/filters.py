@@ -7,7 +7,10 @@ means "the field is absent", numbers compare as numbers (``5 == 5.0``: a numeric
 equality is a closed range, since Qdrant's exact match keeps ints and floats
 apart), a string never equals a number, a bool only equals a bool, and a range
 never matches an absent field. Qdrant has no string ranges: a range with a
-string bound is refused.
+string bound is refused. One difference remains: Qdrant matches a field that
+holds a list when one of its elements matches (``{"tags": "a"}`` matches
+``["a", "b"]``), and takes an empty list for an absent field; the other stores
+compare the list as one value.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _equals(field: str, value: Any):
         if field == "id":  # every item has an id
             return m.HasIdCondition(has_id=[])
         return m.IsEmptyCondition(is_empty=m.PayloadField(key=key))
-    if isinstance(value, (bool, str)):
+    if isinstance(value, (bool, str)) or (isinstance(value, int) and abs(value) > 2 ** 53):
+        # a range is taken as floats: above 2**53 it had matched 2**60 for 2**60 + 1
         return m.FieldCondition(key=key, match=m.MatchValue(value=value))
     return m.FieldCondition(key=key, range=m.Range(gte=value, lte=value))
 
