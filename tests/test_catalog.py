@@ -63,6 +63,27 @@ def test_a_smaller_k_gives_the_first_k_of_the_same_ranking(dataset, tmp_path) ->
     cat.close()
 
 
+def test_an_open_catalog_sees_another_handles_writes(dataset, tmp_path) -> None:
+    """A running server kept its product map and text matcher while `index add` or `update_metadata` ran
+    beside it: a title changed elsewhere was never matched, a new photo never grouped with its product."""
+    from helpers import tiny_embedder
+
+    name = tiny_embedder(tmp_path)
+    gallery = read_gallery(dataset["gallery"])
+    build_catalog(gallery, tmp_path / "cat", embedder=name, progress=False)[0].close()
+    with Catalog.open(tmp_path / "cat") as a, Catalog.open(tmp_path / "cat") as b:
+        first, product = gallery[0].id, gallery[0].product_id
+        before = a.items_of(product)
+        a.matcher.scores(["zucchini premium"])  # made and cached
+        b.update_metadata([first], [{"title": "Zucchini Premium Brand"}])
+        assert a.matcher.scores(["zucchini premium"])[0].max() > 0.3
+        b.add([Item(10_000, gallery[0].image, product_id=product)], progress=False)
+        assert sorted(a.items_of(product)) == sorted(before + [10_000])
+        version = a.store.version()
+        a.update_metadata([first], [{"title": "own write"}])  # its own writes: forgotten by _changed, as before
+        assert a.store.version() == version
+
+
 def test_relative_user_onnx_model_is_found_from_where_it_was_named(dataset, tmp_path, monkeypatch) -> None:
     """``--model onnx:tower.onnx`` names a file beside the user, not inside the catalog folder."""
     import json

@@ -21,6 +21,8 @@ def test_standardise_and_mix():
     np.testing.assert_allclose(z.mean(1), 0, atol=1e-6)
     np.testing.assert_allclose(z[0].std(), 1, atol=1e-5)
     assert not z[1].any()  # a row with no spread stays flat instead of dividing by zero
+    noise = np.array([[0.4213, 0.4213 + 3e-8, 0.4213 - 3e-8]], np.float32)  # "Banana", "banana", "BANANA"
+    assert not standardise(noise).any()  # float32 noise is no spread: it had become 1.2 / -1.2
     c = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
     assert (mix(a, c, 0.0).argmax(1) == [1, 0]).all()  # weight 0: the alignment's order
     assert mix(a, c, 10.0).argmax(1).tolist() == [0, 2]  # a large weight: the concepts' order

@@ -57,6 +57,22 @@ def test_bm25_prefers_rare_words_and_handles_unknown_words():
     assert not s[1].any()
 
 
+def test_text_search_finds_words_inside_titles_written_without_spaces(encoder):
+    """Chinese and Thai titles are one "word" each to a word tokenizer: "牛奶" (milk) scored 0 against
+    "全脂牛奶" (whole milk), and MiniLM, trained on English, guessed. Such scripts count pairs of characters."""
+    from productlens.pipeline.text_search import words_of
+
+    products = [ProductText(1, "燕麦酸奶"), ProductText(2, "全脂牛奶"), ProductText(3, "橙汁"),
+                ProductText(4, "น้ำแอปเปิ้ล"), ProductText(5, "น้ำส้ม"), ProductText(6, "Äpple Juice")]
+    ts = TextSearch(products, encoder)
+    assert ts.search("牛奶", 1)[0][0].product_id == 2
+    assert ts.search("酸奶", 1)[0][0].product_id == 1
+    assert ts.search("ส้ม", 1)[0][0].product_id == 5
+    assert ts.search("apple", 1)[0][0].product_id == 6
+    assert words_of("Crème Brûlée 3,5%") == ["creme", "brulee", "3", "5"]  # other scripts: words as before
+    assert words_of("abc牛奶def 牛") == ["abc", "牛奶", "def", "牛"]
+
+
 def test_text_search_lexical_then_dense(encoder):
     ts = TextSearch(PRODUCTS, encoder)
     assert ts.search("juice pulp", 1)[0][0].product_id == 1
@@ -129,8 +145,46 @@ def test_ocr_engine_failure_is_a_clear_error():
     def broken(arr):
         raise RuntimeError("model file missing")
 
-    with pytest.raises(OCRError, match="model file missing"):
+    with pytest.raises(OCRError, match="RuntimeError: model file missing"):
         OCR("broken", broken).read(package_photo("X", 0, shop=True))
+    out, errors = OCR("broken", broken).read_many(["/tmp/x.jpg", package_photo("X", 0, shop=True)])
+    assert out == [None, None] and errors[1][2].startswith("image #1: OCR (broken) failed")
+
+
+def test_ocr_reads_the_box_transparent_print_banners_and_replaced_files(tmp_path):
+    """A PIL image's box was ignored (identify-video --detect read the whole frame); print on a transparent
+    ground turned black on black; an 8x6000 banner failed with "OCR (rapidocr) failed: " and nothing else;
+    a photo replaced under the same path kept its old words for the rest of the process."""
+    import time
+
+    from PIL import Image
+
+    from productlens.pipeline.fusion import ocr_texts
+    from productlens.types import Box
+
+    pair = Image.new("RGB", (320, 160))
+    pair.paste(package_photo("BRAVO", 0, shop=True), (0, 0))
+    pair.paste(package_photo("ZESTA", 0, shop=True), (160, 0))
+    right = ocr_texts([pair], [Box(160, 0, 160, 160)])[0].upper()
+    assert "ZESTA" in right and "BRAVO" not in right
+    grey = np.asarray(package_photo("KALMO", 0, shop=True).convert("L"))
+    clear = np.zeros((*grey.shape, 4), np.uint8)
+    clear[..., 3] = np.where(grey < 60, 255, 0)  # black print, the rest transparent (and black beneath)
+    Image.fromarray(clear, "RGBA").save(tmp_path / "clear.png")
+    assert "KALMO" in ocr_texts([tmp_path / "clear.png"])[0].upper()
+    assert "KALMO" in ocr_texts([Image.open(tmp_path / "clear.png")])[0].upper()
+    Image.new("RGB", (8, 6000), "white").save(tmp_path / "banner.png")
+    assert ocr_texts([tmp_path / "banner.png"]) == [""]
+    from productlens.models.ocr import get_ocr
+
+    words, errors = get_ocr().read_many([tmp_path / "banner.png"])
+    assert words == [[]] and not errors
+    photo = tmp_path / "p.png"
+    package_photo("NORDA", 0, shop=True).save(photo)
+    assert "NORDA" in ocr_texts([photo])[0].upper()
+    time.sleep(0.01)
+    package_photo("PIXEL", 0, shop=True).save(photo)
+    assert "PIXEL" in ocr_texts([photo])[0].upper()
 
 
 # ------------------------------------------------------------------ fusion
@@ -197,6 +251,20 @@ def test_index_build_ocr_chooses_the_weight_by_cross_fitting(tmp_path):
         assert sum(cat.search(q.image, k=4)[0].product_id == q.product_id for q in queries) >= 7
 
 
+def test_ocr_weight_is_chosen_with_two_training_products(tmp_path):
+    """With 2 (or 3) products, each fold of the cross-fitting adapted on the one product left and failed:
+    "adaptation needs photos of at least 2 products". Such a fold's catalog is not adapted; and a
+    training csv with only a header is named as such, not as a missing --train."""
+    gallery, train, _ = _package_dataset(tmp_path, ["BRAVO", "ZESTA"])
+    res = CliRunner().invoke(app, ["index", "build", str(gallery), "--out", str(tmp_path / "cat"), "--train",
+                                   str(train), "--catalog-labels", "--no-finetune", "--ocr"])
+    assert res.exit_code == 0 and "text fusion weight" in res.output, res.output
+    (tmp_path / "header.csv").write_text("image,product_id\n")
+    res = CliRunner().invoke(app, ["index", "build", str(gallery), "--out", str(tmp_path / "cat2"), "--train",
+                                   str(tmp_path / "header.csv"), "--ocr"])
+    assert res.exit_code == 1 and "no labelled photo in it" in res.output, res.output
+
+
 def test_choose_text_weight_needs_catalog_mode():
     from productlens.pipeline.fusion import choose_text_weight
 
@@ -207,7 +275,7 @@ def test_choose_text_weight_needs_catalog_mode():
         choose_text_weight([Item(0, "g.jpg", product_id=0)], train[:1])
 
 
-def test_catalog_with_ocr_fuses_print_with_the_image(tmp_path):
+def test_catalog_with_ocr_fuses_print_with_the_image(tmp_path, monkeypatch):
     """Packages that look the same and differ only by their brand: OCR tells them apart."""
     from productlens.pipeline.catalog import Catalog
     from productlens.pipeline.catalog_build import build_catalog
@@ -238,6 +306,19 @@ def test_catalog_with_ocr_fuses_print_with_the_image(tmp_path):
     with Catalog.open(tmp_path / "cat") as cat:  # reopened: the weight and the OCR text are kept
         assert cat.uses_ocr and cat.text_weight > 0
         assert cat.search(queries[1].image, k=3, text="garden")[0].product_id == 1
+        # a large photo's print is read at full size, as rank and eval read it: search had read the picture
+        # shrunk while decoding (to 1/8 here), where 20-pixel print is gone
+        from PIL import Image
+
+        import productlens.pipeline.fusion as fusion
+
+        big = Image.new("RGB", (4000, 3000), (255, 255, 255))
+        big.paste(package_photo("GARDEN", 0, shop=True), (200, 200))
+        big.save(tmp_path / "big.jpg")
+        read, real = [], fusion.ocr_texts
+        monkeypatch.setattr(fusion, "ocr_texts", lambda *a, **kw: read.append(real(*a, **kw)) or read[-1])
+        cat.search(tmp_path / "big.jpg", k=3)
+        assert "GARDEN" in read[-1][0].upper()
 
 
 # ------------------------------------------------------------------ alignment
@@ -383,7 +464,8 @@ def test_identify_video_pools_frames_and_reports_bad_clips(tmp_path):
     with cat:
         res = identify_video(cat, clip, k=3)
         assert res.products[0].product_id == 2 and res.products[0].times
-        assert res.frames_used + res.dropped_blank + res.dropped_blurred + res.dropped_duplicates == res.frames_sampled
+        assert res.frames_used + res.dropped_blank + res.dropped_blurred + res.dropped_duplicates + \
+            res.dropped_unusable == res.frames_sampled
         assert len(res.products) == 3
         (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
         with pytest.raises(ProductLensError, match="bad.mp4"):
@@ -479,7 +561,7 @@ def test_identify_video_fuses_a_given_title_with_a_products_catalog(tmp_path):
     assert titled[1] - plain[1] > 0.1 and abs(titled[0] - plain[0]) < 0.05
     res = CliRunner().invoke(app, ["identify-video", str(clip), "--products", str(tmp_path / "products.jsonl"),
                                    "--max-frames", "0"])
-    assert res.exit_code == 1 and "at least 1" in res.output
+    assert res.exit_code == 2 and "--max-frames" in res.output and "greater than or equal to 1" in res.output
 
 
 def test_long_video_sampling_is_bounded(tmp_path):
@@ -576,7 +658,7 @@ def test_frame_times_are_the_frames_own_timestamps():
     and index / fps where it gives none (0 past the first frame)."""
     import cv2
 
-    from productlens.pipeline.video import _frame_time
+    from productlens.data.video import _frame_time
 
     class Cap:
         def __init__(self, ms):
@@ -591,7 +673,7 @@ def test_frame_times_are_the_frames_own_timestamps():
     assert _frame_time(Cap(0.0), 10, 5.0) == 2.0  # no timestamp from this decoder
     assert _frame_time(Cap(float("nan")), 10, 5.0) == 2.0
 
-    from productlens.pipeline.video import Frame, _end_time
+    from productlens.data.video import Frame, _end_time
 
     class Seeking(Cap):  # the last frame, read by seeking, carries its own timestamp
         def set(self, prop, value):

@@ -193,31 +193,6 @@ def test_cli_build_into_milvus(tmp_path, data, tiny, local, collection):
     assert res.exit_code != 0 and "exists" in res.output  # another catalog may not take the collection
 
 
-@pytest.mark.qdrant
-def test_a_server_store_is_checked_before_the_embedding(tmp_path, data, tiny, monkeypatch):
-    """A bad collection name, an unreachable server or a taken collection failed only after every photo
-    was embedded (and the adapter trained), and the work was thrown away."""
-    import productlens.pipeline.catalog_build as catalog_build
-
-    def embedded(*args, **kwargs):
-        raise AssertionError("embedded before the store was checked")
-
-    monkeypatch.setattr(catalog_build, "embed_items", embedded)
-    items = read_catalog(data["gallery"])
-    for spec, message in ((StoreSpec("qdrant", "my products", {"location": str(tmp_path / "q")}), "letters, digits"),
-                          (StoreSpec("qdrant", "taken", {"location": str(tmp_path / "q")}), "exists")):
-        if message == "exists":
-            spec.create(tmp_path / "elsewhere", 8).close()
-        with pytest.raises(ProductLensError, match=message):
-            build_catalog(items, tmp_path / "cat", embedder=tiny, store=spec, progress=False)
-        with pytest.raises(ProductLensError, match=message):
-            build_catalog_sharded(items, tmp_path / "cat2", embedder=tiny, store=spec, progress=False)
-        assert not (tmp_path / "cat").exists() and not (tmp_path / "cat2").exists()
-    res = runner.invoke(app, ["index", "build", str(data["gallery"]), "--out", str(tmp_path / "c"), "--model", tiny,
-                              "--store", "milvus", "--collection", "c" * 201])
-    assert res.exit_code == 1 and "at most 200 characters" in res.output
-
-
 @pytest.mark.ray
 @pytest.mark.milvus
 def test_ray_build_into_milvus(tmp_path, data, tiny, local, collection, ray_local):

@@ -12,6 +12,7 @@ import typer
 
 from productlens.cli.common import owner_label, unused_text_note
 from productlens.config import GIVEN_TEXT_WEIGHT
+from productlens.data.video import MAX_FRAMES, MAX_FRAMES_LIMIT
 
 
 def identify_video(
@@ -28,7 +29,8 @@ def identify_video(
     detector: Optional[str] = typer.Option(None, help="Detector folder or onnx:PATH for --detect (default: "
                                                       "$PRODUCTLENS_DETECTOR or the cache's detectors/default)."),
     k: int = typer.Option(5, "-k", min=1, help="Number of products."),
-    max_frames: int = typer.Option(48, help="Frames sampled evenly over the clip, whatever its length."),
+    max_frames: int = typer.Option(MAX_FRAMES, min=1, max=MAX_FRAMES_LIMIT,
+                                   help="Frames sampled evenly over the clip, whatever its length."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Rank catalog products for a video clip, with the timestamps of the frames that support each."""
@@ -57,7 +59,7 @@ def identify_video(
         return
     typer.echo(f"{clip}: {res.duration:.1f} s, {res.frames_sampled} frames sampled, {res.frames_used} used "
                f"({res.dropped_blank} blank, {res.dropped_blurred} blurred, {res.dropped_duplicates} "
-               "near-duplicates dropped)")
+               "near-duplicates" + (f", {res.dropped_unusable} unusable" if res.dropped_unusable else "") + " dropped)")
     for r, m in enumerate(res.products, 1):
-        times = ", ".join(f"{t:.1f}s" for t in m.times[:8]) + (" ..." if len(m.times) > 8 else "")
+        times = ", ".join(f"{t:.2f}s" for t in m.times[:8]) + (" ..." if len(m.times) > 8 else "")
         typer.echo(f"{r:3d}  {m.score:.4f}  {owner_label(m.product_id, m.id)}  {m.title}  frames: {times or '-'}")

@@ -72,7 +72,10 @@ def make_clip(photos: Sequence[Any], out_path: str | os.PathLike, *, fps: int = 
             for f in render_frames(img, max(1, round(fps * seconds_per_photo)), size, rng, blur=blur,
                                    occlude=occlude):
                 writer.write(f[:, :, ::-1])
-    finally:
         writer.release()
-    os.replace(tmp, out_path)
+        os.replace(tmp, out_path)
+    except BaseException:  # a photo that cannot be read leaves no half-written clip behind
+        writer.release()
+        tmp.unlink(missing_ok=True)
+        raise
     return out_path

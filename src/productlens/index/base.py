@@ -300,6 +300,12 @@ class Store(abc.ABC):
     def info(self) -> dict[str, Any]:
         """All info keys and values."""
 
+    def version(self) -> Any:
+        """A value that changes when another handle (or process) writes to the store, for caches of what
+        was derived from its items; None where the backend cannot tell (such caches then last until this
+        handle's own writes)."""
+        return None
+
     # ---------------------------------------------------------------- reads
     @abc.abstractmethod
     def search(

@@ -110,6 +110,7 @@ class Catalog:
         self._matcher = None
         self._verifier = None
         self._by_product: dict[int, list[int]] | None = None
+        self._version = store.version()  # another handle's writes make the derived caches stale
         self._folder = folder_key(self.path)  # which folder was opened (`index build --overwrite` swaps it)
         #: why the model no longer matches the one the catalog was built with (opened with ``check=False``)
         self.model_changed: str | None = None
@@ -133,6 +134,7 @@ class Catalog:
     @property
     def matcher(self):
         """The :class:`~productlens.pipeline.fusion.TextMatcher` over the items' documents (cached)."""
+        self._check_fresh()
         if self._matcher is None:
             from productlens.pipeline.fusion import TextMatcher
 
@@ -216,6 +218,7 @@ class Catalog:
 
     def _products(self) -> dict[int, list[int]]:
         """Item ids per product (items without a product, or distractors, are left out); read once."""
+        self._check_fresh()
         if self._by_product is None:
             ids = self.store.ids()
             by_product: dict[int, list[int]] = {}
@@ -229,11 +232,20 @@ class Catalog:
     @property
     def verifier(self):
         """The :class:`~productlens.pipeline.verify.SpatialVerifier` of this catalog's photos (cached)."""
+        self._check_fresh()
         if self._verifier is None:
             from productlens.pipeline.verify import SpatialVerifier
 
             self._verifier = SpatialVerifier(self.store.get, root=self.path)
         return self._verifier
+
+    def _check_fresh(self) -> None:
+        """Forget the derived caches when another handle or process wrote to the store since they were made
+        (a running server while `index add` or `update_metadata` runs beside it)."""
+        version = self.store.version()
+        if version != self._version:
+            self._version = version
+            self._changed()
 
     def _changed(self) -> None:
         """Forget what was derived from the items (text matcher, product map, local features)."""
@@ -558,10 +570,12 @@ class Catalog:
 
             source = read_once(source)  # a URL: fetched once for the detector and the search
             box = best_box_of(detector, source)
+        source = read_once(source)  # a URL: fetched once for the picture and its print
         img = load_image(source, box=box, target=self.query_embedder.preprocess.size,  # ImageError / BoxError
                          min_side=MIN_SIDE)
         query = self.to_index_space(self.query_embedder.embed_images([img]), "query")
-        texts = self.query_texts([img], None, [text])
+        # print is read at full size, as rank and eval read it (the picture above was shrunk while decoding)
+        texts = self.query_texts([source], [box], [text])
         from productlens.pipeline.verify import resolve
 
         return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,

@@ -110,13 +110,25 @@ def fit_text_weight(scores: np.ndarray, ids: np.ndarray, text_scores: np.ndarray
     return best, table
 
 
+def _cache_key(src: Any, box) -> tuple | None:
+    """The OCR cache's key for a file: its path, size and modification time (a photo replaced under the same
+    path is read again) and the box; None for anything else (read each time)."""
+    if not isinstance(src, (str, os.PathLike)):
+        return None
+    try:
+        st = os.stat(src)
+    except (OSError, ValueError):  # a URL, a missing file: not cached
+        return None
+    return (os.fspath(src), st.st_size, st.st_mtime_ns, None if box is None else box.as_tuple())
+
+
 def ocr_texts(sources: Sequence[Any], boxes: Sequence | None = None, *, progress: bool = False) -> list[str]:
     """The words OCR reads on each image (path, URL, bytes or PIL image; optional box).
 
     An image that cannot be read or OCR'd gives "" (reported as a warning): a
     query without text simply keeps its image ranking. Results for files are
-    kept in memory for this process (the same photo is read once, by path; a
-    changed file under the same path is not noticed within one process).
+    kept in memory for this process (the same photo is read once, by path, size
+    and modification time).
     """
     from PIL import Image
 
@@ -131,12 +143,12 @@ def ocr_texts(sources: Sequence[Any], boxes: Sequence | None = None, *, progress
     from tqdm.auto import tqdm
 
     for src, box in tqdm(list(zip(sources, boxes)), desc="OCR", unit="img", disable=bar_disable(progress)):
-        key = (str(src), None if box is None else box.as_tuple()) if isinstance(src, (str, os.PathLike)) else None
+        key = _cache_key(src, box)
         if key is not None and key in _OCR_CACHE:
             out.append(_OCR_CACHE[key])
             continue
         try:
-            img = src if isinstance(src, Image.Image) else load_image(src, box=box)
+            img = load_image(src, box=box)  # a PIL image too: its box is cut out, alpha put on white
             out.append(words_text(ocr.read(img)))
             if key is not None:
                 if len(_OCR_CACHE) >= OCR_CACHE_SIZE:
@@ -197,6 +209,8 @@ def choose_text_weight(gallery: Sequence, train: Sequence, *, embedder: str | No
                         held.append(t)
             if cat is not None:
                 cat.close()
+            if len({int(t.product_id) for t in adapt}) < 2:  # adaptation needs two products: with 2-3 in all,
+                adapt = []  # a fold leaves one, and its catalog is not adapted (the image score is the plain one)
             cat, _ = build_catalog(list(gallery), Path(tmp) / f"fold{f}", embedder=embedder or DEFAULT_EMBEDDER,
                                    train=adapt or None, use_gallery_labels=use_gallery_labels, ocr=True,
                                    progress=progress, **(build or {}))

@@ -21,6 +21,8 @@ A product's text comes from a products.jsonl or from a catalog's metadata
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -68,13 +70,36 @@ def products_from_metadata(ids: Iterable[int], metadata: Iterable[dict | None]) 
     return list(out.values())
 
 
+#: scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, Chinese characters,
+#: Hangul syllables): their runs are counted as overlapping pairs of characters, so that "牛奶" finds "全脂牛奶"
+_UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                       "\uf900-\ufaff\uac00-\ud7af]+")
+_WORD = re.compile(r"(?u)\b\w+\b")
+
+
+def words_of(text: str) -> list[str]:
+    """The terms BM25 counts in ``text``: words (lower case, accents stripped), and in scripts written without
+    spaces, pairs of characters (a single character alone)."""
+    text = unicodedata.normalize("NFKD", text.lower())  # accents stripped, as scikit-learn's strip_accents
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    out: list[str] = []
+    pos = 0
+    for m in _UNSPACED.finditer(text):
+        out += _WORD.findall(text[pos:m.start()])
+        run = m.group()
+        out += [run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)]
+        pos = m.end()
+    return out + _WORD.findall(text[pos:])
+
+
 class BM25:
-    """Okapi BM25 over word counts (scikit-learn's tokenizer, accents stripped, lower case)."""
+    """Okapi BM25 over term counts (:func:`words_of`: lower case, accents stripped, pairs of characters in
+    scripts written without spaces)."""
 
     def __init__(self, documents: Sequence[str], k1: float = BM25_K1, b: float = BM25_B) -> None:
         from sklearn.feature_extraction.text import CountVectorizer
 
-        self._cv = CountVectorizer(lowercase=True, strip_accents="unicode", token_pattern=r"(?u)\b\w+\b")
+        self._cv = CountVectorizer(analyzer=words_of)
         tf = self._cv.fit_transform(documents).astype(np.float64).tocsr()
         n = tf.shape[0]
         df = np.asarray((tf > 0).sum(0)).ravel()

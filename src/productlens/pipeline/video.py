@@ -2,16 +2,19 @@
 
 Steps, each bounded so that an hours-long file costs no more than a short one:
 
-1. :func:`sample_frames` reads at most ``max_frames`` frames spread evenly
-   over the clip, the middle frame of each of ``max_frames`` equal spans
-   (OpenCV's decoder; seeking, so the length does not matter).
+1. :func:`~productlens.data.video.sample_frames` reads at most ``max_frames``
+   frames spread evenly over the clip (OpenCV's decoder; seeking, so the length
+   does not matter; see :mod:`productlens.data.video`).
 2. Blank frames (one flat colour: a black screen, a white flash; each colour
    channel's standard deviation under ``BLANK_STD``) are dropped, and a clip of
    nothing else is an error rather than a ranking of nothing. Blurred frames are
    dropped: a frame whose sharpness (variance of the Laplacian) is under
-   ``BLUR_RATIO`` of the clip's median is motion-blurred relative to the rest.
-   Near-duplicate frames (cosine of their vectors above ``DUPLICATE_COS`` with
-   the last kept frame) are dropped too. Frames are timed by their own timestamps.
+   ``BLUR_RATIO`` of the upper quartile of its ``BLUR_WINDOW`` nearest sampled
+   frames is motion-blurred relative to its own scene (against the whole clip's
+   median, a plain product shown after a busy one lost every frame; now the two
+   frames next to the change at most). Near-duplicate frames (cosine of their
+   vectors above ``DUPLICATE_COS`` with the last kept frame) are dropped too.
+   Frames are timed by their own timestamps.
 3. Each kept frame is searched in the catalog: the best detected product box
    when a detector is given, else the whole frame. With a catalog that reads
    print (built with ``--ocr``), the sharpest frames are OCR'd; their words and
@@ -30,30 +33,24 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from productlens.data.video import MAX_FRAMES, Frame, check_max_frames, sample_frames
 from productlens.pipeline.catalog import Catalog
 from productlens.types import ProductLensError, key_owner, product_key
 
 log = logging.getLogger(__name__)
 
-MAX_FRAMES = 48
 BLUR_RATIO = 0.35
+BLUR_WINDOW = 9  # sampled frames: the frame itself and four on each side
+BLUR_QUANTILE = 0.75  # of the window's sharpness: the sharp level of the scene while up to 2/3 of it is blurred
 BLANK_STD = 2.0  # levels of 255 in every colour channel: a frame this flat shows nothing (noise on black is under 1)
 DUPLICATE_COS = 0.985
 OCR_FRAMES = 4
 FRAME_K = 20  # products retrieved per frame
-
-
-@dataclass
-class Frame:
-    index: int
-    time: float  # seconds from the start
-    image: Image.Image
 
 
 @dataclass
@@ -75,84 +72,7 @@ class VideoResult:
     duration: float
     frame_top: list[tuple[float, int | None, int | None]]  # (time, best product, its item if none) a frame
     dropped_blank: int = 0
-
-
-def sample_frames(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple[list[Frame], float]:
-    """Up to ``max_frames`` RGB frames spread evenly over the video, and its duration in seconds.
-
-    Raises ProductLensError when the file is missing, cannot be opened or has no frames.
-    """
-    import cv2
-
-    # FFmpeg's own lines ("moov atom not found") would precede ours, which say the same thing
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    path = Path(path)
-    if path.is_dir():
-        raise ProductLensError(f"{path}: a folder; give a video file")
-    if not path.is_file():
-        raise ProductLensError(f"{path}: no such video file")
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise ProductLensError(f"{path}: cannot open the video (unknown format, corrupt file, or no frames)")
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = fps if 0 < fps < 1000 else 25.0
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        frames: list[Frame] = []
-        if count > 0:
-            # the middle of each of max_frames equal spans (every frame of a shorter clip): a clip's first
-            # and last frames, often a fade from or to black, are read only when every frame is
-            n = min(max_frames, count)
-            wanted = np.unique(((np.arange(n) + 0.5) * count / n).astype(int).clip(0, count - 1))
-            for idx in wanted.tolist():
-                cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
-                ok, bgr = cap.read()
-                if ok and bgr is not None:
-                    frames.append(Frame(idx, _frame_time(cap, idx, fps), Image.fromarray(bgr[:, :, ::-1].copy())))
-            end = _end_time(cap, count, fps, frames)
-        else:  # a stream without a frame count: read the first max_frames frames, 1 in 5
-            idx = 0
-            while len(frames) < max_frames and idx < max_frames * 5:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                if idx % 5 == 0:
-                    frames.append(Frame(idx, _frame_time(cap, idx, fps), Image.fromarray(bgr[:, :, ::-1].copy())))
-                idx += 1
-            count = idx
-            end = count / fps
-    finally:
-        cap.release()
-    if not frames:
-        raise ProductLensError(f"{path}: the video has no readable frame")
-    return frames, max(end, frames[-1].time)
-
-
-def _end_time(cap, count: int, fps: float, frames: list[Frame]) -> float:
-    """The clip's duration: its last frame's timestamp plus one mean frame interval (``count / fps`` for a
-    constant rate; a variable one, whose mean rate OpenCV reports, needs the timestamp), read by seeking
-    to that frame unless it was sampled; ``count / fps`` where the decoder gives no timestamp."""
-    import cv2
-
-    if frames and frames[-1].index == count - 1:
-        last = frames[-1].time
-    else:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
-        ok, _ = cap.read()
-        last = _frame_time(cap, count - 1, fps) if ok else (count - 1) / fps
-    return last + 1 / fps if last > 0 else count / fps
-
-
-def _frame_time(cap, idx: int, fps: float) -> float:
-    """Seconds from the start of the frame ``cap`` has just read: its own timestamp, which a clip of
-    variable frame rate (a phone's screen recording) needs, where frame / mean fps drifts by seconds;
-    ``idx / fps`` where the decoder gives none."""
-    import cv2
-
-    ms = cap.get(cv2.CAP_PROP_POS_MSEC)
-    if ms is not None and np.isfinite(ms) and (ms > 0 or idx == 0):
-        return float(ms) / 1000.0
-    return idx / fps
+    dropped_unusable: int = 0  # frames the embedder refused (too small, for one)
 
 
 def is_blank(img: Image.Image) -> bool:
@@ -184,8 +104,9 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     without ``--ocr --train``, e.g. from a products.jsonl) fuses a given text at
     ``config.GIVEN_TEXT_WEIGHT``.
     """
-    if k < 1 or max_frames < 1:
-        raise ProductLensError(f"k and max_frames must be at least 1, got {k} and {max_frames}")
+    if k < 1:
+        raise ProductLensError(f"k must be at least 1, got {k}")
+    check_max_frames(max_frames)  # before the catalog or the clip is read
     if text_weight is not None and not 0 <= text_weight < float("inf"):  # inf gave NaN scores
         raise ProductLensError(f"the text weight must be >= 0 and finite, got {text_weight}")
     catalog.check_not_empty()  # before the clip is decoded
@@ -195,7 +116,7 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     if not frames:
         raise ProductLensError(f"{path}: no usable frame: all {sampled} sampled frames are blank (one flat colour)")
     sharp = np.array([sharpness(f.image) for f in frames])
-    keep = sharp >= BLUR_RATIO * np.median(sharp)
+    keep = ~blurred_frames(sharp)
     blurred = int((~keep).sum())
     frames = [f for f, kf in zip(frames, keep) if kf]
     boxes = [None] * len(frames)
@@ -204,7 +125,10 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
 
         boxes = best_boxes(detector, [f.image for f in frames], boxes, progress=False)
     res = catalog.embed_queries([f.image for f in frames], boxes)
+    if not len(res.ok):
+        raise ProductLensError(f"{path}: no usable frame: {res.errors[0][2] if res.errors else 'none embedded'}")
     vecs = res.vectors
+    unusable = len(frames) - len(res.ok)
     frames = [frames[i] for i in res.ok]
     boxes = [boxes[i] for i in res.ok]
     kept: list[int] = []
@@ -213,8 +137,6 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
             kept.append(i)
     duplicates = len(frames) - len(kept)
     frames, vecs, boxes = [frames[i] for i in kept], vecs[kept], [boxes[i] for i in kept]
-    if not frames:
-        raise ProductLensError(f"{path}: no usable frame (all unreadable)")
     weight = catalog.text_weight_for(bool(text)) if text_weight is None else text_weight
     texts = _frame_texts(catalog, frames, boxes, text) if weight > 0 else None
     n_items = len(catalog.store)
@@ -234,7 +156,17 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
         matches.append(ProductMatch(pid, titles.get(products[j], ""), float(clip[j]),
                                     [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]], id=item))
     return VideoResult(matches, sampled, len(frames), blurred, duplicates, round(duration, 2),
-                       [(round(f.time, 2), *key_owner(t)) for f, t in zip(frames, top)], sampled - len(sharp))
+                       [(round(f.time, 2), *key_owner(t)) for f, t in zip(frames, top)], sampled - len(sharp),
+                       unusable)
+
+
+def blurred_frames(sharp: np.ndarray) -> np.ndarray:
+    """Which frames are blurred, given their sharpness in order: under ``BLUR_RATIO`` of the ``BLUR_QUANTILE``
+    of the ``BLUR_WINDOW`` frames around each (itself included; fewer at the clip's ends)."""
+    sharp = np.asarray(sharp, np.float64)
+    half = BLUR_WINDOW // 2
+    local = np.array([np.quantile(sharp[max(0, i - half):i + half + 1], BLUR_QUANTILE) for i in range(len(sharp))])
+    return sharp < BLUR_RATIO * local
 
 
 def _frame_texts(catalog: Catalog, frames: list[Frame], boxes: list, text: str | None) -> list[str] | None:

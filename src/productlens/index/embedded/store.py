@@ -428,6 +428,12 @@ class EmbeddedStore(Store):
                 db.execute("COMMIT")
 
     # ================================================================= reads
+    def version(self) -> int:
+        """SQLite's ``data_version``: it changes when another connection commits (this handle's own writes
+        leave it as it is)."""
+        with self._lock:
+            return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+
     def __len__(self) -> int:
         with self._read_txn():
             return self._snap.n_live

@@ -38,13 +38,16 @@ class OCR:
 
     def read(self, image: Image.Image) -> list[Word]:
         """The words in ``image`` (a decoded PIL image), best-effort; raises OCRError when the engine fails."""
-        arr = np.asarray(image.convert("RGB"))
+        from productlens.data.images import to_rgb
+
+        arr = np.asarray(to_rgb(image))  # transparent print on white, as load_image puts it
         if arr.shape[0] < 8 or arr.shape[1] < 8:
             return []
         try:
             words = self._read_array(arr)
-        except Exception as e:  # the engine's own errors, whatever their type
-            raise OCRError(f"OCR ({self.name}) failed: {e}") from e
+        except Exception as e:  # the engine's own errors, whatever their type ("failed: " alone had said nothing)
+            raise OCRError(f"OCR ({self.name}) failed on a {arr.shape[1]}x{arr.shape[0]} image: "
+                           f"{type(e).__name__}: {e}") from e
         return [w for w in words if w.score >= self.min_score and w.text.strip()]
 
     def read_many(self, sources: Sequence[Any], *, progress: bool = False, desc: str = "OCR"
@@ -62,7 +65,10 @@ class OCR:
         for i, src in enumerate(tqdm(sources, desc=desc, unit="image", disable=bar_disable(progress))):
             try:
                 img = src if isinstance(src, Image.Image) else load_image(src, min_side=MIN_SIDE)  # 1x1: named
-                out.append(self.read(img))
+                try:
+                    out.append(self.read(img))
+                except OCRError as e:  # the engine's message does not name the file
+                    raise OCRError(f"{src if not isinstance(src, Image.Image) else f'image #{i}'}: {e}") from e
             except ProductLensError as e:
                 log.warning("skipped #%d %s", i, e, extra={ITEM_REPORT: True})  # the message names the file
                 errors.append((i, src, str(e)))

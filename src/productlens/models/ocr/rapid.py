@@ -8,6 +8,8 @@ from productlens.config import num_threads
 from productlens.models.ocr.base import OCR, Word
 from productlens.types import ProductLensError
 
+MAX_ASPECT = 8  # longer side over shorter side the detector is given (a thinner image is padded with white)
+
 
 def rapidocr(threads: int | None = None, min_score: float = 0.5, det_side: int = 736) -> OCR:
     """Create the RapidOCR engine.
@@ -23,6 +25,13 @@ def rapidocr(threads: int | None = None, min_score: float = 0.5, det_side: int =
     engine = RapidOCR(intra_op_num_threads=n, inter_op_num_threads=1, det_limit_side_len=det_side)
 
     def read_array(arr: np.ndarray) -> list[Word]:
+        h, w = arr.shape[:2]
+        if max(h, w) > MAX_ASPECT * min(h, w):  # a banner: the detector's resize of its short side to det_side
+            # made the long one too large to resize (ResizeImgError); white below or to the right keeps the
+            # words where they are
+            padded = np.full((max(h, -(-w // MAX_ASPECT)), max(w, -(-h // MAX_ASPECT)), 3), 255, np.uint8)
+            padded[:h, :w] = arr
+            arr = padded
         result, _ = engine(arr[:, :, ::-1].copy())  # the engine takes OpenCV's BGR order
         words = []
         for quad, text, score in result or ():
