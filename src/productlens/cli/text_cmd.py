@@ -107,7 +107,11 @@ def zero_shot_cmd(
         name_list = [ln.strip() for ln in lines if ln.strip()]
     else:  # comma-separated, csv-style: "Milk, 3%",Juice is two names
         name_list = [n.strip() for n in next(csv.reader([names], skipinitialspace=True), []) if n.strip()]
-    name_list = list(dict.fromkeys(name_list))  # a name given twice would split its own score
+    # a name given twice would split its own score; the text model reads no case ("Banana" is "banana")
+    firsts: dict[str, str] = {}
+    for n in name_list:
+        firsts.setdefault(n.casefold(), n)
+    name_list = list(firsts.values())
     images = expand_folders(images)
     if not images:
         raise ProductLensError("no images given (the folders hold no image files)")
