@@ -676,3 +676,35 @@ def test_service_settings_are_checked(tmp_path, field, value):
 
     with pytest.raises(ProductLensError, match=field.replace("_", "-")):
         ServeConfig(catalog=tmp_path, **{field: value})
+
+
+def test_a_served_catalog_rebuilt_or_deleted_underneath(tmp_path):
+    """`index build --overwrite` of the served folder had the service answer with the new build's vectors
+    and the old build's titles (or 500s when the counts differed), and history rows went to the replaced
+    file; a deleted folder was still "ok", and an upload made the folder again. A rebuilt folder is now
+    opened again at the next request, and a deleted one answers 503."""
+    import shutil
+
+    from productlens.data.readers import read_gallery
+    from productlens.pipeline.catalog_build import build_catalog
+
+    cat = titled_catalog(tmp_path, 4, lambda p: "boxes")
+    app = create_app(ServeConfig(catalog=cat, api_key=KEY))
+    query = {"image": ("q.jpg", _jpeg(product_photo(2, 5, shop=False)), "image/jpeg")}
+    with TestClient(app) as c:
+        assert c.post("/v1/identify", files=query).json()["matches"][0]["title"] == "product 2"
+        renamed = add_columns(tmp_path / "gallery_t.csv", tmp_path / "renamed.csv",
+                              {"title": lambda r: f"renamed {r['product_id']}"})
+        build_catalog(read_gallery(renamed)[:3], cat, use_gallery_labels=True, overwrite=True,
+                      progress=False)[0].close()
+        assert c.get("/v1/health").json()["items"] == 3
+        body = c.post("/v1/identify", files=query).json()
+        assert body["matches"][0]["title"] == "renamed 2" and body["history_id"] is not None
+        assert [r["id"] for r in c.get("/v1/history").json()] == [body["history_id"]]  # the new build's file
+        assert c.get("/v1/products/1").status_code == 200
+        shutil.rmtree(cat)
+        for res in (c.get("/v1/health"), c.post("/v1/identify", files=query), c.get("/v1/products/1"),
+                    _add_photo(c, 1), c.delete("/v1/products/1", headers={"X-API-Key": KEY})):
+            assert res.status_code == 503 and "no longer exists" in res.json()["detail"], res.text
+        assert not cat.exists()  # the upload did not make the folder again
+    app.state.engine.close()

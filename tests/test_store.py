@@ -459,6 +459,18 @@ def test_filters_match_reference(store_factory, where):
 
 
 # ============================================================= reopen / info
+def test_hits_leave_out_an_item_removed_after_the_search(store_factory):
+    """Another process removing an item between a search and the read of its metadata gave a hit with no
+    product, title or photo (a served page showed it, and its thumbnail was a 404)."""
+    embedded_only(store_factory)
+    s = store_factory(dim=4)
+    s.upsert([1, 2, 3], np.eye(4, dtype=np.float32)[:3], [{"title": f"t{i}", "product_id": i} for i in (1, 2, 3)])
+    scores, ids = s.search(np.ones((1, 4), np.float32), 3)
+    s.remove([2])
+    hits = s.as_hits(scores, ids)[0]
+    assert sorted(h.id for h in hits) == [1, 3] and all(h.title for h in hits)
+
+
 def test_reopen_gives_identical_results(store_factory):
     rng = np.random.default_rng(5)
     s = store_factory(dim=24)

@@ -338,16 +338,19 @@ class Store(abc.ABC):
         return self.as_hits(*self.search(queries, k, where))
 
     def as_hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
-        """``(scores, ids)`` rows (as :meth:`search` returns them) -> Hit lists with metadata."""
+        """``(scores, ids)`` rows (as :meth:`search` returns them) -> Hit lists with metadata.
+
+        An id removed (by another process) between the search and this read is left out: it had come
+        back as a hit with no product, title or photo."""
         valid = ids[ids >= 0]
         meta = dict(zip(valid.tolist(), self.get(valid))) if valid.size else {}
         out: list[list[Hit]] = []
         for srow, irow in zip(scores, ids):
             row = []
             for s, i in zip(srow.tolist(), irow.tolist()):
-                if i < 0:
+                md = meta.get(i)
+                if i < 0 or md is None:
                     continue
-                md = meta.get(i) or {}
                 row.append(
                     Hit(
                         id=i,

@@ -190,9 +190,9 @@ def _product_scores(catalog: Catalog, scores: np.ndarray, ids: np.ndarray) -> tu
     for srow, irow in zip(scores, ids):
         d: dict[int, float] = {}
         for s, i in zip(srow.tolist(), irow.tolist()):
-            if i < 0:
+            md = meta.get(i)
+            if i < 0 or md is None:  # md None: removed by another process since the search
                 continue
-            md = meta.get(i) or {}
             p = product_key(i, md.get("product_id"))
             titles.setdefault(p, md.get("title") or md.get("image", ""))
             if s > d.get(p, -np.inf):

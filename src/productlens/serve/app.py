@@ -22,8 +22,8 @@ from productlens.fileio import Locked
 from productlens.serve.admission import Admission, Busy
 from productlens.serve.batcher import Batcher
 from productlens.serve.config import ServeConfig
-from productlens.serve.engine import (CatalogEmpty, Engine, IdentifyRequest, ItemExists, sniff_image,
-                                      thumbnail_jpeg)
+from productlens.serve.engine import (CatalogEmpty, CatalogGone, Engine, IdentifyRequest, ItemExists,
+                                      sniff_image, thumbnail_jpeg)
 from productlens.serve.history import MAX_ROWS_PER_SESSION, History
 from productlens.serve.limits import BodyLimit
 from productlens.types import Box, BoxError, ImageError, ProductLensError, result_name
@@ -63,6 +63,11 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=int((config.max_upload_mb + 1) * 1024 * 1024),
                        detail=f"the upload is larger than {config.max_upload_mb:g} MB")
 
+    @app.exception_handler(CatalogGone)
+    async def _gone(request: Request, exc: CatalogGone):
+        return JSONResponse({"detail": f"{exc}; the service answers again once a catalog is built there"},
+                            status_code=503, headers={"Retry-After": "30"})
+
     @app.exception_handler(Busy)
     async def _busy(request: Request, exc: Busy):
         return JSONResponse({"detail": "busy: too many requests waiting; retry shortly"}, status_code=503,
@@ -96,7 +101,8 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     # ------------------------------------------------------------------ API
     @app.get("/v1/health")
     def health() -> dict:
-        return {"status": "ok", "items": len(engine.catalog), "classifier": engine.catalog.classifier is not None,
+        cat = engine.refresh()  # a rebuilt catalog is opened again; a deleted one: 503
+        return {"status": "ok", "items": len(cat), "classifier": cat.classifier is not None,
                 "detector": engine.detector is not None, "in_flight": admission.inside}
 
     @app.post("/v1/identify", dependencies=[Depends(reader)])
@@ -208,6 +214,8 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
             n = engine.remove_product(product_id)
         except Locked as e:
             raise _locked(e) from None
+        except ProductLensError as e:
+            raise HTTPException(400, _short(e)) from None
         if not n:
             raise HTTPException(404, f"no product {product_id}")
         return {"product_id": product_id, "removed": n}
@@ -215,7 +223,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     # ------------------------------------------------------------------ page
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(request: Request) -> HTMLResponse:
-        return templates.TemplateResponse(request, "index.html", {"items": len(engine.catalog),
+        return templates.TemplateResponse(request, "index.html", {"items": len(engine.refresh()),
                                                                   "max_mb": config.max_upload_mb,
                                                                   "max_mp": config.max_pixels / 1e6,
                                                                   "history_rows": MAX_ROWS_PER_SESSION})

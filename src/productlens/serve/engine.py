@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from productlens.data.images import MIN_SIDE, big_enough, load_image
+from productlens.fileio import folder_key
 from productlens.pipeline.catalog import Catalog, CatalogEmpty
 from productlens.pipeline.embed import inputs_per_image
 from productlens.pipeline.verify import resolve as resolve_verify
@@ -46,6 +47,10 @@ BATCH_INPUTS = 8
 
 class ItemExists(ProductLensError):
     """An item id given for a new photo is taken: adding never replaces another photo."""
+
+
+class CatalogGone(RuntimeError):
+    """The served catalog's folder was deleted (the service answers 503 until one is there again)."""
 
 
 @dataclass
@@ -107,6 +112,27 @@ class Engine:
     def close(self) -> None:
         self.catalog.close()
 
+    def _current(self) -> Catalog:
+        """The catalog, opened again when its folder was rebuilt (`index build --overwrite`) since it was
+        opened; :class:`CatalogGone` when it was deleted. Call with ``self.lock`` held. A rebuilt folder had
+        been served with the new build's vectors and the replaced build's titles, or 500s."""
+        key = folder_key(self.catalog.path)
+        if key is None:
+            raise CatalogGone(f"the catalog folder {self.catalog.path} no longer exists")
+        if key != self.catalog._folder:
+            new = Catalog.open(self.config.catalog)
+            old, self.catalog = self.catalog, new
+            old.close()
+            with self._thumb_lock:
+                self._thumbs.clear()
+            log.warning("%s was rebuilt: serving the new build (%d items)", self.catalog.path, len(new))
+        return self.catalog
+
+    def refresh(self) -> Catalog:
+        """:meth:`_current`, taking the lock."""
+        with self.lock:
+            return self._current()
+
     # ---------------------------------------------------------------- identify
     @property
     def default_batch(self) -> int:
@@ -131,6 +157,7 @@ class Engine:
         out: list[dict[str, Any] | Exception | None] = [None] * len(requests)
         ready: list[tuple[int, Image.Image, Box | None, list[dict]]] = []
         with self.lock:
+            self._current()
             if not len(self.catalog):
                 return [CatalogEmpty("the catalog is empty: add products first (POST /v1/products)")
                         for _ in requests]
@@ -218,7 +245,7 @@ class Engine:
     # ---------------------------------------------------------------- products
     def product(self, product_id: int) -> dict | None:
         with self.lock:
-            ids = self.catalog.items_of(product_id)
+            ids = self._current().items_of(product_id)
             md = self.catalog.store.get(ids[:1])[0] if ids else None
         if md is None:
             return None
@@ -230,7 +257,7 @@ class Engine:
         if not 0 <= item_id <= MAX_ID:
             return None
         with self.lock:
-            md = self.catalog.store.get([item_id])[0]
+            md = self._current().store.get([item_id])[0]
         if md is None:
             return None
         path = str(md["image"])
@@ -257,7 +284,7 @@ class Engine:
 
     def random_item(self, rng: np.random.Generator) -> tuple[int, bytes]:
         with self.lock:
-            ids = self.catalog.store.ids()
+            ids = self._current().store.ids()
         if not len(ids):
             raise CatalogEmpty("the catalog is empty")
         for i in rng.choice(ids, min(RANDOM_TRIES, len(ids)), replace=False).tolist():
@@ -289,7 +316,8 @@ class Engine:
         for name, value in (("product_id", product_id), ("item_id", item_id)):
             if value is not None and not 0 <= value <= MAX_ID:
                 raise ProductLensError(f"{name} must be between 0 and {MAX_ID}, got {value}")
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.refresh()  # a deleted catalog folder is not made again by the uploads/ below
+        self.uploads.mkdir(exist_ok=True)
         path = self.uploads / f"{uuid.uuid4().hex}.jpg"
         img.convert("RGB").save(path, "JPEG", quality=92)
         try:
@@ -325,6 +353,7 @@ class Engine:
             raise ProductLensError(f"only {' and '.join(EDITABLE)} can be changed (got {', '.join(bad) or 'nothing'})")
         if not all(isinstance(v, str) for v in fields.values()):
             raise ProductLensError(f"{' and '.join(EDITABLE)} must be strings")
+        self.refresh()
         with self.catalog.writing(self.config.write_wait, guard=self.lock):  # the product's items as they are now, whoever added them
             ids = self.catalog.items_of(product_id)
             if ids:
@@ -333,6 +362,7 @@ class Engine:
 
     def remove_product(self, product_id: int) -> int:
         """Remove every item of the product; the photos the service stored for them (uploads/) go too."""
+        self.refresh()
         with self.catalog.writing(self.config.write_wait, guard=self.lock):
             ids = self.catalog.items_of(product_id)
             if not ids:

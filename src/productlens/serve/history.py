@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+from productlens.fileio import folder_key
+
 SCHEMA = """CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL, at REAL NOT NULL,
     thumbnail BLOB, top_category TEXT, probability REAL, top_product TEXT)"""
@@ -17,19 +19,38 @@ PRUNE_EVERY = 100          # inserts between two prunings of the whole table
 
 
 class History:
+    """The rows in SQLite at ``path``. A file replaced under the path (the catalog folder that holds it
+    rebuilt) is opened again: rows had gone on into the replaced file, and were lost. A folder that is gone
+    is an ``sqlite3.Error`` (the service answers without the row)."""
+
     def __init__(self, path: Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last row
-        self._db.execute(SCHEMA)
-        self._db.execute("CREATE INDEX IF NOT EXISTS by_session ON history(session, id)")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._inserts = 0
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last row
+        db.execute(SCHEMA)
+        db.execute("CREATE INDEX IF NOT EXISTS by_session ON history(session, id)")
+        self._key = folder_key(self.path)
+        return db
+
+    def _current(self) -> sqlite3.Connection:
+        """The connection, opened again when the file at ``path`` is another (or gone); hold ``_lock``."""
+        if folder_key(self.path) != self._key:
+            if not self.path.parent.is_dir():  # never made again here: the catalog folder was deleted
+                raise sqlite3.OperationalError(f"{self.path.parent} no longer exists")
+            self._db.close()
+            self._db = self._open()
+        return self._db
 
     def add(self, session: str, thumbnail: bytes, top_category: str, probability: float, top_product: str) -> int:
         with self._lock:
-            cur = self._db.execute("INSERT INTO history(session, at, thumbnail, top_category, probability, top_product)"
+            cur = self._current().execute("INSERT INTO history(session, at, thumbnail, top_category, probability, top_product)"
                                    " VALUES (?, ?, ?, ?, ?, ?)",
                                    (session, time.time(), thumbnail, top_category, probability, top_product))
             row = int(cur.lastrowid)
@@ -43,7 +64,7 @@ class History:
 
     def rows(self, session: str) -> list[dict]:
         with self._lock:
-            cur = self._db.execute("SELECT id, at, top_category, probability, top_product FROM history "
+            cur = self._current().execute("SELECT id, at, top_category, probability, top_product FROM history "
                                    "WHERE session = ? ORDER BY id DESC", (session,))
             return [{"id": r[0], "at": r[1], "top_category": r[2], "probability": r[3], "top_product": r[4]}
                     for r in cur.fetchall()]
@@ -52,7 +73,7 @@ class History:
         if not -2 ** 63 <= row_id < 2 ** 63:  # no SQLite row has such an id
             return None
         with self._lock:
-            r = self._db.execute("SELECT thumbnail FROM history WHERE session = ? AND id = ?",
+            r = self._current().execute("SELECT thumbnail FROM history WHERE session = ? AND id = ?",
                                  (session, row_id)).fetchone()
         return None if r is None else r[0]
 
