@@ -226,15 +226,16 @@ def test_load_detector_errors(tmp_path, monkeypatch):
         load_detector()
 
 
-def _onnx_detector(path: Path, spec: object, *, dtype: str = "float", shape: list | None = None) -> Path:
-    """A constant ONNX detector (one box, two classes) with input ``dtype`` and ``shape``, and ``spec`` beside it
-    (a dict as JSON, bytes as they are)."""
+def _onnx_detector(path: Path, spec: object, *, dtype: str = "float", shape: list | None = None,
+                   scores: tuple[float, float] = (0.9, 0.01)) -> Path:
+    """A constant ONNX detector (one box, two classes scored ``scores``) with input ``dtype`` and ``shape``, and
+    ``spec`` beside it (a dict as JSON, bytes as they are)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     elem = TensorProto.FLOAT if dtype == "float" else TensorProto.UINT8
     image = helper.make_tensor_value_info("image", elem, shape or [1, 3, "h", "w"])
-    consts = {"boxes": np.array([[[8, 8, 40, 40]]], np.float32), "scores": np.array([[[0.9, 0.01]]], np.float32)}
+    consts = {"boxes": np.array([[[8, 8, 40, 40]]], np.float32), "scores": np.array([[scores]], np.float32)}
     nodes = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v)) for k, v in consts.items()]
     outs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v.shape)) for k, v in consts.items()]
     model = helper.make_model(helper.make_graph(nodes, "det", [image], outs),
@@ -259,6 +260,7 @@ _SPEC = {"labels": ["red", "other"], "size": 64, "resize": "square", "input": "f
     (_SPEC, "float", [3, "h", "w"], "has rank 3"),
     (_SPEC, "float", [1, 1, "h", "w"], "the contract is 1 x 3 x H x W"),
     (_SPEC, "float", [2, 3, "h", "w"], "one RGB photo"),
+    (_SPEC, "float", [1, "h", "w", 3], "channels last; a float detector takes 1 x 3 x H x W"),  # had been "square"
     ({**_SPEC, "size": "big"}, "float", None, "'size' must be an integer from 32 to 8192 \\(pixels\\), got 'big'"),
     ({**_SPEC, "size": 16}, "float", None, "'size' must be"),
     ({**_SPEC, "nms_iou": "x"}, "float", None, "'nms_iou' must be a number in \\(0, 1\\]"),
@@ -281,6 +283,28 @@ def test_user_onnx_detector_is_checked_when_loaded(tmp_path, spec, dtype, shape,
     with pytest.raises(ProductLensError, match=message) as err:
         load_detector(f"onnx:{model}")
     assert str(tmp_path / "mine.") in str(err.value)  # names the model or its spec
+
+
+def test_user_detector_scores_must_be_probabilities_and_its_spec_is_read_as_written(tmp_path, caplog):
+    """Raw logits came out as "scores" of 6.0 and NaN scores as no detection; a spec with a BOM was refused
+    and a misspelt key ("score_treshold") silently took its default."""
+    for name, scores, shown in (("logits", (6.0, -2.0), "6.0"), ("nan", (float("nan"), 0.1), "nan")):
+        det = load_detector(f"onnx:{_onnx_detector(tmp_path / f'{name}.onnx', _SPEC, scores=scores)}")
+        with pytest.raises(ProductLensError, match=f"{name}.onnx: 'scores' must be probabilities in \\[0, 1\\], "
+                                                   f"got {shown}"):
+            det.detect(Image.new("RGB", (64, 64)))
+    spec = b"\xef\xbb\xbf" + json.dumps({**_SPEC, "score_treshold": 0.8}).encode()
+    with caplog.at_level("WARNING"):
+        det = load_detector(f"onnx:{_onnx_detector(tmp_path / 'bom.onnx', spec)}")
+    assert det.spec.score_threshold == 0.05 and "'score_treshold' unknown, ignored" in caplog.text
+
+
+def test_a_detector_sees_16_bit_and_transparent_photos_as_the_embedders_do(tmp_path):
+    """detect(PIL image) converted with convert("RGB"): a dark 16-bit photo reached the model white."""
+    det = load_detector(f"onnx:{_write_user_detector(tmp_path / 'mine.onnx', square=True)}")
+    dark = Image.fromarray(np.full((64, 64), 8000, np.uint16))  # about 31 of 255 once scaled
+    assert [d.tag for d in det.detect(dark)] == ["other"]  # the model scores "red" by brightness
+    assert [d.tag for d in det.detect(Image.new("RGB", (64, 64), (31, 31, 31)))] == ["other"]
 
 
 def test_detect_takes_an_opened_photo_upright_as_search_does(tmp_path):

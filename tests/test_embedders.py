@@ -110,9 +110,12 @@ def test_unknown_embedder_lists_known_names() -> None:
         create_embedder("resnet-9000")
 
 
-def _tiny_onnx(path, out_map: bool = False, batch: str | int = "N", nan: bool = False) -> None:
+def _tiny_onnx(path, out_map: bool = False, batch: str | int = "N", nan: bool = False, pool_batch: bool = False,
+               tokens_first: bool = False) -> None:
     """A 3-channel model: 1x1 conv to 8 channels (+ global average pool unless out_map). ``batch``: the
-    input's batch axis (1: a model exported for one image a call); ``nan``: its output is all NaN."""
+    input's batch axis (1: a model exported for one image a call); ``nan``: its output is all NaN;
+    ``pool_batch``: it averages the batch into one row; ``tokens_first``: a first output of N x 8 x 256
+    "tokens" before the embedding, as transformer exports list last_hidden_state first."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -129,8 +132,16 @@ def _tiny_onnx(path, out_map: bool = False, batch: str | int = "N", nan: bool = 
         nodes += [helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
                   helper.make_node("Flatten", ["pool"], ["emb"])]
         out_name, out_shape = "emb", [batch, 8]
+    if pool_batch:
+        nodes.append(helper.make_node("ReduceMean", [out_name], ["mean"], axes=[0], keepdims=1))
+        out_name, out_shape = "mean", [1, 8]
+    outputs = [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)]
+    if tokens_first:
+        inits.append(numpy_helper.from_array(np.array([0, 8, -1], np.int64), "tshape"))
+        nodes.append(helper.make_node("Reshape", ["relu", "tshape"], ["tokens"]))
+        outputs.insert(0, helper.make_tensor_value_info("tokens", TensorProto.FLOAT, [batch, 8, 256]))
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 16, 16])],
-                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, out_shape)], inits)
+                              outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -194,6 +205,7 @@ def test_a_user_model_for_one_image_a_call_runs_batches_one_by_one(tmp_path) -> 
     ({"size": 16, "uint8": "false"}, "'uint8' must be true or false"),
     ({"size": 16.9}, "whole number 'size'"),
     ({"size": True}, "whole number 'size'"),
+    ({"size": 10 ** 6}, "input size 1000000 is too large"),  # its probe had asked for 10.9 TiB
     ([16], "must be a JSON object"),
 ])
 def test_user_model_mistakes_are_named_with_their_file(tmp_path, spec, why) -> None:
@@ -203,6 +215,27 @@ def test_user_model_mistakes_are_named_with_their_file(tmp_path, spec, why) -> N
     (tmp_path / "t.json").write_text(json.dumps(spec))
     with pytest.raises(ProductLensError, match="t.(json|onnx): .*" + why):
         create_embedder(f"onnx:{tmp_path / 't.onnx'}")
+
+
+def test_a_user_model_must_keep_its_batch_axis(tmp_path) -> None:
+    """A model that pooled its batch into one row gave one vector for 18 photos (a raw reshape traceback in
+    classify train); one with its batch fixed to 4 failed with onnxruntime's own words. A tower that lists
+    its tokens before its embedding is read from the embedding."""
+    for name, kwargs, why in (("pooled", {"pool_batch": True}, "returned 1 rows for a batch of 2 images"),
+                              ("four", {"batch": 4}, "batch axis fixed to 4")):
+        _tiny_onnx(tmp_path / f"{name}.onnx", **kwargs)
+        (tmp_path / f"{name}.json").write_text(json.dumps({"size": 16}))
+        with pytest.raises(ProductLensError, match=f"{name}.onnx: .*{why}"):
+            create_embedder(f"onnx:{tmp_path / name}.onnx")
+    _tiny_onnx(tmp_path / "tower.onnx", tokens_first=True)
+    _tiny_onnx(tmp_path / "plain.onnx")
+    for name in ("tower", "plain"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"size": 16}))
+    img = Image.new("RGB", (20, 20), (90, 30, 200))
+    tower = create_embedder(f"onnx:{tmp_path / 'tower.onnx'}")
+    assert tower.dim == 8
+    np.testing.assert_allclose(tower.embed_images([img]),
+                               create_embedder(f"onnx:{tmp_path / 'plain.onnx'}").embed_images([img]), atol=1e-6)
 
 
 def test_a_user_model_that_returns_nan_is_refused(tmp_path) -> None:

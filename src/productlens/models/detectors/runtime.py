@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import reduce_for, upright
+from productlens.data.images import decoded_rgb, reduce_for
 from productlens.models.detectors.nms import batched_nms, iou_matrix
 from productlens.types import Box, ProductLensError, check_k
 
@@ -87,6 +88,11 @@ class DetectorSpec:
         missing = [k for k in SPEC_KEYS if k not in data]
         if missing:
             raise ProductLensError(f"{where}: missing {', '.join(missing)} (see productlens.models.detectors.runtime)")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:  # a misspelt key ("score_treshold") would silently take its default
+            logging.getLogger(__name__).warning("%s: key(s) %s unknown, ignored (the keys are %s)", where,
+                                                ", ".join(map(repr, unknown)), ", ".join(known))
         labels = data["labels"]
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
             raise ProductLensError(f"{where}: 'labels' must be a non-empty list of tag names (strings), "
@@ -197,6 +203,9 @@ class Detector:
             raise ProductLensError(f"{where}: input {inp.name!r} has rank {len(shape)} {shape}; a detector takes "
                                    f"a batch of one photo, {layout}")
         dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        if s.input == "float" and dims[3] == 3 and dims[1] != 3:
+            raise ProductLensError(f"{where}: input {inp.name!r} is {shape}, channels last; a float detector "
+                                   f"takes {layout} (channels first)")
         c, (h, w) = (dims[3], dims[1:3]) if s.input == "uint8" else (dims[1], dims[2:4])
         if dims[0] not in (None, 1) or c not in (None, 3):
             raise ProductLensError(f"{where}: input {inp.name!r} is {shape}; the contract is {layout} "
@@ -255,7 +264,13 @@ class Detector:
                 or boxes.shape != (1, scores.shape[1], 4):
             raise ProductLensError(f"{self.onnx_path}: outputs must be boxes 1 x L x 4 and scores 1 x L x "
                                    f"{len(self.labels)}, got {boxes.shape} and {scores.shape}")
-        return boxes[0], scores[0], factors
+        finite = np.isfinite(scores)
+        if scores.size and not (finite.all() and scores.min() >= -1e-3 and scores.max() <= 1 + 1e-3):
+            # raw logits had been reported as scores of 6.0, and NaN ones as no detection
+            bad = float(scores[~finite | (scores < 0) | (scores > 1)].flat[0])
+            raise ProductLensError(f"{self.onnx_path}: 'scores' must be probabilities in [0, 1], got {bad} "
+                                   "(end the graph with a sigmoid or softmax)")
+        return boxes[0], scores[0].clip(0, 1), factors
 
     def detect(self, img: Image.Image, *, score_threshold: float | None = None,
                max_detections: int | None = None, one_tag: bool = False) -> list[Detection]:
@@ -269,7 +284,9 @@ class Detector:
         if not isinstance(img, Image.Image):
             raise ProductLensError(f"detect takes a PIL image, got {type(img).__name__}; for a file use "
                                    "productlens.data.images.load_image(path) (EXIF-upright) or best_box_of")
-        img = upright(img)  # Image.open's photo as shown, the frame search and load_image give boxes in
+        # Image.open's photo as shown, the frame search and load_image give boxes in; 8-bit RGB as the embedders
+        # take it (a 16-bit photo had reached the model white, a transparent one black)
+        img = decoded_rgb(img)
         s = self.spec
         thr = s.score_threshold if score_threshold is None else score_threshold
         top = check_k(s.max_detections if max_detections is None else max_detections, "max_detections")
@@ -318,7 +335,7 @@ def one_per_object(detections: Sequence[Detection], iou: float = 0.6, alternativ
 def load_spec(path: Path) -> DetectorSpec:
     """Read and check a detector spec (JSON, UTF-8); ProductLensError naming the file and what is wrong."""
     try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        data = json.loads(Path(path).read_bytes().decode("utf-8-sig"))  # a BOM, as Windows editors write
     except FileNotFoundError:
         raise ProductLensError(f"detector spec {path} does not exist (labels, size: see "
                                "productlens.models.detectors.runtime)") from None

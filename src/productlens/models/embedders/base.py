@@ -67,6 +67,9 @@ def _on_white(img: Image.Image, side: int, size: tuple[int, int]) -> np.ndarray:
     return canvas
 
 
+MAX_SIZE = 4096  # pixels on a side of a model's input
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resize (and normalise) an RGB image for a model.
@@ -96,6 +99,8 @@ class Preprocess:
             raise ProductLensError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.size < 8:
             raise ProductLensError(f"input size {self.size} is too small")
+        if self.size > MAX_SIZE:  # a probe of 1,000,000 pixels a side had asked for 10.9 TiB
+            raise ProductLensError(f"input size {self.size} is too large (at most {MAX_SIZE})")
         if not self.max_stretch >= 1.0:
             raise ProductLensError(f"max_stretch must be at least 1, got {self.max_stretch}")
 
@@ -271,7 +276,12 @@ class Embedder:
                 f"{self.onnx_path}: input {inp.name!r} is {inp.type}, but its preprocessing "
                 f"gives {expected} ('uint8': {str(preprocess.uint8).lower()})")
         self._input = inp.name
-        self._output = self.session.get_outputs()[0].name
+        outputs = self.session.get_outputs()
+        # the embedding, or a feature map: an export of a transformer tower may list its tokens first
+        # (last_hidden_state N x T x D before pooler_output N x D)
+        fit = [o for o in outputs if len(o.shape) in (2, 4)]
+        self._output = (fit or outputs)[0].name
+        self._outputs = [f"{o.name} {list(o.shape)}" for o in outputs]
         shape = list(inp.shape)
         want = list(preprocess.shape)
         if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape[1:], want)):
@@ -279,16 +289,20 @@ class Embedder:
                 f"{self.onnx_path}: input {inp.name!r} has shape {shape}, but its preprocessing gives "
                 f"N x {' x '.join(map(str, want))} (size {preprocess.size}, 'uint8': {str(preprocess.uint8).lower()}); "
                 "export it with that input, or with free height and width")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise ProductLensError(f"{self.onnx_path}: input {inp.name!r} has its batch axis fixed to {shape[0]}; "
+                                   "export it with a free batch axis (or 1)")
         #: a model exported for one image a call (batch axis fixed to 1) is run one image at a time
         self._one_at_a_time = shape[0] == 1
         self.dim = self._probe_dim()
 
     def _probe_dim(self) -> int:
-        out = self.run(np.zeros((1, *self.preprocess.shape), self.preprocess.dtype))
+        n = 1 if self._one_at_a_time else 2  # two: a model that pools its batch into one row is caught here
+        out = self.run(np.zeros((n, *self.preprocess.shape), self.preprocess.dtype))
         if out.ndim not in (2, 4):
             raise ProductLensError(
                 f"{self.onnx_path}: output must be N x D (embedding) or N x C x H x W (feature map),"
-                f" got shape {out.shape}")
+                f" got shape {out.shape} from {self._output!r} (outputs: {'; '.join(self._outputs)})")
         return int(out.shape[1])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -301,10 +315,15 @@ class Embedder:
         if self._one_at_a_time and len(batch) > 1:
             return np.concatenate([self.run(batch[i:i + 1]) for i in range(len(batch))])
         try:
-            return self.session.run([self._output], {self._input: batch})[0]
+            out = self.session.run([self._output], {self._input: batch})[0]
         except Exception as exc:  # onnxruntime's own types: a shape the model does not take, ...
             raise ProductLensError(f"{self.onnx_path}: the model failed on a batch of shape {list(batch.shape)} "
                                    f"({type(exc).__name__}: {exc})") from None
+        if out.ndim == 0 or len(out) != len(batch):  # rows would be given to the wrong photos, or none
+            raise ProductLensError(f"{self.onnx_path}: the model returned {out.shape[0] if out.ndim else 'no'} "
+                                   f"rows for a batch of {len(batch)} images (output {self._output!r}, shape "
+                                   f"{list(out.shape)}); its first axis must be the batch")
+        return out
 
     def pool(self, out: np.ndarray) -> np.ndarray:
         return gem(out, self.gem_p) if out.ndim == 4 else np.asarray(out, np.float32)
