@@ -276,6 +276,11 @@ def test_zero_byte_text_missing_and_directory(tmp_path: Path) -> None:
     text.write_text("hello, I am not a picture\n")
     with pytest.raises(ImageError, match="notes.jpg.*not an image"):
         load_image(text)
+    heic = tmp_path / "IMG_0001.HEIC"  # an iPhone photo's first box: the CLI had said "unrecognised format"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    for source in (heic, heic.read_bytes()):
+        with pytest.raises(ImageError, match="a HEIC/HEIF photo .* convert it to JPEG or PNG"):
+            load_image(source)
     with pytest.raises(ImageError, match="nope.jpg.*not found"):
         load_image(tmp_path / "nope.jpg")
     with pytest.raises(ImageError, match="not a file"):

@@ -280,11 +280,33 @@ def _fetch_url(url: str) -> bytes:
     return data
 
 
+#: ISO media brands of HEIF photos (HEIC from phones, and still images in other HEIF codecs)
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"})
+
+
+def is_heif(fp: "io.BytesIO | Path | bytes") -> bool:
+    """Whether the file or bytes start as a HEIF (HEIC, AVIF) photo: an ``ftyp`` box of a HEIF brand."""
+    try:
+        if isinstance(fp, bytes):
+            head = fp[:12]
+        elif isinstance(fp, io.BytesIO):
+            head = fp.getvalue()[:12]
+        else:
+            with open(fp, "rb") as f:
+                head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
 def _open_image(fp: "io.BytesIO | Path", name: str) -> Image.Image:
     """``Image.open`` with errors turned into ImageError (lazy: only the header is read)."""
     try:
         return Image.open(fp)
     except Image.UnidentifiedImageError as exc:
+        if is_heif(fp):  # an image, in a format Pillow does not read: say which
+            raise ImageError(f"{name}: a HEIC/HEIF photo (the iPhone camera's default), which cannot be read here; "
+                             "convert it to JPEG or PNG") from exc
         raise ImageError(f"{name}: not an image (unrecognised format)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from productlens.data.images import MIN_SIDE, big_enough, load_image
+from productlens.data.images import MIN_SIDE, big_enough, is_heif, load_image
 from productlens.fileio import folder_key
 from productlens.pipeline.catalog import Catalog, CatalogEmpty
 from productlens.pipeline.embed import inputs_per_image
@@ -63,10 +63,6 @@ class IdentifyRequest:
     matches: int = 8
 
 
-#: ISO media brands of HEIF photos (HEIC from phones, and still images in other HEIF codecs)
-HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"})
-
-
 def sniff_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode uploaded bytes whatever their name says; ImageError for non-images, bombs and corrupt files."""
     if not data:
@@ -77,7 +73,7 @@ def sniff_image(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageError(f"the image has more than {max_pixels} pixels") from None
     except Exception:
-        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:  # an image, in a format Pillow does not read
+        if is_heif(data):  # an image, in a format Pillow does not read
             raise ImageError("HEIC/HEIF photos (the iPhone camera's default) cannot be read here; send a JPEG "
                              "or PNG") from None
         raise ImageError("the upload is not an image (JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
