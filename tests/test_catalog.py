@@ -63,6 +63,15 @@ def test_a_smaller_k_gives_the_first_k_of_the_same_ranking(dataset, tmp_path) ->
     cat.close()
 
 
+def test_build_catalog_names_what_it_takes(tmp_path) -> None:
+    """A csv path given as the items had been taken a character at a time ("'str' object has no attribute 'id'")."""
+    with pytest.raises(ProductLensError, match="got the path 'gallery.csv': read it first with .*read_catalog"):
+        build_catalog("gallery.csv", tmp_path / "cat")
+    with pytest.raises(ProductLensError, match="takes productlens.types.Item objects, got str"):
+        build_catalog(["a.jpg"], tmp_path / "cat")
+    assert not (tmp_path / "cat").exists()
+
+
 def test_an_open_catalog_sees_another_handles_writes(dataset, tmp_path) -> None:
     """A running server kept its product map and text matcher while `index add` or `update_metadata` ran
     beside it: a title changed elsewhere was never matched, a new photo never grouped with its product."""

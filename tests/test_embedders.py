@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from productlens.models.embedders import create_embedder, list_embedders
+from productlens.models.embedders import EMBEDDERS, create_embedder, list_embedders
 from productlens.models.embedders.base import Preprocess
 from productlens.types import ProductLensError
 
@@ -108,6 +108,14 @@ def test_ensemble_refuses_bad_member_lists(spec: str) -> None:
 def test_unknown_embedder_lists_known_names() -> None:
     with pytest.raises(KeyError, match="efficientnet-lite2"):
         create_embedder("resnet-9000")
+    with pytest.raises(ProductLensError) as err:  # a clear error of ours too, printed without quotes
+        create_embedder("resnet-9000")
+    assert str(err.value).startswith("unknown embedder 'resnet-9000'; known: ")
+    with pytest.raises(ProductLensError, match="the embedder name must be a string, got None"):
+        create_embedder(None)  # had been "'NoneType' object has no attribute 'partition'"
+    assert None not in EMBEDDERS
+    with pytest.raises(ProductLensError, match="embed_images takes PIL images, got ndarray"):
+        create_embedder("efficientnet-lite0").embed_images([np.zeros((20, 20, 3), np.uint8)])
 
 
 def _tiny_onnx(path, out_map: bool = False, batch: str | int = "N", nan: bool = False, pool_batch: bool = False,

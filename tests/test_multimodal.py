@@ -132,6 +132,8 @@ def test_ocr_reads_printed_words_and_reports_bad_files(tmp_path):
     from PIL import Image
 
     assert ocr.read(Image.new("RGB", (4, 4))) == []
+    with pytest.raises(ProductLensError, match="OCR.read takes a decoded PIL image, got str"):
+        ocr.read("photo.jpg")  # had been "'str' object has no attribute 'mode'"
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     out, errors = ocr.read_many([bad, package_photo("MILK", 1, shop=True)])

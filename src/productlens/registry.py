@@ -9,6 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from productlens.types import ProductLensError
+
+
+class UnknownName(ProductLensError, KeyError):
+    """A name no factory is registered for: a clear ProductLensError, still a KeyError for callers that
+    catch one."""
+
+    def __str__(self) -> str:  # KeyError's own would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
 
 class Registry:
     """Names -> factories, with optional prefix handlers such as ``onnx:PATH``."""
@@ -30,9 +40,11 @@ class Registry:
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries or self._prefix_of(name) is not None
+        return isinstance(name, str) and (name in self._entries or self._prefix_of(name) is not None)
 
     def _prefix_of(self, name: str) -> str | None:
+        if not isinstance(name, str):
+            raise UnknownName(f"the {self.kind} name must be a string, got {name!r:.40}")
         head, sep, _ = name.partition(":")
         return head if sep and head in self._prefixes else None
 
@@ -43,7 +55,7 @@ class Registry:
             return _load(self._prefixes[prefix])(name[len(prefix) + 1 :], **kwargs)
         if name not in self._entries:
             known = ", ".join(self.names() + [p + ":..." for p in sorted(self._prefixes)])
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}")
+            raise UnknownName(f"unknown {self.kind} {name!r}; known: {known}")
         return _load(self._entries[name])(**kwargs)
 
 

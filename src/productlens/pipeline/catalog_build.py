@@ -108,9 +108,15 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     from productlens.pipeline.store_spec import StoreSpec
 
     path = Path(path)
+    if isinstance(items, (str, os.PathLike)):  # each character had been taken for an item
+        raise ProductLensError(f"build_catalog takes items, got the path {str(items)!r}: read it first with "
+                               "productlens.data.readers.read_catalog")
     check_catalog_target(path, overwrite)
     if not items:
         raise ProductLensError("the catalog has no items")
+    if not all(isinstance(it, Item) for it in items):
+        raise ProductLensError("build_catalog takes productlens.types.Item objects, got "
+                               f"{next(type(it).__name__ for it in items if not isinstance(it, Item))}")
     if store is not None:  # a server that cannot be reached fails now, not after the embedding
         store.probe(path, overwrite)
     if len({it.id for it in items}) != len(items):

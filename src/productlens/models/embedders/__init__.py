@@ -34,7 +34,8 @@ def create_embedder(name: str = "efficientnet-lite2", **kwargs) -> Embedder:
     """Create the embedder registered as ``name`` (see module docstring for names).
 
     Keyword arguments go to :class:`Embedder` (``gem_p``, ``threads``).
-    Raises KeyError for an unknown name and ProductLensError for a bad ONNX file.
+    Raises ProductLensError (:class:`~productlens.registry.UnknownName`, also a KeyError) for an unknown
+    name, and for a bad ONNX file.
     """
     return EMBEDDERS.create(name, **kwargs)
 

@@ -353,4 +353,8 @@ def embed_decoded(embedder: Any, images: Sequence[Image.Image]) -> np.ndarray:
     (alpha on white, 16-bit scaled: :func:`~productlens.data.images.decoded_rgb`)."""
     if not images:
         return np.zeros((0, embedder.dim), np.float32)
+    bad = next((im for im in images if not isinstance(im, Image.Image)), None)
+    if bad is not None:  # an array had failed deep inside with "'numpy.ndarray' object has no attribute 'format'"
+        raise ProductLensError(f"embed_images takes PIL images, got {type(bad).__name__} (an array: "
+                               "PIL.Image.fromarray(a); a file: productlens.data.images.load_image(path))")
     return embedder.embed(np.stack([embedder.preprocess(decoded_rgb(im)) for im in images]))

@@ -40,6 +40,9 @@ class OCR:
         """The words in ``image`` (a decoded PIL image), best-effort; raises OCRError when the engine fails."""
         from productlens.data.images import to_rgb
 
+        if not isinstance(image, Image.Image):
+            raise OCRError(f"OCR.read takes a decoded PIL image, got {type(image).__name__} (for files: read_many, "
+                           "or productlens.data.images.load_image)")
         arr = np.asarray(to_rgb(image))  # transparent print on white, as load_image puts it
         if arr.shape[0] < 8 or arr.shape[1] < 8:
             return []

@@ -24,7 +24,8 @@ _CACHE: dict[str, TextEncoder] = {}
 def create_text_encoder(name: str = DEFAULT_TEXT_ENCODER, **kwargs) -> TextEncoder:
     """Create the text encoder registered as ``name``.
 
-    Raises KeyError for an unknown name and ProductLensError when its package is missing.
+    Raises ProductLensError (:class:`~productlens.registry.UnknownName`, also a KeyError) for an unknown
+    name, and when its package is missing.
     """
     return TEXT_ENCODERS.create(name, **kwargs)
 
