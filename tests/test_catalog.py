@@ -70,6 +70,9 @@ def test_build_catalog_names_what_it_takes(tmp_path) -> None:
     with pytest.raises(ProductLensError, match="takes productlens.types.Item objects, got str"):
         build_catalog(["a.jpg"], tmp_path / "cat")
     assert not (tmp_path / "cat").exists()
+    for pid in ("abc", 2.5, True):  # refused by name before any photo is embedded (a raw ValueError; 2.5 was 2)
+        with pytest.raises(ProductLensError, match=f"item 7: product_id must be a whole number, got {pid!r}"):
+            build_catalog([Item(7, "a.jpg", product_id=pid)], tmp_path / "cat")
 
 
 def test_an_open_catalog_sees_another_handles_writes(dataset, tmp_path) -> None:

@@ -40,7 +40,7 @@ from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.data.images import MIN_SIDE, load_image, read_once
 from productlens.fileio import file_lock, folder_key
 from productlens.heads.adapter import Adapter
-from productlens.index.base import Store
+from productlens.index.base import Store, clean_metadata
 from productlens.models.detectors.runtime import Detector
 from productlens.models.embedders import Embedder, embedder_in_folder
 from productlens.models.embedders.joined import joined
@@ -84,7 +84,13 @@ def item_metadata(item: Item) -> dict[str, Any]:
     """What a catalog stores beside an item's vector: image, title, category, product id and extra columns."""
     md: dict[str, Any] = {"image": str(item.image), "title": item.title, "category": item.category}
     if item.product_id is not None:
-        md["product_id"] = int(item.product_id)
+        pid = item.product_id
+        try:  # a numpy integer or "12" from a csv: an int; anything else (2.5 had become 2) is named
+            if isinstance(pid, bool) or (isinstance(pid, float) and not pid.is_integer()):
+                raise ValueError
+            md["product_id"] = int(pid)
+        except (TypeError, ValueError):
+            raise ProductLensError(f"item {item.id}: product_id must be a whole number, got {pid!r}") from None
     for key, value in item.extra.items():
         if key not in md and value not in (None, ""):
             md[key] = value
@@ -353,6 +359,8 @@ class Catalog:
             raise ProductLensError("items must be productlens.types.Item (Item(id, image, product_id, ...)), got "
                                    f"{next(type(it).__name__ for it in items if not isinstance(it, Item))}")
         self._check_same_folder()
+        for it in items:  # a bad product_id or title is refused before the photos are embedded, not after
+            clean_metadata(item_metadata(it))
         res = embed_items(self.gallery_embedder, items, progress=progress, desc="gallery")
         if len(res.ok):
             ok = [items[i] for i in res.ok]

@@ -25,6 +25,7 @@ from productlens.models.embedders.base import l2_normalize
 from productlens.models.embedders.joined import joined
 from productlens.pipeline.catalog import (BACKBONE_DIR, MODEL_KEY, Catalog, catalog_format, item_metadata,
                                          query_embedder, vector_name)
+from productlens.index.base import clean_metadata
 from productlens.pipeline.embed import EmbedResult, embed_items
 from productlens.pipeline.features_cache import model_record, source_key
 from productlens.types import Item, ProductLensError
@@ -117,6 +118,8 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     if not all(isinstance(it, Item) for it in items):
         raise ProductLensError("build_catalog takes productlens.types.Item objects, got "
                                f"{next(type(it).__name__ for it in items if not isinstance(it, Item))}")
+    for it in items:  # metadata the store refuses: named now, not after the embedding
+        clean_metadata(item_metadata(it))
     if store is not None:  # a server that cannot be reached fails now, not after the embedding
         store.probe(path, overwrite)
     if len({it.id for it in items}) != len(items):
