@@ -298,6 +298,11 @@ def test_classifier_checks_embedder_dimension(monkeypatch) -> None:
     for k in (0, -3, 2.5):  # 0 and -3 had given the top 1
         with pytest.raises(ProductLensError, match="k must be a whole number of at least 1"):
             clf.predict(Image.new("RGB", (20, 20)), k=k)
+    x48, _ = clusters(n_classes=2, dim=48)
+    fits = Classifier("fake-tiny", train_head(x48, y, 2, HeadConfig(epochs=1)), x48.mean(0), h)
+    assert len(fits.predict(Image.new("RGB", (20, 20)))[0]) == 2
+    with pytest.raises(ProductLensError, match="1x1 pixels is too small"):  # refused as search refuses it
+        fits.predict(Image.new("RGB", (1, 1)))
 
 
 def test_large_decoded_photos_are_reduced_before_their_views() -> None:

@@ -180,14 +180,15 @@ class Classifier:
         import io
 
         from productlens.data.augment import StackedViewEmbedder, View
-        from productlens.data.images import load_image
+        from productlens.data.images import MIN_SIDE, load_image
 
         # the views as embed_views gives them in training: each photo reduced once (a decoded upload
         # may be 12 MP), then every view
         stacked = StackedViewEmbedder(self.embedder, [View.parse(v) for v in self.views])
         sources = [im.image if hasattr(im, "image") else im.getvalue() if isinstance(im, io.BytesIO) else im
                    for im in images]
-        decoded = [load_image(src, target=self.input_size) for src in sources]  # a PIL image: upright, RGB
+        # a PIL image: upright, RGB; a 1x1 one is refused as search and the files' path refuse it
+        decoded = [load_image(src, target=self.input_size, min_side=MIN_SIDE) for src in sources]
         vecs = stacked.embed(np.stack([stacked.preprocess(img) for img in decoded]))
         feats = vecs.reshape(len(decoded), len(self.views), -1).transpose(1, 0, 2)
         return self.probs_from_features(feats.astype(np.float16), level)
