@@ -71,6 +71,7 @@ def test_text_search_finds_words_inside_titles_written_without_spaces(encoder):
     assert ts.search("apple", 1)[0][0].product_id == 6
     assert words_of("Crème Brûlée 3,5%") == ["creme", "brulee", "3", "5"]  # other scripts: words as before
     assert words_of("abc牛奶def 牛") == ["abc", "牛奶", "def", "牛"]
+    assert "우유" in words_of("저지방우유 1L")  # Hangul syllables stay whole (NFKD had split them into letters)
 
 
 def test_text_search_lexical_then_dense(encoder):

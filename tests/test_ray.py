@@ -145,6 +145,19 @@ def test_resume_embeds_only_missing_shards(embedded, tmp_path, tiny, items) -> N
         write_manifest(items[:-1], again)
 
 
+def test_retry_embeds_again_only_the_shards_that_missed_files(embedded, tmp_path, tiny, items) -> None:
+    """A rerun that tries skipped photos again runs the shard of the missing photo (a share not mounted
+    yet), not the shard of the corrupt one: 0.1% corrupt files had made most shards run again."""
+    work, _ = embedded
+    again = tmp_path / "work"
+    shutil.copytree(work, again)
+    stamps = {s: shard_path(again, s).stat().st_mtime_ns for s in range(3)}
+    report = embed_shards(again, embedder=tiny, shard_size=SHARD, workers=2, batch_size=4, progress=False,
+                          retry_errors=True)
+    assert (report.shards_done_before, report.shards_written) == (2, 1)  # shard 1: the missing photo, row 20
+    assert [s for s in range(3) if shard_path(again, s).stat().st_mtime_ns != stamps[s]] == [1]
+
+
 def test_manifest_round_trip(tmp_path, items) -> None:
     path = write_manifest(items, tmp_path)
     back = read_manifest(path)

@@ -706,5 +706,7 @@ def test_a_served_catalog_rebuilt_or_deleted_underneath(tmp_path):
         for res in (c.get("/v1/health"), c.post("/v1/identify", files=query), c.get("/v1/products/1"),
                     _add_photo(c, 1), c.delete("/v1/products/1", headers={"X-API-Key": KEY})):
             assert res.status_code == 503 and "no longer exists" in res.json()["detail"], res.text
+        for res in (c.get("/v1/history"), c.get(f"/v1/history/{body['history_id']}/thumbnail")):  # had been 500
+            assert res.status_code == 503 and "the history cannot be read" in res.json()["detail"], res.text
         assert not cat.exists()  # the upload did not make the folder again
     app.state.engine.close()

@@ -198,3 +198,28 @@ def test_make_clip_leaves_nothing_behind_when_a_photo_fails(tmp_path):
     with pytest.raises(ProductLensError):
         make_clip([good, tmp_path / "bad.jpg"], tmp_path / "out" / "clip.mp4")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_clip_whose_hits_were_removed_meanwhile(tmp_path, monkeypatch):
+    """Items removed by another process between a frame's search and the read of their metadata had left
+    frames with no product, and identify_video failed on min() of nothing."""
+    from helpers import tiny_embedder, write_dataset
+    from productlens.data.clips import make_clip
+    from productlens.data.readers import read_gallery
+    from productlens.pipeline.catalog_build import build_catalog
+    from productlens.pipeline.video import identify_video
+
+    paths = write_dataset(tmp_path, n_products=3, per_product=2)
+    gallery = read_gallery(paths["gallery"])
+    clip = make_clip([gallery[0].image], tmp_path / "clip.mp4", fps=6, seed=1)
+    cat, _ = build_catalog(gallery, tmp_path / "cat", embedder=tiny_embedder(tmp_path), use_gallery_labels=True,
+                           progress=False)
+    with cat:
+        real, gone = cat.store.get, {gallery[0].id}
+        monkeypatch.setattr(cat.store, "get", lambda ids: [None if int(i) in gone else md
+                                                           for i, md in zip(ids, real(ids))])
+        res = identify_video(cat, clip, k=3)
+        assert gallery[0].id not in {m.id for m in res.products}
+        gone |= {g.id for g in gallery}  # every item
+        with pytest.raises(ProductLensError, match="no catalog item matched a frame"):
+            identify_video(cat, clip, k=3)

@@ -258,7 +258,7 @@ def _open_source(source: Source) -> tuple[str, "io.BytesIO | Path"]:
         path = Path(text)
         name = str(path)
     if not path.exists():
-        raise ImageError(f"{name}: file not found")
+        raise ImageError(f"{name}: {FILE_NOT_FOUND}")
     if not path.is_file():
         raise ImageError(f"{name}: not a file")
     if path.stat().st_size == 0:
@@ -279,6 +279,9 @@ def _fetch_url(url: str) -> bytes:
         raise ImageError(f"{url}: empty response")
     return data
 
+
+#: the end of the message for a photo whose file is missing (a share not mounted yet: worth trying again)
+FILE_NOT_FOUND = "file not found"
 
 #: ISO media brands of HEIF photos (HEIC from phones, and still images in other HEIF codecs)
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"})

@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from productlens.data.images import FILE_NOT_FOUND
 from productlens.fileio import atomic_path
 from productlens.pipeline.manifest import MANIFEST, _dumps, _pa, read_manifest, write_manifest
 from productlens.pipeline.shards import META, SHARDS, iter_shards, load_shards, read_meta, shard_errors, shard_path
@@ -221,9 +222,9 @@ def embed_shards(work_dir: str | os.PathLike, *, embedder: str, shard_size: int 
     local Ray with ``workers * cpus_per_worker`` CPUs; only a Ray started here
     is shut down. A work dir started with another embedder or shard size is
     refused. Bad images are reported in the report and each shard's errors file.
-    ``retry_errors``: shards written with skipped images are embedded again too (the
-    images may be readable now: a share mounted, a file replaced); only before any
-    shard is loaded into a store, which records the shards it holds.
+    ``retry_errors``: shards written with photos skipped as missing are embedded again too
+    (a share mounted since); a corrupt photo does not make its shard run again. Only
+    before any shard is loaded into a store, which records the shards it holds.
     """
     work_dir = Path(work_dir)
     t0 = time.perf_counter()
@@ -248,7 +249,7 @@ def embed_shards(work_dir: str | os.PathLike, *, embedder: str, shard_size: int 
         meta = None  # no shard written yet: start afresh with these settings
     n_shards = math.ceil(rows / shard_size)
     pending = [s for s in range(n_shards) if not shard_path(work_dir, s).is_file()
-               or (retry_errors and shard_errors(work_dir, s))]
+               or (retry_errors and any(msg.endswith(FILE_NOT_FOUND) for _, _, msg in shard_errors(work_dir, s)))]
     report = ShardReport(n_shards, n_shards - len(pending), 0, 0, 0)
     if not pending:
         report.seconds = time.perf_counter() - t0

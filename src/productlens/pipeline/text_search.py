@@ -81,7 +81,8 @@ def words_of(text: str) -> list[str]:
     """The terms BM25 counts in ``text``: words (lower case, accents stripped), and in scripts written without
     spaces, pairs of characters (a single character alone)."""
     text = unicodedata.normalize("NFKD", text.lower())  # accents stripped, as scikit-learn's strip_accents
-    text = "".join(c for c in text if not unicodedata.combining(c))
+    # then composed again: NFKD splits a Hangul syllable into letters (jamo) that no pair would be made of
+    text = unicodedata.normalize("NFC", "".join(c for c in text if not unicodedata.combining(c)))
     out: list[str] = []
     pos = 0
     for m in _UNSPACED.finditer(text):

@@ -142,22 +142,24 @@ def identify_video(catalog: Catalog, path: str | os.PathLike, *, detector: Any =
     n_items = len(catalog.store)
     scores, ids = catalog.search_vectors(vecs, min(n_items, FRAME_K * 5), texts=texts, text_weight=weight)
     per_frame, titles = _product_scores(catalog, scores, ids)
+    if not any(per_frame):  # every hit removed by another process since the search
+        raise ProductLensError(f"{path}: no catalog item matched a frame (was the catalog emptied meanwhile?)")
     products = sorted({p for d in per_frame for p in d})
-    table = np.array([[d.get(p, min(d.values())) for p in products] for d in per_frame])
+    table = np.array([[d.get(p, min(d.values())) for p in products] for d in per_frame if d])
     clip = table.mean(0)
     order = np.argsort(-clip, kind="stable")[:k]
     if texts is not None:  # where a product is seen is the picture's say: one text for every frame would put
         # the product it names on frames that show another
         per_frame = _product_scores(catalog, *catalog.search_vectors(vecs, min(n_items, FRAME_K * 5)))[0]
-    top = [max(d, key=d.get) for d in per_frame]
+    top = [max(d, key=d.get) if d else None for d in per_frame]  # None: its hits were removed meanwhile
     matches = []
     for j in order:
         pid, item = key_owner(products[j])
         matches.append(ProductMatch(pid, titles.get(products[j], ""), float(clip[j]),
                                     [round(f.time, 2) for f, t in zip(frames, top) if t == products[j]], id=item))
     return VideoResult(matches, sampled, len(frames), blurred, duplicates, round(duration, 2),
-                       [(round(f.time, 2), *key_owner(t)) for f, t in zip(frames, top)], sampled - len(sharp),
-                       unusable)
+                       [(round(f.time, 2), *key_owner(t)) for f, t in zip(frames, top) if t is not None],
+                       sampled - len(sharp), unusable)
 
 
 def blurred_frames(sharp: np.ndarray) -> np.ndarray:

@@ -145,11 +145,18 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     @app.get("/v1/history")
     def get_history(request: Request, response: Response) -> list[dict]:
         sid = session_of(request, response)
-        return [{**r, "thumbnail": f"/v1/history/{r['id']}/thumbnail"} for r in history.rows(sid)]
+        try:
+            rows = history.rows(sid)
+        except sqlite3.Error as e:  # its file gone with the catalog folder, say
+            raise HTTPException(503, f"the history cannot be read: {e}") from None
+        return [{**r, "thumbnail": f"/v1/history/{r['id']}/thumbnail"} for r in rows]
 
     @app.get("/v1/history/{row_id}/thumbnail")
     def history_thumbnail(row_id: int, request: Request) -> Response:
-        data = history.thumbnail(request.cookies.get(SESSION_COOKIE, ""), row_id)
+        try:
+            data = history.thumbnail(request.cookies.get(SESSION_COOKIE, ""), row_id)
+        except sqlite3.Error as e:
+            raise HTTPException(503, f"the history cannot be read: {e}") from None
         if data is None:
             raise HTTPException(404, "no such history row in this session")
         return Response(data, media_type="image/jpeg")

@@ -32,10 +32,14 @@ class History:
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last row
-        db.execute(SCHEMA)
-        db.execute("CREATE INDEX IF NOT EXISTS by_session ON history(session, id)")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last row
+            db.execute(SCHEMA)
+            db.execute("CREATE INDEX IF NOT EXISTS by_session ON history(session, id)")
+        except BaseException:
+            db.close()
+            raise
         self._key = folder_key(self.path)
         return db
 
@@ -44,8 +48,9 @@ class History:
         if folder_key(self.path) != self._key:
             if not self.path.parent.is_dir():  # never made again here: the catalog folder was deleted
                 raise sqlite3.OperationalError(f"{self.path.parent} no longer exists")
+            new = self._open()  # before the old one is closed: a failure leaves the old one usable
             self._db.close()
-            self._db = self._open()
+            self._db = new
         return self._db
 
     def add(self, session: str, thumbnail: bytes, top_category: str, probability: float, top_product: str) -> int:

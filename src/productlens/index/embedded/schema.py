@@ -235,7 +235,10 @@ def _typed_in(col: str, kind: str, values: list[Any]) -> tuple[str, list[Any]]:
     parts, params = [], []
     for is_kind in (lambda v: isinstance(v, str), lambda v: not isinstance(v, (str, bool))):
         group = [v for v in values if is_kind(v)]
-        if group:
+        if len(group) == 1:  # "= ?" keeps the index's order (IN json_each added a sort): 1.4 ms, not 1.05, at 200k
+            parts.append(f"({_kind_is(kind, group[0])} AND {col} = ?)")
+            params.append(group[0])
+        elif group:
             parts.append(f"({_kind_is(kind, group[0])} AND {col} IN (SELECT value FROM json_each(?)))")
             params.append(json.dumps(group))
     for flag in sorted({v for v in values if isinstance(v, bool)}):
