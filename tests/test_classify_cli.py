@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -362,6 +363,7 @@ def test_train_names_a_class_left_without_readable_photos(tmp_path) -> None:
     r = runner.invoke(app, ["classify", "train", str(root), "-o", str(tmp_path / "m9"), *FAST])
     assert r.exit_code == 1 and "error:" in r.output and "trained" not in r.output
     assert "fewer than 2 readable images: 'a' (0)" in r.output and not (tmp_path / "m9").exists()
+    assert "unreadable: " in r.output and "x.jpg: not an image" in r.output  # which photos, and why
 
 
 def test_eval_classify_refuses_a_set_with_no_readable_image(tmp_path) -> None:
@@ -400,8 +402,37 @@ def test_classify_refuses_a_damaged_model_zero_epochs_and_exits_1_when_nothing_w
     r = runner.invoke(app, ["classify", "train", str(train), "--label", "sku", "--out", str(tmp_path / "m"), *FAST])
     assert r.exit_code == 0, r.output
     (tmp_path / "junk.jpg").write_bytes(b"junk")
-    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "junk.jpg")])
+    outputs = ["--out", str(tmp_path / "o.csv"), "--submission", str(tmp_path / "s.csv")]
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "img" / "train_0_0.jpg"),
+                            *outputs])
+    assert r.exit_code == 0, r.output
+    before = [(tmp_path / f).read_text() for f in ("o.csv", "s.csv")]
+    r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "junk.jpg"), *outputs])
     assert r.exit_code == 1 and "skipped: " in r.output and "predicted 0 images" in r.output
+    assert [(tmp_path / f).read_text() for f in ("o.csv", "s.csv")] == before  # had been replaced by empty ones
+    import numpy as np
+
+    for damage in ("format", "views", "temperature", "name"):  # tracebacks, bare key names, or NaN with exit 0
+        bad = tmp_path / f"m_{damage}"
+        shutil.copytree(tmp_path / "m", bad)
+        config, labels = (json.loads((bad / f).read_text()) for f in ("config.json", "labels.json"))
+        if damage == "format":
+            config["format"] = "2"
+        elif damage == "views":
+            config.pop("views")
+        elif damage == "name":
+            labels.pop("name")
+        else:
+            arrays = dict(np.load(bad / "head.npz"))
+            arrays["temperature"] = np.array(np.nan, np.float32)
+            np.savez(bad / "head.npz", **arrays)
+        (bad / "config.json").write_text(json.dumps(config))
+        (bad / "labels.json").write_text(json.dumps(labels))
+        r = runner.invoke(app, ["classify", "predict", str(bad), str(tmp_path / "img" / "train_0_0.jpg"), "--json"])
+        if damage == "views":  # a folder without views: the whole photo
+            assert r.exit_code == 0 and "nan" not in r.output.lower(), r.output
+        else:
+            assert r.exit_code == 1 and "Traceback" not in r.output and str(bad) in r.output, r.output
     head = (tmp_path / "m" / "head.npz").read_bytes()
     (tmp_path / "m" / "head.npz").write_bytes(head[:100])  # cut short
     r = runner.invoke(app, ["classify", "predict", str(tmp_path / "m"), str(tmp_path / "img" / "train_0_0.jpg")])

@@ -146,6 +146,9 @@ def predict(
         typer.echo(f"skipped: {msg}", err=True)
     records = [{"image": data.names[i], "predictions": [{"label": lab, "probability": round(p, 4)} for lab, p in t]}
                for i, t in zip(res.ok.tolist(), top)]
+    if skipped and not records:  # earlier outputs are left as they were, not replaced by empty ones
+        typer.echo(f"predicted 0 images; skipped {len(skipped)}; nothing written", err=True)
+        raise typer.Exit(1)
     if out is not None:
         with atomic_path(out) as tmp:
             if out.suffix.lower() == ".json":

@@ -225,7 +225,14 @@ def check_readable(data: LabelledSet, ok: Sequence[int], errors: Sequence = (), 
     if len(ok) == 0:
         raise LabelError(nothing_read(data, "training", errors))
     if len(ok) < len(data):
-        check_trainable(data.subset(ok), min_per_class, classes=data.classes(), noun="readable images")
+        try:
+            check_trainable(data.subset(ok), min_per_class, classes=data.classes(), noun="readable images")
+        except LabelError as exc:  # say which photos could not be read, and why
+            if not errors:
+                raise
+            shown = "; ".join(str(e[2]) for e in errors[:3]) + (f" (and {len(errors) - 3} more)" if len(errors) > 3
+                                                               else "")
+            raise LabelError(f"{exc}; unreadable: {shown}") from None
 
 
 def nothing_read(data: LabelledSet, what: str, errors: Sequence = ()) -> str:

@@ -339,7 +339,8 @@ def embed_views(embedder, sources: Sequence, views: Sequence, *, cache: bool | F
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
             res = embed_items(stacked, [sources[i] for i in part], batch_size=batch_size, workers=workers,
-                              progress=progress, desc=f"{len(missing)} view{'s' if len(missing) > 1 else ''}")
+                              progress=progress, desc=f"{len(missing)} view{'s' if len(missing) > 1 else ''}"
+                              + (f" ({len(todo)} of {n} images not cached)" if len(todo) < n else ""))
             for j, _, msg in res.errors:
                 failed.setdefault(int(part[j]), (int(part[j]), sources[part[j]], msg))
             rows = part[res.ok]

@@ -16,6 +16,7 @@ so the folder can be moved) on first use, and refuses a different one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -233,20 +234,41 @@ def load_classifier(path: str | os.PathLike[str], embedder: str | None = None) -
         raise ProductLensError(f"{folder}: not a productlens classifier folder ({exc})") from None
     if not {"mean", "temperature"} <= set(arrays):
         raise ProductLensError(f"{folder}: head.npz lacks {', '.join(sorted({'mean', 'temperature'} - set(arrays)))}")
-    if config.get("kind") != "productlens-classifier":
+    if not isinstance(config, dict) or config.get("kind") != "productlens-classifier":
         raise ProductLensError(f"{folder}: not a productlens classifier folder")
-    if config.get("format", 0) > FORMAT_VERSION:
+    fmt = config.get("format", 0)
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise ProductLensError(f"{folder}: config.json's 'format' must be a whole number, got {fmt!r}")
+    if fmt > FORMAT_VERSION:
         raise ProductLensError(f"{folder}: written by a newer productlens (format {config['format']})")
+    if not isinstance(config.get("embedder"), str):
+        raise ProductLensError(f"{folder}: config.json names no 'embedder'")
     if embedder is not None and embedder != config["embedder"]:
         raise ProductLensError(f"{folder} was trained on {config['embedder']!r} features, not {embedder!r}")
-    hierarchy = Hierarchy.from_json(labels)
-    head = HeadWeights.from_arrays(arrays)
+    from productlens.data.augment import View
+
+    views = config.get("views") or [View().key]  # a folder without views (a minimal one): the whole photo
+    try:
+        for v in views:
+            View.parse(v)
+        hierarchy = Hierarchy.from_json(labels)
+        head = HeadWeights.from_arrays(arrays)
+    except (KeyError, TypeError, ValueError, AttributeError, ProductLensError) as exc:  # a field missing or wrong
+        raise ProductLensError(f"{folder}: damaged classifier folder ({type(exc).__name__}: {exc}); train it "
+                               "again") from None
+    temperature = float(np.asarray(arrays["temperature"]).reshape(-1)[0])
+    if not (math.isfinite(temperature) and temperature > 0):  # NaN probabilities, printed with exit 0
+        raise ProductLensError(f"{folder}: head.npz's temperature must be a positive number, got {temperature}")
     if head.weight.shape[0] != len(hierarchy.labels):
         raise ProductLensError(f"{folder}: head has {head.weight.shape[0]} classes, labels.json {len(hierarchy.labels)}")
+    for lv in hierarchy.levels:
+        if len(lv.parent) != len(hierarchy.labels) or (lv.parent < 0).any() or (lv.parent >= len(lv.labels)).any():
+            raise ProductLensError(f"{folder}: labels.json's level {lv.name!r} gives no parent in range to some "
+                                   f"{hierarchy.name}; train it again")
     extra = {k: v for k, v in config.items() if k not in
              ("format", "kind", "embedder", "fingerprint", "dim", "views", "temperature", "companions")}
     clf = Classifier(config["embedder"], head, arrays["mean"], hierarchy,
-                     temperature=float(arrays["temperature"]), views=config.get("views", []),
+                     temperature=temperature, views=views,
                      config=extra, metrics=metrics, fingerprint=config.get("fingerprint", ""),
                      companions=config.get("companions", []))
     clf.root = folder
