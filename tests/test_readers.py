@@ -58,6 +58,18 @@ def test_read_gallery_without_product_id(tmp_path: Path) -> None:
     assert item.id == 5 and item.product_id is None and item.image == str((tmp_path / "x.png").resolve())
 
 
+def test_a_photo_reached_through_a_link_keeps_its_path(tmp_path: Path) -> None:
+    """A linked photo was read as its target while the target existed and as the link while it was missing:
+    a manifest changed when the photo came back, and a Ray build's rerun was refused as another catalog."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "store" / "a.jpg")
+    (tmp_path / "g.csv").write_text("seller_img_id,img_path\n1,sub/../a.jpg\n")
+    there = read_gallery(tmp_path / "g.csv")[0].image
+    (tmp_path / "store" / "a.jpg").rename(tmp_path / "store" / "away.jpg")
+    assert there == read_gallery(tmp_path / "g.csv")[0].image == str(tmp_path / "a.jpg")
+
+
 def test_read_queries(manifests: Path) -> None:
     q1, q2 = read_queries(manifests / "retrieval" / "queries.csv")
     assert q1.box is None and q1.product_id == 7 and q1.id == 10

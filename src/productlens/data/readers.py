@@ -306,8 +306,9 @@ def read_catalog(path: str | os.PathLike[str], *, skipped: list[str] | None = No
         )
     if suffix == ".jsonl":
         return _products_catalog(p, skipped)
+    hint = " (a parquet manifest is read by index build --engine ray)" if suffix == ".parquet" else ""
     raise ProductLensError(
-        f"{p}: unknown catalog format; expected a directory, a .csv or a products.jsonl"
+        f"{p}: unknown catalog format; expected a directory, a .csv or a products.jsonl{hint}"
     )
 
 
@@ -465,7 +466,10 @@ def _image(value: str, manifest: Path, line: int) -> str:
         raise ProductLensError(f"{manifest}, line {line}: the image path holds a NUL byte")
     if value.lower().startswith(_URL_PREFIXES):
         return value
-    return str(local_file(manifest.absolute().parent, value).resolve())
+    # absolute and normalised, but links not followed: resolve() followed a link to an existing photo and kept
+    # a dangling one as written, so a manifest changed when a missing photo came back (a Ray build's rerun was
+    # refused as "another catalog")
+    return os.path.normpath(local_file(manifest.absolute().parent, value))
 
 
 def local_file(folder: Path, name: str) -> Path:
