@@ -46,7 +46,7 @@ from productlens.models.embedders import Embedder, embedder_in_folder
 from productlens.models.embedders.joined import joined
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.features_cache import model_change
-from productlens.pipeline.rerank import alpha_qe
+from productlens.pipeline.rerank import alpha_qe, group_by_product
 from productlens.types import Box, BoxError, Hit, Item, ProductLensError, check_k, check_list, product_key
 
 log = logging.getLogger(__name__)
@@ -505,25 +505,9 @@ class Catalog:
     def _group(self, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Re-order each row by its product's best score, then the item's own score."""
         valid = np.unique(ids[ids >= 0])
-        pid = np.full(len(valid), -1, np.int64)
-        for j, md in enumerate(self.store.get(valid)):
-            p = (md or {}).get("product_id")
-            pid[j] = -1 if p is None else int(p)
-        prod = np.full(ids.shape, -1, np.int64)
-        if len(valid):
-            pos = np.searchsorted(valid, np.maximum(ids, 0)).clip(max=len(valid) - 1)
-            prod = np.where((ids >= 0) & (valid[pos] == ids), pid[pos], -1)
-        # an item without a product is its own group: a key no product can have
-        own = -(np.arange(ids.size, dtype=np.int64).reshape(ids.shape) + 2)
-        key = np.where(prod >= 0, prod, own)
-        rows = np.repeat(np.arange(len(ids)), ids.shape[1]).reshape(ids.shape)
-        _, group = np.unique(np.stack([rows.ravel(), key.ravel()], 1), axis=0, return_inverse=True)
-        best = np.full(group.max() + 1 if group.size else 0, -np.inf, np.float32)
-        np.maximum.at(best, group.ravel(), scores.ravel().astype(np.float32))
-        product_score = np.where(ids >= 0, best[group.reshape(ids.shape)], -np.inf).astype(np.float32)
-        own_score = np.where(ids >= 0, scores, -np.inf)
-        order = np.lexsort((-own_score, -product_score), axis=-1)
-        return np.take_along_axis(product_score, order, 1), np.take_along_axis(ids, order, 1)
+        pid = np.array([-1 if (md or {}).get("product_id") is None else int(md["product_id"])
+                        for md in self.store.get(valid)], np.int64)
+        return group_by_product(scores, ids, valid, pid)
 
     # ------------------------------------------------------- categories
     @property
