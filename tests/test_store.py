@@ -251,7 +251,10 @@ WHERES = [
     {"product_id": [1, 2, 3, 40, 41]},
     {"id": {"gt": 100}},
     {"category": "nope"},
-    # a bool equals only a bool, a string never a number, ints above 2**53 exactly, "one of nothing" is nothing
+]
+
+#: a bool equals only a bool, a string never a number, ints above 2**53 exactly, "one of nothing" is nothing
+KIND_WHERES = [
     {"size": True},
     {"size": 1},
     {"size": "M"},
@@ -440,8 +443,7 @@ def test_one_dimensional_query_and_validation(store_factory):
 
 
 # ==================================================================== filters
-@pytest.mark.parametrize("where", WHERES, ids=lambda w: json.dumps(w))
-def test_filters_match_reference(store_factory, where):
+def _filtered_store(store_factory):
     rng = np.random.default_rng(4)
     s = store_factory(dim=16)
     ref = ReferenceStore(16)
@@ -450,12 +452,29 @@ def test_filters_match_reference(store_factory, where):
     md = catalog_metadata(ids, rng)
     s.upsert(ids, x, md)
     ref.upsert(ids, x, md)
-    q = unit(rng, 6, 16)
+    return s, ref, unit(rng, 6, 16)
+
+
+def _assert_filter(s, ref, q, where) -> None:
     for k in (3, 40, 400):
         got = s.search(q, k, where)
         assert_same_search(got, ref.search(q, k, where), ref=ref, queries=q, where=where)
         allowed = set(ref.matches(where).tolist())
         assert all(i in allowed for i in got[1][got[1] >= 0].tolist())
+
+
+@pytest.mark.parametrize("where", WHERES, ids=lambda w: json.dumps(w))
+def test_filters_match_reference(store_factory, where):
+    _assert_filter(*_filtered_store(store_factory), where)
+
+
+def test_values_compare_only_with_values_of_their_kind(store_factory):
+    """The embedded store had matched {"flag": True} with 1, a number range with strings, {"id": "1"} with
+    id 1; Milvus had refused an empty list and a float or string id; Qdrant had matched 2**60 for
+    2**60 + 1. One store, every case (a store a case made these the suite's slowest minute on Milvus)."""
+    s, ref, q = _filtered_store(store_factory)
+    for where in KIND_WHERES:
+        _assert_filter(s, ref, q, where)
 
 
 # ============================================================= reopen / info
