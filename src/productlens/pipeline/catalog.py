@@ -557,12 +557,11 @@ class Catalog:
         k = check_k(k)  # -1 had sliced off the last hit
         if box is not None and not isinstance(box, Box):
             raise BoxError(f"box must be a productlens.types.Box (Box(x, y, w, h) in pixels), got {box!r:.40}")
+        source = read_once(source)  # a URL: fetched once for the detector, the picture and its print
         if box is None and detector is not None:
             from productlens.pipeline.detect import best_box_of
 
-            source = read_once(source)  # a URL: fetched once for the detector and the search
             box = best_box_of(detector, source)
-        source = read_once(source)  # a URL: fetched once for the picture and its print
         img = load_image(source, box=box, target=self.query_embedder.preprocess.size,  # ImageError / BoxError
                          min_side=MIN_SIDE)
         query = self.to_index_space(self.query_embedder.embed_images([img]), "query")
