@@ -182,6 +182,18 @@ def test_bad_uploads_get_clear_errors(client):
     assert r.status_code == 400 and "box" in r.json()["detail"] and "4x40 pixels" in r.json()["detail"]
 
 
+def test_two_photos_in_one_request_are_refused_not_half_answered(client):
+    """FastAPI keeps the last of two parts of one name; the answer would have been for one photo unsaid."""
+    two = [("image", ("a.jpg", _jpeg(product_photo(0, 1, shop=False)), "image/jpeg")),
+           ("image", ("b.jpg", _jpeg(product_photo(1, 1, shop=False)), "image/jpeg"))]
+    r = client.post("/v1/identify", files=two)
+    assert r.status_code == 400 and "2 'image' parts" in r.json()["detail"]
+    r = client.post("/v1/products", files=two, data={"product_id": "9"}, headers={"X-API-Key": KEY})
+    assert r.status_code == 400 and "one photo per request" in r.json()["detail"]
+    assert client.get("/v1/products/9").status_code == 404  # nothing added
+    assert client.get("/v1/history").json() == []
+
+
 def test_preview_is_the_photo_as_read_exif_orientation_applied(client):
     import base64
 

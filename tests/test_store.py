@@ -1101,3 +1101,21 @@ def test_a_k_too_large_to_hold_is_refused_by_name(tmp_path):
         s.search(np.ones(4), 10 ** 12)  # had been numpy's MemoryError ("Unable to allocate 11 TiB")
     assert s.search(np.ones(4), 3)[1].tolist() == [[1, -1, -1]]
     s.close()
+
+
+def test_a_filter_on_a_field_no_item_has_is_named_in_a_warning(tmp_path, caplog):
+    """{"colour": "red"} on a catalog whose items say "color" matched nothing in silence, as a true no-match
+    does; the warning names the field once per handle, and a field some item has gives none."""
+    s = open_store(tmp_path / "s", dim=4)
+    s.upsert([1, 2], np.eye(4, dtype=np.float32)[:2], [{"color": "red", "title": "a"}, {"title": "b", "size": 3}])
+    with caplog.at_level("WARNING", logger="productlens.index.embedded.store"):
+        assert s.search(np.ones(4), 2, {"color": "blue"})[1].tolist() == [[-1, -1]]  # a field items have
+        assert not caplog.records
+        for _ in range(2):
+            assert s.search(np.ones(4), 2, {"colour": "red", "title": "a"})[1].tolist() == [[-1, -1]]
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    assert "no item" in msg and "'colour'" in msg and "fields: id, product_id, image, title, category, color, size" \
+        in msg and "'title'" not in msg
+    assert s.search(np.ones(4), 2, {"colour": None})[1][0].tolist() == [1, 2]  # None: the items without it
+    s.close()

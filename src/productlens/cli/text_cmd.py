@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -107,11 +108,7 @@ def zero_shot_cmd(
         name_list = [ln.strip() for ln in lines if ln.strip()]
     else:  # comma-separated, csv-style: "Milk, 3%",Juice is two names
         name_list = [n.strip() for n in next(csv.reader([names], skipinitialspace=True), []) if n.strip()]
-    # a name given twice would split its own score; the text model reads no case ("Banana" is "banana")
-    firsts: dict[str, str] = {}
-    for n in name_list:
-        firsts.setdefault(n.casefold(), n)
-    name_list = list(firsts.values())
+    name_list = distinct_names(name_list)
     images = expand_folders(images)
     if not images:
         raise ProductLensError("no images given (the folders hold no image files)")
@@ -123,6 +120,19 @@ def zero_shot_cmd(
         for img, p in zip(images, preds):
             typer.echo(f"{img}: " + ("unreadable" if p is None else ", ".join(f"{n} {s:.3f}" for n, s in p)))
     fail_if_none_done(sum(p is not None for p in preds), sum(p is None for p in preds))
+
+
+def distinct_names(names: List[str]) -> List[str]:
+    """Each name once, the first spelling kept: a name given twice would split its own score. Names that differ
+    only in case or punctuation ("Oat milk", "oat-milk", "oat_milk") are one: the text model reads no case and
+    nearly the same words, so they would split it too. Each merge is said on stderr."""
+    firsts: dict[str, str] = {}
+    for n in names:
+        key = " ".join(re.sub(r"[\W_]+", " ", n.casefold()).split()) or n.casefold()  # all punctuation: as given
+        if key in firsts and firsts[key] != n:
+            typer.echo(f"note: names {firsts[key]!r} and {n!r} are taken as one ({firsts[key]!r})", err=True)
+        firsts.setdefault(key, n)
+    return list(firsts.values())
 
 
 @app.command("ocr")

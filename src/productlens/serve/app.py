@@ -80,7 +80,10 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     def admin(x_api_key: Optional[str] = Header(None)) -> None:
         _check_key(config, x_api_key)
 
-    async def read_upload(image: UploadFile):
+    async def read_upload(request: Request, image: UploadFile):
+        parts = len((await request.form()).getlist("image"))  # the form as FastAPI parsed it (cached)
+        if parts > 1:  # FastAPI would take the last part and drop the others unsaid
+            raise HTTPException(400, f"the form has {parts} 'image' parts: send one photo per request")
         limit = int(config.max_upload_mb * 1024 * 1024)
         data = await image.read(limit + 1)
         if len(data) > limit:
@@ -101,9 +104,8 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     # ------------------------------------------------------------------ API
     @app.get("/v1/health")
     def health() -> dict:
-        cat = engine.refresh()  # a rebuilt catalog is opened again; a deleted one: 503
-        return {"status": "ok", "items": len(cat), "classifier": cat.classifier is not None,
-                "detector": engine.detector is not None, "in_flight": admission.inside}
+        # a rebuilt catalog is opened again; a deleted one: 503
+        return {"status": "ok", **engine.status(), "in_flight": admission.inside}
 
     @app.post("/v1/identify", dependencies=[Depends(reader)])
     async def identify(request: Request, response: Response, image: UploadFile = File(...),
@@ -113,7 +115,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
                                             "(EXIF orientation applied; JPEG, at most 400 px) to draw boxes on")
                        ) -> dict:
         """Top-k categories with probabilities, detected boxes and matching products for one photo."""
-        img = await read_upload(image)
+        img = await read_upload(request, image)
         try:
             qbox = Box.parse(box)
         except BoxError as e:
@@ -188,10 +190,10 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         return {"id": item_id, "jpeg_base64": base64.b64encode(data).decode()}
 
     @app.post("/v1/products", dependencies=[Depends(admin)], status_code=201)
-    async def add_product(image: UploadFile = File(...), product_id: int = Form(...), title: str = Form(""),
+    async def add_product(request: Request, image: UploadFile = File(...), product_id: int = Form(...), title: str = Form(""),
                           category: str = Form(""), item_id: Optional[int] = Form(None)) -> dict:
         """Add a photo of a product (new or existing); searchable by the next query."""
-        img = await read_upload(image)
+        img = await read_upload(request, image)
         async with admission.slot():
             try:
                 new_id = await _run(engine.add_item, img, product_id, title, category, item_id)
@@ -230,7 +232,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     # ------------------------------------------------------------------ page
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(request: Request) -> HTMLResponse:
-        return templates.TemplateResponse(request, "index.html", {"items": len(engine.refresh()),
+        return templates.TemplateResponse(request, "index.html", {"items": engine.status()["items"],
                                                                   "max_mb": config.max_upload_mb,
                                                                   "max_mp": config.max_pixels / 1e6,
                                                                   "history_rows": MAX_ROWS_PER_SESSION})

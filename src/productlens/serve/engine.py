@@ -129,6 +129,13 @@ class Engine:
         with self.lock:
             return self._current()
 
+    def status(self) -> dict[str, Any]:
+        """Items in the catalog (opened again if rebuilt), and which models answer; read under the lock, so a
+        rebuild in another request cannot close the catalog between opening and counting it."""
+        with self.lock:
+            cat = self._current()
+            return {"items": len(cat), "classifier": cat.classifier is not None, "detector": self.detector is not None}
+
     # ---------------------------------------------------------------- identify
     @property
     def default_batch(self) -> int:

@@ -178,6 +178,22 @@ def row_to_dict(row: Sequence[Any]) -> dict:
     return d
 
 
+def absent_fields(db: sqlite3.Connection, fields: Sequence[str]) -> list[str]:
+    """The extra (not core) ``fields`` that no item has: a filter on one matches nothing, which a typo in a
+    field's name (``{"colour": ...}`` for ``color``) looks like. One scan per field, stopping at the first
+    item that has it."""
+    return [f for f in dict.fromkeys(fields) if f != "id" and f not in CORE_FIELDS
+            and db.execute(f"SELECT 1 FROM items WHERE json_type(extra, '$.\"{f}\"') IS NOT NULL LIMIT 1")
+            .fetchone() is None]
+
+
+def extra_fields(db: sqlite3.Connection, limit: int = 20) -> list[str]:
+    """Up to ``limit`` names of the extra fields items have, sorted (a scan of every item's extra)."""
+    rows = db.execute("SELECT DISTINCT j.key FROM items, json_each(items.extra) AS j WHERE items.extra IS NOT NULL "
+                      "ORDER BY j.key LIMIT ?", (limit,)).fetchall()
+    return [r[0] for r in rows]
+
+
 def where_sql(conds: list[Condition]) -> tuple[str, list[Any]]:
     """SQL boolean expression (over table ``items``) for parsed where conditions.
 

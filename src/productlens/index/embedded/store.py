@@ -22,6 +22,7 @@ import numpy as np
 
 from ...types import ProductLensError
 from ..base import (
+    CORE_FIELDS,
     Condition,
     Store,
     check_ids,
@@ -37,6 +38,8 @@ from ..base import (
 from .ann import AnnIndex, require_faiss, set_threads
 from .schema import (
     DB_NAME,
+    absent_fields,
+    extra_fields,
     VECTOR_DTYPES,
     columns,
     drop_segments,
@@ -125,6 +128,7 @@ class EmbeddedStore(Store):
         set_threads(self.threads)
 
         self._lock = threading.RLock()
+        self._warned: set[str] = set()  # fields named in a filter that no item had (see _warn_absent)
         self._token = secrets.token_hex(4)
         self._db: sqlite3.Connection | None = None
         self._snap: Snapshot | None = None  # what readers see (set once dim is known)
@@ -474,6 +478,14 @@ class EmbeddedStore(Store):
         rows = self._conn().execute(f"SELECT id FROM items WHERE {sql} ORDER BY id", params).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
+    def _warn_absent(self, db: sqlite3.Connection, conds: list[Condition]) -> None:
+        """Say (once per field and handle) that a filter that matched nothing names a field no item has."""
+        for field in absent_fields(db, [c.field for c in conds if c.field not in self._warned]):
+            self._warned.add(field)
+            known = ", ".join(("id",) + CORE_FIELDS + tuple(extra_fields(db)))
+            log.warning("where: no item in %s has a field %r, so the filter matched nothing (a typo? fields: %s)",
+                        self.path, field, known)
+
     # ---------------------------------------------------------------- search
     def search(self, queries: np.ndarray, k: int, where: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = check_vectors(queries, self.dim, what="queries")
@@ -487,6 +499,8 @@ class EmbeddedStore(Store):
             snap = self._snap
             allowed = self._allowed_ids(conds) if conds else None
             if nq == 0 or snap.n_live == 0 or (allowed is not None and allowed.size == 0):
+                if allowed is not None and allowed.size == 0 and snap.n_live:
+                    self._warn_absent(db, conds)
                 return pad_results(nq, k)
             if snap.n_live <= self.exact_max:
                 if allowed is not None and allowed.size <= max(self.subset_exact_max, snap.n_live // 4):
