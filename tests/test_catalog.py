@@ -230,7 +230,7 @@ def test_gallery_photos_that_are_training_photos_reuse_their_vectors(dataset, tm
     them again: the same vectors as embedding them would give, and bad photos still reported by index."""
     from productlens.data.augment import PooledViewEmbedder, view_set
     from productlens.models.embedders import get_embedder
-    from productlens.pipeline.catalog import query_embedder
+    from productlens.pipeline.catalog_models import query_embedder
     from productlens.pipeline.catalog_build import _further_groups, embed_gallery
     from productlens.pipeline.embed import embed_items
 
@@ -333,20 +333,67 @@ def test_build_refuses_to_overwrite_and_leaves_no_partial(dataset, tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat", "mine"]  # the next build swept it
 
 
+def test_a_search_that_meets_another_processes_remove_is_made_again(dataset, tmp_path) -> None:
+    """Another handle removes a photo between the search and query expansion's read of its vector (as an
+    `index remove` beside a server can): that search had raised "ids not in the store", and one that met it
+    between the ranking and the metadata came back short. Now the reads are made again on the new state."""
+    from productlens.index import open_store
+
+    cat, _ = build_catalog(read_gallery(dataset["gallery"]), tmp_path / "cat", embedder=MODEL, progress=False)
+    photo = read_queries(dataset["queries"])[0].image
+    first = cat.search(photo, k=4)
+    other = open_store(tmp_path / "cat" / "store")
+    search, calls = cat.store.search, []
+
+    def search_then_remove(*args, **kwargs):  # the first ranking of the first search, then the other's remove
+        out = search(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            other.remove([first[0].id])
+        return out
+
+    cat.store.search = search_then_remove
+    hits = cat.search(photo, k=4)
+    assert len(calls) > 2  # made again: one ranking with expansion is two searches
+    assert [h.id for h in hits] == [h.id for h in first if h.id != first[0].id]
+    del cat.store.search
+    calls.clear()
+    as_hits = cat.store.as_hits
+
+    def remove_then_read(*args):  # the other's remove between the ranking and the metadata
+        if not calls:
+            calls.append(1)
+            other.remove([hits[0].id])
+        return as_hits(*args)
+
+    cat.store.as_hits = remove_then_read
+    again = cat.search(photo, k=4)
+    assert len(again) == 2 and hits[0].id not in [h.id for h in again]  # two photos left: both, not one
+    other.close()
+    cat.close()
+
+
 def test_rank_queries_aicrowd_array(dataset, tmp_path) -> None:
     gallery = read_gallery(dataset["gallery"])
-    queries = read_queries(dataset["queries"])
-    queries.append(Item(id=998, image=queries[0].image, box=InvalidBox.because("q.csv, line 9: bad box")))
-    queries.append(Item(id=999, image=str(tmp_path / "missing.jpg")))
+    good = read_queries(dataset["queries"])
+    queries = list(good)  # unreadable queries in the middle: every row after them stays its own query's
+    queries.insert(1, Item(id=998, image=good[0].image, box=InvalidBox.because("q.csv, line 9: bad box")))
+    queries.insert(3, Item(id=999, image=str(tmp_path / "missing.jpg")))
+    bad = [1, 3]
     cat, _ = build_catalog(gallery, tmp_path / "cat", embedder=MODEL,
                            train=read_labelled_csv(dataset["train"]), progress=False)
     with cat:
         ranks, errors = rank_queries(cat, queries, k=1000, progress=False)
+        alone, _ = rank_queries(cat, good, k=1000, progress=False)
+        small_batches, _ = rank_queries(cat, queries, k=1000, progress=False, batch=2)  # past batch boundaries
     assert ranks.shape == (len(queries), 1000)
-    assert (ranks[:-2, :4] >= 0).all() and (ranks[:, 4:] == -1).all() and (ranks[-2:] == -1).all()
+    kept = np.ones(len(queries), bool)
+    kept[bad] = False
+    assert (ranks[kept, :4] >= 0).all() and (ranks[:, 4:] == -1).all() and (ranks[bad] == -1).all()
+    assert np.array_equal(ranks[kept], alone) and np.array_equal(small_batches, ranks)
     assert len(errors) == 2 and any("line 9: bad box" in str(e) for e in errors)
     assert sorted(ranks[0, :4].tolist()) == [0, 1, 2, 3]
-    top1 = np.mean([r[0] == q.product_id for r, q in zip(ranks[:-2], queries[:-2])])
+    top1 = np.mean([r[0] == q.product_id for r, q in zip(alone, good)])
     assert top1 >= 0.75
     out = save_rankings(ranks, tmp_path / "sub" / "rankings.npy")
     assert np.array_equal(np.load(out), ranks) and np.load(out).dtype == np.int32  # the challenge's array
@@ -377,6 +424,50 @@ def test_group_by_product_orders_by_best_score_of_each_product() -> None:
     # row 1: unlabelled 14 first, then product 1 (10, 12), product 2 (11, 15), 13
     assert i[1].tolist() == [14, 10, 12, 11, 15, 13, -1]
     assert np.isneginf(s[:, -1]).all()
+
+
+def test_alpha_qe_and_dba_by_hand() -> None:
+    from productlens.models.embedders.base import l2_normalize
+    from productlens.pipeline.rerank import alpha_qe, dba
+
+    q = np.array([[1.0, 0, 0]], np.float32)
+    n = np.array([[[0, 1.0, 0], [0, 0, 1.0]]], np.float32)
+    got = alpha_qe(q, np.array([[0.9, 0.5]]), n, 3.0)  # weights 0.9**3 and 0.5**3
+    np.testing.assert_allclose(got, l2_normalize(np.array([[1, 0.729, 0.125]], np.float32)), rtol=1e-6)
+    # padding (-inf) and a negative similarity weigh nothing
+    np.testing.assert_allclose(alpha_qe(q, np.array([[-np.inf, -0.5]]), n, 3.0), q)
+    g = l2_normalize(np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], np.float32))
+    # each photo: itself (sim 1) plus its nearest other photo at sim**3; the third's nearest other is at 0
+    want = l2_normalize(np.array([g[0] + 0.8 ** 3 * g[1], g[1] + 0.8 ** 3 * g[0], g[2]], np.float32))
+    np.testing.assert_allclose(dba(g, k=2, alpha=3.0, block=2), want, rtol=1e-5, atol=1e-6)
+
+
+def test_search_vectors_applies_query_expansion_and_grouping(dataset, tmp_path) -> None:
+    """rerank=True is the search of the expanded query; group_by_product=True is the plain ranking grouped
+    (a catalog of two photos a product, so that both change something)."""
+    from productlens.pipeline.rerank import alpha_qe, group_by_product
+
+    gallery = read_gallery(dataset["gallery"])
+    train = read_labelled_csv(dataset["train"])
+    items = gallery + [Item(id=100 + j, image=t.image, product_id=t.product_id) for j, t in enumerate(train[::4])]
+    cat, _ = build_catalog(items, tmp_path / "cat", embedder=MODEL, progress=False)
+    with cat:
+        q = cat.embed_queries(read_queries(dataset["queries"])).vectors
+        n = len(cat)
+        plain_s, plain_i = cat.search_vectors(q, n, rerank=False)
+        top_vectors = cat.store.vectors(plain_i[:, :2].ravel()).reshape(len(q), 2, -1)
+        s, i = cat.store.search(alpha_qe(q, plain_s[:, :2], top_vectors, 3.0), n)
+        qe_s, qe_i = cat.search_vectors(q, n, rerank=True)
+        assert np.array_equal(qe_i, i) and not np.array_equal(qe_i, plain_i)
+        valid = cat.store.ids()
+        pids = np.array([md["product_id"] for md in cat.store.get(valid)])
+        gs, gi = cat.search_vectors(q, n, rerank=False, group_by_product=True)
+        want_s, want_i = group_by_product(plain_s, plain_i, valid, pids)
+        assert np.array_equal(gi, want_i) and not np.array_equal(gi, plain_i)
+        np.testing.assert_allclose(gs, want_s)
+        for row in gi:  # each product's photos side by side: as many runs of one product as products
+            seq = pids[np.searchsorted(valid, row)]
+            assert 1 + np.count_nonzero(seq[1:] != seq[:-1]) == len(set(seq.tolist()))
 
 
 def test_a_writer_of_a_rebuilt_catalog_is_refused_not_lost(dataset, tmp_path) -> None:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from helpers import product_photo
 from productlens.cli.main import app
 from productlens.models import embedders
+from productlens.types import ProductLensError
 from test_classify import FakeEmbedder
 from test_classify_pipeline import write_set
 
@@ -482,7 +483,7 @@ def test_classify_input_checks_from_an_audit(tmp_path, monkeypatch) -> None:
         shutil.copytree(shopee / "train" / "9", folders / label)
     assert is_shopee(shopee) and not is_shopee(folders)
     assert sorted(set(read_labelled(folders).labels)) == ["41", "train"]
-    with pytest.raises(Exception, match="both the label and a parent"):
+    with pytest.raises(ProductLensError, match="both the label and a parent"):
         read_labelled(train, label="sku", parents=["sku"])
     assert read_labelled(train, label="sku", parents=["dept", "dept"]).parents.keys() == {"dept"}
     nfd = tmp_path / "nfd"

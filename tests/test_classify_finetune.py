@@ -15,6 +15,7 @@ from productlens.models import embedders
 from productlens.models.classifiers.head import HeadConfig
 from productlens.models.classifiers.model import load_classifier
 from productlens.pipeline.classify import TrainOptions, train_classifier
+from productlens.types import ProductLensError
 from test_classify import FakeEmbedder
 from test_classify_pipeline import write_set
 
@@ -78,5 +79,5 @@ def test_relative_backbone_needs_the_classifier_folder(tmp_path, monkeypatch) ->
     clf = train_classifier(data, None, TrainOptions(embedder="fake-tiny", views="none", tta="none",
                                                      head=HeadConfig(epochs=2)), progress=False).classifier
     clf.embedder_name, clf._embedder = "onnx:backbone/model.onnx", None
-    with pytest.raises(Exception, match="relative to a classifier folder"):
+    with pytest.raises(ProductLensError, match="relative to a classifier folder"):
         clf.embedder

@@ -128,6 +128,27 @@ def test_a_detection_on_a_crowd_region_is_neither_right_nor_wrong(tmp_path):
     assert [swapped.names[lab] for lab in im2.crowd_labels] == [data.names[lab] for lab in im.crowd_labels]
 
 
+def test_map_averages_iou_thresholds_and_per_class_ap_is_at_half(tmp_path):
+    """Every box found, each shifted sideways to IoU 0.62 with its truth: right at IoU 0.5, 0.55 and 0.6 and
+    wrong at the seven thresholds above, so mAP@0.5 = 1, mAP@[.5:.95] = 3/10, and each class's AP (at 0.5) 1."""
+    from productlens.eval.detection import coco_map
+    from productlens.models.detectors.runtime import Detection
+    from productlens.types import Box
+
+    data = read_coco(_variant(tmp_path, lambda d: None))
+    shift = (1 - 0.62) / (1 + 0.62)  # a sideways shift of dx: IoU (w - dx) / (w + dx)
+    preds = {}
+    for im in data.images:
+        preds[im.id] = []
+        for (x0, y0, x1, y1), lab in zip(im.boxes.tolist(), im.labels.tolist()):
+            dx = shift * (x1 - x0)
+            preds[im.id].append(Detection(Box(x0 + dx, y0, x1 - x0, y1 - y0), data.names[lab], 0.9, int(lab)))
+    assert data.n_boxes >= 2
+    m = coco_map(data, preds)
+    assert m["map50"] == pytest.approx(1.0) and m["map"] == pytest.approx(0.3)
+    assert m["per_class"] and all(v == pytest.approx(1.0) for v in m["per_class"].values())
+
+
 @pytest.mark.parametrize("name", ["ABS", "../elsewhere/set_0.jpg", "photos/../../set_0.jpg"])
 def test_file_names_outside_the_json_folder_are_skipped_and_reported(tmp_path, name):
     name = str((tmp_path / "photos" / "set_0.jpg").resolve()) if name == "ABS" else name

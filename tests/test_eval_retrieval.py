@@ -32,8 +32,28 @@ def test_challenge_mode_never_shows_gallery_labels(tmp_path, monkeypatch, catalo
         assert seen["labels"] == [0, 1, 2] and seen["use_gallery_labels"] is True
     else:
         assert seen["labels"] == [None, None, None] and seen["use_gallery_labels"] is False
-    assert m["queries"] == 6 and 0 <= m["map@1000"] <= 1
+    assert m["queries"] == 6 and m["map@1000"] >= 0.8 and m["top1"] >= 0.8  # 1.0 on these clean photos
     assert Image.open(tmp_path / "rankings.png").size[1] > 6 * 160  # a row per query
+
+
+def test_product_text_fills_the_gallery_and_asks_for_text_in_catalog_mode(tmp_path) -> None:
+    from productlens.eval.retrieval import attach_product_text, evaluate_retrieval
+    from productlens.types import Item, ProductLensError
+
+    products = {1: {"title": "Oat milk", "category_name": "Milk", "brand": "Oatly", "description": "",
+                    "price": 2}}
+    gallery = [Item(id=1, image="a.jpg", product_id=1), Item(id=2, image="b.jpg", product_id=1, title="Own title"),
+               Item(id=3, image="c.jpg", product_id=7), Item(id=4, image="d.jpg")]
+    got = attach_product_text(gallery, products)
+    assert (got[0].title, got[0].category, got[0].extra) == ("Oat milk", "Milk", {"brand": "Oatly"})
+    assert got[1].title == "Own title" and got[1].category == "Milk"  # a photo's own title stays
+    assert got[2] == gallery[2] and got[3] == gallery[3]  # no product text: as it was
+    ds = write_dataset(tmp_path / "ds", n_products=2, per_product=1)
+    (tmp_path / "p.jsonl").write_text('{"product_id": 0, "title": "zero"}\n')
+    for text, catalog_mode in ((False, True), (True, False)):
+        with pytest.raises(ProductLensError, match="--products gives the product text that --text fuses"):
+            evaluate_retrieval(ds["gallery"], ds["queries"], products=tmp_path / "p.jsonl", text=text,
+                               catalog_mode=catalog_mode, progress=False)
 
 
 def test_a_bad_plot_path_is_refused_before_any_work(tmp_path) -> None:

@@ -52,3 +52,25 @@ def test_top5_never_below_top1_with_ties_and_nan_scores_refused() -> None:
         assert m["top5"] >= m["top1"]
     with pytest.raises(ProductLensError, match="1 of 2 rows of scores hold NaN"):
         classification_metrics(np.array([[np.nan, 0.9], [0.1, 0.9]]), np.array([0, 1]), ["a", "b"])
+
+
+def test_recall_at_10_caps_the_positives_at_10_and_a_distractor_query_matches_nothing() -> None:
+    gallery = np.array([0] * 12 + [1] * 8 + [-1])  # 12 photos of product 0: more than 10
+    row = np.array([0, 12, 1, 13, 2, 14, 3, 15, 4, 16] + [5, 6, 7, 8, 9, 10, 11, 17, 18, 19, 20])
+    m = retrieval_metrics(row[None], gallery, np.array([0]))
+    assert m["recall@10"] == pytest.approx(5 / 10)  # 5 of the first 10 are positives; not 5 / 12
+    # a query labelled -1 (a distractor's photo) has no positives: the distractor ranked first is no hit
+    m = retrieval_metrics(np.array([[20, 0, 1]]), gallery, np.array([-1]))
+    assert m["top1"] == 0.0 and m["map@1000"] == 0.0 and m["recall@10"] == 0.0
+
+
+def test_classification_metrics_per_class_balanced_accuracy_and_macro_f1_by_hand() -> None:
+    from productlens.eval.classification import classification_metrics
+
+    y = np.array([0, 0, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])  # predictions 0, 0, 1, 1
+    m = classification_metrics(probs, y, ["a", "b"])
+    assert m["per_class"] == {"a": pytest.approx(2 / 3), "b": 1.0}  # recall of each class
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)  # not top-1's 3/4
+    # F1 of a: precision 2/2, recall 2/3 -> 0.8; of b: precision 1/2, recall 1 -> 2/3; macro: their mean
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2) and m["top1"] == 0.75

@@ -16,6 +16,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from productlens.pipeline.catalog import Catalog  # noqa: E402
 from productlens.serve import ServeConfig, create_app  # noqa: E402
 from productlens.serve.admission import Admission, Busy  # noqa: E402
 from productlens.serve.batcher import Batcher  # noqa: E402
@@ -237,7 +238,9 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(client):
         while True:
             await receive()
 
-    with pytest.raises(Exception) as err:
+    from fastapi import HTTPException
+
+    with pytest.raises(HTTPException) as err:
         asyncio.run(BodyLimit(app, 5000, "too big")({"type": "http", "headers": []}, receive, None))
     assert getattr(err.value, "status_code", None) == 413 and pulled == 6  # stopped at the first chunk past
 
@@ -468,20 +471,27 @@ def test_identify_uses_the_attached_classifier(tmp_path):
 
     paths = write_dataset(tmp_path / "ds", n_products=4, per_product=4)
     add_columns(paths["train"], tmp_path / "ds" / "cats.csv", {"category": lambda r: f"kind {int(r['product_id']) % 2}"})
+    add_columns(paths["train"], tmp_path / "ds" / "three.csv", {"category": lambda r: f"set {int(r['product_id']) % 3}"})
     train_classifier(read_labelled(tmp_path / "ds" / "cats.csv", label="category"), tmp_path / "clf",
+                     TrainOptions(views="flip", tta="tta"))
+    train_classifier(read_labelled(tmp_path / "ds" / "three.csv", label="category"), tmp_path / "clf3",
                      TrainOptions(views="flip", tta="tta"))
     cat, _ = build_catalog(read_gallery(paths["gallery"]), tmp_path / "cat", use_gallery_labels=True, progress=False)
     with cat:
         cat.attach_classifier(tmp_path / "clf")
     shutil.rmtree(tmp_path / "clf")  # the catalog keeps its own copy
     app = create_app(ServeConfig(catalog=tmp_path / "cat", history_db=tmp_path / "h.sqlite"))
+    query = {"image": ("q.jpg", _jpeg(product_photo(1, 0, shop=True)), "image/jpeg")}
     with TestClient(app) as c:
         assert c.get("/v1/health").json()["classifier"] is True
-        r = c.post("/v1/identify", files={"image": ("q.jpg", _jpeg(product_photo(1, 0, shop=True)), "image/jpeg")})
-        body = r.json()
+        body = c.post("/v1/identify", files=query).json()
         assert body["category_source"] == "classifier" and len(body["categories"]) == 2
         assert body["categories"][0]["category"] == "kind 1"
         assert abs(sum(x["probability"] for x in body["categories"]) - 1) < 0.01
+        with Catalog.open(tmp_path / "cat") as other:  # `index attach-classifier` in another process
+            other.attach_classifier(tmp_path / "clf3")
+        body = c.post("/v1/identify", files=query).json()  # the replaced one had answered until a restart
+        assert {x["category"] for x in body["categories"]} == {"set 0", "set 1", "set 2"}
     app.state.engine.close()
 
 

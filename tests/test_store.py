@@ -633,6 +633,7 @@ def assert_same_after_reopen(store: Store, after, before) -> None:
         assert _recall(after[1], before[1]) >= 0.99
 
 
+@pytest.mark.slow
 def test_approximate_recall_and_updates(store_factory):
     rng = np.random.default_rng(10)
     n, dim, k = 20_000, 64, 100
@@ -894,7 +895,8 @@ def same_state(store: Store, ref: ReferenceStore) -> bool:
 
 @pytest.mark.parametrize(
     "rounds,dim,max_batch",
-    [(20, 32, 300), pytest.param(60, 512, 3000, marks=pytest.mark.slow, id="big-writes")],
+    [pytest.param(20, 32, 300, marks=pytest.mark.slow), pytest.param(60, 512, 3000, marks=pytest.mark.slow,
+                                                                      id="big-writes")],
 )
 def test_kill_9_leaves_a_committed_state(store_factory, tmp_path, rounds, dim, max_batch):
     """SIGKILL a writer at random moments; the store must open as exactly a committed state."""

@@ -103,8 +103,12 @@ def test_catalog_search_and_batch_rank_with_verification(tmp_path) -> None:
     cat, _ = build_catalog(gallery, tmp_path / "cat", embedder="efficientnet-lite0", progress=False)
     with cat:
         queries = read_queries(ds["queries"])
+        rerank, calls = cat.verifier.rerank, []
+        cat.verifier.rerank = lambda scores, ids, images: calls.append(images) or rerank(scores, ids, images)
         on = cat.search(queries[0].image, k=3, verify=True)
+        assert len(calls) == 1 and len(calls[0]) == 1 and calls[0][0].size[0] > 0  # the query photo, verified
         off = cat.search(queries[0].image, k=3, verify=False)
+        assert len(calls) == 1  # not verified
         assert {h.id for h in on} == {h.id for h in off}
         assert on[0].score >= off[0].score - 1e-6
         r_on, err = rank_queries(cat, queries, k=4, progress=False, verify=True)

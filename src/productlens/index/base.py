@@ -26,7 +26,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from ..types import Hit, ProductLensError
 #: metadata fields stored as first-class columns by every backend
 CORE_FIELDS: tuple[str, ...] = ("product_id", "image", "title", "category")
 
+READ_TRIES = 3  # Store.on_one_version: reads that met another writer are made again, this many times in all
 _RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -305,6 +306,22 @@ class Store(abc.ABC):
         was derived from its items; None where the backend cannot tell (such caches then last until this
         handle's own writes)."""
         return None
+
+    def on_one_version(self, read: Callable[[], Any], tries: int = READ_TRIES) -> Any:
+        """``read()`` (several reads of this store), made again, ``tries`` times at most, when another handle
+        or process wrote to the store while it ran; once where the backend cannot tell (:meth:`version`).
+        A catalog search is a search, the neighbours' vectors for query expansion, a second search and the
+        hits' metadata: an item removed in between had raised "ids not in the store" or left a result short."""
+        for attempt in range(1, tries + 1):
+            before = self.version()
+            try:
+                out = read()
+            except ProductLensError:
+                if before is None or attempt == tries or self.version() == before:
+                    raise
+                continue
+            if before is None or attempt == tries or self.version() == before:
+                return out
 
     # ---------------------------------------------------------------- reads
     @abc.abstractmethod

@@ -44,6 +44,7 @@ from productlens.index.base import Store, clean_metadata
 from productlens.models.detectors.runtime import Detector
 from productlens.models.embedders import Embedder, embedder_in_folder
 from productlens.models.embedders.joined import joined
+from productlens.pipeline.catalog_models import query_embedder, stored_companions, vector_name
 from productlens.pipeline.embed import embed_items
 from productlens.pipeline.features_cache import model_change
 from productlens.pipeline.rerank import alpha_qe, group_by_product
@@ -113,6 +114,7 @@ class Catalog:
         #: what embeds photos added to the gallery (catalogs before ``gallery_views`` embedded them whole)
         self.gallery_embedder = query_embedder(embedder, store.get_info("gallery_views", "none"))
         self._classifier = None
+        self._classifier_key: tuple[int, int] | None = None  # the identity of the loaded one's config.json
         self._matcher = None
         self._verifier = None
         self._by_product: dict[int, list[int]] | None = None
@@ -462,6 +464,11 @@ class Catalog:
         self._changed()
 
     # ------------------------------------------------------------ search
+    def search_hits(self, queries: np.ndarray, k: int, **options: Any) -> list[list[Hit]]:
+        """:meth:`search_vectors` (the same options) as :class:`~productlens.types.Hit` lists, the ranking and
+        the hits' metadata read from one state of the store (:meth:`Store.on_one_version`)."""
+        return self.store.on_one_version(lambda: self.store.as_hits(*self._ranked(queries, k, **options)))
+
     def search_vectors(self, queries: np.ndarray, k: int, *, rerank: bool = True,
                        where: dict | None = None, group_by_product: bool = False,
                        texts: Sequence[str] | None = None, text_weight: float | None = None,
@@ -476,8 +483,16 @@ class Catalog:
         ``verify`` (one query image per row, or None): spatial verification of the
         top results (:mod:`productlens.pipeline.verify`) after the text, before grouping.
         Each step works on at least :data:`RANK_DEPTH` candidates, so a smaller ``k`` gives the
-        first ``k`` of the same ranking.
+        first ``k`` of the same ranking. The reads are made again if another process wrote meanwhile.
         """
+        options = dict(rerank=rerank, where=where, group_by_product=group_by_product, texts=texts,
+                       text_weight=text_weight, verify=verify)
+        return self.store.on_one_version(lambda: self._ranked(queries, k, **options))
+
+    def _ranked(self, queries: np.ndarray, k: int, *, rerank: bool = True, where: dict | None = None,
+                group_by_product: bool = False, texts: Sequence[str] | None = None,
+                text_weight: float | None = None, verify: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search_vectors`, its reads made once."""
         self.check_not_empty()
         n = len(self.store)  # a count a server store answers over the network: asked once
         want, k = min(k, n), min(max(k, RANK_DEPTH), n)
@@ -512,11 +527,14 @@ class Catalog:
     # ------------------------------------------------------- categories
     @property
     def classifier(self):
-        """The attached category classifier (loaded on first use), or None."""
-        if self._classifier is None and (self.path / CLASSIFIER_DIR / "config.json").is_file():
+        """The attached category classifier, or None: loaded on first use, and again once another is attached
+        (by another process too: a server had kept answering with the replaced classifier until restarted)."""
+        key = folder_key(self.path / CLASSIFIER_DIR / "config.json")  # a new attach writes a new file
+        if key != self._classifier_key:
             from productlens.models.classifiers import load_classifier
 
-            self._classifier = load_classifier(self.path / CLASSIFIER_DIR)
+            clf = None if key is None else load_classifier(self.path / CLASSIFIER_DIR)
+            self._classifier, self._classifier_key = clf, key
         return self._classifier
 
     def attach_classifier(self, model_dir: str | os.PathLike) -> None:
@@ -529,7 +547,6 @@ class Catalog:
 
         clf = load_classifier(model_dir)
         clf.save(self.path / CLASSIFIER_DIR)
-        self._classifier = None
 
     def classify(self, source: Any, *, box: Box | None = None, k: int = 4,
                  level: str | None = None) -> list[tuple[str, float]]:
@@ -569,31 +586,5 @@ class Catalog:
         texts = self.query_texts([source], [box], [text])
         from productlens.pipeline.verify import resolve
 
-        return self.store.as_hits(*self.search_vectors(query, k, rerank=rerank, where=where, texts=texts,
-                                                       text_weight=self.text_weight_for(bool(text)),
-                                                       verify=[img] if resolve(verify) else None))[0]
-
-
-def stored_companions(store: Store) -> list[str]:
-    """The companion backbones a catalog's store records (see :func:`~productlens.pipeline.catalog_build.build_catalog`)."""
-    return [c for c in str(store.get_info("companions", "")).split("+") if c]
-
-
-def vector_name(embedder: str, companions: Sequence[str] = ()) -> str:
-    """What a catalog's vectors are made by: the embedder's name, plus its companions if any."""
-    return "+".join([embedder, *companions]) if companions else embedder
-
-
-def query_embedder(embedder: Embedder, views: str = "none"):
-    """What embeds a catalog's queries (and the shopper photos its adapter learns from).
-
-    ``views``: ``"none"`` (the embedder itself) or a view set of
-    :func:`productlens.data.augment.view_set` pooled into one descriptor
-    (:class:`~productlens.data.augment.PooledViewEmbedder`), e.g. ``"regions"``.
-    """
-    if views == "none":
-        return embedder
-    from productlens.data.augment import PooledViewEmbedder, view_groups
-
-    groups = view_groups(views)
-    return PooledViewEmbedder(embedder, [v for g in groups for v in g], [len(g) for g in groups])
+        return self.search_hits(query, k, rerank=rerank, where=where, texts=texts,
+                                text_weight=self.text_weight_for(bool(text)), verify=[img] if resolve(verify) else None)[0]

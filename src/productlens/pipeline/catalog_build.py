@@ -24,8 +24,8 @@ from productlens.index.base import clean_metadata
 from productlens.models.embedders import create_embedder, get_embedder
 from productlens.models.embedders.base import l2_normalize
 from productlens.models.embedders.joined import joined
-from productlens.pipeline.catalog import (BACKBONE_DIR, MODEL_KEY, Catalog, catalog_format, item_metadata,
-                                         query_embedder, vector_name)
+from productlens.pipeline.catalog import BACKBONE_DIR, MODEL_KEY, Catalog, catalog_format, item_metadata
+from productlens.pipeline.catalog_models import query_embedder, vector_name
 from productlens.pipeline.embed import EmbedResult, embed_items
 from productlens.pipeline.features_cache import model_record, source_key
 from productlens.types import Item, ProductLensError

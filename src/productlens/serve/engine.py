@@ -204,11 +204,9 @@ class Engine:
         cat = self.catalog
         query = cat.to_index_space(cat.query_embedder.embed_images(images), "query")
         texts = cat.query_texts(images)
-        scores, ids = cat.search_vectors(query, min(k * 4, len(cat.store)), texts=texts,
-                                         group_by_product=cat.grouping() is not None,
-                                         verify=images if self.verify else None)
         rows = []
-        for row in cat.store.as_hits(scores, ids):
+        for row in cat.search_hits(query, min(k * 4, len(cat.store)), texts=texts,
+                                   group_by_product=cat.grouping() is not None, verify=images if self.verify else None):
             hits, seen = [], set()
             for h in row:  # one match per product
                 key = product_key(h.id, h.product_id)
