@@ -373,6 +373,30 @@ def test_a_search_that_meets_another_processes_remove_is_made_again(dataset, tmp
     cat.close()
 
 
+def test_own_writes_update_the_product_map_item_by_item(dataset, tmp_path, monkeypatch) -> None:
+    """After an add, a product change, a removal and a new title, the product map is the one a fresh open
+    reads, without reading every item again (0.7 s a write at 200k items); another process's write makes
+    it read again."""
+    cat, _ = build_catalog(read_gallery(dataset["gallery"]), tmp_path / "cat", embedder=MODEL, progress=False)
+    photo = read_queries(dataset["queries"])[0].image
+    assert cat.items_of(1) == [1]  # the map is read once here
+    reads = []
+    ids = cat.store.ids
+    monkeypatch.setattr(cat.store, "ids", lambda: reads.append(1) or ids())
+    cat.add([Item(id=10, image=photo, product_id=1), Item(id=11, image=photo, product_id=5),
+             Item(id=12, image=photo)], progress=False)
+    assert cat.items_of(1) == [1, 10] and cat.items_of(5) == [11]
+    cat.update_metadata([10, 11], [{"product_id": 2}, {"title": "renamed"}])
+    assert cat.items_of(1) == [1] and cat.items_of(2) == [2, 10] and cat.items_of(5) == [11]
+    cat.remove([2, 11])
+    assert cat.items_of(2) == [10] and cat.items_of(5) == [] and reads == []
+    with Catalog.open(tmp_path / "cat") as fresh:
+        assert fresh._products() == cat._products()
+        fresh.remove([10])  # another handle: this one reads the map again
+    assert cat.items_of(2) == [] and reads == [1]
+    cat.close()
+
+
 def test_rank_queries_aicrowd_array(dataset, tmp_path) -> None:
     gallery = read_gallery(dataset["gallery"])
     good = read_queries(dataset["queries"])

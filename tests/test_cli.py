@@ -50,7 +50,7 @@ def test_cli_index_search_rank_eval(tmp_path) -> None:
     assert "removed 2" in r.output and "1 id(s) not in the catalog: 424242" in r.output
 
 
-def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
+def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path, monkeypatch) -> None:
     """A folder or an image csv numbers its items from 0: added to a catalog, they must not replace its items."""
     import shutil
 
@@ -75,8 +75,15 @@ def test_cli_index_add_gives_sources_without_ids_new_ids(tmp_path) -> None:
     assert "added 3 item(s) under new ids 4..6" in r.output and "holds 7 items" in r.output, r.output
     listed = tmp_path / "more.csv"
     listed.write_text("image,product_id\n" + str(img / "t_2_0.jpg") + ",2\n")
+    from productlens.index.embedded.store import EmbeddedStore
+
+    # past the exact-search limit (200,000 items; 6 here), the add builds the approximate index, where the
+    # next search had built it unsaid (45 s at 200,000 items)
+    monkeypatch.setitem(EmbeddedStore.__init__.__kwdefaults__, "exact_max", 6)
     r = runner.invoke(app, ["index", "add", str(cat), str(listed)])
     assert r.exit_code == 0 and "under new ids 7\n" in r.output and "holds 8 items" in r.output, r.output
+    assert "bringing the approximate index up to date (8 items" in r.output
+    assert list((cat / "store").glob("ann-*.faiss"))
     with Catalog.open(cat) as c:
         md = dict(zip(c.store.ids().tolist(), c.store.get(c.store.ids())))
     assert [md[i]["product_id"] for i in range(4)] == [0, 1, 2, 3]  # the gallery's own ids and products

@@ -21,6 +21,7 @@ A product's text comes from a products.jsonl or from a catalog's metadata
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ import numpy as np
 from productlens.models.text import DEFAULT_TEXT_ENCODER, TextEncoder, get_text_encoder
 from productlens.models.text.base import clean_text
 from productlens.types import ProductLensError, product_key
+
+log = logging.getLogger(__name__)
 
 BM25_K1, BM25_B = 1.2, 0.75  # the usual Okapi BM25 constants
 
@@ -123,6 +126,38 @@ class BM25:
         return np.asarray((q @ self._weights).todense())
 
 
+def encode_documents(encoder: TextEncoder, docs: Sequence[str], cache: bool = True) -> np.ndarray:
+    """``encoder.encode(docs)``, each document's vector kept in the feature cache (keyed by the encoder's name
+    and revision, and the sha1 of the text): a catalog's products had all been encoded again by every
+    `text search` (237 s for 40,000 products here), where a document changes only when its product does.
+    Vectors are rounded to float16 whether encoded now or read back, so both give the same ranking."""
+    if not cache:
+        return encoder.encode(docs)
+    import hashlib
+
+    from productlens.pipeline.features_cache import FeatureCache
+
+    store = FeatureCache(encoder)
+    view = f"documents|{encoder.revision}"
+    keys = [hashlib.sha1(clean_text(d).encode()).hexdigest() for d in docs]
+    found, vectors = store.get(view, keys)
+    out = np.zeros((len(docs), encoder.dim), np.float32)
+    out[found] = vectors
+    todo = np.flatnonzero(~found)
+    if todo.size:
+        first: dict[str, int] = {}
+        for i in todo.tolist():  # a document given twice is encoded once
+            first.setdefault(keys[i], i)
+        new = encoder.encode([docs[i] for i in first.values()]).astype(np.float16)
+        try:
+            store.put(view, list(first), new)
+        except OSError as exc:  # a read-only cache: the vectors are still right
+            log.warning("text vectors not cached: %s", exc)
+        by_key = dict(zip(first, new))
+        out[todo] = np.stack([by_key[keys[i]] for i in todo.tolist()])
+    return out
+
+
 class TextSearch:
     """Ranks products for text queries: BM25 first, MiniLM cosine among BM25 ties."""
 
@@ -135,7 +170,7 @@ class TextSearch:
             raise ProductLensError("no product has any text (title, name, category or description)")
         self._with_text = np.array([bool(d) for d in docs])
         self.encoder = encoder or get_text_encoder(DEFAULT_TEXT_ENCODER)
-        self.vectors = self.encoder.encode(docs)
+        self.vectors = encode_documents(self.encoder, docs)
         self.bm25 = BM25(docs)
         # a title's or a name's words -> (product, 2 for a title, 1 for a name only)
         self._named: dict[tuple[str, ...], dict[int, int]] = {}

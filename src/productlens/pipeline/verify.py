@@ -124,7 +124,7 @@ def boost(n_inliers: np.ndarray, weight: float = WEIGHT, min_inliers: int = MIN_
 
 class SpatialVerifier:
     """Re-ranks search results with :func:`inliers`; gallery features are cached by item id
-    (a catalog makes a new verifier whenever its items change).
+    (a catalog has the changed items' features forgotten, and makes a new verifier when another process wrote).
 
     ``metadata``: returns the metadata dicts of item ids (a store's ``get``); the
     photo is read from ``"image"`` (relative paths are tried against ``root`` too).
@@ -147,6 +147,11 @@ class SpatialVerifier:
         if not p.is_absolute() and not p.exists() and self.root is not None and (self.root / p).exists():
             p = self.root / p
         return p
+
+    def forget(self, ids: Sequence[int]) -> None:
+        """Drop the cached features of items ``ids`` (changed or removed): read again when next needed."""
+        for i in ids:
+            self._cache.pop(int(i), None)
 
     def gallery_features(self, ids: Sequence[int]) -> list[LocalFeatures | None]:
         """Features of gallery items (None where the photo cannot be read)."""

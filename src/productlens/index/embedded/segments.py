@@ -101,8 +101,9 @@ def memory_bytes() -> int | None:
 
 
 def advise(arr: np.ndarray, random: bool) -> None:
-    """``MADV_RANDOM`` (no read-ahead) or ``MADV_NORMAL`` on a segment's map; sequential scans
-    read their blocks with :func:`read_rows` either way. A no-op without ``madvise``."""
+    """``MADV_RANDOM`` (no read-ahead) or ``MADV_NORMAL`` on a segment's map; sequential scans of maps
+    advised random (and index builds and compaction always) read their blocks with :func:`read_rows`.
+    A no-op without ``madvise``."""
     mm = getattr(arr, "_mmap", None)
     flag = getattr(mmap, "MADV_RANDOM" if random else "MADV_NORMAL", None)
     if mm is not None and flag is not None and hasattr(mm, "madvise"):
@@ -111,14 +112,15 @@ def advise(arr: np.ndarray, random: bool) -> None:
 
 
 def read_rows(arr: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of a memory-mapped segment, for sequential scans (exact search,
-    index build, compaction): read from the file with one ``read`` rather than through
+    """Rows ``start:stop`` of a memory-mapped segment, for sequential scans (index build, compaction, and
+    exact search of maps advised random): read from the file with one ``read`` rather than through
     the map. Faulting a map in costs a page fault per 4 KB once it is advised random
-    (:func:`advise`; no fault-around then) and several per 64 KB otherwise; one read
-    of a block gets the file's own read-ahead. Measured on this machine: 256 MB of
-    float16 rows in 0.08 s by ``read``, 0.4-0.9 s through a normal map, 2.1 s through a
-    random one. The segment files never change once written, so both give the same
-    rows; if the file is gone (a concurrent compaction) the map is read instead.
+    (:func:`advise`; no fault-around then); one read of a block gets the file's own read-ahead. Measured
+    on this machine: 256 MB of float16 rows in 0.08 s by ``read``, 2.1 s through a random map. A normal
+    map (segments that fit in memory) is faster to scan in place, since it stays faulted in between
+    queries (:func:`~productlens.index.embedded.search.exact_segments`). The segment files never change
+    once written, so both give the same rows; if the file is gone (a concurrent compaction) the map is
+    read instead.
     """
     stop = min(stop, arr.shape[0])
     name = getattr(arr, "filename", None)

@@ -26,9 +26,10 @@ class TextEncoder:
     """
 
     def __init__(self, name: str, dim: int, encode_batch: Callable[[list[str]], np.ndarray],
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, revision: str = "") -> None:
         self.name = name
         self.dim = dim
+        self.revision = revision  # the weights' version: a cache of the vectors is kept per name and revision
         self._encode_batch = encode_batch
         self.batch_size = batch_size
 

