@@ -190,8 +190,8 @@ def add(
             typer.echo(f"replaced {len(replaced)} item(s) with new photos or data: ids {id_ranges(replaced)}")
         typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors) + len(unlisted)}")
         if done and len(cat) > getattr(cat.store, "exact_max", len(cat)):  # here, not at the next search
-            typer.echo(f"bringing the approximate index up to date ({len(cat)} items; a build from scratch takes "
-                       "about a minute per 200,000)", err=True)
+            typer.echo(f"bringing the approximate index up to date ({len(cat)} items: a second or two to patch it, "
+                       "about half a minute per 200,000 to build it anew)", err=True)
             cat.store.build_index()
     fail_if_none_done(len(done), len(errors) + len(unlisted))
 
