@@ -630,9 +630,10 @@ def test_text_commands_report_what_they_leave_out(text_catalog, tmp_path):
     assert res.exit_code == 1 and "names.txt: not a UTF-8 text file" in res.output and "Traceback" not in res.output
     queries = list(csv.DictReader(open(paths["queries"])))
     res = runner.invoke(app, ["text", "zero-shot", str(root / "cat"), str(root / queries[0]["img_path"]),
-                              "--names", "red,Red,blue,RED,dark-blue,Dark blue,???", "--json"])  # the text model reads no case
+                              "--names", "red,Red,blue,RED,dark-blue,Dark blue,???,C,C++", "--json", "-k", "10"])
+    # the text model reads no case
     cats = json.loads(res.output.strip().splitlines()[-1])[0]["categories"]
-    assert res.exit_code == 0 and sorted(n for n, _ in cats) == ["???", "blue", "dark-blue", "red"]
+    assert res.exit_code == 0 and sorted(n for n, _ in cats) == ["???", "C", "C++", "blue", "dark-blue", "red"]
     assert "names 'dark-blue' and 'Dark blue' are taken as one" in res.output
     for k in ("0", "-3"):
         res = runner.invoke(app, ["text", "search", str(root / "cat"), "green", "-k", k])

@@ -895,8 +895,7 @@ def same_state(store: Store, ref: ReferenceStore) -> bool:
 
 @pytest.mark.parametrize(
     "rounds,dim,max_batch",
-    [pytest.param(20, 32, 300, marks=pytest.mark.slow), pytest.param(60, 512, 3000, marks=pytest.mark.slow,
-                                                                      id="big-writes")],
+    [(20, 32, 300), pytest.param(60, 512, 3000, marks=pytest.mark.slow, id="big-writes")],
 )
 def test_kill_9_leaves_a_committed_state(store_factory, tmp_path, rounds, dim, max_batch):
     """SIGKILL a writer at random moments; the store must open as exactly a committed state."""
@@ -1112,6 +1111,9 @@ def test_a_filter_on_a_field_no_item_has_is_named_in_a_warning(tmp_path, caplog)
     s.upsert([1, 2], np.eye(4, dtype=np.float32)[:2], [{"color": "red", "title": "a"}, {"title": "b", "size": 3}])
     with caplog.at_level("WARNING", logger="productlens.index.embedded.store"):
         assert s.search(np.ones(4), 2, {"color": "blue"})[1].tolist() == [[-1, -1]]  # a field items have
+        # None matches the items without a field: the empty result is title's doing, not colour's
+        assert s.search(np.ones(4), 2, {"colour": None, "title": "zzz"})[1].tolist() == [[-1, -1]]
+        assert s.search(np.ones(4), 2, {"colour": [None, 1], "title": "zzz"})[1].tolist() == [[-1, -1]]
         assert not caplog.records
         for _ in range(2):
             assert s.search(np.ones(4), 2, {"colour": "red", "title": "a"})[1].tolist() == [[-1, -1]]

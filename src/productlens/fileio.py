@@ -115,6 +115,16 @@ def folder_key(path: str | os.PathLike) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def file_key(path: str | os.PathLike) -> tuple | None:
+    """A file's identity and version (device, inode, size, modification and change times), None if absent:
+    a freed inode is handed out again at once, so :func:`folder_key` alone can take a new file for the old."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def check_outputs_apart(outputs: Mapping[str, str | os.PathLike | None], *, reads: Iterable = (),
                         folders: Iterable = ()) -> None:
     """Refuse, before any work, output files that would destroy what the command reads or another of its

@@ -189,11 +189,27 @@ def add(
         if replaced:
             typer.echo(f"replaced {len(replaced)} item(s) with new photos or data: ids {id_ranges(replaced)}")
         typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors) + len(unlisted)}")
-        if done and len(cat) > getattr(cat.store, "exact_max", len(cat)):  # here, not at the next search
-            typer.echo(f"bringing the approximate index up to date ({len(cat)} items: a second or two to patch it, "
-                       "about half a minute per 200,000 to build it anew)", err=True)
-            cat.store.build_index()
+    if done:
+        _approximate_index_now(catalog_dir)
     fail_if_none_done(len(done), len(errors) + len(unlisted))
+
+
+def _approximate_index_now(catalog_dir: Path) -> None:
+    """Past the exact-search limit, bring the approximate index up to date now, not in the next search (a
+    server's request). After the writer lock is let go: other writers need not wait for it. The items
+    are in; a failure here is said, and the next search builds the index."""
+    from productlens.pipeline.catalog import Catalog
+    from productlens.types import ProductLensError
+
+    try:
+        with Catalog.open(catalog_dir) as cat:
+            if len(cat) > getattr(cat.store, "exact_max", len(cat)):
+                typer.echo(f"bringing the approximate index up to date ({len(cat)} items: a second or two to patch "
+                           "it, about half a minute per 200,000 to build it anew)", err=True)
+                cat.store.build_index()
+    except (ProductLensError, OSError, MemoryError) as exc:
+        typer.echo(f"warning: the approximate index was not brought up to date ({exc}); the next search "
+                   "will do it", err=True)
 
 
 def id_ranges(ids: List[int], limit: int = 8) -> str:

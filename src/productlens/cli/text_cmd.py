@@ -124,11 +124,12 @@ def zero_shot_cmd(
 
 def distinct_names(names: List[str]) -> List[str]:
     """Each name once, the first spelling kept: a name given twice would split its own score. Names that differ
-    only in case or punctuation ("Oat milk", "oat-milk", "oat_milk") are one: the text model reads no case and
-    nearly the same words, so they would split it too. Each merge is said on stderr."""
+    only in case, spacing or a hyphen or underscore between words ("Oat milk", "oat-milk", "oat_milk") are one:
+    the text model reads no case and nearly the same words. Other punctuation keeps names apart ("C++" and "C",
+    "-5°C" and "5°C"). Each merge is said on stderr."""
     firsts: dict[str, str] = {}
     for n in names:
-        key = " ".join(re.sub(r"[\W_]+", " ", n.casefold()).split()) or n.casefold()  # all punctuation: as given
+        key = " ".join(re.sub(r"(?<=\w)[-_](?=\w)", " ", n.casefold()).split())
         if key in firsts and firsts[key] != n:
             typer.echo(f"note: names {firsts[key]!r} and {n!r} are taken as one ({firsts[key]!r})", err=True)
         firsts.setdefault(key, n)

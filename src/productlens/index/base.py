@@ -303,8 +303,8 @@ class Store(abc.ABC):
 
     def version(self) -> Any:
         """A value that changes when another handle (or process) writes to the store, for caches of what
-        was derived from its items; None where the backend cannot tell (such caches then last until this
-        handle's own writes)."""
+        was derived from its items; None where the backend cannot tell (a catalog then reads such caches
+        again whenever it takes its writer lock, :meth:`~productlens.pipeline.catalog.Catalog.writing`)."""
         return None
 
     def on_one_version(self, read: Callable[[], Any], tries: int = READ_TRIES) -> Any:

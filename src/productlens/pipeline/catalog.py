@@ -38,7 +38,7 @@ import numpy as np
 
 from productlens.config import DEFAULT_EMBEDDER, GIVEN_TEXT_WEIGHT
 from productlens.data.images import MIN_SIDE, load_image, read_once
-from productlens.fileio import file_lock, folder_key
+from productlens.fileio import file_key, file_lock, folder_key
 from productlens.heads.adapter import Adapter
 from productlens.index.base import Store, clean_metadata
 from productlens.models.detectors.runtime import Detector
@@ -115,7 +115,7 @@ class Catalog:
         #: what embeds photos added to the gallery (catalogs before ``gallery_views`` embedded them whole)
         self.gallery_embedder = query_embedder(embedder, store.get_info("gallery_views", "none"))
         self._classifier = None
-        self._classifier_key: tuple[int, int] | None = None  # the identity of the loaded one's config.json
+        self._classifier_key: tuple | None = None  # the loaded one's config.json (fileio.file_key)
         self._matcher = None
         self._verifier = None
         self._by_product: ProductMap | None = None
@@ -223,9 +223,9 @@ class Catalog:
 
     def items_of(self, product_id: int) -> list[int]:
         """The ids of a product's items (from a product -> items map kept until the catalog changes)."""
-        return list(self._products().get(int(product_id), ()))
+        return sorted(self._products().get(int(product_id), ()))
 
-    def _products(self) -> dict[int, list[int]]:
+    def _products(self) -> dict[int, set[int]]:
         """Item ids per product (items without a product, or distractors, are left out): a
         :class:`~productlens.pipeline.product_map.ProductMap` read once, then kept up to date by this handle's
         own writes (:meth:`_changed`)."""
@@ -253,9 +253,8 @@ class Catalog:
             self._changed()
 
     def _changed(self, ids: Sequence[int] | None = None) -> None:
-        """Forget what was derived from the items (text matcher, product map, local features). With ``ids``
-        (this handle wrote those items), the product map and the local features change for them alone: the
-        map had been read again from every item after each write (0.7 s at 200k items)."""
+        """Forget what was derived from the items (text matcher, product map, local features); with ``ids`` (this
+        handle wrote those items), the product map and local features change for them alone (see ProductMap)."""
         self._matcher = None
         if ids is None or self._by_product is None:
             self._by_product = None
@@ -386,8 +385,8 @@ class Catalog:
         """Hold the catalog's writer lock for the block (a file lock in its folder, shared by every
         process on this machine that opens the catalog). Choose new ids (:meth:`free_id`) and add
         them under it, and two processes adding to one catalog never hand out the same id. What was
-        derived from the items (the product -> items map, ...) is read again inside: another process
-        may have written since.
+        derived from the items (the product -> items map, ...) is read again inside if another process
+        wrote since (always, for a store that cannot tell).
 
         ``guard``: the caller's own lock between its threads (a server's), taken once the file lock is
         held, so that readers in the process go on while a writer waits for another process."""
@@ -491,7 +490,8 @@ class Catalog:
         ``verify`` (one query image per row, or None): spatial verification of the
         top results (:mod:`productlens.pipeline.verify`) after the text, before grouping.
         Each step works on at least :data:`RANK_DEPTH` candidates, so a smaller ``k`` gives the
-        first ``k`` of the same ranking. The reads are made again if another process wrote meanwhile.
+        first ``k`` of the same ranking. The reads are made again if another process wrote meanwhile (where
+        the store can tell: the embedded one; :meth:`Store.on_one_version`).
         """
         options = dict(rerank=rerank, where=where, group_by_product=group_by_product, texts=texts,
                        text_weight=text_weight, verify=verify)
@@ -499,7 +499,8 @@ class Catalog:
 
     def _ranked(self, queries: np.ndarray, k: int, *, rerank: bool = True, where: dict | None = None,
                 group_by_product: bool = False, texts: Sequence[str] | None = None,
-                text_weight: float | None = None, verify: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                text_weight: float | None = None, verify: Sequence[Any] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search_vectors`, its reads made once."""
         self.check_not_empty()
         n = len(self.store)  # a count a server store answers over the network: asked once
@@ -537,7 +538,7 @@ class Catalog:
     def classifier(self):
         """The attached category classifier, or None: loaded on first use, and again once another is attached
         (by another process too: a server had kept answering with the replaced classifier until restarted)."""
-        key = folder_key(self.path / CLASSIFIER_DIR / "config.json")  # a new attach writes a new file
+        key = file_key(self.path / CLASSIFIER_DIR / "config.json")  # a new attach writes a new file
         if key != self._classifier_key:
             from productlens.models.classifiers import load_classifier
 
@@ -555,6 +556,7 @@ class Catalog:
 
         clf = load_classifier(model_dir)
         clf.save(self.path / CLASSIFIER_DIR)
+        self._classifier_key = None  # loaded again at the next use
 
     def classify(self, source: Any, *, box: Box | None = None, k: int = 4,
                  level: str | None = None) -> list[tuple[str, float]]:
@@ -594,5 +596,5 @@ class Catalog:
         texts = self.query_texts([source], [box], [text])
         from productlens.pipeline.verify import resolve
 
-        return self.search_hits(query, k, rerank=rerank, where=where, texts=texts,
-                                text_weight=self.text_weight_for(bool(text)), verify=[img] if resolve(verify) else None)[0]
+        return self.search_hits(query, k, rerank=rerank, where=where, texts=texts, text_weight=self.text_weight_for(
+            bool(text)), verify=[img] if resolve(verify) else None)[0]

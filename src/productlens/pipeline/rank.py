@@ -57,7 +57,7 @@ def rank_queries(catalog: Catalog, queries: Sequence[Item], k: int = 1000, *, re
                                         group_by_product=group_by_product,
                                         texts=None if texts is None else texts[start:start + batch],
                                         verify=images)
-        out[rows, :k_eff] = ids
+        out[rows, :ids.shape[1]] = ids  # fewer when another process removed items meanwhile
     return out, res.errors
 
 

@@ -102,7 +102,9 @@ def memory_bytes() -> int | None:
 
 def advise(arr: np.ndarray, random: bool) -> None:
     """``MADV_RANDOM`` (no read-ahead) or ``MADV_NORMAL`` on a segment's map; sequential scans of maps
-    advised random (and index builds and compaction always) read their blocks with :func:`read_rows`.
+    advised random (and an index build's adding of vectors, and compaction, always) read their blocks with
+    :func:`read_rows`; the exact scans that tune an index's nprobe follow
+    :func:`~productlens.index.embedded.search.exact_segments`' rule.
     A no-op without ``madvise``."""
     mm = getattr(arr, "_mmap", None)
     flag = getattr(mmap, "MADV_RANDOM" if random else "MADV_NORMAL", None)

@@ -480,7 +480,9 @@ class EmbeddedStore(Store):
 
     def _warn_absent(self, db: sqlite3.Connection, conds: list[Condition]) -> None:
         """Say (once per field and handle) that a filter that matched nothing names a field no item has."""
-        for field in absent_fields(db, [c.field for c in conds if c.field not in self._warned]):
+        named = [c.field for c in conds if c.field not in self._warned  # "no such field" matches None: not blamed
+                 and not (c.op == "eq" and c.value is None) and not (c.op == "in" and None in c.value)]
+        for field in absent_fields(db, named):
             self._warned.add(field)
             known = ", ".join(("id",) + CORE_FIELDS + tuple(extra_fields(db)))
             log.warning("where: no item in %s has a field %r, so the filter matched nothing (a typo? fields: %s)",
