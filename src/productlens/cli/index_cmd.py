@@ -172,41 +172,40 @@ def add(
     new = read_catalog(items, skipped=unlisted)
     if not new:
         raise ProductLensError(f"{items}: no items to add")
-    with Catalog.open(catalog_dir) as cat, cat.writing():
-        given = catalog_ids_given(items)
-        if not given:
-            new = cat.with_new_ids(new, products_by_category=items.is_dir())
-        had = {it.id for it, md in zip(new, cat.store.get([it.id for it in new])) if md is not None}
-        errors = cat.add(new)
-        cat.mark_used(max(it.id for it in new))
-        skipped = {i for i, _, _ in errors}
-        done = [it.id for i, it in enumerate(new) if i not in skipped]
-        added, replaced = [i for i in done if i not in had], [i for i in done if i in had]
-        for _, _, message in errors:
-            typer.echo(f"skipped: {message}", err=True)
-        if added:
-            typer.echo(f"added {len(added)} item(s) under {'their own' if given else 'new'} ids {id_ranges(added)}")
-        if replaced:
-            typer.echo(f"replaced {len(replaced)} item(s) with new photos or data: ids {id_ranges(replaced)}")
-        typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors) + len(unlisted)}")
-    if done:
-        _approximate_index_now(catalog_dir)
+    with Catalog.open(catalog_dir) as cat:
+        with cat.writing():
+            given = catalog_ids_given(items)
+            if not given:
+                new = cat.with_new_ids(new, products_by_category=items.is_dir())
+            had = {it.id for it, md in zip(new, cat.store.get([it.id for it in new])) if md is not None}
+            errors = cat.add(new)
+            cat.mark_used(max(it.id for it in new))
+            skipped = {i for i, _, _ in errors}
+            done = [it.id for i, it in enumerate(new) if i not in skipped]
+            added, replaced = [i for i in done if i not in had], [i for i in done if i in had]
+            for _, _, message in errors:
+                typer.echo(f"skipped: {message}", err=True)
+            if added:
+                typer.echo(f"added {len(added)} item(s) under {'their own' if given else 'new'} ids {id_ranges(added)}")
+            if replaced:
+                typer.echo(f"replaced {len(replaced)} item(s) with new photos or data: ids {id_ranges(replaced)}")
+            typer.echo(f"catalog now holds {len(cat)} items; skipped {len(errors) + len(unlisted)}")
+        if done:  # the same open catalog (its model stays loaded), after the writer lock is let go
+            _approximate_index_now(cat)
     fail_if_none_done(len(done), len(errors) + len(unlisted))
 
 
-def _approximate_index_now(catalog_dir: Path) -> None:
-    """Past the exact-search limit, bring the approximate index up to date now, not in the next search (a
-    server's request). After the writer lock is let go: other writers need not wait for it. The items
-    are in; a failure here is said, and the next search builds the index."""
-    from productlens.pipeline.catalog import Catalog
+def _approximate_index_now(cat) -> None:
+    """Past the exact-search limit, bring ``cat``'s approximate index up to date now, not in the next search
+    (a server's request). Called once the writer lock is let go: other writers need not wait for it. The
+    items are in; a failure here is said, and the next search builds the index."""
     from productlens.types import ProductLensError
 
     try:
-        with Catalog.open(catalog_dir) as cat:
-            if len(cat) > getattr(cat.store, "exact_max", len(cat)):
-                typer.echo(f"bringing the approximate index up to date ({len(cat)} items: a second or two to patch "
-                           "it, about half a minute per 200,000 to build it anew)", err=True)
-                cat.store.build_index()
+        if len(cat) > getattr(cat.store, "exact_max", len(cat)):
+            typer.echo(f"bringing the approximate index up to date ({len(cat)} items: a second or two to patch "
+                       "it, about half a minute per 200,000 to build it anew)", err=True)
+            cat.store.build_index()
     except (ProductLensError, OSError, MemoryError) as exc:
         typer.echo(f"warning: the approximate index was not brought up to date ({exc}); the next search "
                    "will do it", err=True)

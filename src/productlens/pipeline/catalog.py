@@ -365,12 +365,12 @@ class Catalog:
             raise ProductLensError("items must be productlens.types.Item (Item(id, image, product_id, ...)), got "
                                    f"{next(type(it).__name__ for it in items if not isinstance(it, Item))}")
         self._check_same_folder()
-        for it in items:  # a bad product_id or title is refused before the photos are embedded, not after
-            clean_metadata(item_metadata(it))
+        # a bad product_id or title is refused before the photos are embedded, not after (as the store cleans it)
+        all_mds = [clean_metadata(item_metadata(it)) for it in items]
         res = embed_items(self.gallery_embedder, items, progress=progress, desc="gallery")
         if len(res.ok):
             ok = [items[i] for i in res.ok]
-            mds = [item_metadata(it) for it in ok]
+            mds = [all_mds[i] for i in res.ok]
             if self.uses_ocr:
                 from productlens.pipeline.fusion import ocr_texts
 

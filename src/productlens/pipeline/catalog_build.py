@@ -118,8 +118,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
     if not all(isinstance(it, Item) for it in items):
         raise ProductLensError("build_catalog takes productlens.types.Item objects, got "
                                f"{next(type(it).__name__ for it in items if not isinstance(it, Item))}")
-    for it in items:  # metadata the store refuses: named now, not after the embedding
-        clean_metadata(item_metadata(it))
+    all_mds = [clean_metadata(item_metadata(it)) for it in items]  # what the store refuses: named now
     if store is not None:  # a server that cannot be reached fails now, not after the embedding
         store.probe(path, overwrite)
     if len({it.id for it in items}) != len(items):
@@ -194,7 +193,7 @@ def build_catalog(items: Sequence[Item], path: str | os.PathLike, *, embedder: s
             store.set_info("query_views", query_views)
             store.set_info("gallery_views", gallery_views)
             store.set_info("ocr", bool(ocr))
-            mds = [item_metadata(it) for it in ok_items]
+            mds = [all_mds[i] for i in gal.ok]
             if ocr:
                 from productlens.pipeline.fusion import ocr_texts
 

@@ -9,7 +9,8 @@ from productlens.models.embedders import Embedder
 
 
 def stored_companions(store: Store) -> list[str]:
-    """The companion backbones a catalog's store records (see :func:`~productlens.pipeline.catalog_build.build_catalog`)."""
+    """The companion backbones a catalog's store records (see
+    :func:`~productlens.pipeline.catalog_build.build_catalog`)."""
     return [c for c in str(store.get_info("companions", "")).split("+") if c]
 
 

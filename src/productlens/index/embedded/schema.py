@@ -178,12 +178,17 @@ def row_to_dict(row: Sequence[Any]) -> dict:
     return d
 
 
+def _extra_path(field: str) -> str:
+    """The SQL JSON path of a field kept in an item's ``extra`` (a name parse_where checked)."""
+    return f"'$.\"{field}\"'"
+
+
 def absent_fields(db: sqlite3.Connection, fields: Sequence[str]) -> list[str]:
     """The extra (not core) ``fields`` that no item has: a filter on one matches nothing, which a typo in a
     field's name (``{"colour": ...}`` for ``color``) looks like. One scan per field, stopping at the first
     item that has it."""
     return [f for f in dict.fromkeys(fields) if f != "id" and f not in CORE_FIELDS
-            and db.execute(f"SELECT 1 FROM items WHERE json_type(extra, '$.\"{f}\"') IS NOT NULL LIMIT 1")
+            and db.execute(f"SELECT 1 FROM items WHERE json_type(extra, {_extra_path(f)}) IS NOT NULL LIMIT 1")
             .fetchone() is None]
 
 
@@ -209,7 +214,7 @@ def where_sql(conds: list[Condition]) -> tuple[str, list[Any]]:
         if c.field == "id" or c.field in CORE_FIELDS:
             col, kind = c.field, f"typeof({c.field})"
         else:
-            path = f"'$.\"{c.field}\"'"
+            path = _extra_path(c.field)
             col, kind = f"json_extract(extra, {path})", f"json_type(extra, {path})"
         if c.op == "eq":
             if c.value is None:

@@ -482,9 +482,10 @@ class EmbeddedStore(Store):
         """Say (once per field and handle) that a filter that matched nothing names a field no item has."""
         named = [c.field for c in conds if c.field not in self._warned  # "no such field" matches None: not blamed
                  and not (c.op == "eq" and c.value is None) and not (c.op == "in" and None in c.value)]
-        for field in absent_fields(db, named):
+        absent = absent_fields(db, named)
+        known = ", ".join(("id",) + CORE_FIELDS + tuple(extra_fields(db))) if absent else ""
+        for field in absent:
             self._warned.add(field)
-            known = ", ".join(("id",) + CORE_FIELDS + tuple(extra_fields(db)))
             log.warning("where: no item in %s has a field %r, so the filter matched nothing (a typo? fields: %s)",
                         self.path, field, known)
 
